@@ -1,0 +1,75 @@
+"""The one switch between the Triton kernels and their torch references.
+
+The engine calls only these functions. CUDA tensors take the Triton path (each kernel module
+imported on first use); anything else, or OCTAVO_DISABLE_TRITON=1, takes the reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
+from octavo.kernels.cache_ref import write_kv_cache_ref
+from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mul_ref
+
+_TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and not _TRITON_DISABLED
+
+
+def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
+    if use_triton(key):
+        from octavo.kernels.cache import write_kv_cache as kernel
+
+        return kernel(key, value, k_cache, v_cache, slot_mapping)
+    return write_kv_cache_ref(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
+                    alibi_slopes=None, sliding_window=None):
+    if use_triton(query):
+        from octavo.kernels.attention import paged_attention as kernel
+
+        return kernel(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
+                      alibi_slopes, sliding_window)
+    return paged_attention_ref(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
+                               scale, alibi_slopes, sliding_window)
+
+
+def paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scale,
+                           alibi_slopes=None, sliding_window=None):
+    if use_triton(query):
+        from octavo.kernels.attention import paged_decode_attention as kernel
+
+        return kernel(query, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes,
+                      sliding_window)
+    return paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale,
+                                      alibi_slopes, sliding_window)
+
+
+def rms_norm(x, weight, eps, residual=None):
+    if use_triton(x):
+        from octavo.kernels.norm import rms_norm as kernel
+
+        return kernel(x, weight, eps, residual)
+    return rms_norm_ref(x, weight, eps, residual)
+
+
+def rotary(query, key, positions, cos_sin_cache):
+    if use_triton(query):
+        from octavo.kernels.rotary import rotary as kernel
+
+        return kernel(query, key, positions, cos_sin_cache)
+    return rotary_ref(query, key, positions, cos_sin_cache)
+
+
+def silu_and_mul(x):
+    if use_triton(x):
+        from octavo.kernels.activation import silu_and_mul as kernel
+
+        return kernel(x)
+    return silu_and_mul_ref(x)
