@@ -1,0 +1,181 @@
+"""AsyncLLMEngine: the engine behind an asyncio API, for servers.
+
+The engine runs in one background thread (model steps block, and the event loop must keep
+serving HTTP). Requests and aborts reach it through a thread-safe queue; outputs come back to each
+request's asyncio queue through `call_soon_threadsafe`. A consumer that stops iterating (client
+gone, task cancelled) aborts its request, which frees its KV blocks on the engine thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from octavo.runtime.config import AsyncEngineArgs, EngineArgs
+from octavo.runtime.engine import LLMEngine, PromptType
+from octavo.runtime.outputs import RequestOutput
+from octavo.runtime.sampling_params import SamplingParams
+
+logger = logging.getLogger("octavo")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread stopped on an error; no request can be served."""
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: PromptType
+    params: SamplingParams
+    arrival_time: float
+    stream: "_Stream"
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class _Stream:
+    """One request's outputs, handed from the engine thread to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item: RequestOutput | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._stop = threading.Event()
+        self.errored: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="octavo-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs | AsyncEngineArgs, **_: Any) -> "AsyncLLMEngine":
+        return cls(LLMEngine.from_engine_args(engine_args))
+
+    # ---- status ------------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self.errored is None and not self._stop.is_set()
+
+    @property
+    def is_stopped(self) -> bool:
+        return not self._thread.is_alive()
+
+    async def check_health(self) -> None:
+        if not self.is_running:
+            raise EngineDeadError(f"engine loop is not running: {self.errored!r}")
+
+    def get_tokenizer(self):
+        return self.engine.tokenizer
+
+    async def get_model_config(self):
+        return self.engine.config.model_config
+
+    @property
+    def stats(self):
+        return self.engine.stats
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._streams)
+
+    # ---- requests ----------------------------------------------------------------------------
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs as they are produced (cumulative by default)."""
+        if self.errored is not None or not self._thread.is_alive():
+            raise EngineDeadError(f"engine loop is not running: {self.errored!r}")
+        if request_id in self._streams:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        stream = _Stream(asyncio.get_running_loop())
+        self._streams[request_id] = stream
+        self._send(_Add(request_id, prompt, sampling_params, time.monotonic(), stream))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                if item is None:  # aborted
+                    finished = True
+                    return
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._send(_Abort(request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._send(_Abort(request_id))
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.put(None)
+
+    def _send(self, message: _Add | _Abort) -> None:
+        self._inbox.put(message)
+        self._wakeup.set()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wakeup.set()
+        self._thread.join(timeout)
+
+    # ---- the engine thread -------------------------------------------------------------------
+    def _drain_inbox(self, owners: dict[str, _Stream]) -> None:
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(message, _Abort):
+                self.engine.abort_request(message.request_id)
+                owners.pop(message.request_id, None)
+                continue
+            try:
+                self.engine.add_request(message.request_id, message.prompt, message.params, message.arrival_time)
+                owners[message.request_id] = message.stream
+            except ValueError as exc:
+                message.stream.put(exc)  # bad input fails this request alone
+
+    def _loop(self) -> None:
+        owners: dict[str, _Stream] = {}
+        try:
+            while not self._stop.is_set():
+                self._drain_inbox(owners)
+                if not self.engine.has_unfinished_requests():
+                    self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
+                for output in self.engine.step():
+                    stream = owners.get(output.request_id)
+                    if stream is not None:
+                        stream.put(output)
+                        if output.finished:
+                            owners.pop(output.request_id, None)
+        except BaseException as exc:  # the engine is broken: every waiting consumer must hear it
+            logger.exception("engine loop died")
+            self.errored = exc
+            error = EngineDeadError(f"engine loop died: {type(exc).__name__}: {exc}")
+            for stream in list(owners.values()) + list(self._streams.values()):
+                stream.put(error)

@@ -1,0 +1,269 @@
+"""Engine arguments (vLLM's names) and the validated configs the engine is built from.
+
+EngineArgs is what users write; `EngineArgs.create_config()` resolves it against the model's
+config.json and the device into an EngineConfig, failing early with errors that name the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("octavo")
+
+_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+
+def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.device) -> torch.dtype:
+    """"auto" takes the checkpoint's dtype; half precision on a CPU becomes float32 (CPU matmuls
+    in fp16 are slow or missing)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}")
+        return _DTYPES[dtype]
+    if isinstance(config_dtype, str):
+        config_dtype = _DTYPES.get(config_dtype, torch.float32)
+    chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
+    if device.type == "cpu" and chosen == torch.float16:
+        logger.info("dtype auto: the checkpoint is float16; using float32 on the CPU")
+        chosen = torch.float32
+    return chosen
+
+
+@dataclass
+class ModelConfig:
+    model: str  # local directory the weights and tokenizer are read from
+    hf_config: Any  # transformers PretrainedConfig
+    dtype: torch.dtype
+    max_model_len: int
+    load_format: str
+    seed: int
+    tokenizer: str
+    served_model_name: str
+    revision: str | None = None
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.hf_config, "architectures", None) or []
+        return archs[0] if archs else ""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_config.vocab_size
+
+
+@dataclass
+class CacheConfig:
+    block_size: int
+    gpu_memory_utilization: float
+    num_gpu_blocks: int | None  # explicit override; otherwise sized from memory
+    kv_cache_memory_bytes: int | None
+    enable_prefix_caching: bool
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class SpeculativeConfig:
+    model: str
+    num_speculative_tokens: int
+    draft_tensor_parallel_size: int = 1
+    adaptive: bool = True
+    draft_model_config: ModelConfig | None = None
+
+
+@dataclass
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    parallel_config: ParallelConfig
+    device: torch.device
+    enforce_eager: bool
+    speculative_config: SpeculativeConfig | None = None
+    disable_log_stats: bool = True
+
+
+@dataclass
+class EngineArgs:
+    """Arguments with vLLM's names. Unknown vLLM arguments that mean nothing here are accepted
+    where listed in `_ACCEPTED_NOOPS` and logged."""
+
+    model: str | None = None
+    tokenizer: str | None = None
+    revision: str | None = None
+    tokenizer_revision: str | None = None
+    served_model_name: str | None = None
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.90
+    num_gpu_blocks_override: int | None = None
+    kv_cache_memory_bytes: int | None = None
+    enable_prefix_caching: bool = True
+    load_format: str = "auto"
+    download_dir: str | None = None
+    device: str = "auto"
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    speculative_model: str | None = None
+    num_speculative_tokens: int | None = None
+    speculative_draft_tensor_parallel_size: int | None = None
+    speculative_config: dict | None = None
+    trust_remote_code: bool = False
+    use_v2_block_manager: bool = True
+    disable_log_stats: bool = True
+    extra: dict = field(default_factory=dict)
+
+    # vLLM arguments accepted for compatibility; they change nothing here.
+    _ACCEPTED_NOOPS = {
+        "trust_remote_code": "octavo never executes remote code; only built-in architectures load",
+        "use_v2_block_manager": "octavo has one block manager (paged, prefix-caching)",
+    }
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in kwargs.items() if k in names}
+        unknown = {k: v for k, v in kwargs.items() if k not in names}
+        if "num_gpu_blocks" in unknown:
+            known["num_gpu_blocks_override"] = unknown.pop("num_gpu_blocks")
+        for name in sorted(unknown):
+            logger.warning("engine argument %s=%r is not used by octavo and is ignored", name, unknown[name])
+        return cls(**known)
+
+    def _resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _log_noops(self) -> None:
+        if self.trust_remote_code:
+            logger.info("trust_remote_code=True accepted: %s", self._ACCEPTED_NOOPS["trust_remote_code"])
+        if not self.use_v2_block_manager:
+            logger.info("use_v2_block_manager=False accepted: %s", self._ACCEPTED_NOOPS["use_v2_block_manager"])
+        if self.enforce_eager and self._resolve_device().type == "cpu":
+            logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
+
+    def speculative_settings(self) -> tuple[str | None, int | None, int]:
+        """(draft model, k, draft TP) from the flat arguments or the dict form."""
+        spec = dict(self.speculative_config or {})
+        model = spec.pop("model", None) or self.speculative_model
+        k = spec.pop("num_speculative_tokens", None) or self.num_speculative_tokens
+        draft_tp = (spec.pop("draft_tensor_parallel_size", None)
+                    or self.speculative_draft_tensor_parallel_size or 1)
+        return model, k, draft_tp
+
+    def create_config(self) -> EngineConfig:
+        self._log_noops()
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.block_size not in (8, 16, 32, 64, 128):
+            raise ValueError(f"block_size must be one of 8, 16, 32, 64, 128; got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        device = self._resolve_device()
+        model_config = self._model_config(self.model, self.tokenizer, self.revision, device)
+        max_model_len = model_config.max_model_len
+        max_batched = self.max_num_batched_tokens or max(8192 if self.enable_chunked_prefill else max_model_len, 2048)
+        if not self.enable_chunked_prefill and max_batched < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len ({max_model_len}) "
+                "with chunked prefill off: raise it or enable chunked prefill")
+        spec_config = None
+        draft_model, k, draft_tp = self.speculative_settings()
+        if draft_model:
+            if not k or not 1 <= int(k) <= 16:
+                raise ValueError(f"num_speculative_tokens must be in 1..16 with a speculative model, got {k!r}")
+            draft_config = self._model_config(draft_model, None, None, device, max_model_len=max_model_len)
+            spec_config = SpeculativeConfig(model=draft_config.model, num_speculative_tokens=int(k),
+                                            draft_tensor_parallel_size=int(draft_tp),
+                                            draft_model_config=draft_config)
+        return EngineConfig(
+            model_config=model_config,
+            cache_config=CacheConfig(
+                block_size=self.block_size,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                num_gpu_blocks=self.num_gpu_blocks_override,
+                kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+                enable_prefix_caching=self.enable_prefix_caching,
+            ),
+            scheduler_config=SchedulerConfig(
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=max_batched,
+                max_model_len=max_model_len,
+                enable_chunked_prefill=self.enable_chunked_prefill,
+            ),
+            parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            device=device,
+            enforce_eager=self.enforce_eager,
+            speculative_config=spec_config,
+            disable_log_stats=self.disable_log_stats,
+        )
+
+    def _model_config(self, model: str | None, tokenizer: str | None, revision: str | None,
+                      device: torch.device, max_model_len: int | None = None) -> ModelConfig:
+        from octavo.runtime.loader import load_hf_config, resolve_model_path
+
+        name = model
+        path = resolve_model_path(model, revision=revision, download_dir=self.download_dir,
+                                  load_format=self.load_format)
+        hf_config = load_hf_config(path)
+        config_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+        dtype = resolve_dtype(self.dtype, config_dtype, device)
+        limit = derive_max_model_len(hf_config)
+        wanted = max_model_len or self.max_model_len
+        if wanted is not None and wanted > limit:
+            raise ValueError(f"max_model_len ({wanted}) exceeds the model's maximum ({limit} positions)")
+        tokenizer_path = resolve_model_path(tokenizer, revision=self.tokenizer_revision,
+                                            download_dir=self.download_dir) if tokenizer else path
+        return ModelConfig(
+            model=path, hf_config=hf_config, dtype=dtype, max_model_len=wanted or limit,
+            load_format=self.load_format, seed=self.seed, tokenizer=tokenizer_path,
+            served_model_name=self.served_model_name or name or path, revision=revision,
+        )
+
+
+def derive_max_model_len(hf_config: Any) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(hf_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048  # ALiBi models (BLOOM) name no limit
+
+
+@dataclass
+class AsyncEngineArgs(EngineArgs):
+    """EngineArgs for AsyncLLMEngine (same fields, vLLM's name)."""
+
+    disable_log_requests: bool = True

@@ -1,0 +1,344 @@
+"""LLMEngine: requests in, RequestOutputs out, one `step()` at a time.
+
+step(): the scheduler picks requests and token counts -> the model runner computes them -> the
+sampler picks tokens -> tokens are appended, detokenized and checked against stop conditions ->
+finished requests give their blocks back -> outputs for every request that moved.
+The tokenizer lives here, at the edge; the scheduler and runner see only token ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from octavo.runtime.config import EngineArgs, EngineConfig
+from octavo.runtime.kv_cache import KVCacheManager
+from octavo.runtime.model_runner import ModelRunner
+from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.runtime.request import Request, RequestStatus
+from octavo.runtime.sampler import SampledRow
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.scheduler import Scheduler, SchedulerOutput
+from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
+
+logger = logging.getLogger("octavo")
+
+PromptType = str | dict | list[int]
+
+
+@dataclass
+class RequestGroup:
+    """A user request: n sequences sharing one prompt."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    children: list[Request]
+
+    @property
+    def finished(self) -> bool:
+        return all(c.is_finished for c in self.children)
+
+
+@dataclass
+class StepResult:
+    """What one forward produced: for each request, the tokens to append (more than one when
+    speculation accepted drafts) and how many scheduled tokens were rejected drafts."""
+
+    tokens: dict[str, list[SampledRow]] = field(default_factory=dict)
+    num_rejected: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EngineStats:
+    """Counters since start and gauges of the last step, for /metrics and logs."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_preemptions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    num_steps: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_emitted_tokens: int = 0
+
+
+def parse_prompt(prompt: PromptType, tokenizer: Any) -> tuple[str | None, list[int]]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass {'prompt_token_ids': [...]} instead of text")
+        return prompt, list(tokenizer.encode(prompt))
+    if isinstance(prompt, dict):
+        if "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+        if "prompt" in prompt:
+            return parse_prompt(prompt["prompt"], tokenizer)
+        raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+    if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
+        return None, list(prompt)
+    raise ValueError(f"prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        model_config = config.model_config
+        self.tokenizer = load_tokenizer(model_config.tokenizer, required=model_config.load_format != "dummy")
+        self.eos_token_ids = eos_token_ids(self.tokenizer, model_config.model, model_config.hf_config)
+        self.model_runner = ModelRunner(model_config, config.cache_config, config.scheduler_config, config.device)
+        num_blocks = self.model_runner.initialize_kv_cache()
+        self.kv_cache = KVCacheManager(num_blocks, config.cache_config.block_size,
+                                       config.cache_config.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
+        self.groups: dict[str, RequestGroup] = {}
+        self.stats = EngineStats()
+        self.spec_decoder = None
+        if config.speculative_config is not None:
+            from octavo.runtime.spec_decode import SpecDecoder
+
+            self.spec_decoder = SpecDecoder(self, config.speculative_config)
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
+        return cls(engine_args.create_config())
+
+    # ---- requests ----------------------------------------------------------------------------
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.scheduler_config.max_model_len
+
+    def validate_prompt(self, prompt_token_ids: list[int]) -> None:
+        """Raise ValueError for a prompt that can never run (the request fails alone)."""
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty: give at least one token")
+        if n >= self.max_model_len:
+            raise ValueError(f"the prompt has {n} tokens but max_model_len is {self.max_model_len}: "
+                             f"shorten it to at most {self.max_model_len - 1} tokens or raise max_model_len")
+        vocab = self.config.model_config.vocab_size
+        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
+        blocks = -(-(n + 1) // self.kv_cache.block_size)
+        if blocks > self.kv_cache.num_blocks:
+            raise ValueError(f"the prompt needs {blocks} KV blocks but the cache holds {self.kv_cache.num_blocks}: "
+                             "shorten it or give the cache more memory")
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> None:
+        if request_id in self.groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        params = (params or SamplingParams()).with_eos(self.eos_token_ids)
+        if params.detokenize and self.tokenizer is None:
+            params.detokenize = False
+        if params.stop and not params.detokenize:
+            raise ValueError("stop strings need detokenization (a tokenizer and detokenize=True)")
+        text, token_ids = parse_prompt(prompt, self.tokenizer)
+        self.validate_prompt(token_ids)
+        arrival = arrival_time if arrival_time is not None else time.monotonic()
+        children: list[Request] = []
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.config.device).manual_seed(params.seed + index)
+            child_id = request_id if params.n == 1 else f"{request_id}-{index}"
+            child = Request(child_id, token_ids, params, parent_id=request_id, index=index, prompt=text,
+                            arrival_time=arrival, generator=generator,
+                            prefix_source=children[0] if index else None, shares_prefix=params.n > 1)
+            if params.detokenize:
+                child.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens,
+                                                           params.spaces_between_special_tokens)
+            children.append(child)
+        self.groups[request_id] = RequestGroup(request_id, text, token_ids, params, children)
+        for child in children:
+            self.scheduler.add_request(child)
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        for rid in [request_id] if isinstance(request_id, str) else request_id:
+            group = self.groups.pop(rid, None)
+            if group is None:
+                continue
+            for child in group.children:
+                self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
+                if self.spec_decoder is not None:
+                    self.spec_decoder.free(child)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.groups)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.groups)
+
+    # ---- the step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        touched: list[Request] = []
+        for request in sched.finished:
+            self._finish(request, RequestStatus.FINISHED_LENGTH)
+            touched.append(request)
+        if sched.preempted:
+            self.stats.num_preemptions += len(sched.preempted)
+            if self.spec_decoder is not None:
+                for request in sched.preempted:
+                    self.spec_decoder.free(request)
+        if not sched.is_empty:
+            result = self._execute(sched)
+            now = time.monotonic()
+            for item in sched.scheduled:
+                request = item.request
+                if request.is_finished:
+                    continue
+                request.num_computed_tokens += item.num_new_tokens - result.num_rejected.get(request.request_id, 0)
+                request.spec_token_ids = []
+                self.kv_cache.cache_computed_blocks(request)
+                if request.num_computed_tokens >= request.num_prompt_tokens:
+                    self.scheduler.release_siblings(request)
+                rows = result.tokens.get(request.request_id)
+                if not rows:
+                    continue
+                for row in rows:
+                    self._append_token(request, row, now)
+                    if request.is_finished:
+                        break
+                touched.append(request)
+            if self.spec_decoder is not None:
+                self.spec_decoder.after_step(sched)
+        self.stats.num_steps += 1
+        self._update_gauges()
+        return self._outputs(touched)
+
+    def _execute(self, sched: SchedulerOutput) -> StepResult:
+        if self.spec_decoder is not None:
+            return self.spec_decoder.execute(sched)
+        output = self.model_runner.execute(sched)
+        for request_id in output.inputs.prompt_rows:
+            request = next(i.request for i in sched.scheduled if i.request.request_id == request_id)
+            self._add_prompt_logprobs(request, self.model_runner.prompt_logprobs(output, request))
+        to_sample = [item.request for item in sched.scheduled if item.completes_sequence]
+        sampled = self.model_runner.sample(output, to_sample)
+        return StepResult(tokens={rid: [row] for rid, row in sampled.items()})
+
+    def _add_prompt_logprobs(self, request: Request, rows: list[SampledRow]) -> None:
+        for row in rows:
+            request.prompt_logprobs.append(self._logprob_dict(row))
+
+    def _logprob_dict(self, row: SampledRow) -> dict[int, Logprob]:
+        decode = (lambda t: self.tokenizer.decode([t])) if self.tokenizer is not None else (lambda t: None)
+        entries = {row.token_id: Logprob(row.logprob, row.rank, decode(row.token_id))}
+        for rank, (token_id, logprob) in enumerate(row.top_logprobs or [], start=1):
+            entries.setdefault(token_id, Logprob(logprob, rank, decode(token_id)))
+        return entries
+
+    def _append_token(self, request: Request, row: SampledRow, now: float) -> None:
+        request.append_token(row.token_id)
+        metrics = request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+            self.stats.prompt_tokens += request.num_prompt_tokens
+        metrics.last_token_time = now
+        self.stats.generation_tokens += 1
+        if request.logprobs is not None:
+            request.logprobs.append(self._logprob_dict(row))
+            request.cumulative_logprob += row.logprob
+        delta = ""
+        if request.detokenizer is not None:
+            delta = request.detokenizer.add([row.token_id])
+            request.output_text += delta
+        status = self._stop_status(request, delta)
+        if status is not None:
+            self._finish(request, status)
+
+    def _stop_status(self, request: Request, delta: str) -> RequestStatus | None:
+        params = request.sampling_params
+        token_id = request.output_token_ids[-1]
+        if request.num_output_tokens >= params.min_tokens:
+            if token_id in params.all_stop_token_ids:
+                request.stop_reason = token_id if token_id in params.stop_token_ids else None
+                return RequestStatus.FINISHED_STOPPED
+            if params.stop and delta:
+                text = request.output_text
+                longest = max(len(s) for s in params.stop)
+                search_from = max(0, len(text) - len(delta) - longest + 1)
+                for stop in params.stop:
+                    at = text.find(stop, search_from)
+                    if at != -1:
+                        request.output_text = text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
+                        request.stop_reason = stop
+                        return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish_request(request, status)
+        if self.spec_decoder is not None:
+            self.spec_decoder.free(request)
+
+    def _update_gauges(self) -> None:
+        self.stats.num_running = self.scheduler.num_running
+        self.stats.num_waiting = self.scheduler.num_waiting
+        self.stats.kv_cache_usage = self.kv_cache.usage
+        self.stats.prefix_cache_queries = self.kv_cache.prefix_queries
+        self.stats.prefix_cache_hits = self.kv_cache.prefix_hits
+
+    # ---- outputs -----------------------------------------------------------------------------
+    @staticmethod
+    def _visible_text(request: Request) -> str:
+        """Text safe to show: while running, hold back what could be the start of a stop string."""
+        text = request.output_text
+        stops = request.sampling_params.stop
+        if stops and not request.is_finished and not request.sampling_params.include_stop_str_in_output:
+            hold = max(len(s) for s in stops) - 1
+            return text[: max(0, len(text) - hold)]
+        return text
+
+    def _completion(self, request: Request, kind: RequestOutputKind) -> CompletionOutput:
+        text = self._visible_text(request)
+        token_ids = request.output_token_ids
+        logprobs = request.logprobs
+        if kind == RequestOutputKind.DELTA:
+            text_offset, token_offset = request.sent_text_offset, request.sent_token_offset
+            request.sent_text_offset, request.sent_token_offset = len(text), len(token_ids)
+            text, token_ids = text[text_offset:], token_ids[token_offset:]
+            logprobs = logprobs[token_offset:] if logprobs is not None else None
+        return CompletionOutput(
+            index=request.index, text=text, token_ids=list(token_ids),
+            cumulative_logprob=request.cumulative_logprob if request.logprobs is not None else None,
+            logprobs=list(logprobs) if logprobs is not None else None,
+            finish_reason=request.finish_reason, stop_reason=request.stop_reason)
+
+    def _outputs(self, touched: list[Request]) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        seen: set[str] = set()
+        for request in touched:
+            group = self.groups.get(request.parent_id)
+            if group is None or group.request_id in seen:
+                continue
+            seen.add(group.request_id)
+            finished = group.finished
+            kind = group.params.output_kind
+            if kind == RequestOutputKind.FINAL_ONLY and not finished:
+                continue
+            first = group.children[0]
+            outputs.append(RequestOutput(
+                request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
+                prompt_logprobs=first.prompt_logprobs,
+                outputs=[self._completion(c, kind) for c in group.children],
+                finished=finished, metrics=first.metrics, num_cached_tokens=first.metrics.num_cached_tokens))
+            if finished:
+                del self.groups[group.request_id]
+        return outputs

@@ -1,0 +1,54 @@
+"""Paged attention as a layer: write this step's K/V into the cache, then attend through the block
+tables. The kernel call (Triton on CUDA, torch reference elsewhere) is in octavo.kernels.ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from octavo.kernels import ops
+
+
+@dataclass
+class AttentionMetadata:
+    """The flat batch's layout, built once per step by the model runner and shared by all layers."""
+
+    slot_mapping: torch.Tensor  # [T] int64, cache slot of every new token (-1: padding)
+    query_start_loc: torch.Tensor  # [B + 1] int32
+    seq_lens: torch.Tensor  # [B] int32, context length after this step
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    decode_only: bool  # every request has exactly one new token
+
+
+class PagedAttention(nn.Module):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 alibi_slopes: torch.Tensor | None = None, sliding_window: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.sliding_window = sliding_window
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes.float(), persistent=False)
+        else:
+            self.alibi_slopes = None
+        # Bound by the model runner once the cache is allocated.
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """query [T, H, D], key/value [T, Hkv, D] -> [T, H * D]."""
+        ops.write_kv_cache(key, value, self.k_cache, self.v_cache, meta.slot_mapping)
+        if meta.decode_only:
+            out = ops.paged_decode_attention(query, self.k_cache, self.v_cache, meta.block_tables,
+                                             meta.seq_lens, self.scale, self.alibi_slopes,
+                                             self.sliding_window)
+        else:
+            out = ops.paged_attention(query, self.k_cache, self.v_cache, meta.block_tables,
+                                      meta.query_start_loc, meta.seq_lens, self.scale,
+                                      self.alibi_slopes, self.sliding_window)
+        return out.reshape(out.shape[0], self.num_heads * self.head_dim)

@@ -1,0 +1,253 @@
+"""SchedulerOutput -> flat tensors -> model forward -> logits -> sampled tokens.
+
+All scheduled requests' new tokens are concatenated into one batch of T tokens; per token a
+position and a cache slot, per request a block table row, a query start and a context length.
+Only the positions that need a distribution (the last one of a request that reaches its end, every
+verified position under speculation, prompt positions for prompt_logprobs) go through the LM head.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from octavo.runtime.layers.attention import AttentionMetadata
+from octavo.runtime.loader import init_dummy_weights, load_weights
+from octavo.runtime.models.registry import model_class
+from octavo.runtime.request import Request
+from octavo.runtime.sampler import SampledRow, Sampler
+from octavo.runtime.scheduler import SchedulerOutput
+
+logger = logging.getLogger("octavo")
+
+CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on a CPU when none is given
+
+
+def build_model(model_config: ModelConfig, device: torch.device) -> torch.nn.Module:
+    cls = model_class(model_config.architecture)
+    with torch.device(device):
+        model = cls(model_config.hf_config, max_positions=model_config.max_model_len)
+    model.to(dtype=model_config.dtype)
+    if model_config.load_format == "dummy":
+        init_dummy_weights(model, model_config.seed)
+    else:
+        load_weights(model, model_config.model)
+    return model.eval()
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # rows of the hidden states that go through the LM head
+    # request id -> rows (into the logits) of the positions it samples from, in order
+    sample_rows: dict[str, list[int]] = field(default_factory=dict)
+    # request id -> (first prompt position, rows) for prompt logprobs
+    prompt_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
+
+
+@dataclass
+class RunnerOutput:
+    logits: torch.Tensor  # [rows, vocab] float32
+    inputs: StepInputs
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
+                 scheduler_config: SchedulerConfig, device: torch.device) -> None:
+        self.model_config = model_config
+        self.cache_config = cache_config
+        self.scheduler_config = scheduler_config
+        self.device = device
+        self.block_size = cache_config.block_size
+        start = time.perf_counter()
+        self.model = build_model(model_config, device)
+        logger.info("loaded %s (%s) in %.1fs", model_config.architecture, model_config.dtype,
+                    time.perf_counter() - start)
+        self.sampler = Sampler(device, model_config.seed)
+        self.num_blocks = 0
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # ---- KV cache ---------------------------------------------------------------------------
+    @property
+    def kv_shape(self) -> tuple[int, int, int]:
+        attn = self.model.attention_layers[0]
+        return self.block_size, attn.num_kv_heads, attn.head_dim
+
+    def bytes_per_block(self) -> int:
+        block_size, heads, head_dim = self.kv_shape
+        layers = len(self.model.attention_layers)
+        return 2 * layers * block_size * heads * head_dim * torch.tensor([], dtype=self.model_config.dtype).element_size()
+
+    def determine_num_blocks(self) -> int:
+        config = self.cache_config
+        if config.num_gpu_blocks:
+            return config.num_gpu_blocks
+        if config.kv_cache_memory_bytes:
+            return max(1, config.kv_cache_memory_bytes // self.bytes_per_block())
+        if self.device.type == "cuda":
+            return self._profile_cuda_blocks()
+        # CPU: enough for every sequence at full length, capped at CPU_KV_CACHE_BYTES.
+        per_seq = -(-self.scheduler_config.max_model_len // self.block_size)
+        wanted = per_seq * self.scheduler_config.max_num_seqs
+        return max(per_seq, min(wanted, CPU_KV_CACHE_BYTES // self.bytes_per_block()))
+
+    def _profile_cuda_blocks(self) -> int:
+        """Run the largest step the scheduler can produce, then give the KV cache what is left of
+        gpu_memory_utilization beyond that step's peak."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = min(self.scheduler_config.max_num_batched_tokens,
+                         self.scheduler_config.max_model_len * self.scheduler_config.max_num_seqs)
+        self.profile_run(num_tokens)
+        torch.cuda.synchronize(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        peak_transient = torch.cuda.max_memory_allocated(self.device) - torch.cuda.memory_allocated(self.device)
+        budget = total * self.cache_config.gpu_memory_utilization - (total - free) - peak_transient
+        num_blocks = int(budget // self.bytes_per_block())
+        if num_blocks < 1:
+            raise RuntimeError(
+                f"no GPU memory left for the KV cache at gpu_memory_utilization="
+                f"{self.cache_config.gpu_memory_utilization}: raise it, or lower max_num_batched_tokens")
+        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, self.block_size,
+                    num_blocks * self.bytes_per_block() / 2**30)
+        return num_blocks
+
+    @torch.inference_mode()
+    def profile_run(self, num_tokens: int) -> None:
+        """One forward over num_tokens prompt tokens (one sequence per max_model_len tokens)
+        with a throw-away cache just big enough, so activations reach their peak."""
+        seq_len = min(num_tokens, self.scheduler_config.max_model_len)
+        num_seqs = -(-num_tokens // seq_len)
+        blocks_per_seq = -(-seq_len // self.block_size)
+        self._allocate(num_seqs * blocks_per_seq)
+        lens = [seq_len] * (num_seqs - 1) + [num_tokens - seq_len * (num_seqs - 1)]
+        starts = [0]
+        for n in lens:
+            starts.append(starts[-1] + n)
+        positions = torch.cat([torch.arange(n) for n in lens]).to(self.device)
+        tables = torch.arange(num_seqs * blocks_per_seq, dtype=torch.int32).view(num_seqs, blocks_per_seq)
+        slots = torch.cat([tables[i].long().repeat_interleave(self.block_size)[:n] * self.block_size
+                           + torch.arange(n) % self.block_size for i, n in enumerate(lens)])
+        meta = AttentionMetadata(
+            slot_mapping=slots.to(self.device),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(lens, dtype=torch.int32, device=self.device),
+            block_tables=tables.to(self.device), decode_only=False)
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, positions, meta)
+        self.model.compute_logits(hidden[-self.scheduler_config.max_num_seqs:])
+        self._release()
+
+    def _allocate(self, num_blocks: int) -> None:
+        block_size, heads, head_dim = self.kv_shape
+        dtype = self.model_config.dtype
+        self.kv_caches = []
+        for attn in self.model.attention_layers:
+            k = torch.zeros(num_blocks, block_size, heads, head_dim, dtype=dtype, device=self.device)
+            v = torch.zeros_like(k)
+            attn.k_cache, attn.v_cache = k, v
+            self.kv_caches.append((k, v))
+
+    def _release(self) -> None:
+        for attn in self.model.attention_layers:
+            attn.k_cache = attn.v_cache = None
+        self.kv_caches = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def initialize_kv_cache(self) -> int:
+        self.num_blocks = self.determine_num_blocks()
+        self._allocate(self.num_blocks)
+        return self.num_blocks
+
+    # ---- one step ---------------------------------------------------------------------------
+    def prepare(self, sched: SchedulerOutput) -> StepInputs:
+        block_size = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        logits_positions: list[int] = []
+        sample_rows: dict[str, list[int]] = {}
+        prompt_rows: dict[str, tuple[int, list[int]]] = {}
+        for item in sched.scheduled:
+            req = item.request
+            first = req.num_computed_tokens
+            last = first + item.num_new_tokens
+            tokens = req.all_token_ids[first:last]
+            if len(tokens) < item.num_new_tokens:
+                tokens = tokens + req.spec_token_ids[: item.num_new_tokens - len(tokens)]
+            offset = len(input_ids)
+            input_ids.extend(tokens)
+            positions.extend(range(first, last))
+            table = req.block_ids
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(first, last))
+            starts.append(len(input_ids))
+            seq_lens.append(last)
+            if req.needs_prompt_logprobs:
+                # Row for position p predicts prompt token p + 1; skip positions already reported.
+                lo = max(first, len(req.prompt_logprobs) - 1)
+                hi = min(last, req.num_prompt_tokens - 1)
+                if hi > lo:
+                    rows = list(range(len(logits_positions), len(logits_positions) + hi - lo))
+                    logits_positions.extend(offset + p - first for p in range(lo, hi))
+                    prompt_rows[req.request_id] = (lo, rows)
+            if item.completes_sequence:
+                count = item.num_spec_tokens + 1
+                rows = list(range(len(logits_positions), len(logits_positions) + count))
+                logits_positions.extend(range(len(input_ids) - count, len(input_ids)))
+                sample_rows[req.request_id] = rows
+        width = max(len(item.request.block_ids) for item in sched.scheduled)
+        tables = torch.zeros(len(sched.scheduled), width, dtype=torch.int32)
+        for i, item in enumerate(sched.scheduled):
+            ids = item.request.block_ids
+            tables[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        device = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device, non_blocking=True),
+            block_tables=tables.to(device, non_blocking=True),
+            decode_only=all(item.num_new_tokens == 1 for item in sched.scheduled),
+        )
+        return StepInputs(
+            input_ids=torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
+            positions=torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
+            meta=meta,
+            logits_indices=torch.tensor(logits_positions, dtype=torch.long).to(device, non_blocking=True),
+            sample_rows=sample_rows,
+            prompt_rows=prompt_rows,
+        )
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        inputs = self.prepare(sched)
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        return RunnerOutput(logits=logits, inputs=inputs)
+
+    @torch.inference_mode()
+    def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:
+        """One token for each request that reached its end this step (no speculation)."""
+        rows = [output.inputs.sample_rows[r.request_id][-1] for r in requests]
+        if not rows:
+            return {}
+        index = torch.tensor(rows, device=output.logits.device)
+        sampled = self.sampler(output.logits.index_select(0, index), requests)
+        return {r.request_id: row for r, row in zip(requests, sampled)}
+
+    @torch.inference_mode()
+    def prompt_logprobs(self, output: RunnerOutput, request: Request) -> list[SampledRow]:
+        """Raw log-probabilities of the prompt tokens this step covered, with the top-N."""
+        first, rows = output.inputs.prompt_rows[request.request_id]
+        logits = output.logits.index_select(0, torch.tensor(rows, device=output.logits.device))
+        targets = torch.tensor(request.prompt_token_ids[first + 1 : first + 1 + len(rows)], device=logits.device)
+        n = request.sampling_params.prompt_logprobs
+        return Sampler.describe(logits, targets, [request] * len(rows), [n] * len(rows))

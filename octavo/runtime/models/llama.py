@@ -1,0 +1,191 @@
+"""The Llama family: Llama (incl. 3.1's rope scaling), Mistral (sliding window) and Qwen2 (QKV
+bias). One decoder, three configs.
+
+Per layer: x -> RMSNorm -> fused QKV -> rotary -> paged attention -> o_proj -> + residual ->
+RMSNorm -> fused gate/up -> SiLU(gate) * up -> down -> + residual. The residual add is fused
+into the next norm (ops.rms_norm with residual).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from octavo.kernels import ops
+from octavo.runtime.layers.attention import AttentionMetadata, PagedAttention
+from octavo.runtime.layers.rotary import cos_sin_cache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return ops.rms_norm(x, self.weight, self.eps, residual)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: Any, rotary_cache: torch.Tensor, qkv_bias: bool, sliding_window: int | None) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=getattr(config, "attention_bias", False)
+                                and not qkv_bias_only(config))
+        self.rotary_cache = rotary_cache
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5,
+                                   sliding_window=sliding_window)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        num_tokens = hidden.shape[0]
+        q, k = ops.rotary(q.reshape(num_tokens, self.num_heads, self.head_dim),
+                          k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
+                          positions, self.rotary_cache)
+        out = self.attn(q, k, v.reshape(num_tokens, self.num_kv_heads, self.head_dim), meta)
+        return self.o_proj(out)
+
+
+def qkv_bias_only(config: Any) -> bool:
+    """Qwen2 has biases on q/k/v but not on o_proj."""
+    return getattr(config, "model_type", "") == "qwen2"
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act {act!r} is not supported for Llama-family models (only silu)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: Any, rotary_cache: torch.Tensor, qkv_bias: bool, sliding_window: int | None) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, rotary_cache, qkv_bias, sliding_window)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, positions, hidden, residual, meta):
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: Any, max_positions: int, qkv_bias: bool, sliding_window: int | None) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        num_heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+        rotary_dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+        self.register_buffer("rotary_cache", cos_sin_cache(config, rotary_dim, max_positions), persistent=False)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, self.rotary_cache, qkv_bias, sliding_window)
+            for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def _apply(self, fn, recurse=True):
+        # Keep the layers' reference to the rotary table pointing at the moved buffer, and keep it
+        # in float32 whatever dtype the weights take.
+        table = self.rotary_cache
+        super()._apply(fn, recurse)
+        self.rotary_cache = table.to(self.rotary_cache.device)
+        for layer in self.layers:
+            layer.self_attn.rotary_cache = self.rotary_cache
+        return self
+
+    def forward(self, input_ids, positions, meta):
+        hidden = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual, meta)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """Also serves MistralForCausalLM and Qwen2ForCausalLM."""
+
+    def __init__(self, config: Any, max_positions: int) -> None:
+        super().__init__()
+        self.config = config
+        model_type = getattr(config, "model_type", "llama")
+        qkv_bias = model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+        sliding_window = getattr(config, "sliding_window", None)
+        if model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+            sliding_window = None
+        self.model = LlamaModel(config, max_positions, qkv_bias, sliding_window)
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def attention_layers(self) -> list[PagedAttention]:
+        return [layer.self_attn.attn for layer in self.model.layers]
+
+    def forward(self, input_ids, positions, meta):
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()
+
+    # ---- checkpoint names -> fused parameters ------------------------------------------------
+    _STACKED = {
+        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    def _shard_range(self, fused: str, shard: int, module: nn.Module) -> tuple[int, int]:
+        if fused == "qkv_proj":
+            sizes = [module.q_size, module.kv_size, module.kv_size]
+        else:
+            half = module.gate_up_proj.out_features // 2
+            sizes = [half, half]
+        start = sum(sizes[:shard])
+        return start, start + sizes[shard]
+
+    @torch.no_grad()
+    def load_weight(self, name: str, tensor: torch.Tensor) -> list[str]:
+        """Copy one checkpoint tensor in; returns the parameter names it wrote."""
+        if "rotary_emb.inv_freq" in name:
+            return []
+        if name == "lm_head.weight" and self.lm_head is None:
+            return []  # tied: the embedding is the head
+        params = dict(self.named_parameters())
+        parts = name.split(".")
+        for index, part in enumerate(parts):
+            if part in self._STACKED:
+                fused, shard = self._STACKED[part]
+                owner_name = ".".join(parts[:index])
+                fused_name = ".".join(parts[:index] + [fused] + parts[index + 1:])
+                owner = self.get_submodule(owner_name)
+                start, end = self._shard_range(fused, shard, owner)
+                params[fused_name][start:end].copy_(tensor)
+                return [fused_name]
+        if name not in params:
+            raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
+        params[name].copy_(tensor)
+        return [name]

@@ -1,0 +1,24 @@
+"""Architecture name (config.json "architectures") -> model class. A plain dict: the one place
+that says what octavo can serve."""
+
+from __future__ import annotations
+
+import importlib
+
+_MODELS: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_class(architecture: str):
+    if architecture not in _MODELS:
+        raise ValueError(f"architecture {architecture or '(none in config.json)'!r} is not supported; "
+                         f"supported: {', '.join(supported_architectures())}")
+    module_name, class_name = _MODELS[architecture]
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,144 @@
+"""From logits to tokens: penalties, temperature, top-k / top-p / min-p, per-request seeds and
+log-probabilities. One row of logits per sampled position; all rows processed as one batch, with
+per-row parameters as tensors.
+
+Log-probabilities are those of the model's raw distribution (before penalties and temperature),
+as vLLM reports them. A seeded request draws its randomness from its own generator, so its output
+does not depend on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from octavo.runtime.request import Request
+
+
+@dataclass
+class SampledRow:
+    token_id: int
+    logprob: float | None = None  # of the chosen token, raw distribution
+    rank: int | None = None
+    top_logprobs: list[tuple[int, float]] | None = None  # (token id, logprob), best first
+
+
+def needs_penalties(request: Request) -> bool:
+    params = request.sampling_params
+    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
+            or (params.min_tokens > 0 and request.num_output_tokens < params.min_tokens))
+
+
+def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    """Repetition (HF's: prompt + output tokens), presence and frequency (OpenAI's: output tokens)
+    penalties, and min_tokens (end-of-sequence tokens masked until enough were produced)."""
+    vocab = logits.shape[-1]
+    for row, request in enumerate(requests):
+        params = request.sampling_params
+        if params.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(request.all_token_ids)), dtype=torch.long, device=logits.device)
+            seen = seen[seen < vocab]
+            values = logits[row, seen]
+            values = torch.where(values > 0, values / params.repetition_penalty, values * params.repetition_penalty)
+            logits[row, seen] = values
+        if params.presence_penalty or params.frequency_penalty:
+            if request.output_token_ids:
+                out = torch.tensor(request.output_token_ids, dtype=torch.long, device=logits.device)
+                counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
+                logits[row] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+        if params.min_tokens and request.num_output_tokens < params.min_tokens:
+            stops = [t for t in params.all_stop_token_ids if t < vocab]
+            if stops:
+                logits[row, stops] = float("-inf")
+    return logits
+
+
+def filter_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                             min_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) what top-k, top-p and min-p exclude; each row has its own values
+    (top_k 0 = off, top_p 1 = off, min_p 0 = off)."""
+    vocab = logits.shape[-1]
+    if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        ranks = torch.arange(vocab, device=logits.device).expand_as(sorted_logits)
+        k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
+        drop = ranks >= k[:, None]
+        probs = sorted_logits.softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly before each token
+        drop |= before > top_p[:, None]
+        drop[:, 0] = False  # always keep the best token
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    if bool((min_p > 0).any()):
+        probs = logits.softmax(dim=-1)
+        threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    return logits
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int) -> None:
+        self.device = device
+        # Unseeded requests share this generator: runs are reproducible for a fixed engine seed.
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def processed_logits(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """Penalties, temperature and filters applied: what sampling draws from."""
+        logits = apply_penalties(logits.clone(), requests)
+        temperature = torch.tensor([max(r.sampling_params.temperature, 1e-5) if not r.sampling_params.greedy else 1.0
+                                    for r in requests], device=logits.device)
+        logits = logits / temperature[:, None]
+        top_k = torch.tensor([r.sampling_params.top_k for r in requests], device=logits.device)
+        top_p = torch.tensor([r.sampling_params.top_p for r in requests], device=logits.device)
+        min_p = torch.tensor([r.sampling_params.min_p for r in requests], device=logits.device)
+        return filter_top_k_top_p_min_p(logits, top_k, top_p, min_p)
+
+    def random_noise(self, shape: tuple[int, int], requests: list[Request]) -> torch.Tensor:
+        """Exponential(1) noise per row: a seeded request's row from its own generator."""
+        noise = torch.empty(shape, device=self.device).exponential_(generator=self.generator)
+        for row, request in enumerate(requests):
+            if request.generator is not None and not request.sampling_params.greedy:
+                noise[row].exponential_(generator=request.generator)
+        return noise
+
+    def choose(self, processed: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """Greedy rows take the argmax; others sample by the exponential race
+        (argmax of p / E with E ~ Exp(1), which draws from p)."""
+        greedy = torch.tensor([r.sampling_params.greedy for r in requests], device=processed.device)
+        argmax = processed.argmax(dim=-1)
+        if bool(greedy.all()):
+            return argmax
+        probs = processed.softmax(dim=-1)
+        sampled = (probs / self.random_noise(tuple(probs.shape), requests)).argmax(dim=-1)
+        return torch.where(greedy, argmax, sampled)
+
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledRow]:
+        if all(r.sampling_params.greedy and not needs_penalties(r) for r in requests):
+            chosen = logits.argmax(dim=-1)  # filters never drop the best token
+        else:
+            chosen = self.choose(self.processed_logits(logits, requests), requests)
+        return self.describe(logits, chosen, requests)
+
+    @staticmethod
+    def describe(logits: torch.Tensor, chosen: torch.Tensor, requests: list[Request],
+                 num_logprobs: list[int | None] | None = None) -> list[SampledRow]:
+        """The chosen tokens with the raw log-probabilities each request asked for."""
+        wanted = num_logprobs or [r.sampling_params.logprobs for r in requests]
+        rows = [SampledRow(token_id=t) for t in chosen.tolist()]
+        if all(n is None for n in wanted):
+            return rows
+        logprobs = logits.float().log_softmax(dim=-1)
+        top_n = max(n or 0 for n in wanted)
+        chosen_lp = logprobs.gather(-1, chosen[:, None]).squeeze(-1)
+        ranks = (logprobs > chosen_lp[:, None]).sum(dim=-1) + 1
+        top_values, top_ids = logprobs.topk(top_n, dim=-1) if top_n else (None, None)
+        chosen_lp, ranks = chosen_lp.tolist(), ranks.tolist()
+        top_values = top_values.tolist() if top_n else None
+        top_ids = top_ids.tolist() if top_n else None
+        for i, n in enumerate(wanted):
+            if n is None:
+                continue
+            rows[i].logprob, rows[i].rank = chosen_lp[i], ranks[i]
+            rows[i].top_logprobs = list(zip(top_ids[i][:n], top_values[i][:n])) if n else []
+        return rows
