@@ -1,0 +1,99 @@
+"""AsyncLLMEngine: cumulative streaming, abort by call or by cancellation, bad input failing alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from octavo import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def engine(llama_dir):
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(llama_dir), dtype="float32",
+                                                             num_gpu_blocks_override=128))
+    yield engine
+    engine.shutdown()
+
+
+async def collect(engine, prompt, params, request_id):
+    outputs = []
+    async for out in engine.generate(prompt, params, request_id):
+        outputs.append(out)
+    return outputs
+
+
+async def test_streams_cumulative_outputs_whose_deltas_rebuild_the_text(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    outputs = await asyncio.wait_for(collect(engine, "Machine learning is", params, "a"), TIMEOUT)
+    assert outputs[-1].finished and not any(o.finished for o in outputs[:-1])
+    texts = [o.outputs[0].text for o in outputs]
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    rebuilt = "".join(b[len(a):] for a, b in zip([""] + texts, texts))
+    assert rebuilt == texts[-1]
+    assert len(outputs[-1].outputs[0].token_ids) == 20
+
+
+async def test_cancelled_consumer_aborts_and_frees_blocks(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    first_output = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.generate("Paged attention", params, "cancel-me"):
+            first_output.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first_output.wait(), TIMEOUT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_until_idle(engine)
+    engine.engine.kv_cache.check_no_leaks()
+
+
+async def test_abort_ends_the_stream(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    seen = []
+
+    async def consume():
+        async for out in engine.generate("Kubernetes", params, "abort-me"):
+            seen.append(out)
+            if len(seen) == 2:
+                await engine.abort("abort-me")
+
+    await asyncio.wait_for(consume(), TIMEOUT)
+    assert 2 <= len(seen) < 400
+    await wait_until_idle(engine)
+    engine.engine.kv_cache.check_no_leaks()
+
+
+async def test_bad_prompt_fails_alone_while_others_finish(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    good = asyncio.create_task(collect(engine, "Machine learning is", params, "good"))
+    with pytest.raises(ValueError, match="max_model_len"):
+        await asyncio.wait_for(collect(engine, {"prompt_token_ids": [3] * 1000}, params, "bad"), TIMEOUT)
+    outputs = await asyncio.wait_for(good, TIMEOUT)
+    assert outputs[-1].finished and len(outputs[-1].outputs[0].token_ids) >= 1
+
+
+async def test_concurrent_requests_match_sequential_ones(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompts = [f"Request number {i} says" for i in range(8)]
+    together = await asyncio.wait_for(
+        asyncio.gather(*(collect(engine, p, params, f"c{i}") for i, p in enumerate(prompts))), TIMEOUT)
+    for i in (0, 5):
+        alone = await asyncio.wait_for(collect(engine, prompts[i], params, f"s{i}"), TIMEOUT)
+        assert alone[-1].outputs[0].token_ids == together[i][-1].outputs[0].token_ids
+
+
+async def wait_until_idle(engine, timeout: float = TIMEOUT) -> None:
+    """Poll (bounded) until the engine thread has processed the abort."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while engine.engine.has_unfinished_requests() or engine.engine.kv_cache.num_free_blocks != engine.engine.kv_cache.num_blocks:
+        if loop.time() > deadline:
+            raise TimeoutError("engine did not go idle")
+        await asyncio.sleep(0.01)
