@@ -94,18 +94,23 @@ class LLMEngine:
         model_config = config.model_config
         self.tokenizer = load_tokenizer(model_config.tokenizer, required=model_config.load_format != "dummy")
         self.eos_token_ids = eos_token_ids(self.tokenizer, model_config.model, model_config.hf_config)
-        self.model_runner = ModelRunner(model_config, config.cache_config, config.scheduler_config, config.device)
+        self.model_runner = ModelRunner(model_config, config.cache_config, config.scheduler_config, config.device,
+                                        enforce_eager=config.enforce_eager)
+        self.spec_decoder = None
+        if config.speculative_config is not None:
+            from octavo.runtime.spec_decode import SpecDecoder
+
+            # Built before the KV cache is sized: the draft's weights and KV share the memory.
+            self.spec_decoder = SpecDecoder(self, config.speculative_config)
         num_blocks = self.model_runner.initialize_kv_cache()
+        self.model_runner.capture_cuda_graphs()
+        if self.spec_decoder is not None:
+            self.spec_decoder.initialize_kv_cache(num_blocks)
         self.kv_cache = KVCacheManager(num_blocks, config.cache_config.block_size,
                                        config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
         self.groups: dict[str, RequestGroup] = {}
         self.stats = EngineStats()
-        self.spec_decoder = None
-        if config.speculative_config is not None:
-            from octavo.runtime.spec_decode import SpecDecoder
-
-            self.spec_decoder = SpecDecoder(self, config.speculative_config)
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -174,6 +179,9 @@ class LLMEngine:
                 self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
                 if self.spec_decoder is not None:
                     self.spec_decoder.free(child)
+        # An idle engine takes no further step, so refresh the gauges here (or /metrics would
+        # keep reporting the aborted request as running and its blocks as used).
+        self._update_gauges()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
@@ -183,6 +191,8 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.spec_decoder is not None:
+            self.spec_decoder.propose()  # drafts for this step, before the scheduler counts them
         sched = self.scheduler.schedule()
         touched: list[Request] = []
         for request in sched.finished:

@@ -94,10 +94,12 @@ class KVCacheManager:
         if not (self.enable_prefix_caching or request.shares_prefix):
             return
         hashes = self._full_block_hashes(request, request.num_computed_tokens)
-        for block_id, block_hash in zip(request.block_ids, hashes):
+        for index in range(request.num_registered_blocks, len(hashes)):
+            block_id, block_hash = request.block_ids[index], hashes[index]
             if self.block_hash[block_id] is None and block_hash not in self.cached_blocks:
                 self.block_hash[block_id] = block_hash
                 self.cached_blocks[block_hash] = block_id
+        request.num_registered_blocks = len(hashes)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -139,6 +141,7 @@ class KVCacheManager:
                 if self.block_hash[block_id] is None:
                     self.free_queue.move_to_end(block_id, last=False)
         request.block_ids = []
+        request.num_registered_blocks = 0
 
     def truncate(self, request: Request, num_tokens: int) -> None:
         """Drop blocks past the first `num_tokens` tokens (speculative tokens rejected)."""
@@ -146,6 +149,7 @@ class KVCacheManager:
         extra = request.block_ids[keep:]
         request.block_ids = request.block_ids[:keep]
         del request.block_hashes[keep:]
+        request.num_registered_blocks = min(request.num_registered_blocks, len(request.block_hashes))
         for block_id in reversed(extra):
             self.ref_counts[block_id] -= 1
             if self.ref_counts[block_id] == 0:

@@ -25,6 +25,7 @@ from octavo.runtime.scheduler import SchedulerOutput
 logger = logging.getLogger("octavo")
 
 CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on a CPU when none is given
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
 
 
 def build_model(model_config: ModelConfig, device: torch.device) -> torch.nn.Module:
@@ -52,6 +53,55 @@ class StepInputs:
 
 
 @dataclass
+class DecodeGraph:
+    graph: "torch.cuda.CUDAGraph"
+    size: int
+    hidden: torch.Tensor  # the graph's output, [size, hidden]
+
+
+class GraphBuffers:
+    """Static input tensors shared by every captured decode graph; a replay copies the step's
+    inputs into their first rows and pads the rest (slot -1: nothing written; length 1: a
+    harmless read of block 0)."""
+
+    def __init__(self, max_batch: int, max_blocks: int, device: torch.device) -> None:
+        self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.slot_mapping = torch.full((max_batch,), -1, dtype=torch.long, device=device)
+        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+
+    def meta(self, size: int) -> AttentionMetadata:
+        return AttentionMetadata(slot_mapping=self.slot_mapping[:size], query_start_loc=self.query_start_loc[: size + 1],
+                                 seq_lens=self.seq_lens[:size], block_tables=self.block_tables[:size],
+                                 decode_only=True)
+
+    def capture(self, model: torch.nn.Module, size: int, pool) -> DecodeGraph:
+        meta = self.meta(size)
+        for _ in range(2):  # warm up: Triton compiles and autotunes outside the capture
+            model(self.input_ids[:size], self.positions[:size], meta)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            hidden = model(self.input_ids[:size], self.positions[:size], meta)
+        return DecodeGraph(graph, size, hidden)
+
+    def replay(self, entry: DecodeGraph, inputs: StepInputs) -> torch.Tensor:
+        batch = inputs.input_ids.shape[0]
+        width = inputs.meta.block_tables.shape[1]
+        self.input_ids[:batch].copy_(inputs.input_ids)
+        self.positions[:batch].copy_(inputs.positions)
+        self.slot_mapping[:batch].copy_(inputs.meta.slot_mapping)
+        self.slot_mapping[batch : entry.size].fill_(-1)
+        self.seq_lens[:batch].copy_(inputs.meta.seq_lens)
+        self.seq_lens[batch : entry.size].fill_(1)
+        self.block_tables[:batch, :width].copy_(inputs.meta.block_tables)
+        entry.graph.replay()
+        return entry.hidden[:batch]
+
+
+@dataclass
 class RunnerOutput:
     logits: torch.Tensor  # [rows, vocab] float32
     inputs: StepInputs
@@ -59,8 +109,11 @@ class RunnerOutput:
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 scheduler_config: SchedulerConfig, device: torch.device) -> None:
+                 scheduler_config: SchedulerConfig, device: torch.device, enforce_eager: bool = False) -> None:
         self.model_config = model_config
+        self.enforce_eager = enforce_eager or device.type != "cuda"
+        self.graphs: dict[int, DecodeGraph] = {}
+        self.graph_buffers: GraphBuffers | None = None
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
         self.device = device
@@ -72,6 +125,8 @@ class ModelRunner:
         self.sampler = Sampler(device, model_config.seed)
         self.num_blocks = 0
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Memory per block owned elsewhere but sized with this cache (a speculative draft's KV).
+        self.extra_bytes_per_block = 0
 
     # ---- KV cache ---------------------------------------------------------------------------
     @property
@@ -89,13 +144,13 @@ class ModelRunner:
         if config.num_gpu_blocks:
             return config.num_gpu_blocks
         if config.kv_cache_memory_bytes:
-            return max(1, config.kv_cache_memory_bytes // self.bytes_per_block())
+            return max(1, config.kv_cache_memory_bytes // (self.bytes_per_block() + self.extra_bytes_per_block))
         if self.device.type == "cuda":
             return self._profile_cuda_blocks()
         # CPU: enough for every sequence at full length, capped at CPU_KV_CACHE_BYTES.
         per_seq = -(-self.scheduler_config.max_model_len // self.block_size)
         wanted = per_seq * self.scheduler_config.max_num_seqs
-        return max(per_seq, min(wanted, CPU_KV_CACHE_BYTES // self.bytes_per_block()))
+        return max(per_seq, min(wanted, CPU_KV_CACHE_BYTES // (self.bytes_per_block() + self.extra_bytes_per_block)))
 
     def _profile_cuda_blocks(self) -> int:
         """Run the largest step the scheduler can produce, then give the KV cache what is left of
@@ -109,7 +164,7 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info(self.device)
         peak_transient = torch.cuda.max_memory_allocated(self.device) - torch.cuda.memory_allocated(self.device)
         budget = total * self.cache_config.gpu_memory_utilization - (total - free) - peak_transient
-        num_blocks = int(budget // self.bytes_per_block())
+        num_blocks = int(budget // (self.bytes_per_block() + self.extra_bytes_per_block))
         if num_blocks < 1:
             raise RuntimeError(
                 f"no GPU memory left for the KV cache at gpu_memory_utilization="
@@ -205,10 +260,8 @@ class ModelRunner:
                 logits_positions.extend(range(len(input_ids) - count, len(input_ids)))
                 sample_rows[req.request_id] = rows
         width = max(len(item.request.block_ids) for item in sched.scheduled)
-        tables = torch.zeros(len(sched.scheduled), width, dtype=torch.int32)
-        for i, item in enumerate(sched.scheduled):
-            ids = item.request.block_ids
-            tables[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+        tables = torch.tensor([item.request.block_ids + [0] * (width - len(item.request.block_ids))
+                               for item in sched.scheduled], dtype=torch.int32)
         device = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
@@ -229,9 +282,42 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         inputs = self.prepare(sched)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        hidden = self.forward(inputs)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         return RunnerOutput(logits=logits, inputs=inputs)
+
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """The model over the flat batch: a captured CUDA graph for decode batches that fit one,
+        eager otherwise."""
+        batch = inputs.meta.seq_lens.shape[0]
+        if inputs.meta.decode_only and self.graphs:
+            size = next((s for s in sorted(self.graphs) if s >= batch), None)
+            if size is not None:
+                return self.graph_buffers.replay(self.graphs[size], inputs)
+        return self.model(inputs.input_ids, inputs.positions, inputs.meta)
+
+    # ---- CUDA graphs ------------------------------------------------------------------------
+    def capture_cuda_graphs(self) -> None:
+        """Capture one decode graph per batch size in CAPTURE_SIZES (up to max_num_seqs); a
+        decode step is padded to the next captured size and replayed. Logs the cost."""
+        if self.enforce_eager or not self.kv_caches:
+            return
+        start = time.perf_counter()
+        free_before = torch.cuda.mem_get_info(self.device)[0]
+        max_seqs = self.scheduler_config.max_num_seqs
+        sizes = [s for s in CAPTURE_SIZES if s <= max_seqs]
+        if not sizes or sizes[-1] < max_seqs <= CAPTURE_SIZES[-1]:
+            sizes.append(next(s for s in CAPTURE_SIZES if s >= max_seqs))
+        max_blocks = -(-self.scheduler_config.max_model_len // self.block_size)
+        self.graph_buffers = GraphBuffers(max(sizes), max_blocks, self.device)
+        pool = torch.cuda.graph_pool_handle()
+        with torch.inference_mode():
+            for size in sorted(sizes, reverse=True):  # largest first: later ones reuse its memory
+                self.graphs[size] = self.graph_buffers.capture(self.model, size, pool)
+        torch.cuda.synchronize(self.device)
+        used = free_before - torch.cuda.mem_get_info(self.device)[0]
+        logger.info("captured %d CUDA graphs (batch sizes %s..%s) in %.1fs using %.0f MiB", len(sizes),
+                    min(sizes), max(sizes), time.perf_counter() - start, used / 2**20)
 
     @torch.inference_mode()
     def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:

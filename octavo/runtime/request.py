@@ -61,6 +61,7 @@ class Request:
         self.block_ids: list[int] = []
         # Hashes of this request's full blocks, in order (prefix caching); extended as blocks fill.
         self.block_hashes: list[bytes] = []
+        self.num_registered_blocks = 0  # leading full blocks already offered to the prefix cache
         self.generator = generator
         # n > 1: siblings share the prompt's full blocks through the prefix cache even when it
         # is off; a sibling waits until `prefix_source` has computed the prompt.
