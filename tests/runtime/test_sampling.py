@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import hf_logits
+from hf_reference import hf_logits
 from octavo import LLM, SamplingParams
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import hf_greedy
+from hf_reference import hf_greedy
 from octavo import LLM, SamplingParams
 
 PROMPTS = [

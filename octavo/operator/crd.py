@@ -1,0 +1,328 @@
+"""The LLMService CustomResourceDefinition, written once here.
+
+`crds/llmservice.yaml` and the Helm chart's copy are rendered from `build_crd()`
+(`python -m octavo.operator.crd > crds/llmservice.yaml`; a test keeps them in sync), and the
+operator applies the same schema's defaults with `apply_defaults()`, so a spec read before the
+API server defaulted it (an old object, a test emulator) still means what the schema says.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+GROUP = "serving.octavo.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "LLMService"
+PLURAL = "llmservices"
+SINGULAR = "llmservice"
+SHORT_NAMES = ["llms"]
+
+PHASES = ["Validating", "Deploying", "Ready", "Degraded", "Blocked"]
+DTYPES = ["auto", "half", "float16", "bfloat16", "float", "float32"]
+
+_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"  # the API server's own quantity regex
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _integer(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "format": "int32", "description": description, **extra}
+
+
+def _model_ref(what: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"The {what}: a Hugging Face hub id or embedded demo name (`name`), or a "
+                       "directory inside the container (`path`; relative paths are under the "
+                       "model cache).",
+        "properties": {
+            "name": _string("Hub id (org/model) or a demo model name (octavo-demo, "
+                            "octavo-demo-draft).", minLength=1, maxLength=256),
+            "path": _string("Directory holding config.json and the weights.", minLength=1,
+                            maxLength=1024),
+            "revision": _string("Hub revision (branch, tag or commit).", minLength=1,
+                                maxLength=128),
+        },
+        "x-kubernetes-validations": [
+            {"rule": "has(self.name) || has(self.path)",
+             "message": "set name (a hub id or demo name) or path (a directory in the container)"},
+        ],
+    }
+
+
+_TOLERATION = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string"},
+        "operator": {"type": "string", "enum": ["Exists", "Equal"]},
+        "value": {"type": "string"},
+        "effect": {"type": "string", "enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
+        "tolerationSeconds": {"type": "integer", "format": "int64"},
+    },
+}
+
+_ENV_VAR = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "value": {"type": "string"},
+        # An EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef...): the Deployment's own
+        # validation checks it, so the schema keeps it opaque.
+        "valueFrom": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+    },
+}
+
+SPEC_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": _model_ref("target model to serve"),
+        "speculative": {
+            "type": "object",
+            "description": "Speculative decoding with a smaller draft model of the same "
+                           "tokenizer family. The pair is validated by a Job before rollout.",
+            "required": ["draftModel"],
+            "properties": {
+                "draftModel": _model_ref("draft model"),
+                "numSpeculativeTokens": _integer("Tokens the draft proposes per step.",
+                                                 minimum=1, maximum=16, default=5),
+            },
+        },
+        "replicas": _integer("Serving pods (ignored while autoscaling is set).", minimum=0,
+                             maximum=1024, default=1),
+        "tensorParallelSize": _integer("GPUs one engine shards the model over.", minimum=1,
+                                       maximum=64, default=1),
+        "dtype": _string("Weight and activation dtype.", enum=DTYPES, default="auto"),
+        "maxNumSeqs": _integer("Most sequences in one batch.", minimum=1, maximum=65536,
+                               default=256),
+        "maxModelLen": _integer("Context length (default: the model's).", minimum=1),
+        "gpuMemoryUtilization": {"type": "number", "description": "Fraction of GPU memory for "
+                                 "weights, activations and the KV cache.", "minimum": 0,
+                                 "exclusiveMinimum": True, "maximum": 1, "default": 0.9},
+        "shutdownTimeoutSeconds": _integer("How long a stopping server drains in-flight "
+                                           "requests; the pod's grace period follows it.",
+                                           minimum=0, maximum=3600, default=30),
+        "resources": {
+            "type": "object",
+            "default": {},
+            "properties": {
+                "gpusPerReplica": _integer("nvidia.com/gpu per pod (default: "
+                                           "tensorParallelSize; 0 runs on CPU).", minimum=0,
+                                           maximum=64),
+                "memory": _string("Memory request and limit per pod.", pattern=_QUANTITY),
+                "cpu": _string("CPU request per pod.", pattern=_QUANTITY),
+                "nodeSelector": {"type": "object",
+                                 "additionalProperties": {"type": "string"}},
+                "tolerations": {"type": "array", "items": _TOLERATION},
+            },
+        },
+        "image": _string("Runtime image (default: the operator's OCTAVO_RUNTIME_IMAGE)."),
+        "imagePullPolicy": _string("Image pull policy.", enum=["Always", "IfNotPresent", "Never"]),
+        "env": {"type": "array", "description": "Extra environment for the server and the "
+                "validation Job (e.g. HF_TOKEN from a Secret).", "items": _ENV_VAR},
+        "apiKeySecretRef": {
+            "type": "object",
+            "description": "Secret key holding the API key clients must send (env "
+                           "OCTAVO_API_KEY).",
+            "required": ["name"],
+            "properties": {
+                "name": _string("Secret name.", minLength=1),
+                "key": _string("Key in the Secret.", minLength=1, default="api-key"),
+            },
+        },
+        "modelCache": {
+            "type": "object",
+            "description": "A PersistentVolumeClaim holding (or receiving) model weights.",
+            "required": ["claimName"],
+            "properties": {
+                "claimName": _string("PVC name.", minLength=1),
+                "mountPath": _string("Where it is mounted.", pattern="^/", default="/models"),
+                "readOnly": {"type": "boolean", "default": False},
+            },
+        },
+        "autoscaling": {
+            "type": "object",
+            "description": "A HorizontalPodAutoscaler on octavo:num_requests_waiting per pod "
+                           "(needs a custom metrics adapter, see charts/octavo-operator).",
+            "required": ["maxReplicas"],
+            "properties": {
+                "minReplicas": _integer("Fewest pods.", minimum=1, default=1),
+                "maxReplicas": _integer("Most pods.", minimum=1, maximum=1024),
+                "targetQueueDepth": _integer("Waiting requests per pod to aim for.", minimum=1,
+                                             default=8),
+            },
+            "x-kubernetes-validations": [
+                {"rule": "self.maxReplicas >= self.minReplicas",
+                 "message": "maxReplicas must be at least minReplicas"},
+            ],
+        },
+        "service": {
+            "type": "object",
+            "default": {},
+            "properties": {
+                "type": _string("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"],
+                                default="ClusterIP"),
+                "port": _integer("Service port of the OpenAI API.", minimum=1, maximum=65535,
+                                 default=8000),
+            },
+        },
+    },
+}
+
+_CONDITION = {
+    "type": "object",
+    "required": ["type", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+        "reason": {"type": "string"},
+        "message": {"type": "string"},
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "lastTransitionTime": {"type": "string", "format": "date-time"},
+    },
+}
+
+_SIDE = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string"},
+        "vocab_size": {"type": "integer", "nullable": True},
+        "tokenizer_size": {"type": "integer", "nullable": True},
+    },
+}
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "phase": {"type": "string", "enum": PHASES},
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "conditions": {
+            "type": "array",
+            "items": _CONDITION,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+        "replicas": {"type": "integer", "format": "int32"},
+        "readyReplicas": {"type": "integer", "format": "int32"},
+        "selector": {"type": "string"},
+        "endpoint": {"type": "string"},
+        "served": {
+            "type": "object",
+            "description": "What the Deployment runs now (it keeps the last good spec while a "
+                           "new one is validating or blocked).",
+            "properties": {"model": {"type": "string"}, "draft": {"type": "string"}},
+        },
+        "pair": {
+            "type": "object",
+            "description": "The verdict of the last target/draft validation.",
+            "properties": {
+                "hash": {"type": "string"},
+                "job": {"type": "string"},
+                "target": {"type": "string"},
+                "draft": {"type": "string"},
+                "verdict": {"type": "string", "enum": ["compatible", "compatible-with-padding",
+                                                       "incompatible", "error"]},
+                "compatible": {"type": "boolean"},
+                "reason": {"type": "string"},
+                "message": {"type": "string"},
+                "differences": {"type": "array", "items": {"type": "string"}},
+                "targetVocab": _SIDE,
+                "draftVocab": _SIDE,
+                "failures": {"type": "integer"},
+                "lastFailureTime": {"type": "string", "format": "date-time"},
+                "failedJobUid": {"type": "string"},
+                "checkedAt": {"type": "string", "format": "date-time"},
+            },
+        },
+    },
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "Draft", "type": "string", "jsonPath": ".spec.speculative.draftModel.name"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object (apiextensions.k8s.io/v1)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["octavo"],
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An OpenAI-compatible LLM endpoint served by octavo.",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": copy.deepcopy(SPEC_SCHEMA),
+                        "status": copy.deepcopy(STATUS_SCHEMA),
+                    },
+                    "required": ["spec"],
+                }},
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
+                },
+                "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+            }],
+        },
+    }
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """A copy of `value` with the schema's defaults filled in, the way the API server does it:
+    a missing property with a default gets it, then objects are walked recursively."""
+    if schema.get("type") == "object" and isinstance(value, dict):
+        result = dict(value)
+        for key, sub in schema.get("properties", {}).items():
+            if key not in result and "default" in sub:
+                result[key] = copy.deepcopy(sub["default"])
+            if key in result:
+                result[key] = apply_defaults(sub, result[key])
+        return result
+    if schema.get("type") == "array" and isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+def render_yaml() -> str:
+    import yaml
+
+    header = ("# Generated by `python -m octavo.operator.crd` from octavo/operator/crd.py: edit "
+              "that file, then regenerate.\n")
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_yaml())

@@ -1,0 +1,463 @@
+"""One level-triggered reconcile of an LLMService: read the world, converge it, report.
+
+Every kopf handler (create, update, resume, and events of the objects it owns) ends up here.
+It can run any number of times, concurrently with itself or after a crash, and converge:
+
+1. Admission checks (admission.py). A spec that cannot be deployed is reported, not deployed.
+2. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
+   hash so a repeated reconcile finds it. Until it says compatible, the Deployment is not
+   touched: an existing one keeps serving the previous spec.
+   The Job's own events (main.py watches owned Jobs) bring the next reconcile; only a failed
+   validation asks to be called again, after a backoff.
+3. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
+   the live object has drifted from the desired one.
+4. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from octavo.operator import admission, crd, resources, status as st
+from octavo.operator.kube import ApiError, Kube
+from octavo.operator.spec import LLMServiceSpec
+from octavo.operator.validation import PairVerdict
+
+log = logging.getLogger("octavo.operator")
+
+# A failed validation (a model could not be read) is retried after 30s, 60s, ... up to 10 min.
+RETRY_BASE_SECONDS = 30.0
+RETRY_MAX_SECONDS = 600.0
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+
+
+@dataclass
+class Outcome:
+    """The result of one reconcile. `requeue_after` (seconds) asks to be called again."""
+
+    phase: str
+    message: str = ""
+    requeue_after: float | None = None
+
+
+@dataclass
+class _PairState:
+    settled: bool  # a verdict on compatibility exists (compatible or not)
+    compatible: bool
+    record: dict[str, Any]
+    condition: dict[str, Any]
+    phase: str | None = None  # the phase while not deployable
+    requeue_after: float | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def retry_delay(failures: int) -> float:
+    return min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, failures - 1))
+
+
+def reconcile(kube: Kube, namespace: str, name: str,
+              now: datetime.datetime | None = None) -> Outcome | None:
+    """Reconcile the LLMService `namespace/name`; None when it is gone or being deleted."""
+    with _locks_guard:
+        lock = _locks[(namespace, name)]
+    with lock:  # one reconcile per object at a time in this process
+        body = kube.get(crd.API_VERSION, crd.KIND, namespace, name)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        return _reconcile(kube, body, now or datetime.datetime.now(datetime.timezone.utc))
+
+
+def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outcome:
+    meta = body["metadata"]
+    generation = meta.get("generation")
+    old_status = body.get("status") or {}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    conditions: list[dict[str, Any]] = []
+    drop: tuple[str, ...] = ()
+    events: list[tuple[str, str, str]] = []
+    new_status: dict[str, Any] = {}
+    if generation is not None:
+        new_status["observedGeneration"] = generation
+
+    errors = admission.check_llmservice(body.get("spec"), meta.get("name"))
+    if errors:
+        message = "; ".join(errors)
+        conditions.append(st.condition(st.SPEC_VALID, False, "InvalidSpec", message, generation))
+        events.append(("Warning", "InvalidSpec", message))
+        _observe_existing(kube, body, None, new_status, conditions, generation,
+                          blocked=f"invalid spec: {message}")
+        return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                       Outcome(st.BLOCKED, message))
+    conditions.append(st.condition(st.SPEC_VALID, True, "Valid", "the spec passed admission "
+                                   "checks", generation))
+    spec = LLMServiceSpec.from_dict(body.get("spec"))
+
+    if spec.draft is not None:
+        pair = _validate_pair(kube, body, spec, old_status.get("pair"), now, generation)
+        new_status["pair"] = pair.record
+        conditions.append(pair.condition)
+        events += pair.events
+        if not pair.compatible:
+            message = pair.condition["message"]
+            _observe_existing(kube, body, spec, new_status, conditions, generation,
+                              blocked=None if pair.phase == st.VALIDATING else message,
+                              validating=pair.phase == st.VALIDATING)
+            return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                           Outcome(pair.phase or st.BLOCKED, message, pair.requeue_after))
+    else:
+        new_status["pair"] = None  # merge patch: remove a verdict about a draft now gone
+        drop = (st.PAIR_COMPATIBLE,)
+
+    deployment = None
+    for desired in resources.serving_objects(body, spec):
+        live = ensure(kube, desired)
+        if desired["kind"] == "Deployment":
+            deployment = live
+    if spec.autoscaling is None:
+        _delete_owned(kube, body, "autoscaling/v2", "HorizontalPodAutoscaler", meta["name"])
+    _delete_stale_jobs(kube, body, spec.pair_hash())
+
+    rollout = st.rollout_of(deployment)
+    _report_serving(body, spec, deployment, rollout, new_status, conditions, generation)
+    if rollout.phase == st.READY and old_status.get("phase") != st.READY:
+        events.append(("Normal", "Ready", f"{rollout.ready} replica(s) serving "
+                       f"{new_status['endpoint']}"))
+    return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                   Outcome(rollout.phase, rollout.message))
+
+
+# --- the validation Job --------------------------------------------------------------------
+
+
+def _validate_pair(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
+                   old: dict[str, Any] | None, now: datetime.datetime,
+                   generation: int | None) -> _PairState:
+    namespace = body["metadata"].get("namespace", "default")
+    pair_hash = spec.pair_hash()
+    assert pair_hash is not None and spec.draft is not None
+    job_name = resources.validation_job_name(body["metadata"]["name"], pair_hash)
+    record: dict[str, Any] = {"hash": pair_hash, "job": job_name,
+                              "target": spec.model.display, "draft": spec.draft.display}
+    old = old if old and old.get("hash") == pair_hash else None
+
+    # A verdict on this exact pair is final: the Job is not run again (it may be gone by now).
+    if old and old.get("verdict") in ("compatible", "compatible-with-padding", "incompatible"):
+        return _settled(PairVerdict.from_json({**old, "target": old.get("targetVocab"),
+                                               "draft": old.get("draftVocab")}),
+                        {**old, **record}, generation, announce=False)
+
+    failures = int((old or {}).get("failures", 0))
+    job = kube.get("batch/v1", "Job", namespace, job_name)
+    if job is not None and job["metadata"].get("uid") and \
+            job["metadata"].get("uid") == (old or {}).get("failedJobUid"):
+        job = None  # the failed attempt already counted; it is being deleted
+    if job is None:
+        if failures:
+            last = st.parse_time((old or {}).get("lastFailureTime"))
+            wait = retry_delay(failures) - ((now - last).total_seconds() if last else 1e9)
+            if wait > 0:
+                return _failed(record, old or {}, generation, wait, announce=False)
+        try:
+            kube.create(resources.validation_job(body, spec))
+        except ApiError as exc:
+            if exc.status != 409:  # 409: created meanwhile, which is what we want
+                raise
+        return _pending(record, failures, spec, job_name, generation, created=True)
+
+    state = _job_state(job)
+    if state == "running":
+        return _pending(record, failures, spec, job_name, generation, created=False)
+    verdict = _read_verdict(kube, job)
+    if verdict is not None and verdict.verdict != "error":
+        return _settled(verdict, {**record, "checkedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                        generation, announce=True)
+
+    # The check itself failed: a model could not be read, or the Job died without a verdict.
+    if verdict is not None:
+        message = verdict.message
+    elif state == "succeeded":
+        message = "the validation Job finished without a verdict in its termination message"
+    else:
+        message = _job_failure_message(job)
+    failures += 1
+    failed = {**record, "verdict": "error", "compatible": False, "reason": "ValidationFailed",
+              "message": message, "failures": failures,
+              "lastFailureTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "failedJobUid": job["metadata"].get("uid", "")}
+    # Make room for the retry under the same deterministic name.
+    kube.delete("batch/v1", "Job", namespace, job_name)
+    return _failed(record, failed, generation, retry_delay(failures), announce=True)
+
+
+def _pending(record: dict[str, Any], failures: int, spec: LLMServiceSpec, job_name: str,
+             generation: int | None, created: bool) -> _PairState:
+    assert spec.draft is not None
+    message = (f"validation Job {job_name} is checking that {spec.draft.display} shares "
+               f"{spec.model.display}'s vocabulary")
+    events = [("Normal", "Validating", message)] if created else []
+    return _PairState(False, False, {**record, "failures": failures} if failures else record,
+                      st.condition(st.PAIR_COMPATIBLE, None, "Validating", message, generation),
+                      phase=st.VALIDATING, events=events)
+
+
+def _failed(record: dict[str, Any], failed: dict[str, Any], generation: int | None,
+            wait: float, announce: bool) -> _PairState:
+    failures = int(failed.get("failures", 1))
+    message = (f"validation failed (attempt {failures}): {failed.get('message', '')}; "
+               f"retrying in {int(wait)}s")
+    rec = {**record, **{k: failed[k] for k in ("verdict", "compatible", "reason", "message",
+                                               "failures", "lastFailureTime", "failedJobUid")
+                        if k in failed}}
+    events = [("Warning", "ValidationFailed", message)] if announce else []
+    return _PairState(False, False, rec,
+                      st.condition(st.PAIR_COMPATIBLE, None, "ValidationFailed", message,
+                                   generation),
+                      phase=st.BLOCKED, requeue_after=max(1.0, wait), events=events)
+
+
+def _settled(verdict: PairVerdict, record: dict[str, Any], generation: int | None,
+             announce: bool) -> _PairState:
+    rec = {**record, "verdict": verdict.verdict, "compatible": verdict.compatible,
+           "message": verdict.message, "differences": list(verdict.differences[:10]),
+           "targetVocab": _side(verdict.target), "draftVocab": _side(verdict.draft)}
+    for stale in ("failures", "lastFailureTime", "failedJobUid"):
+        rec.pop(stale, None)
+    if verdict.compatible:
+        rec["reason"] = "CompatibleWithPadding" if verdict.verdict == "compatible-with-padding" \
+            else "Compatible"
+        cond = st.condition(st.PAIR_COMPATIBLE, True, rec["reason"], verdict.message, generation)
+        events = [("Normal", "PairCompatible", f"{record['draft']} can draft for "
+                   f"{record['target']}: {verdict.message}")] if announce else []
+        return _PairState(True, True, rec, cond, events=events)
+    rec["reason"] = "VocabularyMismatch"
+    message = f"{record['draft']} cannot draft for {record['target']}: {verdict.message}"
+    cond = st.condition(st.PAIR_COMPATIBLE, False, "VocabularyMismatch", message, generation)
+    events = [("Warning", "VocabularyMismatch", message)] if announce else []
+    return _PairState(True, False, rec, cond, phase=st.BLOCKED, events=events)
+
+
+def _side(side: dict[str, Any] | None) -> dict[str, Any]:
+    side = side or {}
+    return {k: side.get(k) for k in ("path", "vocab_size", "tokenizer_size")}
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    job_status = job.get("status") or {}
+    for cond in job_status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") == "Complete":
+            return "succeeded"
+        if cond.get("status") == "True" and cond.get("type") == "Failed":
+            return "failed"
+    return "running"
+
+
+def _job_failure_message(job: dict[str, Any]) -> str:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return (f"the validation Job failed ({cond.get('reason', 'Failed')}: "
+                    f"{cond.get('message', '')})").replace(": )", ")")
+    return "the validation Job failed"
+
+
+def _read_verdict(kube: Kube, job: dict[str, Any]) -> PairVerdict | None:
+    """The check-pair verdict from the Job's pods' termination messages; a compatibility verdict
+    wins over an error one (a retried pod may have succeeded after a failed one)."""
+    namespace = job["metadata"].get("namespace", "default")
+    job_uid = job["metadata"].get("uid")
+    pods = kube.list("v1", "Pod", namespace, {"job-name": job["metadata"]["name"]})
+    found: list[PairVerdict] = []
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or ""):
+        pod_labels = (pod.get("metadata") or {}).get("labels") or {}
+        owner_uid = (pod_labels.get("batch.kubernetes.io/controller-uid")
+                     or pod_labels.get("controller-uid"))
+        if job_uid and owner_uid and owner_uid != job_uid:
+            continue  # a pod of an earlier Job with the same name
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != resources.CHECK_CONTAINER:
+                continue
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                terminated = state.get("terminated") or {}
+                verdict = _parse_termination_message(terminated.get("message"))
+                if verdict is not None:
+                    found.append(verdict)
+    settled = [v for v in found if v.verdict != "error"]
+    return (settled or found or [None])[-1]
+
+
+def _parse_termination_message(message: str | None) -> PairVerdict | None:
+    if not message:
+        return None
+    try:
+        return PairVerdict.from_json(json.loads(message))
+    except ValueError:
+        # Not JSON: the command died before writing a verdict, and Kubernetes fell back to
+        # the log's tail (FallbackToLogsOnError).
+        tail = message.strip().splitlines()[-3:]
+        return PairVerdict.error(f"check-pair crashed: {' | '.join(tail)}"[:512], "", "")
+
+
+# --- owned objects -------------------------------------------------------------------------
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """Whether `live` already holds every field of `desired` (extra, defaulted fields in
+    `live` are fine). Lists must match item for item. A false or empty desired value matches an
+    absent one: the API server omits those when it serializes."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            is_subset(v, live[k]) if k in live else v in (False, 0, "", None) or v == {} or v == []
+            for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and \
+            all(is_subset(d, x) for d, x in zip(desired, live, strict=True))
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live or desired == live
+    if isinstance(desired, (int, float, str)) and isinstance(live, (int, float, str)):
+        return str(desired) == str(live)  # quantities come back as strings
+    return desired == live
+
+
+def ensure(kube: Kube, desired: dict[str, Any]) -> dict[str, Any]:
+    """Apply `desired` if the live object is missing or drifted; the live object either way.
+    Not writing when nothing changed keeps owned-object watches from echoing forever."""
+    meta = desired["metadata"]
+    live = kube.get(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"])
+    if live is not None and is_subset(desired, live):
+        return live
+    log.info("applying %s %s/%s (%s)", desired["kind"], meta.get("namespace"), meta["name"],
+             "created" if live is None else "drifted")
+    return kube.apply(desired)
+
+
+def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
+    uid = body["metadata"].get("uid")
+    return any(ref.get("uid") == uid and ref.get("kind") == crd.KIND
+               for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _delete_owned(kube: Kube, body: dict[str, Any], api_version: str, kind: str,
+                  name: str) -> None:
+    namespace = body["metadata"].get("namespace", "default")
+    live = kube.get(api_version, kind, namespace, name)
+    if live is not None and _owned_by(live, body):
+        kube.delete(api_version, kind, namespace, name)
+
+
+def _delete_stale_jobs(kube: Kube, body: dict[str, Any], pair_hash: str | None) -> None:
+    """Validation Jobs of pairs the spec no longer names (their verdicts are in status)."""
+    namespace = body["metadata"].get("namespace", "default")
+    jobs = kube.list("batch/v1", "Job", namespace,
+                     {resources.LABEL_SERVICE: body["metadata"]["name"],
+                      resources.LABEL_COMPONENT: "validation"})
+    for job in jobs:
+        job_hash = (job["metadata"].get("labels") or {}).get(resources.LABEL_PAIR_HASH)
+        if job_hash != (pair_hash or "")[:63] and _owned_by(job, body):
+            kube.delete("batch/v1", "Job", namespace, job["metadata"]["name"])
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+def _report_serving(body: dict[str, Any], spec: LLMServiceSpec | None,
+                    deployment: dict[str, Any] | None, rollout: st.Rollout,
+                    new_status: dict[str, Any], conditions: list[dict[str, Any]],
+                    generation: int | None) -> None:
+    name = body["metadata"]["name"]
+    new_status.update({
+        "phase": rollout.phase,
+        "replicas": rollout.total,
+        "readyReplicas": rollout.ready,
+        "selector": resources.selector_string(name),
+    })
+    if spec is not None:
+        new_status["endpoint"] = resources.endpoint(body, spec)
+    if deployment is not None:
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        served = {"model": annotations.get(resources.ANNOTATION_MODEL, "")}
+        if annotations.get(resources.ANNOTATION_DRAFT):
+            served["draft"] = annotations[resources.ANNOTATION_DRAFT]
+        new_status["served"] = served
+    available = rollout.ready > 0 or (rollout.desired == 0 and deployment is not None)
+    conditions.append(st.condition(
+        st.AVAILABLE, available, "MinimumReplicasAvailable" if available else "NoReplicasReady",
+        f"{rollout.ready}/{rollout.desired} replicas ready", generation))
+    conditions.append(st.condition(st.PROGRESSING, rollout.phase == st.DEPLOYING, rollout.reason,
+                                   rollout.message, generation))
+
+
+def _observe_existing(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec | None,
+                      new_status: dict[str, Any], conditions: list[dict[str, Any]],
+                      generation: int | None, blocked: str | None = None,
+                      validating: bool = False) -> None:
+    """Status while the new spec is not deployed: what the existing Deployment (untouched,
+    serving the previous spec) is doing."""
+    meta = body["metadata"]
+    deployment = kube.get("apps/v1", "Deployment", meta.get("namespace", "default"), meta["name"])
+    rollout = st.rollout_of(deployment) if deployment is not None else \
+        st.Rollout(st.DEPLOYING, "NotDeployed", "nothing deployed yet", 0, 0, 0)
+    _report_serving(body, spec, deployment, rollout, new_status, conditions, generation)
+    if deployment is None:
+        new_status.pop("endpoint", None)
+    if validating:
+        conditions[-1] = st.condition(st.PROGRESSING, True, "Validating",
+                                      "waiting for the validation Job before rolling out",
+                                      generation)
+    elif blocked is not None:
+        kept = " (the Deployment keeps serving the previous spec)" if deployment else ""
+        conditions[-1] = st.condition(st.PROGRESSING, False, "Blocked",
+                                      f"rollout blocked: {blocked}{kept}", generation)
+
+
+def _finish(kube: Kube, body: dict[str, Any], old_status: dict[str, Any],
+            new_status: dict[str, Any], conditions: list[dict[str, Any]],
+            drop: tuple[str, ...], events: list[tuple[str, str, str]], stamp: str,
+            outcome: Outcome) -> Outcome:
+    meta = body["metadata"]
+    new_status["phase"] = outcome.phase
+    new_status["conditions"] = st.merge_conditions(old_status.get("conditions"), conditions,
+                                                   drop=drop, now=stamp)
+    patch = status_patch(old_status, new_status)
+    if patch:
+        kube.patch_status(crd.API_VERSION, crd.KIND, meta.get("namespace", "default"),
+                          meta["name"], patch)
+    # Events only for news: a condition that changed, not every repeated reconcile.
+    old_conditions = {c.get("type"): (c.get("status"), c.get("reason"), c.get("message"))
+                      for c in old_status.get("conditions") or []}
+    new_conditions = {c["type"]: (c["status"], c.get("reason"), c.get("message"))
+                      for c in new_status["conditions"]}
+    changed = old_conditions != new_conditions or old_status.get("phase") != outcome.phase
+    for type_, reason, message in events:
+        if changed or reason in ("ValidationFailed",):
+            try:
+                kube.post_event(body, type_, reason, message, stamp)
+            except ApiError as exc:  # an Event is a courtesy; never fail the reconcile on it
+                log.warning("cannot post event %s on %s: %s", reason, meta["name"], exc)
+    return outcome
+
+
+def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `old` into `new` for the keys `new` names: changed values,
+    and null for sub-keys that `new` no longer has (a merge patch would otherwise keep them).
+    Empty when nothing changes."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if value is None:
+            if key in old:
+                patch[key] = None
+        elif isinstance(value, dict) and isinstance(before, dict):
+            sub = status_patch(before, value)
+            sub.update({k: None for k in before if k not in value})
+            if sub:
+                patch[key] = sub
+        elif before != value:
+            patch[key] = value
+    return patch

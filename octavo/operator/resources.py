@@ -1,0 +1,429 @@
+"""Pure builders: an LLMService -> the Kubernetes objects that serve it.
+
+Every function takes the LLMService body (a dict as the API returns it) and its typed spec, and
+returns plain dicts ready for server-side apply. Nothing here talks to a cluster, so the tests
+check the manifests field by field and validate them against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from octavo.operator import crd
+from octavo.operator.spec import LLMServiceSpec
+
+CONTAINER_PORT = 8000
+SERVER_CONTAINER = "server"
+CHECK_CONTAINER = "check-pair"
+TERMINATION_LOG = "/dev/termination-log"
+FIELD_MANAGER = "octavo-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_SERVICE = f"{crd.GROUP}/llmservice"
+LABEL_PAIR_HASH = f"{crd.GROUP}/pair-hash"
+MANAGED_BY = "octavo-operator"
+
+ANNOTATION_MODEL = f"{crd.GROUP}/model"
+ANNOTATION_DRAFT = f"{crd.GROUP}/draft"
+
+# The serving container gets this much grace beyond the server's own drain: the preStop pause
+# (endpoints leave the Service first) plus a margin for the process to exit.
+PRE_STOP_SECONDS = 5
+GRACE_MARGIN_SECONDS = 10
+# Loading a 70B model from a cold cache takes minutes; liveness must not kill it meanwhile.
+STARTUP_PROBE_PERIOD_SECONDS = 10
+STARTUP_PROBE_FAILURES = 180  # 30 minutes
+
+QUEUE_METRIC = "octavo:num_requests_waiting"
+
+# Validation Job: exit 1 (incompatible) is a verdict, not a flake, so it fails the Job at once;
+# exit 2 (a model could not be read) is retried by the Job controller with its own backoff.
+EXIT_INCOMPATIBLE = 1
+JOB_BACKOFF_LIMIT = 2
+JOB_DEADLINE_SECONDS = 1800
+JOB_TTL_SECONDS = 86400
+
+
+def _meta(body: dict[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata", {})
+    return meta["name"], meta.get("namespace", "default")
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """The pod selector of the Deployment, Service and PDB (immutable once created)."""
+    return {LABEL_NAME: "octavo", LABEL_INSTANCE: name, LABEL_COMPONENT: "server"}
+
+
+def labels(name: str, component: str = "server") -> dict[str, str]:
+    return {
+        LABEL_NAME: "octavo",
+        LABEL_INSTANCE: name,
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_SERVICE: name,
+    }
+
+
+def selector_string(name: str) -> str:
+    """The selector as `kubectl scale` and the scale subresource want it (status.selector)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    """Makes the object the LLMService's dependent: deleted with it by garbage collection."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _object_meta(body: dict[str, Any], name: str, component: str = "server",
+                 extra_labels: dict[str, str] | None = None,
+                 annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    service_name, namespace = _meta(body)
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**labels(service_name, component), **(extra_labels or {})},
+        "ownerReferences": [owner_reference(body)],
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def endpoint(body: dict[str, Any], spec: LLMServiceSpec) -> str:
+    name, namespace = _meta(body)
+    return f"http://{name}.{namespace}.svc:{spec.service_port}/v1"
+
+
+def serve_args(spec: LLMServiceSpec) -> list[str]:
+    """The `octavo serve` command line for this spec."""
+    args = [
+        "octavo", "serve", spec.model_source,
+        "--host", "0.0.0.0",
+        "--port", str(CONTAINER_PORT),
+        "--served-model-name", spec.model.served_name,
+        "--dtype", spec.dtype,
+        "--max-num-seqs", str(spec.max_num_seqs),
+        "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
+        "--tensor-parallel-size", str(spec.tensor_parallel_size),
+        "--shutdown-timeout", str(spec.shutdown_timeout_seconds),
+        "--download-dir", spec.cache_mount,
+    ]
+    if spec.max_model_len:
+        args += ["--max-model-len", str(spec.max_model_len)]
+    if spec.draft is not None:
+        args += ["--speculative-model", spec.draft_source or "",
+                 "--num-speculative-tokens", str(spec.num_speculative_tokens)]
+    return args
+
+
+def check_pair_args(spec: LLMServiceSpec) -> list[str]:
+    """The validation Job's command: the verdict goes to the termination log as JSON."""
+    assert spec.draft is not None, "only a speculative spec has a pair to check"
+    args = ["octavo", "check-pair", "--target", spec.model_source, "--draft", spec.draft_source or "",
+            "--json", "--termination-log", TERMINATION_LOG]
+    if spec.model.revision:
+        args += ["--target-revision", spec.model.revision]
+    if spec.draft.revision:
+        args += ["--draft-revision", spec.draft.revision]
+    # Only config and tokenizer files are fetched; a read-only cache gets them in /tmp.
+    args += ["--download-dir", spec.cache_mount if spec.cache_writable else "/tmp/hf"]
+    return args
+
+
+def _env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    # The root filesystem is read-only: every library that caches (hub, Triton, pip) writes
+    # under /tmp, an emptyDir.
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+        {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+    ]
+    if spec.api_key_secret is not None:
+        env.append({"name": "OCTAVO_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": spec.api_key_secret["name"], "key": spec.api_key_secret.get("key", "api-key")}}})
+    user_names = {var.get("name") for var in spec.env}
+    return [var for var in env if var["name"] not in user_names] + [dict(v) for v in spec.env]
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _cache_volume(spec: LLMServiceSpec) -> dict[str, Any]:
+    if spec.model_cache is not None:
+        return {"name": "model-cache", "persistentVolumeClaim": {
+            "claimName": spec.model_cache["claimName"], "readOnly": not spec.cache_writable}}
+    return {"name": "model-cache", "emptyDir": {}}
+
+
+def _resources(spec: LLMServiceSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.gpus_per_replica > 0:
+        # Extended resources are requested through limits (requests default to them).
+        limits["nvidia.com/gpu"] = str(spec.gpus_per_replica)
+    if spec.memory:
+        requests["memory"] = limits["memory"] = spec.memory
+    if spec.cpu:
+        requests["cpu"] = spec.cpu
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
+    name, _ = _meta(body)
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {}},
+        _cache_volume(spec),
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "model-cache", "mountPath": spec.cache_mount,
+         "readOnly": not spec.cache_writable},
+    ]
+    if spec.tensor_parallel_size > 1:
+        # NCCL and the TP workers exchange tensors through shared memory; a container's default
+        # 64 MiB /dev/shm is far too small.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+
+    http_get = {"path": "/health", "port": "http"}
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": spec.image,
+        "command": serve_args(spec)[:2],
+        "args": serve_args(spec)[2:],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "env": _env(spec),
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "startupProbe": {"httpGet": http_get, "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+                         "failureThreshold": STARTUP_PROBE_FAILURES, "timeoutSeconds": 5},
+        "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 3,
+                           "timeoutSeconds": 5},
+        "livenessProbe": {"httpGet": http_get, "periodSeconds": 20, "failureThreshold": 6,
+                          "timeoutSeconds": 10},
+        # The pause lets endpoint removal reach every proxy before the server stops accepting.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
+        "securityContext": _container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": _pod_security_context(),
+        "terminationGracePeriodSeconds": (spec.shutdown_timeout_seconds + PRE_STOP_SECONDS
+                                          + GRACE_MARGIN_SECONDS),
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return {
+        "metadata": {
+            "labels": {**labels(name), **selector_labels(name)},
+            "annotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(CONTAINER_PORT),
+                "prometheus.io/path": "/metrics",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def deployment(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
+    name, _ = _meta(body)
+    annotations = {ANNOTATION_MODEL: spec.model.display}
+    if spec.draft is not None:
+        annotations[ANNOTATION_DRAFT] = spec.draft.display
+    deploy_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(name)},
+        # A new pod must be ready before an old one goes: with no spare GPUs the rollout waits
+        # and the old pods keep serving, rather than dropping capacity.
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "progressDeadlineSeconds": STARTUP_PROBE_PERIOD_SECONDS * STARTUP_PROBE_FAILURES + 600,
+        "revisionHistoryLimit": 3,
+        "template": pod_template(body, spec),
+    }
+    if spec.autoscaling is None:
+        # With autoscaling the HPA owns replicas; leaving the field out of the applied object
+        # keeps the operator from fighting it.
+        deploy_spec["replicas"] = spec.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _object_meta(body, name, annotations=annotations),
+        "spec": deploy_spec,
+    }
+
+
+def service(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
+    name, _ = _meta(body)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _object_meta(body, name),
+        "spec": {
+            "type": spec.service_type,
+            "selector": selector_labels(name),
+            "ports": [{"name": "http", "port": spec.service_port, "targetPort": "http",
+                       "protocol": "TCP", "appProtocol": "http"}],
+        },
+    }
+
+
+def pod_disruption_budget(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
+    name, _ = _meta(body)
+    # maxUnavailable rather than minAvailable: a one-replica service still lets nodes drain.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _object_meta(body, name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name)}},
+    }
+
+
+def horizontal_pod_autoscaler(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any] | None:
+    """Scales on the waiting-queue length per pod, read from the custom metrics API (a Prometheus
+    adapter serving the runtime's `octavo:num_requests_waiting` gauge as a pods metric)."""
+    if spec.autoscaling is None:
+        return None
+    name, _ = _meta(body)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _object_meta(body, name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": int(spec.autoscaling.get("minReplicas", 1)),
+            "maxReplicas": int(spec.autoscaling["maxReplicas"]),
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": QUEUE_METRIC},
+                    "target": {"type": "AverageValue",
+                               "averageValue": str(spec.autoscaling.get("targetQueueDepth", 8))},
+                },
+            }],
+            # Loading a replica takes minutes: scale up promptly, scale down slowly.
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+                "scaleDown": {"stabilizationWindowSeconds": 600,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
+            },
+        },
+    }
+
+
+def validation_job_name(service_name: str, pair_hash: str) -> str:
+    """Deterministic from the pair, so a repeated reconcile finds the Job it made before.
+    Fits a label value (63 characters): the Job controller labels its pods with it."""
+    return f"{service_name[:40].rstrip('-')}-pair-{pair_hash[:12]}"
+
+
+def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
+    """A Job that runs `octavo check-pair` on the target and draft tokenizers; its pod's
+    termination message carries the JSON verdict."""
+    service_name, _ = _meta(body)
+    pair_hash = spec.pair_hash()
+    assert pair_hash is not None, "only a speculative spec has a pair to check"
+    name = validation_job_name(service_name, pair_hash)
+    job_labels = {LABEL_PAIR_HASH: pair_hash[:63]}
+    container: dict[str, Any] = {
+        "name": CHECK_CONTAINER,
+        "image": spec.image,
+        "command": check_pair_args(spec),
+        "env": _env(spec),
+        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"},
+                      "limits": {"memory": "4Gi"}},
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "model-cache", "mountPath": spec.cache_mount,
+             "readOnly": not spec.cache_writable},
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        # If the command dies before writing its verdict, the log tail explains why.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": _container_security_context(),
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, _cache_volume(spec)],
+        "securityContext": _pod_security_context(),
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _object_meta(body, name, component="validation", extra_labels=job_labels),
+        "spec": {
+            "backoffLimit": JOB_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": JOB_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CHECK_CONTAINER, "operator": "In",
+                                "values": [EXIT_INCOMPATIBLE]},
+            }]},
+            "template": {
+                "metadata": {"labels": {**labels(service_name, "validation"), **job_labels}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def serving_objects(body: dict[str, Any], spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """Everything that serves the spec, in apply order (the HPA only with autoscaling)."""
+    objects = [deployment(body, spec), service(body, spec), pod_disruption_budget(body, spec)]
+    hpa = horizontal_pod_autoscaler(body, spec)
+    if hpa is not None:
+        objects.append(hpa)
+    return objects

@@ -1,0 +1,144 @@
+"""The Helm chart: `helm lint`, `helm template` for the main value sets, every rendered object
+accepted by the Kubernetes schemas, and least-privilege RBAC.
+
+helm comes from tools/install_helm.sh (built once from the Go module proxy, then cached); the
+first run on a machine compiles it, which takes minutes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+from operator_helpers import K8S_VERSION, REPO
+
+from octavo.operator import crd
+
+CHART = REPO / "charts" / "octavo-operator"
+BUILD_TIMEOUT = 1500  # a first build of helm on 2 cores; cached afterwards
+
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 120)
+
+VALUE_SETS = {
+    "defaults": [],
+    "namespaced+webhook": ["--set", "watchNamespaces={ml,staging}", "--set", "webhook.enabled=true"],
+    "debug": ["--set", "logLevel=debug", "--set", "image.tag=dev", "--set",
+              "runtimeImage.repository=registry.local/octavo-runtime"],
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    out = subprocess.run([str(REPO / "tools" / "install_helm.sh")], capture_output=True,
+                         text=True, timeout=BUILD_TIMEOUT)
+    if out.returncode != 0:
+        if shutil.which("go") is None:
+            pytest.skip("helm is not cached and there is no 'go' to build it "
+                        "(tools/install_helm.sh)")
+        pytest.fail(f"tools/install_helm.sh failed:\n{out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def run_helm(helm, *args) -> str:
+    out = subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return out.stdout
+
+
+def render(helm, values) -> list[dict]:
+    text = run_helm(helm, "template", "octavo", str(CHART), "--namespace", "octavo-system",
+                    "--include-crds", *values)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lint(helm, name):
+    out = run_helm(helm, "lint", str(CHART), "--strict", *VALUE_SETS[name])
+    assert "0 chart(s) failed" in out and "[ERROR]" not in out
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_rendered_object_validates(helm, name):
+    docs = render(helm, VALUE_SETS[name])
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "Deployment"} <= kinds
+    crd_doc = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
+    assert crd_doc == crd.build_crd()
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_defaults_watch_every_namespace(helm):
+    docs = render(helm, [])
+    deployment, = by_kind(docs, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/octavo-dev/octavo-operator:0.1.0"
+    assert container["args"][:2] == ["operator", "--standalone"]
+    assert "--all-namespaces" in container["args"]
+    assert {"name": "OCTAVO_RUNTIME_IMAGE",
+            "value": "ghcr.io/octavo-dev/octavo-runtime:0.1.0"} in container["env"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    binding, = by_kind(docs, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "octavo-octavo-operator",
+                                    "namespace": "octavo-system"}]
+    assert by_kind(docs, "RoleBinding") == []
+    assert by_kind(docs, "ValidatingWebhookConfiguration") == []
+
+
+def test_rbac_is_least_privilege(helm):
+    docs = render(helm, VALUE_SETS["namespaced+webhook"])
+    role, = by_kind(docs, "ClusterRole")
+    verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+             for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert verbs == {
+        ("serving.octavo.dev", "llmservices"): {"get", "list", "watch", "patch"},
+        ("serving.octavo.dev", "llmservices/status"): {"get", "patch"},
+        ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+        ("", "services"): {"get", "list", "watch", "create", "patch"},
+        ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch"},
+        ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch", "create", "patch",
+                                                      "delete"},
+        ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("", "pods"): {"get", "list"},
+        ("", "events"): {"create", "patch"},
+        ("events.k8s.io", "events"): {"create", "patch"},
+    }
+    # Listed namespaces: RoleBindings there, nothing cluster-wide.
+    assert by_kind(docs, "ClusterRoleBinding") == []
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == \
+        ["ml", "staging"]
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--namespace=ml" in container["args"] and "--namespace=staging" in container["args"]
+
+
+def test_webhook_wiring(helm):
+    from octavo.operator import main
+
+    docs = render(helm, VALUE_SETS["namespaced+webhook"])
+    config, = by_kind(docs, "ValidatingWebhookConfiguration")
+    webhook, = config["webhooks"]
+    service, = by_kind(docs, "Service")
+    assert webhook["clientConfig"]["service"] == {
+        "name": service["metadata"]["name"], "namespace": "octavo-system", "port": 9443,
+        "path": f"/{main.WEBHOOK_ID}"}
+    assert webhook["clientConfig"]["caBundle"]
+    assert webhook["rules"][0]["resources"] == ["llmservices"]
+    assert webhook["namespaceSelector"]["matchExpressions"][0]["values"] == ["ml", "staging"]
+    secret, = by_kind(docs, "Secret")
+    assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key"}
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["OCTAVO_WEBHOOK_PORT"] == "9443"
+    assert env["OCTAVO_WEBHOOK_CERT"] == "/webhook-tls/tls.crt"
+    assert {"name": "webhook-tls", "secret": {"secretName": secret["metadata"]["name"]}} in \
+        pod["volumes"]

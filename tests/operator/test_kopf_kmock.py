@@ -1,0 +1,273 @@
+"""The real kopf operator (octavo.operator.main's handlers) against kmock's Kubernetes emulator.
+
+kopf logs in through a kubeconfig that points at the emulator, lists and watches LLMServices and
+the owned kinds, and calls the handlers; the test writes through the API (so watchers see it)
+as the user, the Job controller/kubelet and the Deployment controller would. Waiting is on
+conditions with a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import threading
+import time
+
+import pytest
+from operator_helpers import mark_deployment_ready, obj, objs, run_validation_job
+
+from octavo.operator import reconcile
+
+pytestmark = pytest.mark.timeout(90)
+
+NS = "ml"
+LLMS = "serving.octavo.dev/v1alpha1/llmservices"
+DEPLOYMENTS = "apps/v1/deployments"
+
+
+async def eventually(check, timeout=20.0, what="condition"):
+    """Poll `check()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def phase(k8s, name):
+    body = obj(k8s, LLMS, NS, name)
+    return body and body.get("status", {}).get("phase")
+
+
+@pytest.fixture()
+def kubeconfig(k8s, tmp_path, monkeypatch):
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": str(k8s.url).rstrip("/")}}],
+        "users": [{"name": "test", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    # The kubernetes library reads $KUBECONFIG once, at import; each test has its own emulator.
+    import kubernetes.config.kube_config
+
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return path
+
+
+class OperatorThread:
+    """kopf.operator() in a thread with its own event loop (as kopf.testing.KopfRunner does),
+    so that its shutdown never cancels the test's own tasks; the emulator keeps serving on the
+    test's loop meanwhile."""
+
+    def __init__(self, kube):
+        import kopf
+
+        import octavo.operator.main  # noqa: F401  (registers the handlers)
+
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="kopf-operator", daemon=True)
+        self._operator = functools.partial(
+            kopf.operator, registry=kopf.get_default_registry(), standalone=True,
+            namespaces=[NS], memo=kopf.Memo(kube=kube),
+            stop_flag=self.stop_flag, ready_flag=self.ready_flag)
+
+    def _run(self):
+        try:
+            asyncio.run(self._operator())
+        except BaseException as exc:  # re-raised in the test by stop()
+            self.error = exc
+
+    async def __aenter__(self):
+        self.thread.start()
+        assert await asyncio.to_thread(self.ready_flag.wait, 20), "kopf did not start"
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.stop_flag.set()
+        await asyncio.to_thread(self.thread.join, 20)
+        assert not self.thread.is_alive(), "kopf did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture()
+async def operator(k8s, kubeconfig, monkeypatch, caplog):
+    """The operator running against the emulator; stopped (bounded) at teardown."""
+    from octavo.operator.kube import Kube
+
+    caplog.set_level(logging.INFO)
+    reconcile._locks.clear()
+    kube = Kube()  # from the kubeconfig, as configure() would make it
+    async with OperatorThread(kube):
+        yield kube
+
+
+def service_body(name, spec):
+    return {"apiVersion": "serving.octavo.dev/v1alpha1", "kind": "LLMService",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+            "spec": spec}
+
+
+async def test_create_validate_deploy_ready_and_repair(k8s, operator, vocab_models, tmp_path):
+    kube = operator
+    spec = {"model": {"path": str(vocab_models["target"])},
+            "speculative": {"draftModel": {"path": str(vocab_models["draft-same"])}},
+            "resources": {"gpusPerReplica": 0}}
+    await asyncio.to_thread(kube.create, service_body("svc", spec))
+
+    jobs = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="the validation Job")
+    assert await eventually(lambda: phase(k8s, "svc") == "Validating", what="Validating")
+    assert obj(k8s, DEPLOYMENTS, NS, "svc") is None
+
+    # The Job finishes: its event makes the operator roll out at once.
+    assert await run_validation_job(kube, jobs[0], tmp_path) == 0
+    await eventually(lambda: obj(k8s, DEPLOYMENTS, NS, "svc"), what="the Deployment")
+    await eventually(lambda: phase(k8s, "svc") == "Deploying", what="Deploying")
+
+    # The Deployment reports ready replicas: its event turns the service Ready.
+    await mark_deployment_ready(kube, NS, "svc")
+    await eventually(lambda: phase(k8s, "svc") == "Ready", what="Ready")
+    body = obj(k8s, LLMS, NS, "svc")
+    assert body["status"]["endpoint"] == "http://svc.ml.svc:8000/v1"
+    assert "finalizers" not in body["metadata"]  # deletion is plain garbage collection
+
+    # Someone edits the Deployment through the API: the watch sees it and the operator repairs it.
+    good = obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]["containers"]
+    await asyncio.to_thread(kube.request, "PATCH", "/apis/apps/v1/namespaces/ml/deployments/svc",
+                            {"spec": {"template": {"spec": {"containers": [
+                                {"name": "server", "image": "other:latest"}]}}}},
+                            None, "application/merge-patch+json")
+    await eventually(lambda: obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]
+                     ["containers"] == good, what="the drift repaired")
+
+
+async def test_operator_restart_resumes(k8s, kubeconfig, vocab_models, tmp_path):
+    """An LLMService created while no operator runs is picked up on start (resume)."""
+    from octavo.operator.kube import Kube
+
+    kube = Kube()
+    spec = {"model": {"path": str(vocab_models["target"])}, "resources": {"gpusPerReplica": 0}}
+    await asyncio.to_thread(kube.create, service_body("offline", spec))
+
+    for _ in range(2):  # start, stop, start again: still one Deployment, converged
+        async with OperatorThread(kube):
+            await eventually(lambda: phase(k8s, "offline") == "Deploying", what="Deploying")
+    posts = [r for r in list(k8s) if r.resource is not None and r.resource.plural == "deployments"
+             and r.method.value == "POST"]
+    assert len(posts) == 1
+
+
+def admission_review(spec, uid="review-1"):
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "serving.octavo.dev", "version": "v1alpha1",
+                             "kind": "LLMService"},
+        "resource": {"group": "serving.octavo.dev", "version": "v1alpha1",
+                     "resource": "llmservices"},
+        "operation": "CREATE", "namespace": NS, "name": "svc",
+        "userInfo": {"username": "test"},
+        "object": {"apiVersion": "serving.octavo.dev/v1alpha1", "kind": "LLMService",
+                   "metadata": {"name": "svc", "namespace": NS}, "spec": spec},
+        "dryRun": False}}
+
+
+async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port):
+    """kopf's webhook server routes /validate-llmservice (the chart's path) to the admission
+    checks."""
+    import aiohttp
+    import kopf
+
+    from octavo.operator import main
+    from octavo.operator.kube import Kube
+
+    registry = kopf.OperatorRegistry()
+    kopf.on.validate("serving.octavo.dev", "v1alpha1", "llmservices", id=main.WEBHOOK_ID,
+                     registry=registry)(main.validate_llmservice)
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = True
+    settings.admission.server = kopf.WebhookServer(addr="127.0.0.1", port=unused_tcp_port,
+                                                   insecure=True)
+    operator = OperatorThread(Kube())
+    operator._operator = functools.partial(
+        kopf.operator, registry=registry, settings=settings, standalone=True, namespaces=[NS],
+        stop_flag=operator.stop_flag, ready_flag=operator.ready_flag)
+    url = f"http://127.0.0.1:{unused_tcp_port}/{main.WEBHOOK_ID}"
+    async with operator, aiohttp.ClientSession() as session:
+        async def review(spec):
+            deadline = time.monotonic() + 20
+            while True:  # the server starts shortly after the operator reports ready
+                try:
+                    async with session.post(url, json=admission_review(spec)) as response:
+                        return (await response.json())["response"]
+                except aiohttp.ClientConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+
+        bad = await review({"model": {"name": "org/m"}, "tensorParallelSize": 4,
+                            "resources": {"gpusPerReplica": 6}})
+        assert bad["allowed"] is False and bad["status"]["code"] == 422
+        assert "must be a multiple of tensorParallelSize (4)" in bad["status"]["message"]
+        good = await review({"model": {"name": "org/m"}})
+        assert good["allowed"] is True
+
+
+@pytest.mark.parametrize("entry", ["kopf", "octavo"])
+async def test_entry_points_run_the_operator(k8s, kubeconfig, vocab_models, unused_tcp_port, entry):
+    """`kopf run -m octavo.operator.main` and `octavo operator`, as separate processes."""
+    import os
+    import signal
+    import sys
+
+    import aiohttp
+
+    from octavo.operator.kube import Kube
+
+    liveness = f"http://127.0.0.1:{unused_tcp_port}/healthz"
+    command = {
+        "kopf": [sys.executable, "-m", "kopf", "run", "-m", "octavo.operator.main",
+                 "--standalone", "-n", NS, f"--liveness={liveness}"],
+        "octavo": [sys.executable, "-m", "octavo.cli", "operator", "--standalone", "-n", NS,
+                   "--liveness", liveness],
+    }[entry]
+    process = await asyncio.create_subprocess_exec(
+        *command, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        kube = Kube()
+        spec = {"model": {"path": str(vocab_models["target"])}, "resources": {"gpusPerReplica": 0}}
+        await asyncio.to_thread(kube.create, service_body("cli", spec))
+        await eventually(lambda: obj(k8s, DEPLOYMENTS, NS, "cli"), timeout=40,
+                         what=f"a Deployment from `{' '.join(command[1:4])}`")
+
+        async with aiohttp.ClientSession() as session:
+            async def alive():
+                try:
+                    async with session.get(liveness) as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+            deadline = time.monotonic() + 20
+            while not await alive():
+                assert time.monotonic() < deadline, "no liveness endpoint"
+                await asyncio.sleep(0.1)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=20)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+    stderr = (await process.stderr.read()).decode(errors="replace")
+    assert "Traceback" not in stderr, stderr[-3000:]

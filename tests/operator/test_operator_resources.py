@@ -1,0 +1,225 @@
+"""The pure builders: for each example, the fields that matter, and every object accepted by the
+Kubernetes schemas (kubernetes-validate, strict: unknown fields fail too)."""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+from operator_helpers import EXAMPLES, K8S_VERSION, as_stored, load_example
+
+from octavo.operator import resources
+from octavo.operator.spec import LLMServiceSpec
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.yaml"))
+
+
+def build(name):
+    body = as_stored(load_example(name))
+    spec = LLMServiceSpec.from_dict(body["spec"])
+    return body, spec
+
+
+def flag(args, name):
+    return args[args.index(name) + 1]
+
+
+def container_of(obj):
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_every_object_validates(name):
+    body, spec = build(name)
+    objects = resources.serving_objects(body, spec)
+    if spec.draft is not None:
+        objects.append(resources.validation_job(body, spec))
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "serving.octavo.dev/v1alpha1", "kind": "LLMService",
+            "name": body["metadata"]["name"], "uid": "uid-1234", "controller": True,
+            "blockOwnerDeletion": True}]
+        assert obj["metadata"]["namespace"] == "ml"
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "octavo-operator"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_pods_are_locked_down(name):
+    body, spec = build(name)
+    objects = [resources.deployment(body, spec)]
+    if spec.draft is not None:
+        objects.append(resources.validation_job(body, spec))
+    for obj in objects:
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_speculative_deployment():
+    body, spec = build("speculative.yaml")
+    deployment = resources.deployment(body, spec)
+    c = container_of(deployment)
+    assert c["command"] == ["octavo", "serve"]
+    args = c["args"]
+    assert args[0] == "meta-llama/Meta-Llama-3.1-70B-Instruct"
+    assert flag(args, "--speculative-model") == "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    assert flag(args, "--num-speculative-tokens") == "5"
+    assert flag(args, "--tensor-parallel-size") == "4"
+    assert flag(args, "--max-num-seqs") == "8"
+    assert flag(args, "--dtype") == "half"
+    assert flag(args, "--max-model-len") == "8192"
+    assert flag(args, "--gpu-memory-utilization") == "0.9"
+    assert flag(args, "--served-model-name") == "meta-llama/Meta-Llama-3.1-70B-Instruct"
+    assert flag(args, "--shutdown-timeout") == "60"
+    assert flag(args, "--download-dir") == "/models"
+    assert (flag(args, "--host"), flag(args, "--port")) == ("0.0.0.0", "8000")
+
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "4", "memory": "200Gi"}
+    assert c["resources"]["requests"] == {"memory": "200Gi", "cpu": "16"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-weights",
+                                                             "readOnly": False}} in pod["volumes"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # The grace period covers the server's drain plus the preStop pause.
+    assert pod["terminationGracePeriodSeconds"] == 60 + 5 + 10
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+
+    env = {e["name"]: e for e in c["env"]}
+    assert env["OCTAVO_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "llama-70b-key",
+                                                                   "key": "api-key"}}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800  # 30 min to load
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+
+    # Autoscaling: the HPA owns replicas, so the applied Deployment leaves them out.
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert deployment["metadata"]["annotations"] == {
+        "serving.octavo.dev/model": "meta-llama/Meta-Llama-3.1-70B-Instruct",
+        "serving.octavo.dev/draft": "meta-llama/Meta-Llama-3.1-8B-Instruct"}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_speculative_service_pdb_hpa():
+    body, spec = build("speculative.yaml")
+    service = resources.service(body, spec)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http",
+                                         "protocol": "TCP", "appProtocol": "http"}]
+    assert service["spec"]["selector"] == resources.selector_labels("llama-70b")
+    pdb = resources.pod_disruption_budget(body, spec)
+    assert pdb["spec"] == {"maxUnavailable": 1,
+                           "selector": {"matchLabels": resources.selector_labels("llama-70b")}}
+    hpa = resources.horizontal_pod_autoscaler(body, spec)
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "llama-70b"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["metrics"] == [{"type": "Pods", "pods": {
+        "metric": {"name": "octavo:num_requests_waiting"},
+        "target": {"type": "AverageValue", "averageValue": "8"}}}]
+    assert resources.endpoint(body, spec) == "http://llama-70b.ml.svc:8000/v1"
+
+
+def test_basic_example_on_one_gpu():
+    body, spec = build("llmservice.yaml")
+    deployment = resources.deployment(body, spec)
+    c = container_of(deployment)
+    assert c["args"][0] == "bigscience/bloomz-560m"
+    assert "--speculative-model" not in c["args"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert deployment["spec"]["replicas"] == 1
+    assert not any(v["name"] == "dshm" for v in deployment["spec"]["template"]["spec"]["volumes"])
+    assert resources.horizontal_pod_autoscaler(body, spec) is None
+    assert [o["kind"] for o in resources.serving_objects(body, spec)] == \
+        ["Deployment", "Service", "PodDisruptionBudget"]
+
+
+@pytest.mark.parametrize("name, draft", [("demo.yaml", None),
+                                         ("demo-speculative.yaml", "octavo-demo-draft")])
+def test_demo_examples_run_on_cpu(name, draft):
+    body, spec = build(name)
+    c = container_of(resources.deployment(body, spec))
+    assert c["args"][0] == "octavo-demo"
+    assert flag(c["args"], "--served-model-name") == "octavo-demo"
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    if draft:
+        assert flag(c["args"], "--speculative-model") == draft
+        assert flag(c["args"], "--num-speculative-tokens") == "4"
+    else:
+        assert "--speculative-model" not in c["args"]
+
+
+def test_validation_job():
+    body, spec = build("speculative.yaml")
+    job = resources.validation_job(body, spec)
+    name = job["metadata"]["name"]
+    assert re.fullmatch(r"llama-70b-pair-[0-9a-f]{12}", name) and len(name) <= 63
+    assert name == resources.validation_job_name("llama-70b", spec.pair_hash())
+    c = container_of(job)
+    assert c["command"][:8] == ["octavo", "check-pair",
+                                "--target", "meta-llama/Meta-Llama-3.1-70B-Instruct",
+                                "--draft", "meta-llama/Meta-Llama-3.1-8B-Instruct",
+                                "--json", "--termination-log"]
+    assert flag(c["command"], "--termination-log") == "/dev/termination-log"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                "key": "token"}}} in c["env"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    # Incompatible (exit 1) fails the Job at once; errors (exit 2) are retried with backoff.
+    assert job["spec"]["podFailurePolicy"]["rules"] == [{
+        "action": "FailJob", "onExitCodes": {"containerName": "check-pair", "operator": "In",
+                                             "values": [1]}}]
+    assert job["spec"]["backoffLimit"] >= 1
+    assert "nvidia.com/gpu" not in str(c["resources"])  # tokenizers only
+
+
+def test_job_name_follows_the_pair_only():
+    body, spec = build("speculative.yaml")
+    same = LLMServiceSpec.from_dict({**body["spec"], "maxNumSeqs": 16, "replicas": 3})
+    assert same.pair_hash() == spec.pair_hash()
+    other_draft = LLMServiceSpec.from_dict({**body["spec"], "speculative": {
+        "draftModel": {"name": "meta-llama/Llama-3.2-1B-Instruct"}}})
+    pinned = LLMServiceSpec.from_dict({**body["spec"], "model": {
+        "name": "meta-llama/Meta-Llama-3.1-70B-Instruct", "revision": "abc123"}})
+    hashes = {spec.pair_hash(), other_draft.pair_hash(), pinned.pair_hash()}
+    assert len(hashes) == 3
+    assert LLMServiceSpec.from_dict({"model": {"name": "m"}}).pair_hash() is None
+    long_name = resources.validation_job_name("x" * 80, spec.pair_hash())
+    assert len(long_name) <= 63
+
+
+def test_paths_resolve_under_the_model_cache():
+    body = as_stored({"apiVersion": "serving.octavo.dev/v1alpha1", "kind": "LLMService",
+                      "metadata": {"name": "local"},
+                      "spec": {"model": {"path": "llama-70b"},
+                               "speculative": {"draftModel": {"path": "/weights/llama-8b"}},
+                               "modelCache": {"claimName": "weights", "mountPath": "/data",
+                                              "readOnly": True}}})
+    spec = LLMServiceSpec.from_dict(body["spec"])
+    c = container_of(resources.deployment(body, spec))
+    assert c["args"][0] == "/data/llama-70b"
+    assert flag(c["args"], "--served-model-name") == "llama-70b"
+    assert flag(c["args"], "--speculative-model") == "/weights/llama-8b"
+    assert {"name": "model-cache", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    job_command = container_of(resources.validation_job(body, spec))["command"]
+    assert flag(job_command, "--download-dir") == "/tmp/hf"  # the cache is read-only
