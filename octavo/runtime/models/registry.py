@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 
 _MODELS: dict[str, tuple[str, str]] = {
+    "BloomForCausalLM": ("octavo.runtime.models.bloom", "BloomForCausalLM"),
+    "GPT2LMHeadModel": ("octavo.runtime.models.gpt2", "GPT2LMHeadModel"),
     "LlamaForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),
     "MistralForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),
     "Qwen2ForCausalLM": ("octavo.runtime.models.llama", "LlamaForCausalLM"),

@@ -1,0 +1,29 @@
+"""Tiny GPT-2 and BLOOM checkpoints, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from family_checkpoints import build_family_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def family_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("family_checkpoints")
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(family_root) -> Path:
+    return build_family_checkpoint(family_root, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def bloom_dir(family_root) -> Path:
+    return build_family_checkpoint(family_root, "bloom")
+
