@@ -51,7 +51,10 @@ class _Stream:
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def put(self, item: RequestOutput | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the consumer's event loop is closed: nobody can listen any more. The
+            pass  # request ends on its abort or its limits; it must not kill the loop serving the rest.
 
 
 class AsyncLLMEngine:
@@ -155,8 +158,8 @@ class AsyncLLMEngine:
             try:
                 self.engine.add_request(message.request_id, message.prompt, message.params, message.arrival_time)
                 owners[message.request_id] = message.stream
-            except ValueError as exc:
-                message.stream.put(exc)  # bad input fails this request alone
+            except Exception as exc:  # noqa: BLE001 - whatever a request's input breaks fails it alone,
+                message.stream.put(exc)  # never the engine loop that serves everyone else
 
     def _loop(self) -> None:
         owners: dict[str, _Stream] = {}

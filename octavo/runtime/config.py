@@ -243,7 +243,7 @@ class EngineArgs:
         dtype = resolve_dtype(self.dtype, config_dtype, device)
         limit = derive_max_model_len(hf_config)
         wanted = max_model_len or self.max_model_len
-        if wanted is not None and wanted > limit:
+        if wanted is not None and wanted > limit and not uses_alibi(hf_config):
             raise ValueError(f"max_model_len ({wanted}) exceeds the model's maximum ({limit} positions)")
         tokenizer_path = resolve_model_path(tokenizer, revision=self.tokenizer_revision,
                                             download_dir=self.download_dir) if tokenizer else path
@@ -252,6 +252,11 @@ class EngineArgs:
             load_format=self.load_format, seed=self.seed, tokenizer=tokenizer_path,
             served_model_name=self.served_model_name or name or path, revision=revision,
         )
+
+
+def uses_alibi(hf_config: Any) -> bool:
+    """ALiBi models have no position table: any max_model_len is theirs to choose."""
+    return getattr(hf_config, "model_type", "") == "bloom"
 
 
 def derive_max_model_len(hf_config: Any) -> int:
