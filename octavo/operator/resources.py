@@ -232,7 +232,8 @@ def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
                          "failureThreshold": STARTUP_PROBE_FAILURES, "timeoutSeconds": 5},
         "readinessProbe": {"httpGet": http_get, "periodSeconds": 5, "failureThreshold": 3,
                            "timeoutSeconds": 5},
-        "livenessProbe": {"httpGet": http_get, "periodSeconds": 20, "failureThreshold": 6,
+        # /live stays 200 while the engine loads or drains; only a dead engine restarts the pod.
+        "livenessProbe": {"httpGet": {"path": "/live", "port": "http"}, "periodSeconds": 20, "failureThreshold": 6,
                           "timeoutSeconds": 10},
         # The pause lets endpoint removal reach every proxy before the server stops accepting.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},

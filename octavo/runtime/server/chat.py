@@ -1,0 +1,144 @@
+"""POST /v1/chat/completions: messages -> the tokenizer's chat template -> engine -> OpenAI's
+chat.completion objects, whole or streamed.
+
+A stream opens each choice with a role delta, carries content deltas, closes each choice with an
+empty delta and its finish_reason, adds a usage chunk when asked (stream_options.include_usage)
+and ends with [DONE].
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from octavo.runtime.outputs import RequestOutput
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.server.errors import APIError, bad_request
+from octavo.runtime.server.logprobs import chat_logprobs
+from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, ChatCompletionChunk,
+                                            ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
+                                            DeltaMessage, UsageInfo)
+from octavo.runtime.server.state import RequestAborted, ServingState, random_id
+from octavo.runtime.server.streaming import SSE_DONE, SSE_HEADERS, cancel_on_disconnect, sse_event
+
+logger = logging.getLogger("octavo.server")
+
+
+def render_prompt(state: ServingState, body: ChatCompletionRequest) -> list[int]:
+    from octavo.runtime.tokenizer import apply_chat_template
+
+    if state.tokenizer is None:
+        raise bad_request("this model has no tokenizer, so it cannot chat: use /v1/completions with token ids",
+                          param="messages")
+    conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+    try:
+        return apply_chat_template(state.tokenizer, conversation, add_generation_prompt=body.add_generation_prompt
+                                   is not False)
+    except ValueError as exc:  # no chat template
+        raise bad_request(str(exc), param="messages") from exc
+    except Exception as exc:  # the template refused the conversation (e.g. roles out of order)
+        raise bad_request(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}",
+                          param="messages") from exc
+
+
+def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
+            output_kind: RequestOutputKind) -> SamplingParams:
+    max_tokens = state.check_prompt(token_ids, body.requested_max_tokens, param="messages")
+    try:
+        return body.sampling_params(max_tokens, output_kind, body.num_logprobs)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
+
+
+def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
+              positions) -> ChatChoiceLogprobs | None:
+    if body.num_logprobs is None:
+        return None
+    return ChatChoiceLogprobs(content=chat_logprobs(token_ids, positions or [], body.num_logprobs,
+                                                    lambda t: state.decode([t])))
+
+
+async def create_chat_completion(state: ServingState, body: ChatCompletionRequest, request: Request) -> Response:
+    model = state.resolve_model(body.model)
+    problem = body.unsupported()
+    if problem is not None:
+        raise bad_request(problem[1], param=problem[0])
+    stream = bool(body.stream)
+    token_ids = render_prompt(state, body)
+    params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+    state.check_capacity()
+    request_id = random_id("chatcmpl")
+    created = int(time.time())
+    outputs = state.generate(request_id, token_ids, None, params)
+    if stream:
+        return StreamingResponse(_stream(state, body, model, request_id, created, outputs),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def final() -> RequestOutput:
+        last = None
+        async with aclosing(outputs) as it:
+            async for output in it:
+                last = output
+        assert last is not None
+        return last
+
+    try:
+        output = await cancel_on_disconnect(request, final())
+    except RequestAborted:
+        raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
+    choices = [ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
+                          logprobs=_logprobs(state, body, c.token_ids, c.logprobs),
+                          finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in output.outputs]
+    completion_tokens = sum(len(c.token_ids) for c in output.outputs)
+    usage = UsageInfo(prompt_tokens=len(output.prompt_token_ids), completion_tokens=completion_tokens,
+                      total_tokens=len(output.prompt_token_ids) + completion_tokens)
+    response = ChatCompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
+    return JSONResponse(response.model_dump())
+
+
+async def _stream(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
+                  outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+    n = body.n or 1
+    exclude = None if body.include_usage else {"usage"}
+    usage = UsageInfo()
+    finished: set[int] = set()
+
+    def chunk(choice: ChatStreamChoice) -> bytes:
+        return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice]), exclude)
+
+    try:
+        for index in range(n):
+            yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
+        async with aclosing(outputs) as it:
+            async for output in it:
+                usage.prompt_tokens = len(output.prompt_token_ids)
+                for out in output.outputs:
+                    if out.index in finished:
+                        continue
+                    usage.completion_tokens += len(out.token_ids)
+                    logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
+                    if out.text or logprobs is not None:
+                        yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(content=out.text),
+                                                     logprobs=logprobs))
+                    if out.finish_reason is not None:
+                        finished.add(out.index)
+                        yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(),
+                                                     finish_reason=out.finish_reason))
+        if body.include_usage:
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+            yield sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage))
+    except RequestAborted:
+        yield sse_event(APIError(503, "the request was stopped: the server is shutting down",
+                                 code="aborted").payload())
+    except APIError as exc:
+        yield sse_event(exc.payload())
+    except Exception:
+        logger.exception("chat stream %s failed", request_id)
+        yield sse_event(APIError(500, f"internal error (request {request_id})").payload())
+    yield SSE_DONE

@@ -1,0 +1,90 @@
+"""The gate every HTTP request passes (pure ASGI, so streaming and disconnects are untouched):
+
+- a request id (the caller's `X-Request-Id` when it is plain, else a fresh one), sent back in
+  `X-Request-Id` and named in every log line about the request;
+- on /v1: the API key (401), then 503 while the model loads or the server drains, then counting
+  the request as in flight (the drain waits for the count to reach zero);
+- any exception that escapes a handler is logged with the request id and answered with a plain
+  500, its text never sent to the client.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from octavo.runtime.server.errors import APIError
+from octavo.runtime.server.state import Phase, ServingState
+
+logger = logging.getLogger("octavo.server")
+
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, state: ServingState) -> None:
+        self.app = app
+        self.state = state
+        key = state.settings.api_key
+        self._expected = f"Bearer {key}".encode() if key else None
+
+    def _authorized(self, headers: Headers) -> bool:
+        if self._expected is None:
+            return True
+        given = headers.get("authorization", "").encode("latin-1", "replace")
+        return hmac.compare_digest(given, self._expected)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        # A caller's own id (a tracing proxy's) is kept when it is short and plain; else ours.
+        given_id = headers.get("x-request-id", "")
+        request_id = given_id if _CLIENT_REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+        state = self.state
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                headers["x-request-id"] = request_id
+                if state.phase is Phase.DRAINING:
+                    headers["connection"] = "close"  # keep-alive clients reconnect to another replica
+            await send(message)
+
+        api = is_api_path(scope["path"])
+        if api:
+            if not self._authorized(headers):
+                refusal = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                                   code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            else:
+                refusal = state.unavailable()
+            if refusal is not None:
+                if refusal.status == 503:
+                    state.metrics.rejected(str(refusal.code))
+                await refusal.response()(scope, receive, send_with_id)
+                return
+            state.num_api_requests += 1
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            logger.exception("request %s %s %s failed", request_id, scope.get("method"), scope["path"])
+            if not started:
+                error = APIError(500, f"internal error (request {request_id}); see the server log")
+                await error.response()(scope, receive, send_with_id)
+        finally:
+            if api:
+                state.num_api_requests -= 1

@@ -1,0 +1,231 @@
+"""What one app knows: its settings, the engine (once loaded), its lifecycle phase, the requests
+it has in flight, and the checks every generation request passes before reaching the engine.
+
+Phases: STARTING (the engine is loading: API requests get 503) -> READY -> DRAINING (SIGTERM:
+new requests get 503, in-flight ones finish) ; FAILED when the engine could not load.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from octavo.runtime.async_engine import AsyncLLMEngine, EngineDeadError
+from octavo.runtime.outputs import RequestOutput
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.server.errors import APIError, bad_request
+from octavo.runtime.server.metrics import ServerMetrics
+
+logger = logging.getLogger("octavo.server")
+
+
+@dataclass
+class ServerSettings:
+    """How the server behaves, apart from the engine."""
+
+    served_model_names: list[str] = field(default_factory=list)  # the first is the one reported
+    api_key: str | None = None
+    max_queue_len: int | None = None  # 429 once this many sequences wait; None = unbounded
+    shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+class RequestAborted(Exception):
+    """The engine stopped a request before it finished (the server is draining)."""
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class ServingState:
+    def __init__(self, settings: ServerSettings, engine: AsyncLLMEngine | None = None) -> None:
+        self.settings = settings
+        self.phase = Phase.STARTING
+        self.engine: AsyncLLMEngine | None = None
+        self.tokenizer: Any = None
+        self.max_model_len = 0
+        self.model_root: str | None = None
+        self.created = int(time.time())
+        self.load_error: str | None = None
+        self.num_api_requests = 0  # HTTP requests on /v1 being answered (the drain waits for 0)
+        # Engine request ids -> the engine step count when submitted. A request counts as queued
+        # (for 429) until the engine's own waiting gauge can have seen it.
+        self._submitted: dict[str, int] = {}
+        self._active: set[str] = set()
+        self.metrics = ServerMetrics(self.model_name, self._engine_stats)
+        if engine is not None:
+            self.attach_engine(engine)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.settings.served_model_names[0]
+
+    def attach_engine(self, engine: AsyncLLMEngine) -> None:
+        """The engine is loaded: serve it (unless a drain began meanwhile)."""
+        from octavo.runtime.tokenizer import load_tokenizer
+
+        self.engine = engine
+        config = engine.engine.config.model_config
+        # The server's own tokenizer: fast tokenizers are not safe to share with the engine
+        # thread, which detokenizes while the event loop encodes prompts.
+        self.tokenizer = (load_tokenizer(config.tokenizer, required=False)
+                          if engine.get_tokenizer() is not None else None)
+        self.max_model_len = engine.engine.max_model_len
+        self.model_root = config.model
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.READY
+            self.metrics.ready.set(1)
+
+    def fail(self, message: str) -> None:
+        self.load_error = message
+        self.phase = Phase.FAILED
+
+    def start_drain(self) -> None:
+        """Stop taking requests. Safe to call from a signal handler (it only sets fields)."""
+        if self.phase is not Phase.FAILED:
+            self.phase = Phase.DRAINING
+        self.metrics.ready.set(0)
+
+    @property
+    def healthy(self) -> bool:
+        return self.phase is Phase.READY and self.engine is not None and self.engine.is_running
+
+    def unavailable(self) -> APIError | None:
+        """Why API requests are refused right now, or None."""
+        if self.phase is Phase.STARTING:
+            return APIError(503, "the model is still loading: retry shortly", code="starting",
+                            headers={"Retry-After": "5"})
+        if self.phase is Phase.DRAINING:
+            return APIError(503, "the server is shutting down: retry on another replica", code="draining")
+        if self.phase is Phase.FAILED:
+            return APIError(503, "the model failed to load; see the server log", code="load_failed")
+        if self.engine is None or not self.engine.is_running:
+            return APIError(503, "the engine is not running; see the server log", code="engine_dead")
+        return None
+
+    def _engine_stats(self) -> tuple[object, bool] | None:
+        if self.engine is None:
+            return None
+        return self.engine.stats, self.engine.engine.config.speculative_config is not None
+
+    # ---- checks before the engine ------------------------------------------------------------
+    def resolve_model(self, requested: str | None) -> str:
+        if requested is None or requested in self.settings.served_model_names:
+            return requested or self.model_name
+        raise bad_request(f"model {requested!r} is not served here; use one of: "
+                          f"{', '.join(self.settings.served_model_names)}", param="model", code="model_not_found")
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer: send the prompt as token ids", param="prompt")
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except Exception as exc:  # e.g. lone surrogates the tokenizer cannot encode
+            raise bad_request(f"the prompt cannot be tokenized ({type(exc).__name__})", param="prompt") from exc
+
+    def decode(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> int:
+        """Validate a prompt; returns the max_tokens to use (the room left when None)."""
+        assert self.engine is not None
+        num_prompt = len(token_ids)
+        if num_prompt >= self.max_model_len:
+            raise bad_request(f"the prompt has {num_prompt} tokens but the model's context length is "
+                              f"{self.max_model_len}: shorten the prompt", param=param,
+                              code="context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = self.max_model_len - num_prompt
+        elif num_prompt + max_tokens > self.max_model_len:
+            raise bad_request(
+                f"the prompt ({num_prompt} tokens) plus max_tokens ({max_tokens}) is {num_prompt + max_tokens} "
+                f"tokens, over the model's context length of {self.max_model_len}: shorten the prompt or "
+                f"lower max_tokens to at most {self.max_model_len - num_prompt}",
+                param="max_tokens", code="context_length_exceeded")
+        try:
+            self.engine.engine.validate_prompt(token_ids)
+        except ValueError as exc:
+            raise bad_request(str(exc), param=param) from exc
+        return max_tokens
+
+    def queue_depth(self) -> int:
+        """Sequences waiting for the engine: its waiting gauge plus what it has not seen yet."""
+        assert self.engine is not None
+        stats = self.engine.stats
+        unseen = sum(1 for step in self._submitted.values() if step >= stats.num_steps)
+        return stats.num_waiting + unseen
+
+    def check_capacity(self) -> None:
+        limit = self.settings.max_queue_len
+        if limit is not None and self.queue_depth() >= limit:
+            self.metrics.rejected("queue_full")
+            raise APIError(429, f"the server's queue is full ({limit} requests waiting): retry later",
+                           code="queue_full", headers={"Retry-After": "1"})
+
+    # ---- generation --------------------------------------------------------------------------
+    async def generate(self, request_id: str, prompt_token_ids: list[int], prompt_text: str | None,
+                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs for one prompt, with bookkeeping: drain can abort it, the queue
+        limit counts it, and its metrics are recorded when it ends however it ends.
+        Consumers must close it (`aclosing`) when they stop early."""
+        engine = self.engine
+        if engine is None:
+            raise self.unavailable() or APIError(503, "the engine is not running")
+        prompt: dict[str, Any] = {"prompt_token_ids": prompt_token_ids}
+        if prompt_text is not None:
+            prompt["prompt"] = prompt_text
+        delta = params.output_kind == RequestOutputKind.DELTA
+        num_tokens: dict[int, int] = {}
+        finish_reasons: dict[int, str | None] = {i: None for i in range(params.n)}
+        last: RequestOutput | None = None
+        logger.debug("request %s: %d prompt tokens, n=%d, max_tokens=%s", request_id, len(prompt_token_ids),
+                     params.n, params.max_tokens)
+        self._submitted[request_id] = engine.stats.num_steps
+        self._active.add(request_id)
+        try:
+            async with aclosing(engine.generate(prompt, params, request_id)) as outputs:
+                async for output in outputs:
+                    self._submitted.pop(request_id, None)
+                    last = output
+                    for choice in output.outputs:
+                        count = len(choice.token_ids)
+                        num_tokens[choice.index] = num_tokens.get(choice.index, 0) + count if delta else count
+                        finish_reasons[choice.index] = choice.finish_reason
+                    yield output
+        except EngineDeadError as exc:
+            raise APIError(503, "the engine stopped; see the server log", code="engine_dead") from exc
+        except ValueError as exc:  # the engine refused the prompt: a bad request, not a request
+            finish_reasons.clear()
+            raise bad_request(str(exc), param="prompt") from exc
+        finally:
+            self._submitted.pop(request_id, None)
+            self._active.discard(request_id)
+            if finish_reasons:
+                self.metrics.observe_request(last, num_tokens, finish_reasons)
+        if last is None or not last.finished:
+            raise RequestAborted(request_id)
+
+    async def abort_all(self) -> int:
+        """Abort every request in flight (the drain's grace period is over)."""
+        if self.engine is None:
+            return 0
+        request_ids = list(self._active)
+        for request_id in request_ids:
+            await self.engine.abort(request_id)
+        return len(request_ids)

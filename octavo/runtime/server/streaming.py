@@ -1,0 +1,102 @@
+"""Server-sent events in OpenAI's framing, merging several prompts' streams, and tying a request's
+work to its client: when the client goes away, the work is cancelled, which aborts the engine
+request and frees its KV blocks.
+
+Framing: every event is `data: <json>\\n\\n`; the stream ends with `data: [DONE]\\n\\n`. An error
+after the response has started (status 200 already sent) travels as one `data: {"error": ...}`
+event before [DONE], as OpenAI's streams do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing, suppress
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+
+T = TypeVar("T")
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_event(payload: BaseModel | dict[str, Any], exclude: set[str] | None = None) -> bytes:
+    if isinstance(payload, BaseModel):
+        body = payload.model_dump_json(exclude=exclude)
+    else:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return b"data: " + body.encode() + b"\n\n"
+
+
+async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Items of several async iterators as they come, tagged with the iterator's index. An error in
+    one ends the merge with that error; closing the merge closes every iterator."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for item in only:
+                yield 0, item
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(index: int, stream: AsyncIterator[T]) -> None:
+        try:
+            async with aclosing(stream) as it:
+                async for item in it:
+                    await queue.put((index, item))
+            await queue.put((index, done))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            await queue.put((index, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before its response was ready."""
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (the request body must
+    already have been read, as FastAPI does before calling the handler)."""
+    work_task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work_task.done():
+            work_task.cancel()
+            with suppress(asyncio.CancelledError):
+                await work_task
+            if watcher.done():
+                raise ClientDisconnected()
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+    return work_task.result()

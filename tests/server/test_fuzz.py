@@ -1,0 +1,67 @@
+"""Schemathesis fuzzes every operation of the app's OpenAPI schema with valid and invalid inputs:
+none may produce a 5xx, and every error must be OpenAI-shaped. The engine behind it has a short
+context (32 tokens) so that whatever max_tokens and n the fuzzer picks, a case is quick; the
+number of cases per operation is bounded for CI."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from server_testing import MODEL_NAME, engine_is_idle, wait_until
+
+MAX_EXAMPLES = {"POST": 25, "GET": 5}  # per operation and generation mode
+
+OPERATIONS = ["POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}",
+              "GET /health", "GET /live", "GET /version", "GET /metrics"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_engine(model_dir):
+    from octavo.runtime.async_engine import AsyncLLMEngine
+    from octavo.runtime.config import AsyncEngineArgs
+
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+        model=str(model_dir), device="cpu", max_model_len=32, num_gpu_blocks_override=512, max_num_seqs=256))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(fuzz_engine):
+    from octavo.runtime.server.app import build_app
+    from octavo.runtime.server.state import ServerSettings
+
+    app = build_app(fuzz_engine, ServerSettings(served_model_names=[MODEL_NAME]))
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+def test_every_operation_is_fuzzed(fuzz_schema):
+    found = {f"{result.ok().method.upper()} {result.ok().path}" for result in fuzz_schema.get_all_operations()}
+    assert found == set(OPERATIONS)
+
+
+# Operations without a body or typed parameters have no invalid inputs to generate.
+CASES = [(op, GenerationMode.POSITIVE) for op in OPERATIONS] + [
+    (op, GenerationMode.NEGATIVE) for op in OPERATIONS if op.startswith("POST")]
+
+
+@pytest.mark.parametrize("operation,mode", CASES, ids=[f"{op}-{mode.value}" for op, mode in CASES])
+def test_no_input_gets_a_server_error(fuzz_engine, fuzz_schema, operation, mode):
+    method, path = operation.split()
+
+    @given(case=fuzz_schema[path][method].as_strategy(generation_mode=mode))
+    @settings(max_examples=MAX_EXAMPLES[method], deadline=None, suppress_health_check=list(HealthCheck),
+              database=None, print_blob=True)
+    def check(case):
+        response = case.call()
+        assert response.status_code < 500, (f"{case.method} {case.formatted_path} {case.body!r} -> "
+                                            f"{response.status_code} {response.text[:500]}")
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+    check()
+    assert fuzz_engine.is_running, f"the fuzzer killed the engine: {fuzz_engine.errored!r}"
+    wait_until(lambda: engine_is_idle(fuzz_engine), timeout=30, message="the engine to be idle after fuzzing")

@@ -1,0 +1,93 @@
+"""SSE streams: OpenAI's exact framing, deltas that add up to the non-streamed text, and many
+concurrent streams on a real server that each get their own, correct output."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from server_testing import MODEL_NAME, parse_sse
+
+
+@pytest.mark.parametrize("extra", [{}, {"stop": [" a", "e"]}, {"n": 2}, {"logprobs": 2}, {"echo": True}],
+                         ids=["plain", "stop-strings", "n2", "logprobs", "echo"])
+async def test_completion_stream_deltas_equal_whole_text(client, extra):
+    body = {"model": MODEL_NAME, "prompt": "The quick brown fox", "max_tokens": 10, "temperature": 0.9,
+            "seed": 1234, **extra}
+    whole = (await client.post("/v1/completions", json=body)).json()
+    response = await client.post("/v1/completions", json={**body, "stream": True})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = parse_sse(response.text)
+    texts: dict[int, str] = {}
+    finishes: dict[int, str] = {}
+    for event in events[:-1]:
+        assert event["object"] == "text_completion" and event["model"] == MODEL_NAME
+        assert "usage" not in event  # only with stream_options.include_usage
+        [choice] = event["choices"]
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"]:
+            assert choice["index"] not in finishes
+            finishes[choice["index"]] = choice["finish_reason"]
+    assert len({e["id"] for e in events[:-1]}) == 1
+    for choice in whole["choices"]:
+        assert texts[choice["index"]] == choice["text"]
+        assert finishes[choice["index"]] == choice["finish_reason"]
+
+
+async def test_chat_stream_framing_and_deltas(client):
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8,
+            "temperature": 0.8, "seed": 77, "stream": True, "stream_options": {"include_usage": True}}
+    response = await client.post("/v1/chat/completions", json=body)
+    events = parse_sse(response.text)
+    chunks = events[:-1]
+    first, usage_chunk = chunks[0], chunks[-1]
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] >= 1
+    finish = chunks[-2]["choices"][0]
+    assert finish["delta"] == {} and finish["finish_reason"] in ("stop", "length")
+    content_chunks = chunks[1:-2]
+    for chunk in content_chunks:
+        assert chunk["object"] == "chat.completion.chunk" and chunk["usage"] is None
+        assert set(chunk["choices"][0]["delta"]) == {"content"}
+        assert chunk["choices"][0]["finish_reason"] is None
+    streamed = "".join(c["choices"][0]["delta"]["content"] for c in content_chunks)
+    whole = (await client.post("/v1/chat/completions", json={**body, "stream": False,
+                                                             "stream_options": None})).json()
+    assert streamed == whole["choices"][0]["message"]["content"]
+    assert usage_chunk["usage"] == whole["usage"]
+
+
+async def test_concurrent_streaming_clients_get_their_own_outputs(engine, live_server):
+    """32 streams at once on a real uvicorn server; each must equal the same request's greedy output
+    computed in one batch beforehand, so no stream can have received another's tokens."""
+    num_clients = 32
+    prompts = [f"Request number {i} asks about {word}" for i, word in
+               enumerate(["kernels", "blocks", "queues", "caches"] * 8)]
+    common = {"model": MODEL_NAME, "max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=httpx.Timeout(120, connect=10),
+                                 limits=httpx.Limits(max_connections=num_clients + 4)) as http:
+        reference = (await http.post("/v1/completions", json={**common, "prompt": prompts})).json()
+        expected = {c["index"]: c["text"] for c in reference["choices"]}
+        assert len(set(expected.values())) > 1, "distinct prompts should give distinct outputs"
+
+        async def one(i: int) -> tuple[str, int]:
+            text, tokens = "", 0
+            async with http.stream("POST", "/v1/completions",
+                                   json={**common, "prompt": prompts[i], "stream": True,
+                                         "stream_options": {"include_usage": True}}) as response:
+                assert response.status_code == 200
+                raw = "".join([part async for part in response.aiter_text()])
+            for event in parse_sse(raw)[:-1]:
+                if event["choices"]:
+                    text += event["choices"][0]["text"]
+                else:
+                    tokens = event["usage"]["completion_tokens"]
+            return text, tokens
+
+        results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(num_clients))), timeout=150)
+    for i, (text, tokens) in enumerate(results):
+        assert tokens == 8
+        assert text == expected[i], f"client {i} got another output"
