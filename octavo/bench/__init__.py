@@ -1,0 +1,17 @@
+"""Benchmarks: `octavo bench latency | throughput | serve | report`.
+
+Every run measures its anchors in the same process (HF transformers `generate` on the same model
+shape and requests, the device's copy bandwidth and matmul peak), so each figure is reported as a
+ratio to something measured beside it. One module per idea:
+
+- workload.py: seeded requests (token-id prompts, so dummy weights need no tokenizer)
+- models.py: --model / --config -> a model directory; the octavo engine built from the flags
+- measure.py: device-synchronized clocks, percentiles, progress bars
+- latency.py: fixed batches, prefill time and ms per decode step
+- throughput.py: offline, N requests of seeded random lengths
+- serve.py: streaming OpenAI client at fixed concurrency levels (optionally launching the server)
+- hf_baseline.py: HF transformers `generate` in static, left-padded batches
+- roofline.py: copy bandwidth, matmul peak and the floors they imply
+- env.py: what every result records (device, versions, commit, command, date)
+- report.py: JSON, Markdown and PNG outputs
+"""

@@ -1,0 +1,134 @@
+"""What every result file records: date, exact command, device, library versions, git commit."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _commit_from_files() -> str | None:
+    """HEAD's commit read from .git's files, for copies of a checkout whose object store did not
+    travel (git itself then refuses to resolve HEAD)."""
+    git_dir = REPO_ROOT / ".git"
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{40}", head):
+            return head
+        ref = head.removeprefix("ref: ").strip()
+        ref_file = git_dir / ref
+        if ref_file.is_file():
+            value = ref_file.read_text().strip()
+            return value if re.fullmatch(r"[0-9a-f]{40}", value) else None
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == ref and re.fullmatch(r"[0-9a-f]{40}", parts[0]):
+                return parts[0]
+    except OSError:
+        pass
+    return None
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout. OCTAVO_GIT_COMMIT overrides; without a working git
+    repository the commit is read from .git's files and dirtiness is unknown."""
+    forced = os.environ.get("OCTAVO_GIT_COMMIT")
+    if forced:
+        return forced, None
+    try:
+        found = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, timeout=10)
+        commit = found.stdout.strip()
+        if found.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
+            return _commit_from_files(), None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return _commit_from_files(), None
+
+
+def device_info(device: str | None = None) -> dict:
+    """The accelerator the run used (or the CPU), by name."""
+    try:
+        import torch
+    except ImportError:
+        return {"type": "cpu", "name": platform.processor() or platform.machine()}
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith(("cuda", "auto")))
+    if not use_cuda:
+        return {"type": "cpu", "name": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    props = torch.cuda.get_device_properties(0)
+    return {"type": "cuda", "name": props.name, "count": torch.cuda.device_count(),
+            "memory_gib": round(props.total_memory / 2**30, 1), "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count, "cuda": torch.version.cuda}
+
+
+def device_slug(info: dict) -> str:
+    """Short device name for file names: "NVIDIA H100 80GB HBM3" -> "h100"."""
+    if info.get("type") != "cuda":
+        return "cpu"
+    for word in info.get("name", "").replace("-", " ").split():
+        lowered = word.lower()
+        if lowered not in ("nvidia", "tesla", "geforce", "rtx") and any(c.isdigit() for c in lowered):
+            return lowered
+    return "cuda"
+
+
+def command_line(args: Any = None) -> str:
+    """The `octavo bench MODE ...` command that produced a result: from sys.argv when it holds the
+    mode, else (called in process, as the tests do) rebuilt from the parsed flags that differ from
+    their defaults."""
+    mode = getattr(args, "bench_command", None)
+    argv = list(sys.argv)
+    if mode and mode in argv[1:3]:
+        return shlex.join(["octavo", "bench"] + argv[argv.index(mode):])
+    parser = getattr(args, "_bench_parser", None)
+    if parser is None:
+        return shlex.join([Path(argv[0]).name] + argv[1:]) if argv else "octavo bench"
+    words = ["octavo", "bench", mode]
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        if not action.option_strings or action.dest in ("help",):
+            continue
+        value = getattr(args, action.dest, None)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return shlex.join(words)
+
+
+def environment(device: str | None = None, args: Any = None) -> dict:
+    commit, dirty = git_commit()
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return {
+        "date": now.strftime("%Y-%m-%d"),
+        "time_utc": now.isoformat(timespec="seconds"),
+        "command": command_line(args),
+        "cwd": os.getcwd(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": device_info(device),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in ("octavo", "torch", "triton", "transformers", "httpx")},
+    }

@@ -1,0 +1,431 @@
+"""Serving sweep: a streaming client for an OpenAI-compatible `/v1/completions` endpoint, run at
+fixed concurrency levels (c requests always in flight: c users who each send the next request
+as soon as the last one ends). Prompts are token ids (`"prompt": [ids]`), `ignore_eos` pins the
+output length, so any model, dummy weights included, gets the same work.
+
+Per request: TTFT (request sent -> first token), TPOT ((end-to-end - TTFT) / (tokens - 1)),
+inter-token latencies (gaps between streamed chunks), end-to-end latency. Per level: p50/p90/p99
+of each, per-user tokens/s (1 / TPOT) and total output tokens/s (all tokens / level wall time).
+
+With --launch, `octavo serve` is started on loopback for the model and stopped afterwards; the
+HF baseline (one static batch of c requests per level) and the latency anchor (octavo's own
+batch-1 step time, in process) then run on the freed device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+from octavo.bench import roofline as roofline_mod
+from octavo.bench.env import environment
+from octavo.bench.measure import percentile, progress, summarize
+from octavo.bench.models import ModelSpec, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
+from octavo.bench.workload import BenchRequest, fixed_requests, parse_range, random_requests
+
+logger = logging.getLogger("octavo")
+
+COMPLETIONS_PATH = "/v1/completions"
+
+
+# ---- the client ----------------------------------------------------------------------------------
+async def stream_completion(client: Any, model: str, request: BenchRequest) -> dict:
+    """Send one streaming completion; return its timings (seconds on perf_counter) and errors."""
+    payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
+               "temperature": 0.0, "ignore_eos": True, "stream": True,
+               "stream_options": {"include_usage": True}}
+    chunk_times: list[float] = []
+    usage = None
+    error = None
+    sent = time.perf_counter()
+    try:
+        async with client.stream("POST", COMPLETIONS_PATH, json=payload) as response:
+            if response.status_code != 200:
+                body = (await response.aread()).decode(errors="replace")
+                error = f"HTTP {response.status_code}: {body[:300]}"
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    now = time.perf_counter()
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        error = f"error event: {json.dumps(chunk['error'])[:300]}"
+                        break
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    if carries_tokens(chunk.get("choices") or []):
+                        chunk_times.append(now)
+    except Exception as exc:  # connection resets, timeouts, bad JSON: the request failed, the sweep goes on
+        error = f"{type(exc).__name__}: {exc}"
+    done = time.perf_counter()
+    return token_record(request, sent, done, chunk_times, usage, error)
+
+
+def carries_tokens(choices: list[dict]) -> bool:
+    """A chunk with choices carries new tokens unless it only reports the finish (empty text and a
+    finish_reason), which OpenAI-style servers may send as a separate last chunk."""
+    if not choices:
+        return False
+    return any(c.get("text") or c.get("token_ids") or not c.get("finish_reason") for c in choices)
+
+
+def token_record(request: BenchRequest, sent: float, done: float, chunk_times: list[float],
+                 usage: dict | None, error: str | None) -> dict:
+    """Timings of one streamed request. The token count is the server's `usage` when sent, else
+    one token per token-carrying chunk."""
+    tokens = usage.get("completion_tokens") if usage else None
+    if not isinstance(tokens, int):
+        tokens = len(chunk_times)
+    chunk_times = chunk_times[:tokens]
+    if error is None and tokens != request.output_len:
+        error = f"short output: {tokens} of {request.output_len} tokens"
+    if error is None and tokens and not chunk_times:
+        error = ("the stream carried no per-token chunks (empty text: a model without a tokenizer?), so TTFT "
+                 "and inter-token latency cannot be measured")
+    record: dict = {"prompt_len": request.prompt_len, "output_len": request.output_len, "output_tokens": tokens,
+                    "num_chunks": len(chunk_times), "sent_s": sent, "e2e_ms": (done - sent) * 1e3, "error": error}
+    if chunk_times:
+        ttft = chunk_times[0] - sent
+        gaps = [(b - a) * 1e3 for a, b in zip(chunk_times, chunk_times[1:])]
+        record["ttft_ms"] = ttft * 1e3
+        record["tpot_ms"] = (chunk_times[-1] - chunk_times[0]) * 1e3 / (tokens - 1) if tokens > 1 else 0.0
+        record["itl_ms"] = [round(g, 3) for g in gaps]
+    return record
+
+
+async def run_level(base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
+                    timeout_s: float, desc: str) -> tuple[list[dict], float]:
+    """Run `requests` with `concurrency` in flight; returns the records and the wall time."""
+    import httpx
+
+    records: list[dict | None] = [None] * len(requests)
+    pending = iter(range(len(requests)))
+    bar = progress(len(requests), desc, unit="req")
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
+        async def user() -> None:
+            for index in pending:  # one shared iterator: each request is taken once
+                records[index] = await stream_completion(client, model, requests[index])
+                bar.update(1)
+
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(*(user() for _ in range(concurrency)))
+        finally:
+            bar.close()
+        wall = time.perf_counter() - start
+    for record in records:
+        record["sent_s"] -= start
+    return records, wall
+
+
+def summarize_level(concurrency: int, records: list[dict], wall_s: float) -> dict:
+    ok = [r for r in records if not r["error"]]
+    prompt_tokens = sum(r["prompt_len"] for r in ok)
+    output_tokens = sum(r["output_tokens"] for r in ok)
+    return {
+        "concurrency": concurrency,
+        "num_requests": len(records),
+        "num_errors": len(records) - len(ok),
+        "duration_s": wall_s,
+        "prompt_tokens": prompt_tokens,
+        "output_tokens": output_tokens,
+        "requests_per_s": len(ok) / wall_s,
+        "output_tokens_per_s": output_tokens / wall_s,
+        "total_tokens_per_s": (prompt_tokens + output_tokens) / wall_s,
+        "per_user_tokens_per_s": summarize(1e3 / r["tpot_ms"] for r in ok if r.get("tpot_ms")),
+        "ttft_ms": summarize(r["ttft_ms"] for r in ok if "ttft_ms" in r),
+        "tpot_ms": summarize(r["tpot_ms"] for r in ok if "tpot_ms" in r),
+        "itl_ms": summarize(g for r in ok for g in r.get("itl_ms", [])),
+        "e2e_ms": summarize(r["e2e_ms"] for r in ok),
+    }
+
+
+# ---- the server ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(args: Any, spec: ModelSpec, port: int) -> list[str]:
+    command = [sys.executable, "-m", "octavo.cli", "serve", spec.path, "--host", "127.0.0.1", "--port", str(port),
+               "--load-format", spec.load_format, "--dtype", args.dtype, "--seed", str(args.seed)]
+    for flag in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+                 "num_gpu_blocks_override", "block_size"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            command += [f"--{flag.replace('_', '-')}", str(value)]
+    if getattr(args, "enforce_eager", False):
+        command.append("--enforce-eager")
+    return command + shlex.split(args.server_args or "")
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float, log_path: str) -> None:
+    """Poll /health until it answers 200 (the server answers 503 while loading); fail early if the
+    server process exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before it was ready; "
+                               f"its log ({log_path}) ends:\n{tail(log_path)}")
+        try:
+            if httpx.get(base_url + "/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server was not ready within {timeout_s:.0f}s (raise --launch-timeout); "
+                       f"its log ({log_path}) ends:\n{tail(log_path)}")
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGINT (graceful), then SIGTERM, then SIGKILL, each with a bounded wait."""
+    for sig, wait_s in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def launched_server(args: Any, spec: ModelSpec, log_path: str):
+    """`octavo serve` on a free loopback port; yields (base_url, command)."""
+    port = free_port()
+    command = server_command(args, spec, port)
+    base_url = f"http://127.0.0.1:{port}"
+    logger.info("launching: %s (log: %s)", shlex.join(command), log_path)
+    with open(log_path, "w") as log:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(base_url, process, args.launch_timeout, log_path)
+        yield base_url, command
+    finally:
+        stop(process)
+
+
+def served_model_name(base_url: str, fallback: str) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(base_url + "/v1/models", timeout=10.0)
+        data = response.json().get("data") or []
+        if data and data[0].get("id"):
+            return data[0]["id"]
+    except (httpx.HTTPError, ValueError):
+        pass
+    return fallback
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+def level_requests(args: Any, concurrency: int, vocab_size: int, count: int | None = None,
+                   seed: int | None = None) -> list[BenchRequest]:
+    """The requests of one level (fixed lengths, or uniform over the ranges), seeded by level."""
+    count = count or args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
+    seed = args.seed + 1000 * concurrency if seed is None else seed
+    if args.input_len_range or args.output_len_range:
+        input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
+        output_range = (parse_range(args.output_len_range) if args.output_len_range
+                        else (args.output_len, args.output_len))
+        return random_requests(count, input_range, output_range, vocab_size, seed)
+    return fixed_requests(count, args.input_len, args.output_len, vocab_size, seed)
+
+
+def warm_up(args: Any, base_url: str, model: str, vocab_size: int) -> None:
+    """Requests of the sweep's lengths, outside the measurements: by default two alone, then twice
+    the largest concurrency at that concurrency, so that kernels the server compiles or tunes on
+    first use (single prefills, mixed prefill/decode steps, every context length) are ready before
+    the first level is timed."""
+    largest = max(args.concurrency)
+    if args.num_warmups is None:
+        plan = [(1, 2), (largest, 2 * largest)]
+    elif args.num_warmups > 0:
+        plan = [(min(args.num_warmups, largest), args.num_warmups)]
+    else:
+        plan = []
+    for index, (concurrency, count) in enumerate(plan):
+        requests = level_requests(args, concurrency, vocab_size, count=count, seed=args.seed - 1 - index)
+        records, _ = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
+                                           f"warm-up at concurrency {concurrency}"))
+        failed = [r["error"] for r in records if r["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
+
+
+def sweep(args: Any, base_url: str, model: str, vocab_size: int, levels: list[dict], records: list[dict],
+          save: Callable[[], None]) -> None:
+    """Warm up, then run every concurrency level, appending summaries and records as they come."""
+    warm_up(args, base_url, model, vocab_size)
+    for concurrency in sorted(set(args.concurrency)):
+        requests = level_requests(args, concurrency, vocab_size)
+        level_records, wall = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
+                                                    f"concurrency {concurrency}"))
+        for record in level_records:
+            record["concurrency"] = concurrency
+        summary = summarize_level(concurrency, level_records, wall)
+        levels.append(summary)
+        records.extend(level_records)
+        logger.info("concurrency %d: %.0f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms, %d errors", concurrency,
+                    summary["output_tokens_per_s"], summary["ttft_ms"]["p50"], summary["tpot_ms"]["p50"],
+                    summary["num_errors"])
+        save()
+
+
+def hf_levels(args: Any, spec: ModelSpec, vocab_size: int, dtype: Any, device: Any) -> list[dict]:
+    """One static batch of the level's first c requests per concurrency level."""
+    from octavo.bench import hf_baseline
+
+    model = hf_baseline.HFModel(spec.path, dtype, device, args.seed)
+    levels = []
+    for concurrency in sorted(set(args.concurrency)):
+        batch = level_requests(args, concurrency, vocab_size)[:concurrency]
+        timing = hf_baseline.latency(model, batch, 1)[0]
+        step = percentile(timing.step_ms, 50) if timing.step_ms else 0.0
+        output_tokens = sum(r.output_len for r in batch)
+        levels.append({
+            "concurrency": concurrency, "num_requests": len(batch), "num_errors": 0,
+            "duration_s": timing.total_ms / 1e3, "output_tokens": output_tokens,
+            "prompt_tokens": sum(r.prompt_len for r in batch),
+            "output_tokens_per_s": output_tokens / (timing.total_ms / 1e3),
+            # One batch: every request shares the batch's timings, so each percentile is that value.
+            "per_user_tokens_per_s": summarize([1e3 / step if step else 0.0] * len(batch)),
+            "ttft_ms": summarize([timing.prefill_ms] * len(batch)), "tpot_ms": summarize([step] * len(batch)),
+            "itl_ms": summarize(timing.step_ms), "e2e_ms": summarize([timing.total_ms] * len(batch)),
+        })
+    del model
+    release()
+    return levels
+
+
+def latency_anchor(args: Any, spec: ModelSpec) -> dict:
+    """octavo's batch-1 decode step time on this device, in process (the server is stopped)."""
+    from octavo.bench.latency import octavo_row
+    from octavo.bench.models import build_llm
+
+    llm = build_llm(args, spec)
+    row = octavo_row(llm, 1, args.input_len, args.output_len, num_iters=args.anchor_iters, num_warmup=1,
+                     seed=args.seed)
+    del llm
+    release()
+    return {"batch_size": 1, "input_len": args.input_len, "output_len": args.output_len,
+            "decode_ms_per_step": row["decode_ms_per_step"], "prefill_ms": row["prefill_ms"],
+            "decode_step_ms": row["decode_step_ms"]}
+
+
+def model_config(spec: ModelSpec) -> dict:
+    with open(os.path.join(spec.path, "config.json")) as f:
+        return json.load(f)
+
+
+def local_device_and_dtype(args: Any, config: dict):
+    import torch
+
+    from octavo.runtime.config import resolve_dtype
+
+    if args.device in (None, "auto"):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    return device, resolve_dtype(args.dtype, config.get("torch_dtype") or config.get("dtype"), device)
+
+
+def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dict], None] | None = None) -> dict:
+    spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
+    if not args.launch and not args.base_url:
+        raise ValueError("give --base-url of a running server, or --launch to start `octavo serve` here")
+    if not args.launch and (args.baseline == "hf" or args.latency_anchor):
+        raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server "
+                         "stops: use them with --launch")
+    config = model_config(spec)
+    vocab_size = config.get("vocab_size")
+    if not isinstance(vocab_size, int):
+        raise ValueError(f"{spec.path}/config.json names no vocab_size; token-id prompts need one")
+    device, dtype = local_device_and_dtype(args, config)
+    levels: list[dict] = []
+    records: list[dict] = []
+    result: dict = {
+        "kind": "serve", "tag": args.tag, "env": environment(args.device, args),
+        "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
+                  "hf_overrides": spec.overrides, "vocab_size": vocab_size,
+                  "dtype": str(dtype).replace("torch.", "") if args.launch else args.dtype},
+        "settings": {"concurrency": sorted(set(args.concurrency)), "input_len": args.input_len,
+                     "output_len": args.output_len, "input_len_range": args.input_len_range,
+                     "output_len_range": args.output_len_range, "num_prompts": args.num_prompts,
+                     "prompts_per_user": args.prompts_per_user, "min_prompts_per_level": args.min_prompts_per_level,
+                     "num_warmups": args.num_warmups, "seed": args.seed, "base_url": args.base_url,
+                     "launched": bool(args.launch), "server_command": None, "synthetic_tokenizer": False,
+                     "baseline": args.baseline},
+        "roofline": roofline_mod.measure(args.device) if args.roofline else None,
+        "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0,
+        "records": records,
+    }
+    settings = result["settings"]
+
+    def save() -> None:
+        result["total_errors"] = sum(level["num_errors"] for level in levels)
+        if save_partial is not None:
+            save_partial(result)
+
+    if args.launch:
+        from octavo.bench.report import file_stem
+
+        if spec.temporary and not has_tokenizer(spec.path):
+            eos = config.get("eos_token_id")
+            write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
+            settings["synthetic_tokenizer"] = True
+        os.makedirs(out_dir or ".", exist_ok=True)
+        log_path = os.path.join(out_dir or ".", file_stem("serve", spec.label, result["env"], args.tag) + "-server.log")
+        with launched_server(args, spec, log_path) as (base_url, command):
+            settings.update(base_url=base_url, server_command=shlex.join(command))
+            model = args.served_model_name or served_model_name(base_url, spec.path)
+            result["model"]["served_name"] = model
+            sweep(args, base_url, model, vocab_size, levels, records, save)
+    else:
+        base_url = args.base_url.rstrip("/")
+        model = args.served_model_name or served_model_name(base_url, spec.path)
+        result["model"]["served_name"] = model
+        sweep(args, base_url, model, vocab_size, levels, records, save)
+
+    ratios = result["ratios"]
+    if args.latency_anchor:
+        anchor = result["anchor"] = latency_anchor(args, spec)
+        first = levels[0] if levels else None
+        if first and first["concurrency"] == 1 and first["tpot_ms"]["count"]:
+            ratios["tpot_c1_over_latency_bs1_step"] = first["tpot_ms"]["p50"] / anchor["decode_ms_per_step"]
+        save()
+    if args.baseline == "hf":
+        hf = result["hf_levels"] = hf_levels(args, spec, vocab_size, dtype, device)
+        ratios["output_tps_vs_hf"] = {str(o["concurrency"]): o["output_tokens_per_s"] / h["output_tokens_per_s"]
+                                      for o, h in zip(levels, hf)}
+    save()
+    return result

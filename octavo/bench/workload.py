@@ -1,0 +1,59 @@
+"""Seeded requests: random token-id prompts (no tokenizer needed, so dummy-weight models work)
+and output lengths, fixed or uniform over a range. The same seed gives the same requests to
+octavo and to the HF baseline."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    prompt_token_ids: list[int]
+    output_len: int  # exact: requests run with ignore_eos (octavo) or min_new_tokens (HF)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """"256:768" -> (256, 768), inclusive; "128" -> (128, 128)."""
+    parts = str(text).split(":")
+    try:
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or high is None or low < 1 or high < low:
+        raise ValueError(f"a length range is LOW:HIGH with 1 <= LOW <= HIGH (e.g. 256:768), got {text!r}")
+    return low, high
+
+
+def random_prompt(rng: random.Random, length: int, vocab_size: int) -> list[int]:
+    return rng.choices(range(vocab_size), k=length)
+
+
+def random_requests(num_requests: int, input_range: tuple[int, int], output_range: tuple[int, int],
+                    vocab_size: int, seed: int) -> list[BenchRequest]:
+    """num_requests requests with prompt and output lengths uniform over the inclusive ranges."""
+    if num_requests < 1:
+        raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_requests):
+        prompt_len = rng.randint(*input_range)
+        output_len = rng.randint(*output_range)
+        requests.append(BenchRequest(random_prompt(rng, prompt_len, vocab_size), output_len))
+    return requests
+
+
+def fixed_requests(num_requests: int, input_len: int, output_len: int, vocab_size: int,
+                   seed: int) -> list[BenchRequest]:
+    """num_requests requests of exactly input_len prompt and output_len output tokens."""
+    return random_requests(num_requests, (input_len, input_len), (output_len, output_len), vocab_size, seed)
+
+
+def batches(items: list, size: int) -> list[list]:
+    """Consecutive chunks of `size` in the given order (a user's static batches)."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

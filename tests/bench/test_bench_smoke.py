@@ -1,0 +1,121 @@
+"""`octavo bench` end to end on a tiny model with tiny counts (CPU): every mode writes its files,
+and the numbers are positive and add up."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+ENGINE = ["--max-model-len", "64", "--max-num-seqs", "8"]
+
+
+def check_env(data: dict) -> None:
+    env = data["env"]
+    for key in ("date", "time_utc", "command", "git_commit", "device", "versions"):
+        assert key in env, key
+    assert env["command"].startswith("octavo")
+    assert env["device"]["name"] and env["versions"]["torch"] and env["versions"]["transformers"]
+
+
+def test_latency_with_hf_baseline_and_roofline(bench, llama_dir):
+    code, data, files = bench("latency", "--model", str(llama_dir), "--batch-size", "1,2", "--input-len", "8",
+                              "--output-len", "4", "--num-iters", "1", "--baseline", "hf", "--roofline", *ENGINE)
+    assert code == 0
+    assert sorted(f.rsplit(".", 1)[1] for f in files) == ["json", "md", "png"]
+    check_env(data)
+    assert data["kind"] == "latency" and data["model"]["weight_bytes"] > 0
+    assert data["roofline"]["copy_bandwidth_gbps"] > 0 and data["roofline"]["matmul_tflops"] > 0
+    assert [row["batch_size"] for row in data["rows"]] == [1, 2]
+    for row in data["rows"]:
+        bs = row["batch_size"]
+        for engine in ("octavo", "hf"):
+            result = row[engine]
+            (run,) = result["iterations"]
+            assert run["output_tokens"] == bs * 4
+            assert len(run["step_ms"]) == 3  # one token from the prefill, three decode steps
+            assert 0 < result["prefill_ms"] < result["total_ms"]
+            assert result["decode_ms_per_step"] > 0
+            assert result["output_tokens_per_s"] == pytest.approx(bs * 4 / (result["total_ms"] / 1e3))
+        assert row["floor"]["floor_ms"] > 0
+        assert row["ratios"]["hf_step_over_octavo_step"] == pytest.approx(
+            row["hf"]["decode_ms_per_step"] / row["octavo"]["decode_ms_per_step"])
+
+
+def test_throughput_with_hf_subset(bench, llama_dir):
+    code, data, files = bench("throughput", "--model", str(llama_dir), "--num-prompts", "6", "--input-len-range",
+                              "4:12", "--output-len-range", "2:6", "--baseline", "hf", "--hf-batch-size", "2",
+                              "--hf-num-prompts", "4", "--seed", "3", *ENGINE)
+    assert code == 0 and len(files) == 2
+    check_env(data)
+    ours, hf = data["octavo"], data["hf"]
+    records = ours["records"]
+    assert len(records) == 6 and ours["num_errors"] == 0
+    assert all(4 <= r["prompt_len"] <= 12 and 2 <= r["output_len"] <= 6 for r in records)
+    assert ours["output_tokens"] == sum(r["output_tokens"] for r in records) == sum(r["output_len"] for r in records)
+    assert ours["prompt_tokens"] == sum(r["prompt_len"] for r in records)
+    assert ours["output_tokens_per_s"] == pytest.approx(ours["output_tokens"] / ours["elapsed_s"])
+    assert all(0 < r["ttft_ms"] <= r["e2e_ms"] for r in records)
+    # HF ran the same first four requests, in two static batches of two.
+    assert hf["subset_size"] == 4 and hf["num_batches"] == 2 and hf["extrapolated"]
+    assert [r["prompt_len"] for r in hf["records"]] == [r["prompt_len"] for r in records[:4]]
+    assert hf["output_tokens"] == sum(r["output_len"] for r in records[:4]) <= hf["generated_tokens_incl_padding"]
+    assert data["ratios"]["output_tps_vs_hf"] == pytest.approx(
+        ours["output_tokens_per_s"] / hf["output_tokens_per_s"])
+
+
+def test_config_with_dummy_weights(bench, tiny_overrides):
+    code, data, _ = bench("latency", "--config", "llama-3.1-8b", "--hf-overrides", tiny_overrides,
+                          "--batch-size", "2", "--input-len", "8", "--output-len", "3", "--num-iters", "1",
+                          "--tag", "tiny", *ENGINE)
+    assert code == 0
+    model = data["model"]
+    assert model["name"] == "llama-3.1-8b" and model["load_format"] == "dummy"
+    assert model["config_source"].endswith("bench/configs/llama-3.1-8b.json")
+    assert model["vocab_size"] == 512 and model["num_layers"] == 2 and model["dtype"] == "float32"
+    assert 0 < model["num_params"] < 1_000_000
+    assert data["rows"][0]["octavo"]["iterations"][0]["output_tokens"] == 6
+
+
+def test_bad_flags_name_the_fix(bench, capsys):
+    code, _, _ = bench("latency", "--config", "no-such-model")
+    assert code == 2
+    assert "llama-3.1-8b" in capsys.readouterr().err
+    code, _, _ = bench("serve", "--config", "llama-3.2-1b")
+    assert code == 2
+    assert "--launch" in capsys.readouterr().err
+
+
+def test_synthetic_tokenizer_decodes_every_id(tmp_path):
+    from transformers import AutoTokenizer
+
+    from octavo.bench.models import has_tokenizer, write_synthetic_tokenizer
+
+    write_synthetic_tokenizer(str(tmp_path), 300, eos_token_id=2)
+    assert has_tokenizer(str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert len(tokenizer) == 300 and tokenizer.eos_token_id == 2
+    assert tokenizer.decode([5, 299]) == "w5 w299"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("octavo.runtime.server") is None,
+                    reason="the OpenAI server (octavo.runtime.server) is not built yet")
+def test_serve_sweep_against_launched_server(bench, llama_dir):
+    code, data, files = bench("serve", "--model", str(llama_dir), "--launch", "--launch-timeout", "180",
+                              "--concurrency", "1,2", "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
+                              "--num-warmups", "2", "--latency-anchor", "--anchor-iters", "1", "--baseline", "hf",
+                              *ENGINE)
+    assert code == 0, data and [r["error"] for r in data["records"] if r["error"]]
+    check_env(data)
+    assert sum(f.endswith(".png") for f in files) == 3 and any(f.endswith("-server.log") for f in files)
+    assert data["total_errors"] == 0 and data["settings"]["launched"]
+    assert [level["concurrency"] for level in data["levels"]] == [1, 2]
+    for level in data["levels"]:
+        assert level["num_requests"] == 3 and level["output_tokens"] == 12
+        assert level["output_tokens_per_s"] == pytest.approx(level["output_tokens"] / level["duration_s"])
+        assert 0 < level["ttft_ms"]["p50"] <= level["e2e_ms"]["p50"]
+    records = data["records"]
+    assert len(records) == 6 and all(r["output_tokens"] == 4 and r["tpot_ms"] > 0 for r in records)
+    assert data["anchor"]["decode_ms_per_step"] > 0
+    assert data["ratios"]["tpot_c1_over_latency_bs1_step"] > 0
+    assert [level["concurrency"] for level in data["hf_levels"]] == [1, 2]

@@ -1,0 +1,91 @@
+"""Pure pieces of the benchmarks: seeded workloads, percentiles, stream records, summaries and
+reports. No model, no torch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from octavo.bench import report
+from octavo.bench.measure import percentile, summarize
+from octavo.bench.serve import carries_tokens, summarize_level, token_record
+from octavo.bench.workload import BenchRequest, batches, fixed_requests, parse_range, random_requests
+
+
+def test_parse_range():
+    assert parse_range("256:768") == (256, 768)
+    assert parse_range("128") == (128, 128)
+    for bad in ("0:4", "9:3", "a:b", "1:2:3", ""):
+        with pytest.raises(ValueError, match="LOW:HIGH"):
+            parse_range(bad)
+
+
+def test_random_requests_are_seeded_and_in_range():
+    first = random_requests(50, (256, 768), (128, 384), 1000, seed=7)
+    again = random_requests(50, (256, 768), (128, 384), 1000, seed=7)
+    other = random_requests(50, (256, 768), (128, 384), 1000, seed=8)
+    assert first == again and first != other
+    assert all(256 <= r.prompt_len <= 768 and 128 <= r.output_len <= 384 for r in first)
+    assert all(0 <= t < 1000 for r in first for t in r.prompt_token_ids)
+    fixed = fixed_requests(4, 16, 8, 100, seed=0)
+    assert {(r.prompt_len, r.output_len) for r in fixed} == {(16, 8)}
+    assert [len(b) for b in batches(list(range(10)), 4)] == [4, 4, 2]
+
+
+def test_percentile_matches_linear_interpolation():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 5.0
+    assert percentile([1.0, 2.0], 90) == pytest.approx(1.9)
+    stats = summarize(values)
+    assert stats["count"] == 5 and stats["mean"] == 3.0 and stats["p99"] == pytest.approx(4.96)
+    assert summarize([])["count"] == 0
+
+
+def test_finish_only_chunks_carry_no_tokens():
+    assert carries_tokens([{"text": "a", "finish_reason": None}])
+    assert carries_tokens([{"text": "", "finish_reason": None}])  # tokens whose text is held back
+    assert carries_tokens([{"text": "b", "finish_reason": "length"}])
+    assert not carries_tokens([{"text": "", "finish_reason": "length"}])
+    assert not carries_tokens([])
+
+
+def test_token_record_timings():
+    request = BenchRequest([1, 2, 3], 4)
+    record = token_record(request, sent=10.0, done=10.5, chunk_times=[10.1, 10.2, 10.3, 10.4],
+                          usage={"completion_tokens": 4}, error=None)
+    assert record["error"] is None
+    assert record["ttft_ms"] == pytest.approx(100.0)
+    assert record["tpot_ms"] == pytest.approx(100.0)
+    assert record["itl_ms"] == pytest.approx([100.0, 100.0, 100.0])
+    assert record["e2e_ms"] == pytest.approx(500.0)
+    short = token_record(request, 0.0, 1.0, [0.5], {"completion_tokens": 1}, None)
+    assert short["error"].startswith("short output")
+    silent = token_record(request, 0.0, 1.0, [], {"completion_tokens": 4}, None)
+    assert "no per-token chunks" in silent["error"]
+
+
+def test_level_summary_totals_are_consistent():
+    request = BenchRequest([1] * 8, 3)
+    records = [token_record(request, 0.0, 0.4, [0.1, 0.2, 0.3], {"completion_tokens": 3}, None) for _ in range(4)]
+    records.append(token_record(request, 0.0, 0.1, [], None, "HTTP 500: boom"))
+    summary = summarize_level(2, records, wall_s=2.0)
+    assert summary["num_requests"] == 5 and summary["num_errors"] == 1
+    assert summary["output_tokens"] == 12 and summary["prompt_tokens"] == 32
+    assert summary["output_tokens_per_s"] == pytest.approx(6.0)
+    assert summary["per_user_tokens_per_s"]["p50"] == pytest.approx(10.0)
+    assert summary["itl_ms"]["count"] == 8
+
+
+def test_report_file_stem_and_goals():
+    env = {"date": "2026-11-22", "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}}
+    assert report.file_stem("throughput", "llama-3.1-8b", env, None) == "2026-11-22-throughput-llama-3.1-8b-h100"
+    assert report.file_stem("serve", "m", {"date": "d", "device": {"type": "cpu"}}, "spec") == "d-serve-m-cpu-spec"
+    result = {"kind": "throughput", "model": {"name": "llama-3.1-8b", "hf_overrides": {}}, "env": env,
+              "octavo": {"output_tokens_per_s": 13000.0}, "ratios": {"output_tps_vs_hf": 20.0}}
+    checks = {c["name"]: c["met"] for c in report.goals(result)}
+    assert list(checks.values()) == [True, False]
+    result["env"] = {"date": "d", "device": {"type": "cpu"}}
+    assert report.goals(result) == []  # goals are judged only on the run they were set for
+    assert json.loads(json.dumps(checks))
