@@ -177,7 +177,9 @@ async def _stream(state: ServingState, body: CompletionRequest, model: str, requ
                     if index in echo_pending:
                         echo_pending.discard(index)
                         text = (prompts[prompt_index].text or "") + text
-                    if text or (logprobs is not None and logprobs.tokens):
+                    # A chunk per new token, even when it completes no text yet (as vLLM does):
+                    # clients time tokens by chunks.
+                    if text or out.token_ids or (logprobs is not None and logprobs.tokens):
                         yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
                     if out.finish_reason is not None:
                         finished.add(index)
