@@ -143,6 +143,7 @@ class AsyncLLMEngine:
         self._stop.set()
         self._wakeup.set()
         self._thread.join(timeout)
+        self.engine.shutdown()  # tensor-parallel workers go with the engine
 
     # ---- the engine thread -------------------------------------------------------------------
     def _drain_inbox(self, owners: dict[str, _Stream]) -> None:

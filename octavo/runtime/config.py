@@ -194,6 +194,10 @@ class EngineArgs:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         device = self._resolve_device()
         model_config = self._model_config(self.model, self.tokenizer, self.revision, device)
+        from octavo.runtime.distributed import check_tensor_parallel
+
+        # Before any worker process starts: a shape that cannot split fails here, naming the fix.
+        check_tensor_parallel(model_config, self.tensor_parallel_size, device)
         max_model_len = model_config.max_model_len
         max_batched = self.max_num_batched_tokens or max(8192 if self.enable_chunked_prefill else max_model_len, 2048)
         if not self.enable_chunked_prefill and max_batched < max_model_len:
@@ -206,6 +210,10 @@ class EngineArgs:
             if not k or not 1 <= int(k) <= 16:
                 raise ValueError(f"num_speculative_tokens must be in 1..16 with a speculative model, got {k!r}")
             draft_config = self._model_config(draft_model, None, None, device, max_model_len=max_model_len)
+            if not 1 <= int(draft_tp) <= self.tensor_parallel_size:
+                raise ValueError(f"speculative_draft_tensor_parallel_size ({draft_tp}) must be between 1 and "
+                                 f"tensor_parallel_size ({self.tensor_parallel_size})")
+            check_tensor_parallel(draft_config, int(draft_tp), device, what="draft model")
             spec_config = SpeculativeConfig(model=draft_config.model, num_speculative_tokens=int(k),
                                             draft_tensor_parallel_size=int(draft_tp),
                                             draft_model_config=draft_config)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from octavo.runtime import distributed
 from octavo.runtime.config import EngineArgs, EngineConfig
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner
@@ -94,23 +95,42 @@ class LLMEngine:
         model_config = config.model_config
         self.tokenizer = load_tokenizer(model_config.tokenizer, required=model_config.load_format != "dummy")
         self.eos_token_ids = eos_token_ids(self.tokenizer, model_config.model, model_config.hf_config)
-        self.model_runner = ModelRunner(model_config, config.cache_config, config.scheduler_config, config.device,
-                                        enforce_eager=config.enforce_eager)
-        self.spec_decoder = None
-        if config.speculative_config is not None:
-            from octavo.runtime.spec_decode import SpecDecoder
-
-            # Built before the KV cache is sized: the draft's weights and KV share the memory.
-            self.spec_decoder = SpecDecoder(self, config.speculative_config)
-        num_blocks = self.model_runner.initialize_kv_cache()
-        self.model_runner.capture_cuda_graphs()
-        if self.spec_decoder is not None:
-            self.spec_decoder.initialize_kv_cache(num_blocks)
-        self.kv_cache = KVCacheManager(num_blocks, config.cache_config.block_size,
+        # Tensor parallel: ranks 1..N-1 as worker processes; this process is rank 0 (None at TP 1).
+        self.workers = distributed.launch_workers(config)
+        try:
+            self._build_runners(config)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.kv_cache = KVCacheManager(self.model_runner.num_blocks, config.cache_config.block_size,
                                        config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
         self.groups: dict[str, RequestGroup] = {}
         self.stats = EngineStats()
+
+    def _build_runners(self, config: EngineConfig) -> None:
+        workers = self.workers
+        self.model_runner = ModelRunner(config.model_config, config.cache_config, config.scheduler_config,
+                                        config.device, enforce_eager=config.enforce_eager,
+                                        parallel=workers.parallel("target") if workers else None)
+        self.spec_decoder = None
+        if config.speculative_config is not None:
+            from octavo.runtime.spec_decode import SpecDecoder
+
+            # Built before the KV cache is sized: the draft's weights and KV share the memory. The
+            # draft's runner takes its own tensor-parallel group (rank 0 alone by default).
+            with distributed.runner_scope(workers.parallel("draft") if workers else None):
+                self.spec_decoder = SpecDecoder(self, config.speculative_config)
+        num_blocks = self.model_runner.initialize_kv_cache()
+        self.model_runner.capture_cuda_graphs()
+        if self.spec_decoder is not None:
+            self.spec_decoder.initialize_kv_cache(num_blocks)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1). The engine
+        cannot step afterwards."""
+        if self.workers is not None:
+            self.workers.shutdown()
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":

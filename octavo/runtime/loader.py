@@ -67,21 +67,23 @@ def safetensors_files(path: str) -> list[str]:
     return files
 
 
-def iterate_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of every shard, one shard open at a time."""
+def iterate_weights(path: str, lazy: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor of every shard, one shard open at a time. With lazy=True the
+    tensor is a safetensors slice, read only where indexed (`t[a:b]`, `t[:, a:b]`, `t[:]`): a
+    tensor-parallel rank reads its shard and nothing more."""
     from safetensors import safe_open
 
     for file in safetensors_files(path):
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, (f.get_slice(name) if lazy else f.get_tensor(name))
 
 
 def load_weights(model: torch.nn.Module, path: str) -> None:
     """Copy checkpoint tensors into the model through its `load_weight(name, tensor)` hook, then
-    check that every parameter was written."""
+    check that every parameter was written. A model with `loads_lazy_slices` gets lazy slices."""
     loaded: set[str] = set()
-    for name, tensor in iterate_weights(path):
+    for name, tensor in iterate_weights(path, lazy=getattr(model, "loads_lazy_slices", False)):
         loaded.update(model.load_weight(name, tensor))
     missing = [n for n, _ in model.named_parameters() if n not in loaded]
     if missing:

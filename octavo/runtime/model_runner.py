@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
 from octavo.runtime.models.registry import model_class
@@ -28,13 +29,24 @@ CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on a CPU when none is given
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
 
 
-def build_model(model_config: ModelConfig, device: torch.device) -> torch.nn.Module:
+def build_model(model_config: ModelConfig, device: torch.device, tp: TPGroup = SINGLE) -> torch.nn.Module:
+    """The model (this rank's shard of it under tensor parallelism), weights loaded."""
     cls = model_class(model_config.architecture)
-    with torch.device(device):
-        model = cls(model_config.hf_config, max_positions=model_config.max_model_len)
+    if tp.size > 1 and not getattr(cls, "supports_tensor_parallel", False):
+        raise ValueError(f"{model_config.architecture} does not support tensor_parallel_size > 1: use 1")
+    # A shard is built straight in the model's dtype (a float32 transient of a 70B shard would not
+    # fit beside it); unsplit models keep their float32-then-cast construction.
+    saved_dtype = torch.get_default_dtype()
+    if tp.size > 1 and model_config.dtype.is_floating_point:
+        torch.set_default_dtype(model_config.dtype)
+    try:
+        with torch.device(device), building_with(tp):
+            model = cls(model_config.hf_config, max_positions=model_config.max_model_len)
+    finally:
+        torch.set_default_dtype(saved_dtype)
     model.to(dtype=model_config.dtype)
     if model_config.load_format == "dummy":
-        init_dummy_weights(model, model_config.seed)
+        init_dummy_weights(model, model_config.seed + 7919 * tp.rank)  # each shard its own draw
     else:
         load_weights(model, model_config.model)
     return model.eval()
@@ -50,6 +62,21 @@ class StepInputs:
     sample_rows: dict[str, list[int]] = field(default_factory=dict)
     # request id -> (first prompt position, rows) for prompt logprobs
     prompt_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
+    # The same batch as CPU arrays (what tensor-parallel workers are sent), and decode_only.
+    host: dict | None = None
+
+    @classmethod
+    def from_host(cls, host: dict, device: torch.device, **rows) -> "StepInputs":
+        def put(name: str) -> torch.Tensor:
+            value = host[name]
+            tensor = torch.from_numpy(value) if not isinstance(value, torch.Tensor) else value
+            return tensor.to(device, non_blocking=True)
+
+        meta = AttentionMetadata(slot_mapping=put("slot_mapping"), query_start_loc=put("query_start_loc"),
+                                 seq_lens=put("seq_lens"), block_tables=put("block_tables"),
+                                 decode_only=bool(host["decode_only"]))
+        return cls(input_ids=put("input_ids"), positions=put("positions"), meta=meta,
+                   logits_indices=put("logits_indices"), host=host, **rows)
 
 
 @dataclass
@@ -109,8 +136,11 @@ class RunnerOutput:
 
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
-                 scheduler_config: SchedulerConfig, device: torch.device, enforce_eager: bool = False) -> None:
+                 scheduler_config: SchedulerConfig, device: torch.device, enforce_eager: bool = False,
+                 parallel: RunnerParallel | None = None) -> None:
         self.model_config = model_config
+        # Tensor parallel: this rank's group; on rank 0, the workers every call is mirrored to.
+        self.parallel = parallel if parallel is not None else current_runner_parallel()
         self.enforce_eager = enforce_eager or device.type != "cuda"
         self.graphs: dict[int, DecodeGraph] = {}
         self.graph_buffers: GraphBuffers | None = None
@@ -119,8 +149,10 @@ class ModelRunner:
         self.device = device
         self.block_size = cache_config.block_size
         start = time.perf_counter()
-        self.model = build_model(model_config, device)
-        logger.info("loaded %s (%s) in %.1fs", model_config.architecture, model_config.dtype,
+        self.model = build_model(model_config, device, self.parallel.group)
+        ping(self.parallel)  # every rank's shard is built before the first collective
+        logger.info("loaded %s (%s%s) in %.1fs", model_config.architecture, model_config.dtype,
+                    f", tensor parallel {self.parallel.group.size}" if self.parallel.group.size > 1 else "",
                     time.perf_counter() - start)
         self.sampler = Sampler(device, model_config.seed)
         self.num_blocks = 0
@@ -217,9 +249,23 @@ class ModelRunner:
             torch.cuda.empty_cache()
 
     def initialize_kv_cache(self) -> int:
-        self.num_blocks = self.determine_num_blocks()
-        self._allocate(self.num_blocks)
+        """Size and allocate the KV cache. Under tensor parallelism every rank profiles its shard
+        (the profile forwards' collectives pair up) and all take the smallest block count."""
+        self.parallel.call("determine_num_blocks", self.cache_config, self.extra_bytes_per_block)
+        self.num_blocks = min([self.determine_num_blocks()] + self.parallel.replies())
+        self.parallel.call("allocate_kv_cache", self.num_blocks)
+        self.allocate_kv_cache(self.num_blocks)
         return self.num_blocks
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self._allocate(num_blocks)
+
+    def determine_num_blocks_for(self, cache_config: CacheConfig, extra_bytes_per_block: int) -> int:
+        """A worker rank: rank 0's cache settings, then this rank's block count."""
+        self.cache_config = cache_config
+        self.extra_bytes_per_block = extra_bytes_per_block
+        return self.determine_num_blocks()
 
     # ---- one step ---------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
@@ -262,29 +308,50 @@ class ModelRunner:
         width = max(len(item.request.block_ids) for item in sched.scheduled)
         tables = torch.tensor([item.request.block_ids + [0] * (width - len(item.request.block_ids))
                                for item in sched.scheduled], dtype=torch.int32)
-        device = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device, non_blocking=True),
-            block_tables=tables.to(device, non_blocking=True),
-            decode_only=all(item.num_new_tokens == 1 for item in sched.scheduled),
-        )
-        return StepInputs(
-            input_ids=torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
-            positions=torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
-            meta=meta,
-            logits_indices=torch.tensor(logits_positions, dtype=torch.long).to(device, non_blocking=True),
-            sample_rows=sample_rows,
-            prompt_rows=prompt_rows,
-        )
+        host = {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "positions": torch.tensor(positions, dtype=torch.long),
+            "slot_mapping": torch.tensor(slots, dtype=torch.long),
+            "query_start_loc": torch.tensor(starts, dtype=torch.int32),
+            "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
+            "block_tables": tables,
+            "logits_indices": torch.tensor(logits_positions, dtype=torch.long),
+            "decode_only": all(item.num_new_tokens == 1 for item in sched.scheduled),
+        }
+        return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> RunnerOutput:
         inputs = self.prepare(sched)
-        hidden = self.forward(inputs)
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        if not self.parallel.mirrored:
+            hidden = self.forward(inputs)
+            return RunnerOutput(logits=self.model.compute_logits(hidden[inputs.logits_indices]), inputs=inputs)
+        # Tensor parallel: the workers get the same flat batch (CPU arrays) and run their shards.
+        self.parallel.call("run_shard", {k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                         for k, v in inputs.host.items()})
+        try:
+            logits = self._shard_logits(inputs, self.forward(inputs))
+            if logits.is_cuda:
+                torch.cuda.current_stream().synchronize()  # a dead peer shows here, not later
+        except Exception as exc:
+            self.parallel.raise_if_failed(exc)  # a collective's error is usually a worker's death
+            raise
+        self.parallel.raise_if_failed()
         return RunnerOutput(logits=logits, inputs=inputs)
+
+    @torch.inference_mode()
+    def run_shard(self, host: dict) -> None:
+        """A worker rank's part of a step: the same forward and LM head as rank 0 (their collectives
+        pair up with rank 0's); the logits are gathered to rank 0."""
+        inputs = StepInputs.from_host(host, self.device)
+        self._shard_logits(inputs, self.forward(inputs))
+
+    def _shard_logits(self, inputs: StepInputs, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head and its gather, skipped on every rank alike when no row needs logits (a
+        prefill chunk that does not end its prompt): no zero-sized collective."""
+        if inputs.logits_indices.numel() == 0:
+            return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32, device=hidden.device)
+        return self.model.compute_logits(hidden[inputs.logits_indices])
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """The model over the flat batch: a captured CUDA graph for decode batches that fit one,
@@ -302,6 +369,7 @@ class ModelRunner:
         decode step is padded to the next captured size and replayed. Logs the cost."""
         if self.enforce_eager or not self.kv_caches:
             return
+        self.parallel.call("capture_cuda_graphs")  # every rank captures the same sizes in lockstep
         start = time.perf_counter()
         free_before = torch.cuda.mem_get_info(self.device)[0]
         max_seqs = self.scheduler_config.max_num_seqs

@@ -4,6 +4,10 @@ bias). One decoder, three configs.
 Per layer: x -> RMSNorm -> fused QKV -> rotary -> paged attention -> o_proj -> + residual ->
 RMSNorm -> fused gate/up -> SiLU(gate) * up -> down -> + residual. The residual add is fused
 into the next norm (ops.rms_norm with residual).
+
+Tensor parallel (layers/linear.py): QKV and gate/up are column-split (each rank owns whole heads
+and a slice of the MLP), o_proj and down_proj row-split with one all-reduce each; the embedding
+and the LM head are split by vocabulary. At tensor_parallel_size 1 every layer is plain torch.
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import torch
 from torch import nn
 
 from octavo.kernels import ops
+from octavo.runtime.distributed import current_tp_group
 from octavo.runtime.layers.attention import AttentionMetadata, PagedAttention
+from octavo.runtime.layers.linear import (MergedColumnParallelLinear, ParallelLMHead, QKVParallelLinear,
+                                          RowParallelLinear, VocabParallelEmbedding, load_replicated,
+                                          parallel_logits)
 from octavo.runtime.layers.rotary import cos_sin_cache
 
 
@@ -31,14 +39,16 @@ class RMSNorm(nn.Module):
 class LlamaAttention(nn.Module):
     def __init__(self, config: Any, rotary_cache: torch.Tensor, qkv_bias: bool, sliding_window: int | None) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        total_heads = config.num_attention_heads
+        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_kv_heads, qkv_bias)
+        # This rank's heads (all of them at tensor_parallel_size 1).
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=getattr(config, "attention_bias", False)
-                                and not qkv_bias_only(config))
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, config.hidden_size,
+                                        bias=getattr(config, "attention_bias", False) and not qkv_bias_only(config))
         self.rotary_cache = rotary_cache
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5,
                                    sliding_window=sliding_window)
@@ -63,8 +73,8 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2, bias=bias)
+        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias)
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported for Llama-family models (only silu)")
@@ -95,7 +105,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config: Any, max_positions: int, qkv_bias: bool, sliding_window: int | None) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         num_heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
         rotary_dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
@@ -127,9 +137,14 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Also serves MistralForCausalLM and Qwen2ForCausalLM."""
 
+    supports_tensor_parallel = True
+    # load_weight takes lazy safetensors slices: a tensor-parallel rank reads only its shard.
+    loads_lazy_slices = True
+
     def __init__(self, config: Any, max_positions: int) -> None:
         super().__init__()
         self.config = config
+        self.tp = current_tp_group()
         model_type = getattr(config, "model_type", "llama")
         qkv_bias = model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
         sliding_window = getattr(config, "sliding_window", None)
@@ -139,7 +154,7 @@ class LlamaForCausalLM(nn.Module):
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head = None
         else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
 
     @property
     def attention_layers(self) -> list[PagedAttention]:
@@ -150,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return parallel_logits(hidden, weight, self.tp, self.config.vocab_size)
 
     # ---- checkpoint names -> fused parameters ------------------------------------------------
     _STACKED = {
@@ -158,18 +173,10 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def _shard_range(self, fused: str, shard: int, module: nn.Module) -> tuple[int, int]:
-        if fused == "qkv_proj":
-            sizes = [module.q_size, module.kv_size, module.kv_size]
-        else:
-            half = module.gate_up_proj.out_features // 2
-            sizes = [half, half]
-        start = sum(sizes[:shard])
-        return start, start + sizes[shard]
-
     @torch.no_grad()
-    def load_weight(self, name: str, tensor: torch.Tensor) -> list[str]:
-        """Copy one checkpoint tensor in; returns the parameter names it wrote."""
+    def load_weight(self, name: str, tensor: Any) -> list[str]:
+        """Copy this rank's shard of one checkpoint tensor (a tensor or a lazy safetensors slice)
+        in through the parameter's weight_loader; returns the parameter names it wrote."""
         if "rotary_emb.inv_freq" in name:
             return []
         if name == "lm_head.weight" and self.lm_head is None:
@@ -179,13 +186,12 @@ class LlamaForCausalLM(nn.Module):
         for index, part in enumerate(parts):
             if part in self._STACKED:
                 fused, shard = self._STACKED[part]
-                owner_name = ".".join(parts[:index])
                 fused_name = ".".join(parts[:index] + [fused] + parts[index + 1:])
-                owner = self.get_submodule(owner_name)
-                start, end = self._shard_range(fused, shard, owner)
-                params[fused_name][start:end].copy_(tensor)
+                param = params[fused_name]
+                param.weight_loader(param, tensor, shard)
                 return [fused_name]
         if name not in params:
             raise ValueError(f"checkpoint tensor {name!r} has no place in {type(self).__name__}")
-        params[name].copy_(tensor)
+        param = params[name]
+        getattr(param, "weight_loader", load_replicated)(param, tensor)
         return [name]
