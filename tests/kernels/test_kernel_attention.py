@@ -1,0 +1,151 @@
+"""Paged attention kernels (Triton interpreter) against attention_ref.
+
+Every cache slot that no request owns is NaN, and so is a spare block that all unused block-table
+columns point at: a kernel that reads past a context (partial last block, columns past the
+request's blocks) produces NaN and fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
+
+
+def make_paged_kv(context_lens, num_kv_heads, head_dim, block_size, dtype, seed, spare_columns=2):
+    """Random K/V for each context, scattered over shuffled blocks; everything else NaN."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks_per_seq = [-(-length // block_size) for length in context_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    poison_block = num_blocks - 1
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache = torch.full(shape, float("nan"), dtype=dtype)
+    v_cache = torch.full(shape, float("nan"), dtype=dtype)
+    block_tables = torch.full((len(context_lens), max(blocks_per_seq) + spare_columns), poison_block,
+                              dtype=torch.int32)
+    free = torch.randperm(num_blocks - 1, generator=gen).tolist()
+    for seq, length in enumerate(context_lens):
+        for i in range(blocks_per_seq[seq]):
+            block = free.pop()
+            block_tables[seq, i] = block
+            used = min(block_size, length - i * block_size)
+            k_cache[block, :used] = torch.randn(used, num_kv_heads, head_dim, generator=gen).to(dtype)
+            v_cache[block, :used] = torch.randn(used, num_kv_heads, head_dim, generator=gen).to(dtype)
+    return k_cache, v_cache, block_tables
+
+
+def make_query(num_tokens, num_heads, num_kv_heads, head_dim, dtype, seed):
+    """A strided view, as the engine passes it: the query heads of a fused QKV projection."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    qkv = torch.randn(num_tokens, num_heads + 2 * num_kv_heads, head_dim, generator=gen).to(dtype)
+    return qkv[:, :num_heads]
+
+
+def alibi_slopes(num_heads):
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)])
+
+
+DECODE_CASES = [
+    # dtype, head_dim, heads, kv_heads, block_size, context lengths, alibi, sliding window
+    pytest.param(torch.float32, 64, 4, 4, 16, [1, 17, 40], False, None, id="mha-fp32"),
+    pytest.param(torch.float32, 128, 8, 2, 8, [33, 100], False, None, id="gqa4-split-fp32"),
+    pytest.param(torch.bfloat16, 128, 16, 2, 16, [5, 64, 129], False, None, id="gqa8-bf16"),
+    pytest.param(torch.float16, 80, 4, 1, 32, [70], False, None, id="hd80-fp16"),
+    pytest.param(torch.float32, 32, 7, 1, 64, [150, 3], False, None, id="group7-bs64"),
+    pytest.param(torch.float32, 64, 8, 2, 128, [130, 9], True, None, id="alibi-bs128"),
+    pytest.param(torch.bfloat16, 64, 8, 2, 16, [50, 7, 20], False, 20, id="window-bf16"),
+    pytest.param(torch.float32, 64, 4, 4, 16, [0, 31, 16, 1], False, None, id="no-split-empty"),
+    pytest.param(torch.float32, 64, 8, 1, 8, [90], True, 33, id="alibi-window"),
+]
+
+
+@pytest.mark.parametrize("dtype,head_dim,num_heads,num_kv_heads,block_size,lens,alibi,window",
+                         DECODE_CASES)
+def test_decode_matches_reference(kernels, dtype, head_dim, num_heads, num_kv_heads, block_size,
+                                  lens, alibi, window):
+    if dtype == torch.bfloat16 and not kernels.bfloat16_dot:
+        pytest.skip("this Triton's interpreter cannot dot bfloat16 (bench/gpu_check.py covers it)")
+    seed = sum(lens) + head_dim
+    k_cache, v_cache, block_tables = make_paged_kv(lens, num_kv_heads, head_dim, block_size, dtype,
+                                                   seed)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    query = make_query(len(lens), num_heads, num_kv_heads, head_dim, dtype, seed)
+    slopes = alibi_slopes(num_heads) if alibi else None
+    scale = head_dim ** -0.5
+    out = kernels.attention.paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens,
+                                                   scale, slopes, window)
+    ref = paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale,
+                                     slopes, window)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert kernels.relative_error(out, ref) < kernels.tolerance[dtype]
+
+
+def test_decode_partitions_depend_on_shapes_only(kernels):
+    """A graph captured once replays for any lengths: partitions come from the table's width."""
+    n = kernels.attention.decode_num_partitions
+    device = torch.device("cpu")
+    assert n(1, 8, 64, 16, device) == n(1, 8, 64, 16, device)
+    assert n(1, 2, 1024, 16, device) > 1  # one long request is split
+    assert n(64, 8, 1024, 16, device) == 1  # enough programs already
+    assert n(1, 2, 1, 16, device) == 1  # nothing to split
+
+
+PREFILL_CASES = [
+    # dtype, head_dim, heads, kv_heads, block_size, query lengths, cached prefixes, alibi, window
+    pytest.param(torch.float32, 64, 4, 4, 16, [5, 1, 17], [0, 12, 30], False, None, id="mha-prefix"),
+    pytest.param(torch.float32, 128, 8, 2, 8, [33, 2], [0, 40], False, None, id="gqa4-bs8"),
+    pytest.param(torch.bfloat16, 64, 16, 2, 32, [9, 4, 4], [3, 0, 70], False, None, id="gqa8-bf16"),
+    pytest.param(torch.float16, 96, 4, 2, 16, [20], [17], False, None, id="hd96-fp16"),
+    pytest.param(torch.float32, 64, 4, 4, 64, [12, 30], [0, 5], True, None, id="alibi-bloom"),
+    pytest.param(torch.float32, 64, 8, 2, 16, [25, 3], [0, 30], False, 7, id="window"),
+    pytest.param(torch.bfloat16, 32, 4, 1, 128, [19, 6], [140, 0], True, 11, id="alibi-window"),
+    pytest.param(torch.float32, 64, 8, 2, 16, [4, 4, 4, 4], [13, 0, 31, 60], False, None,
+                 id="spec-verify"),
+    pytest.param(torch.float32, 32, 7, 1, 16, [11, 0, 3], [0, 9, 20], False, None,
+                 id="group7-empty-query"),
+]
+
+
+@pytest.mark.parametrize(
+    "dtype,head_dim,num_heads,num_kv_heads,block_size,q_lens,prefixes,alibi,window", PREFILL_CASES)
+def test_prefill_matches_reference(kernels, dtype, head_dim, num_heads, num_kv_heads, block_size,
+                                   q_lens, prefixes, alibi, window):
+    if dtype == torch.bfloat16 and not kernels.bfloat16_dot:
+        pytest.skip("this Triton's interpreter cannot dot bfloat16 (bench/gpu_check.py covers it)")
+    seed = sum(q_lens) * 7 + sum(prefixes) + head_dim
+    lens = [q + p for q, p in zip(q_lens, prefixes)]
+    k_cache, v_cache, block_tables = make_paged_kv(lens, num_kv_heads, head_dim, block_size, dtype,
+                                                   seed)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    query_start_loc = torch.tensor([0] + q_lens, dtype=torch.int32).cumsum(0).to(torch.int32)
+    query = make_query(sum(q_lens), num_heads, num_kv_heads, head_dim, dtype, seed)
+    slopes = alibi_slopes(num_heads) if alibi else None
+    scale = head_dim ** -0.5
+    out = kernels.attention.paged_attention(query, k_cache, v_cache, block_tables, query_start_loc,
+                                            seq_lens, scale, slopes, window)
+    ref = paged_attention_ref(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
+                              scale, slopes, window)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert kernels.relative_error(out, ref) < kernels.tolerance[dtype]
+
+
+def test_prefill_of_single_tokens_routes_to_decode(kernels):
+    lens = [9, 40, 3]
+    k_cache, v_cache, block_tables = make_paged_kv(lens, 2, 64, 16, torch.float32, seed=5)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    query_start_loc = torch.arange(4, dtype=torch.int32)
+    query = make_query(3, 8, 2, 64, torch.float32, seed=5)
+    out = kernels.attention.paged_attention(query, k_cache, v_cache, block_tables, query_start_loc,
+                                            seq_lens, 0.125)
+    ref = paged_attention_ref(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
+                              0.125)
+    assert kernels.relative_error(out, ref) < 1e-5
+
+
+def test_rejects_bad_shapes(kernels):
+    k_cache, v_cache, block_tables = make_paged_kv([5], 2, 64, 16, torch.float32, seed=0)
+    query = torch.randn(1, 3, 64)  # 3 heads over 2 KV heads
+    with pytest.raises(ValueError, match="multiple"):
+        kernels.attention.paged_decode_attention(query, k_cache, v_cache, block_tables,
+                                                 torch.tensor([5], dtype=torch.int32), 0.125)
