@@ -1,0 +1,763 @@
+"""Speculative decoding: a small draft model proposes k tokens, the target checks them all in one
+forward, and rejection sampling keeps the output distribution exactly the target's.
+
+One engine step with speculation:
+
+  propose()     before scheduling. For each running request that is decoding, pick k (adaptive,
+                0 = plain decoding), let the draft catch up on the request's tokens in its own
+                paged KV cache (a prefill the first time), then run k draft steps batched across
+                requests. The proposals go to `request.spec_token_ids`, which the scheduler
+                counts as extra tokens to compute.
+  execute()     one target forward over [last token + k proposals] per request (multi-token
+                queries through the block tables), then `rejection_sample` (or `greedy_verify`)
+                accepts a prefix of the proposals and adds one token of the target's own.
+  after_step()  roll back to what was accepted: the target's blocks wholly past the accepted
+                length are freed (the engine has already moved num_computed_tokens back, so
+                rejected slots are overwritten later and never read), and the draft's view of
+                the request is cut to the tokens it computed that are still true.
+
+k is chosen per request and step by `choose_num_speculative_tokens` from the request's running
+acceptance rate and the batch size, with step costs measured on this machine (MeasuredStepCost);
+k = 0 is plain decoding, and costs the draft nothing.
+
+Where the draft's work goes keeps TTFT what it is without speculation: a request's draft prefill
+happens at the start of the step after its first token was delivered (so the first token never
+waits for the draft), and a step that can admit a waiting prompt carries no draft work at all.
+
+The draft keeps its own KVCacheManager and one `DraftSequence` per request id (block table,
+computed length, the proposals under verification). Draft KV is computed lazily: after steps
+without speculation (k = 0) the next catch-up covers the gap, so turning speculation off costs
+the draft nothing. The draft's prefix cache hashes only tokens the target has committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from octavo.runtime.config import ModelConfig, SpeculativeConfig
+from octavo.runtime.kv_cache import KVCacheManager
+from octavo.runtime.model_runner import ModelRunner, RunnerOutput
+from octavo.runtime.request import Request, RequestStatus
+from octavo.runtime.sampler import SampledRow, Sampler, needs_penalties
+from octavo.runtime.scheduler import ScheduledRequest, SchedulerOutput
+
+if TYPE_CHECKING:
+    from octavo.runtime.engine import LLMEngine, StepResult
+
+logger = logging.getLogger("octavo")
+
+
+# ---- verification: pure functions -----------------------------------------------------------
+@dataclass
+class VerifyResult:
+    output_tokens: torch.Tensor  # [B, K + 1] int64: accepted drafts, then the target's token; -1 after
+    num_accepted: torch.Tensor  # [B] int64: accepted drafts per row (the row emits num_accepted + 1)
+
+
+def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of True per row."""
+    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
+
+
+def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    batch, k = draft_tokens.shape
+    positions = torch.arange(k, device=draft_tokens.device)
+    out = torch.full((batch, k + 1), -1, dtype=torch.int64, device=draft_tokens.device)
+    out[:, :k] = torch.where(positions[None, :] < num_accepted[:, None], draft_tokens.long(), -1)
+    out[torch.arange(batch, device=out.device), num_accepted] = final.long()
+    return out
+
+
+def _num_draft(draft_tokens: torch.Tensor, num_draft: torch.Tensor | None) -> torch.Tensor:
+    if num_draft is None:
+        return torch.full((draft_tokens.shape[0],), draft_tokens.shape[1], dtype=torch.int64,
+                          device=draft_tokens.device)
+    return num_draft.to(device=draft_tokens.device, dtype=torch.int64)
+
+
+def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor,
+                     uniform_noise: torch.Tensor, recovery_noise: torch.Tensor,
+                     num_draft: torch.Tensor | None = None) -> VerifyResult:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batched.
+
+    target_probs [B, K+1, V]: the target's distribution at each draft position and one past.
+    draft_probs [B, K, V]: the distribution each draft token was drawn from.
+    draft_tokens [B, K]; num_draft [B]: how many of a row's K drafts are real (the rest padding).
+    uniform_noise [B, K] ~ U[0, 1); recovery_noise [B, V] ~ Exp(1).
+
+    Draft token x at position i is accepted with probability min(1, p(x) / q(x)); at the first
+    rejection the row ends with a token drawn from norm(max(0, p - q)), and if every draft is
+    accepted with a bonus token drawn from p at position K. Each emitted token is then distributed
+    exactly as p given the tokens before it. The final draw is an exponential race,
+    argmax(w / E) with E ~ Exp(1), which picks index i with probability w_i / sum(w): no
+    normalisation needed.
+    """
+    batch, k = draft_tokens.shape
+    num_draft = _num_draft(draft_tokens, num_draft)
+    rows = torch.arange(batch, device=draft_tokens.device)
+    if k == 0:
+        final = (target_probs[:, 0] / recovery_noise).argmax(dim=-1)
+        return VerifyResult(_assemble(draft_tokens, torch.zeros_like(num_draft), final), torch.zeros_like(num_draft))
+    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
+    index = draft_tokens.long().clamp(min=0)[..., None]
+    p_draft = target_probs[:, :k].gather(-1, index).squeeze(-1)
+    q_draft = draft_probs.gather(-1, index).squeeze(-1)
+    # u < p/q written without the division: q > 0 for any token the draft could have drawn.
+    accept = (uniform_noise * q_draft < p_draft) & valid
+    num_accepted = _accepted_prefix(accept)
+    p_final = target_probs[rows, num_accepted]
+    rejected = (num_accepted < num_draft).to(draft_probs.dtype)
+    q_final = draft_probs[rows, num_accepted.clamp(max=k - 1)] * rejected[:, None]
+    residual = (p_final - q_final).clamp_min(0.0)
+    # In exact arithmetic a rejection implies residual mass > 0; rounding can leave none.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p_final)
+    final = (residual / recovery_noise).argmax(dim=-1)
+    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
+
+
+def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor,
+                  num_draft: torch.Tensor | None = None) -> VerifyResult:
+    """Greedy requests: accept drafts while they equal the target's argmax, then emit the target's
+    argmax at the first disagreement (or one past the last draft). The output is the target's
+    greedy sequence token for token."""
+    batch, k = draft_tokens.shape
+    num_draft = _num_draft(draft_tokens, num_draft)
+    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
+    num_accepted = _accepted_prefix((target_argmax[:, :k] == draft_tokens) & valid)
+    final = target_argmax[torch.arange(batch, device=draft_tokens.device), num_accepted]
+    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
+
+
+# ---- adaptive k: pure functions --------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecCostModel:
+    """How long a step takes, in units of one target forward over a tiny batch.
+
+    A forward first streams its weights from memory (time proportional to their size), then
+    computes (time proportional to weights x tokens). Below `knee_tokens` tokens per forward the
+    weight stream dominates, so extra tokens are nearly free; above it they cost in proportion.
+    On an H100 in bf16 the knee is near 2 FLOP/param/token against 2 bytes/param: peak FLOP/s
+    over bandwidth, ~300 tokens. `forward_overhead` is the fixed cost of launching a forward
+    (kernels, host work); the draft pays it for every one of its k steps.
+    """
+
+    draft_cost_ratio: float = 0.1  # draft weights streamed per forward / the target's
+    knee_tokens: float = 256.0
+    forward_overhead: float = 0.05
+
+    def forward_time(self, weight_ratio: float, num_tokens: int) -> float:
+        return self.forward_overhead + weight_ratio * (1.0 + num_tokens / self.knee_tokens)
+
+    def step_time(self, k: int, batch_size: int) -> float:
+        """Target over batch_size x (k + 1) tokens plus k draft forwards over batch_size tokens."""
+        return (self.forward_time(1.0, batch_size * (k + 1))
+                + k * self.forward_time(self.draft_cost_ratio, batch_size))
+
+
+def expected_tokens_per_step(acceptance_rate: float, k: int) -> float:
+    """Tokens a verification emits when each draft is accepted independently with probability a:
+    1 + a + a^2 + ... + a^k (the accepted run, plus the target's own token)."""
+    a = min(max(acceptance_rate, 0.0), 1.0)
+    if a >= 1.0:
+        return k + 1.0
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max: int,
+                                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(),
+                                  min_gain: float = 0.05) -> int:
+    """The k in 0..k_max that maximises goodput, tokens emitted per unit of step time
+    (expected_tokens_per_step / step_time), for one request in a batch of `batch_size`.
+
+    Why these inputs: the acceptance rate says what a draft token is worth, and the batch size
+    says what it costs. With few requests the target is weight-bandwidth bound and verifying k
+    more tokens is almost free, so k grows with the acceptance rate. With many, every token is
+    compute, a step over B(k+1) tokens costs about k+1 plain steps while emitting fewer than k+1
+    tokens, so k falls to 0 and the step is exactly plain decoding: speculation never costs
+    throughput at high concurrency. `cost` is a SpecCostModel or, in the engine, a
+    MeasuredStepCost (this machine's timed steps, the model as prior), so that the promise holds
+    where the model is wrong. `min_gain` keeps k at 0 unless speculation is predicted to win by a
+    margin, so that error errs towards plain decoding.
+    """
+    if k_max <= 0 or batch_size <= 0:
+        return 0
+    baseline = 1.0 / cost.step_time(0, batch_size)
+    best_k, best = 0, baseline
+    for k in range(1, k_max + 1):
+        goodput = expected_tokens_per_step(acceptance_rate, k) / cost.step_time(k, batch_size)
+        if goodput > best:
+            best_k, best = k, goodput
+    return best_k if best >= baseline * (1.0 + min_gain) else 0
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Running per-token acceptance rate: decaying counts of accepted drafts over drafts tried,
+    pulled towards a prior. A verification that accepts a of k drafts tried a + 1 of them if one
+    was rejected (the rest were never judged), or k if all were accepted.
+
+    `forget()` decays the evidence on a step without speculation, so a request whose estimate
+    once fell low enough to stop drafting drifts back towards the prior and tries again."""
+
+    prior: float = 0.7
+    prior_weight: float = 1.0
+    decay: float = 0.8
+    accepted: float = 0.0
+    trials: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return (self.accepted + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+
+    def observe(self, num_accepted: int, num_drafted: int) -> None:
+        tried = num_accepted + (1 if num_accepted < num_drafted else 0)
+        self.accepted = self.decay * self.accepted + num_accepted
+        self.trials = self.decay * self.trials + tried
+
+    def forget(self) -> None:
+        self.accepted *= self.decay
+        self.trials *= self.decay
+
+
+def streamed_weights(model: nn.Module) -> int:
+    """Parameters a decode forward reads in full: everything but embedding tables (a forward
+    gathers a few rows), plus the output head when it is the tied token embedding."""
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    total -= sum(m.weight.numel() for m in embeddings)
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and embeddings:
+        total += max(m.weight.numel() for m in embeddings)
+    return max(total, 1)
+
+
+def default_cost_model(target: nn.Module, draft: nn.Module, device: torch.device) -> SpecCostModel:
+    knee = 256.0 if device.type == "cuda" else 64.0
+    return SpecCostModel(draft_cost_ratio=streamed_weights(draft) / streamed_weights(target), knee_tokens=knee)
+
+
+class MeasuredStepCost:
+    """Step times as this machine really delivers them, with the cost model as the prior.
+
+    The model cannot know what the engine adds: a verification forward over k + 1 tokens a
+    request may run eagerly where a plain decode step replays a CUDA graph, kernels launch from
+    Python, the host work per step. So engine steps are timed, by batch-size bucket (powers of
+    two) and by the number of draft steps k, and the policy's step_time comes from them: a
+    straight line a + b k fitted through the measured k's of the bucket when there are two or
+    more, the model scaled through the one measured point when there is one, the model alone
+    when there is none. Speculation that the model favours is therefore tried, measured, and
+    dropped at batch sizes where it loses. The first sample of each (bucket, k) is discarded
+    (compilation, warm-up), and a sample is clipped to 4x the running value (a stall)."""
+
+    def __init__(self, model: SpecCostModel, weight: float = 0.2) -> None:
+        self.model = model
+        self.weight = weight
+        self.seconds: dict[tuple[int, int], float] = {}
+        self.samples: dict[tuple[int, int], int] = {}
+
+    @staticmethod
+    def bucket(batch_size: int) -> int:
+        return 1 << max(0, int(batch_size).bit_length() - 1)
+
+    def observe(self, batch_size: int, k: int, seconds: float) -> None:
+        key = (self.bucket(batch_size), k)
+        count = self.samples.get(key, 0)
+        self.samples[key] = count + 1
+        if count == 0:
+            return
+        old = self.seconds.get(key)
+        if old is None:
+            self.seconds[key] = seconds
+        else:
+            self.seconds[key] = old + self.weight * (min(seconds, 4.0 * old) - old)
+
+    def step_time(self, k: int, batch_size: int) -> float:
+        bucket = self.bucket(batch_size)
+        points = sorted((kk, t) for (b, kk), t in self.seconds.items() if b == bucket)
+        if len(points) >= 2:
+            n = len(points)
+            mean_k = sum(kk for kk, _ in points) / n
+            mean_t = sum(t for _, t in points) / n
+            spread = sum((kk - mean_k) ** 2 for kk, _ in points)
+            slope = max(0.0, sum((kk - mean_k) * (t - mean_t) for kk, t in points) / spread)
+            return max(1e-9, mean_t + slope * (k - mean_k))
+        model = self.model.step_time(k, batch_size)
+        if points:
+            known_k, known_t = points[0]
+            return known_t * model / self.model.step_time(known_k, batch_size)
+        return model
+
+
+# ---- the draft's view of a request -----------------------------------------------------------
+class DraftSequence:
+    """A request as the draft's runner and KV cache see it (the same attribute names as Request).
+
+    `all_token_ids` is the request's committed tokens, then the proposals of the current step;
+    `num_computed_tokens` counts the positions whose K/V the draft holds (at most the committed
+    tokens plus k - 1 proposals: the last proposal is never fed back)."""
+
+    prompt_logprobs = None
+    needs_prompt_logprobs = False
+
+    def __init__(self, request: Request) -> None:
+        self.request_id = request.request_id
+        self.shares_prefix = request.shares_prefix
+        self.all_token_ids: list[int] = list(request.all_token_ids)
+        self.num_committed = len(self.all_token_ids)
+        self.num_computed_tokens = 0
+        self.block_ids: list[int] = []
+        self.block_hashes: list[bytes] = []
+        self.num_registered_blocks = 0
+        self.spec_token_ids: list[int] = []
+        self.proposals: list[int] = []
+        self.draft_probs: list[torch.Tensor] = []  # per proposal, the distribution it was drawn from
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    def __repr__(self) -> str:
+        return (f"DraftSequence({self.request_id!r}, committed={self.num_committed}, "
+                f"computed={self.num_computed_tokens}, proposals={len(self.proposals)})")
+
+
+class _Lookahead:
+    """A request as it would stand with `extra` tokens appended: what penalties and min_tokens
+    see at a draft position, for the draft's distribution and the target's alike."""
+
+    __slots__ = ("request", "extra")
+
+    def __init__(self, request: Request, extra: list[int]) -> None:
+        self.request = request
+        self.extra = extra
+
+    @property
+    def sampling_params(self):
+        return self.request.sampling_params
+
+    @property
+    def generator(self):
+        return self.request.generator
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.request.all_token_ids + self.extra if self.extra else self.request.all_token_ids
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.request.output_token_ids + self.extra if self.extra else self.request.output_token_ids
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.request.num_output_tokens + len(self.extra)
+
+
+# ---- the decoder -----------------------------------------------------------------------------
+def check_pair(target: ModelConfig, draft: ModelConfig) -> None:
+    """Refuse a draft whose token ids mean something else than the target's (the message of
+    octavo.operator.validation, shared with `octavo check-pair` and the operator)."""
+    from octavo.operator.validation import VocabReadError, check_vocab_compatibility
+
+    try:
+        verdict = check_vocab_compatibility(target.model, draft.model)
+    except VocabReadError as exc:
+        if target.load_format == "dummy":
+            logger.warning("speculative pair not checked (dummy weights): %s", exc)
+            return
+        raise ValueError(f"cannot check the draft's vocabulary against the target's: {exc}") from exc
+    if not verdict.compatible:
+        raise ValueError(verdict.message)
+    if verdict.verdict != "compatible":
+        logger.info("speculative pair: %s", verdict.message)
+
+
+class SpecDecoder:
+    """Owns the draft model, its KV cache and per-request draft state; see the module docstring."""
+
+    def __init__(self, engine: "LLMEngine", config: SpeculativeConfig) -> None:
+        self.engine = engine
+        self.config = config
+        engine_config = engine.config
+        draft_config = config.draft_model_config
+        if draft_config is None:
+            raise ValueError("speculative decoding needs a draft model config")
+        check_pair(engine_config.model_config, draft_config)
+        target_tp = engine_config.parallel_config.tensor_parallel_size
+        if not 1 <= config.draft_tensor_parallel_size <= target_tp:
+            raise ValueError(f"speculative_draft_tensor_parallel_size ({config.draft_tensor_parallel_size}) "
+                             f"must be between 1 and tensor_parallel_size ({target_tp})")
+        self.k_max = config.num_speculative_tokens
+        self.adaptive = config.adaptive
+        self.target_vocab = engine_config.model_config.vocab_size
+        self.draft_vocab = draft_config.vocab_size
+        self.draft_runner = ModelRunner(draft_config, engine_config.cache_config, engine_config.scheduler_config,
+                                        engine_config.device, enforce_eager=engine_config.enforce_eager)
+        # The target sizes its KV cache for both: every target block has a draft twin.
+        engine.model_runner.extra_bytes_per_block += self.draft_runner.bytes_per_block()
+        self.cost = default_cost_model(engine.model_runner.model, self.draft_runner.model, engine_config.device)
+        self.measured = MeasuredStepCost(self.cost)
+        self._step_started = 0.0
+        self._step_k = 0
+        self.draft_kv: KVCacheManager | None = None
+        self.sequences: dict[str, DraftSequence] = {}
+        self.estimates: dict[str, AcceptanceEstimate] = {}
+        self.overall = AcceptanceEstimate(decay=0.98)
+        self.last_k: dict[str, int] = {}  # k chosen for each request at the latest proposal
+        logger.info("speculative decoding: draft %s, k <= %d (%s), draft/target weights %.3f",
+                    draft_config.model, self.k_max, "adaptive" if self.adaptive else "fixed",
+                    self.cost.draft_cost_ratio)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        """The draft gets as many blocks as the target (its tokens never outnumber the target's)."""
+        cache_config = dataclasses.replace(self.engine.config.cache_config, num_gpu_blocks=num_blocks)
+        self.draft_runner.cache_config = cache_config
+        self.draft_runner.initialize_kv_cache()
+        self.draft_runner.capture_cuda_graphs()  # the k - 1 single-token draft steps replay these
+        self.draft_kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+
+    def set_cost_model(self, cost: SpecCostModel) -> None:
+        """Replace the cost model (the prior of adaptive k) and forget measured step times."""
+        self.cost = cost
+        self.measured = MeasuredStepCost(cost)
+
+    @property
+    def sampler(self) -> Sampler:
+        # One source of randomness for draft and target: two generators seeded alike would draw
+        # the same numbers, and acceptance must not be correlated with the draft's own draw.
+        return self.engine.model_runner.sampler
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def free(self, request: Request) -> None:
+        """The request finished, was aborted or preempted: its draft blocks go back."""
+        seq = self.sequences.pop(request.request_id, None)
+        if seq is not None and self.draft_kv is not None:
+            self.draft_kv.free(seq)
+        self.estimates.pop(request.request_id, None)
+        self.last_k.pop(request.request_id, None)
+
+    def check_no_leaks(self) -> None:
+        if self.sequences:
+            raise AssertionError(f"draft state left for requests {sorted(self.sequences)[:8]}")
+        if self.draft_kv is not None:
+            self.draft_kv.check_no_leaks()
+
+    def _estimate(self, request: Request) -> AcceptanceEstimate:
+        estimate = self.estimates.get(request.request_id)
+        if estimate is None:
+            # A seeded request starts from a fixed prior, so its k (and with it its output) does
+            # not depend on what other requests taught the engine before it.
+            prior = 0.7 if request.generator is not None else self.overall.rate
+            estimate = self.estimates[request.request_id] = AcceptanceEstimate(prior=prior)
+        return estimate
+
+    # ---- proposing -------------------------------------------------------------------------
+    def _ready(self, request: Request) -> bool:
+        """Decoding, with its first token delivered and nothing pending."""
+        if not (request.status is RequestStatus.RUNNING and not request.spec_token_ids
+                and request.num_output_tokens > 0 and request.num_computed_tokens == request.num_tokens - 1):
+            return False
+        # A target with a larger (padded) vocabulary may emit an id the draft cannot embed.
+        return self.draft_vocab >= self.target_vocab or max(request.all_token_ids) < self.draft_vocab
+
+    def _cap(self, request: Request) -> int:
+        """Drafts worth verifying: never past max_tokens or max_model_len."""
+        k = self.k_max
+        max_tokens = request.sampling_params.max_tokens
+        if max_tokens is not None:
+            k = min(k, max_tokens - request.num_output_tokens - 1)
+        return max(0, min(k, self.engine.max_model_len - request.num_tokens - 1))
+
+    def _cost_for(self, request: Request) -> SpecCostModel | MeasuredStepCost:
+        # A seeded sampled request's output depends on k, so its k must not depend on timings:
+        # it follows the cost model alone. Everything else follows measured step times.
+        sampled_with_seed = request.generator is not None and not request.sampling_params.greedy
+        return self.cost if sampled_with_seed else self.measured
+
+    def choose_k(self, request: Request, batch_size: int) -> int:
+        cap = self._cap(request)
+        if not self.adaptive or cap == 0:
+            return cap
+        return choose_num_speculative_tokens(self._estimate(request).rate, batch_size, cap, self._cost_for(request))
+
+    @torch.inference_mode()
+    def propose(self) -> None:
+        """Draft proposals for the coming step (called before scheduling)."""
+        self._step_started, self._step_k = time.perf_counter(), 0
+        scheduler = self.engine.scheduler
+        running = scheduler.running
+        if not running or self.draft_kv is None:
+            return
+        if scheduler.waiting and len(running) < scheduler.config.max_num_seqs:
+            return  # a prompt may be admitted: its first token must not wait for draft work
+        if self.adaptive and all(choose_num_speculative_tokens(1.0, len(running), self.k_max, cost) == 0
+                                 for cost in (self.cost, self.measured)):
+            return  # not even a perfect draft would pay at this batch size: plain decoding
+        plan: list[tuple[Request, int]] = []
+        for request in running:
+            if not self._ready(request):
+                continue
+            k = self.choose_k(request, len(running))
+            self.last_k[request.request_id] = k
+            if k > 0:
+                plan.append((request, k))
+            elif self.adaptive:
+                self._estimate(request).forget()
+        if plan:
+            self._draft(plan)
+            # k draft forwards ran; a catch-up with no proposals is no sample of any k (-1).
+            self._step_k = max(len(r.spec_token_ids) for r, _ in plan) or -1
+
+    def _sequence(self, request: Request) -> DraftSequence:
+        seq = self.sequences.get(request.request_id)
+        if seq is None:
+            seq = self.sequences[request.request_id] = DraftSequence(request)
+        else:
+            self._sync(seq, request)
+        if not seq.block_ids and seq.num_computed_tokens == 0:
+            seq.num_computed_tokens = self.draft_kv.lookup_prefix(seq)
+        return seq
+
+    def _reserve(self, seq: DraftSequence, num_tokens: int, keep: set[str]) -> bool:
+        """Draft blocks for num_tokens tokens, evicting idle requests' draft state if needed (it is
+        recomputed when they speculate again)."""
+        while not self.draft_kv.allocate(seq, num_tokens):
+            victim = next((s for rid, s in self.sequences.items() if rid not in keep and s.block_ids), None)
+            if victim is None:
+                return False
+            self.draft_kv.free(victim)
+            victim.num_computed_tokens = 0
+        return True
+
+    def _draft(self, plan: list[tuple[Request, int]]) -> None:
+        """Catch-up (prefill) forward, then k - 1 single-token forwards, all batched."""
+        budget = self.engine.config.scheduler_config.max_num_batched_tokens
+        keep = {request.request_id for request, _ in plan}
+        catch_up: list[ScheduledRequest] = []
+        drafting: list[tuple[Request, DraftSequence, int]] = []
+        for request, k in plan:
+            seq = self._sequence(request)
+            missing = request.num_tokens - seq.num_computed_tokens
+            if missing > budget:
+                # A long catch-up goes in chunks; this request drafts once it has caught up.
+                if budget > 0 and self._reserve(seq, seq.num_computed_tokens + budget, keep):
+                    catch_up.append(ScheduledRequest(seq, budget))
+                    budget = 0
+                continue
+            if not self._reserve(seq, request.num_tokens + k - 1, keep):
+                continue
+            catch_up.append(ScheduledRequest(seq, missing))
+            budget -= missing
+            drafting.append((request, seq, k))
+        if not catch_up:
+            return
+        output = self.draft_runner.execute(SchedulerOutput(scheduled=catch_up))
+        for item in catch_up:
+            item.request.num_computed_tokens += item.num_new_tokens
+            self.draft_kv.cache_computed_blocks(item.request)  # committed tokens only, so far
+        self._take_proposals(output, drafting)
+        active = drafting
+        for step in range(1, max((k for _, _, k in drafting), default=0)):
+            active = [d for d in active if d[2] > step]
+            for _, seq, _ in active:
+                seq.all_token_ids.append(seq.proposals[-1])
+            output = self.draft_runner.execute(
+                SchedulerOutput(scheduled=[ScheduledRequest(seq, 1) for _, seq, _ in active]))
+            for _, seq, _ in active:
+                seq.num_computed_tokens += 1
+            self._take_proposals(output, active)
+        for request, seq, _ in drafting:
+            seq.all_token_ids.append(seq.proposals[-1])  # kept for _sync; its K/V is never computed
+            request.spec_token_ids = list(seq.proposals)
+
+    def _take_proposals(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
+        """Sample one draft token per request from the draft's distribution, processed exactly as
+        the target's will be (penalties with the proposals so far, temperature, filters)."""
+        if not drafting:
+            return
+        rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting],
+                            device=output.logits.device)
+        logits = self._to_target_vocab(output.logits.index_select(0, rows))
+        views = [_Lookahead(request, seq.proposals) for request, seq, _ in drafting]
+        greedy = [v.sampling_params.greedy for v in views]
+        if all(greedy) and not any(needs_penalties(v) for v in views):
+            tokens, probs = logits.argmax(dim=-1), None
+        else:
+            processed = self.sampler.processed_logits(logits, views)
+            argmax = processed.argmax(dim=-1)
+            if all(greedy):
+                tokens, probs = argmax, None
+            else:
+                probs = processed.softmax(dim=-1)
+                sampled = (probs / self.sampler.random_noise(tuple(probs.shape), views)).argmax(dim=-1)
+                tokens = torch.where(torch.tensor(greedy, device=argmax.device), argmax, sampled)
+        for row, ((request, seq, _), token) in enumerate(zip(drafting, tokens.tolist())):
+            seq.proposals.append(token)
+            if probs is not None and not greedy[row]:
+                seq.draft_probs.append(probs[row])
+
+    def _to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """A padded draft vocabulary is cut to the target's; a smaller one is padded with -inf
+        (ids the draft cannot propose)."""
+        width = logits.shape[-1]
+        if width > self.target_vocab:
+            return logits[:, : self.target_vocab]
+        if width < self.target_vocab:
+            pad = logits.new_full((logits.shape[0], self.target_vocab - width), float("-inf"))
+            return torch.cat([logits, pad], dim=-1)
+        return logits
+
+    # ---- verifying -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> "StepResult":
+        from octavo.runtime.engine import StepResult
+
+        engine = self.engine
+        runner = engine.model_runner
+        output = runner.execute(sched)
+        for item in sched.scheduled:
+            if item.request.request_id in output.inputs.prompt_rows:
+                engine._add_prompt_logprobs(item.request, runner.prompt_logprobs(output, item.request))
+        result = StepResult()
+        plain = [item.request for item in sched.scheduled if item.completes_sequence and not item.num_spec_tokens]
+        for request_id, row in runner.sample(output, plain).items():
+            result.tokens[request_id] = [row]
+        speculated = [item for item in sched.scheduled if item.num_spec_tokens]
+        if speculated:
+            self._verify(output, speculated, result)
+        return result
+
+    def _verify(self, output: RunnerOutput, items: list[ScheduledRequest], result: "StepResult") -> None:
+        device = output.logits.device
+        requests = [item.request for item in items]
+        counts = [item.num_spec_tokens for item in items]
+        k = max(counts)
+        row_index = [r for item in items for r in output.inputs.sample_rows[item.request.request_id]]
+        raw = output.logits.index_select(0, torch.tensor(row_index, device=device))
+        views = [_Lookahead(request, request.spec_token_ids[:i]) for request, n in zip(requests, counts)
+                 for i in range(n + 1)]
+        if all(v.sampling_params.greedy and not needs_penalties(v) for v in views):
+            processed = raw
+        else:
+            processed = self.sampler.processed_logits(raw, views)
+        starts = [0]
+        for n in counts:
+            starts.append(starts[-1] + n + 1)
+        draft_tokens = torch.full((len(items), k), -1, dtype=torch.int64)
+        for b, (request, n) in enumerate(zip(requests, counts)):
+            draft_tokens[b, :n] = torch.tensor(request.spec_token_ids[:n])
+        draft_tokens = draft_tokens.to(device)
+        num_draft = torch.tensor(counts, device=device)
+        greedy = [request.sampling_params.greedy for request in requests]
+
+        num_accepted = [0] * len(items)
+        emitted: list[list[int]] = [[] for _ in items]
+        greedy_rows = [b for b, g in enumerate(greedy) if g]
+        if greedy_rows:
+            argmax = processed.argmax(dim=-1)
+            target_argmax = torch.zeros((len(greedy_rows), k + 1), dtype=torch.int64, device=device)
+            for i, b in enumerate(greedy_rows):
+                target_argmax[i, : counts[b] + 1] = argmax[starts[b] : starts[b + 1]]
+            index = torch.tensor(greedy_rows, device=device)
+            verdict = greedy_verify(target_argmax, draft_tokens[index], num_draft[index])
+            self._collect(verdict, greedy_rows, num_accepted, emitted)
+        sampled_rows = [b for b, g in enumerate(greedy) if not g]
+        if sampled_rows:
+            vocab = processed.shape[-1]
+            target_probs = torch.zeros((len(sampled_rows), k + 1, vocab), device=device)
+            draft_probs = torch.zeros((len(sampled_rows), k, vocab), device=device)
+            for i, b in enumerate(sampled_rows):
+                n = counts[b]
+                target_probs[i, : n + 1] = processed[starts[b] : starts[b + 1]].softmax(dim=-1)
+                seq = self.sequences[requests[b].request_id]
+                draft_probs[i, :n] = torch.stack(seq.draft_probs[:n])
+            chosen = [requests[b] for b in sampled_rows]
+            uniform, recovery = self._noise(chosen, k, vocab, device)
+            index = torch.tensor(sampled_rows, device=device)
+            verdict = rejection_sample(target_probs, draft_probs, draft_tokens[index], uniform, recovery,
+                                       num_draft[index])
+            self._collect(verdict, sampled_rows, num_accepted, emitted)
+
+        # Log-probabilities are the target's raw ones at each emitted position, as without drafts.
+        describe_rows = [starts[b] + i for b, tokens in enumerate(emitted) for i in range(len(tokens))]
+        chosen_ids = torch.tensor([t for tokens in emitted for t in tokens], device=device)
+        owners = [requests[b] for b, tokens in enumerate(emitted) for _ in tokens]
+        described = Sampler.describe(raw.index_select(0, torch.tensor(describe_rows, device=device)),
+                                     chosen_ids, owners)
+        stats = self.engine.stats
+        at = 0
+        for b, request in enumerate(requests):
+            rows: list[SampledRow] = described[at : at + len(emitted[b])]
+            at += len(emitted[b])
+            accepted, drafted = num_accepted[b], counts[b]
+            result.tokens[request.request_id] = rows
+            result.num_rejected[request.request_id] = drafted - accepted
+            metrics = request.metrics
+            metrics.spec_num_draft_tokens += drafted
+            metrics.spec_num_accepted_tokens += accepted
+            metrics.spec_num_steps += 1
+            stats.spec_draft_tokens += drafted
+            stats.spec_accepted_tokens += accepted
+            stats.spec_emitted_tokens += accepted + 1
+            self._estimate(request).observe(accepted, drafted)
+            self.overall.observe(accepted, drafted)
+
+    @staticmethod
+    def _collect(verdict: VerifyResult, rows: list[int], num_accepted: list[int], emitted: list[list[int]]) -> None:
+        accepted = verdict.num_accepted.tolist()
+        tokens = verdict.output_tokens.tolist()
+        for i, b in enumerate(rows):
+            num_accepted[b] = accepted[i]
+            emitted[b] = tokens[i][: accepted[i] + 1]
+
+    def _noise(self, requests: list[Request], k: int, vocab: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Acceptance uniforms and the final token's exponential race noise; a seeded request's
+        rows come from its own generator."""
+        generator = self.sampler.generator
+        uniform = torch.rand((len(requests), k), generator=generator, device=device)
+        recovery = torch.empty((len(requests), vocab), device=device).exponential_(generator=generator)
+        for row, request in enumerate(requests):
+            if request.generator is not None:
+                uniform[row].uniform_(0.0, 1.0, generator=request.generator)
+                recovery[row].exponential_(generator=request.generator)
+        return uniform, recovery
+
+    # ---- after the step --------------------------------------------------------------------
+    def after_step(self, sched: SchedulerOutput) -> None:
+        """Roll both caches back to what was accepted (the engine has already appended the tokens
+        and moved num_computed_tokens)."""
+        if self._step_k >= 0 and all(item.num_new_tokens - item.num_spec_tokens == 1 for item in sched.scheduled):
+            # A decode-only step: its time says what k draft steps cost at this batch size.
+            self.measured.observe(len(sched.scheduled), self._step_k, time.perf_counter() - self._step_started)
+        for item in sched.scheduled:
+            request = item.request
+            if request.is_finished:
+                continue
+            if item.num_spec_tokens:
+                self.engine.kv_cache.truncate(request, request.num_computed_tokens)
+            seq = self.sequences.get(request.request_id)
+            if seq is not None:
+                self._sync(seq, request)
+
+    def _sync(self, seq: DraftSequence, request: Request) -> None:
+        """Keep the draft K/V of every position whose token (and so every token before it) is
+        still the request's; drop the rest, and take the request's new tokens as committed."""
+        tokens, truth = seq.all_token_ids, request.all_token_ids
+        valid = seq.num_committed
+        limit = min(len(tokens), len(truth))
+        while valid < limit and tokens[valid] == truth[valid]:
+            valid += 1
+        # The last token is always fed to the draft again: its logits start the next proposal.
+        seq.num_computed_tokens = min(seq.num_computed_tokens, valid, len(truth) - 1)
+        del tokens[valid:]
+        tokens.extend(truth[valid:])
+        seq.num_committed = len(tokens)
+        seq.proposals = []
+        seq.draft_probs = []
+        self.draft_kv.truncate(seq, seq.num_computed_tokens)

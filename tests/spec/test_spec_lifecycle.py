@@ -1,0 +1,154 @@
+"""Requests coming and going under speculation: aborts and preemption leave no blocks behind in
+either cache, the first token never waits for draft work, adaptive k can turn drafting off."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from spec_helpers import make_llm, spec_totals, token_ids
+from octavo import SamplingParams
+from octavo.runtime.spec_decode import SpecCostModel
+
+PROMPTS = [
+    "Machine learning is",
+    "The quick brown fox jumps over the lazy dog. Pack my box with",
+    "Paged",
+    "Continuous batching admits new requests at every step instead of waiting for a batch, and",
+    "def add(a, b):",
+    "Kubernetes operators reconcile",
+]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+
+
+def count_draft_forwards(llm) -> list[int]:
+    """A counter of the draft runner's forwards (patched on the instance)."""
+    runner = llm.llm_engine.spec_decoder.draft_runner
+    calls = [0]
+    original = runner.execute
+
+    def counted(sched):
+        calls[0] += 1
+        return original(sched)
+
+    runner.execute = counted
+    return calls
+
+
+def assert_no_leaks(llm) -> None:
+    engine = llm.llm_engine
+    assert not engine.has_unfinished_requests()
+    engine.kv_cache.check_no_leaks()
+    engine.spec_decoder.check_no_leaks()
+
+
+def test_aborts_with_pending_proposals_free_both_caches(pair):
+    target, draft = pair
+    llm = make_llm(target, draft, k=4)
+    engine = llm.llm_engine
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(str(i), prompt, GREEDY)
+    for _ in range(3):
+        engine.step()
+    assert engine.spec_decoder.sequences  # drafting is under way
+    engine.spec_decoder.propose()  # proposals made, not yet verified
+    pending = [r.request_id for r in engine.scheduler.running if r.spec_token_ids]
+    assert pending
+    assert engine.spec_decoder.draft_kv.num_free_blocks < engine.spec_decoder.draft_kv.num_blocks
+    engine.abort_request(pending[:3])
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert_no_leaks(llm)
+
+
+def test_random_aborts_under_preemption(pair):
+    """A small cache (preemption) and aborts at random steps: the survivors' outputs are the
+    target's, and every block of both caches comes back."""
+    target, draft = pair
+    expected = token_ids(make_llm(target).generate(PROMPTS, GREEDY, use_tqdm=False))
+    llm = make_llm(target, draft, k=3, num_gpu_blocks=12, max_num_seqs=6)
+    engine = llm.llm_engine
+    for i, prompt in enumerate(PROMPTS):
+        engine.add_request(str(i), prompt, GREEDY)
+    rng = random.Random(0)
+    aborted: set[str] = set()
+    finished: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output.outputs[0].token_ids
+        live = sorted(set(engine.groups) - aborted)
+        if live and rng.random() < 0.15:
+            victim = rng.choice(live)
+            engine.abort_request(victim)
+            aborted.add(victim)
+    assert aborted and engine.stats.num_preemptions > 0 and spec_totals(llm)[0] > 0
+    for request_id, tokens in finished.items():
+        assert tokens == expected[int(request_id)]
+    assert_no_leaks(llm)
+
+
+def test_first_token_never_waits_for_the_draft(pair):
+    target, draft = pair
+    llm = make_llm(target, draft, k=3)
+    engine = llm.llm_engine
+    draft_forwards = count_draft_forwards(llm)
+    engine.add_request("a", PROMPTS[1], GREEDY)
+    outputs = engine.step()
+    assert len(outputs[0].outputs[0].token_ids) == 1  # the first token, from the target's prefill
+    assert draft_forwards[0] == 0 and not engine.spec_decoder.sequences
+    engine.step()  # the draft catches up on the prompt, then proposes
+    assert draft_forwards[0] == 3  # catch-up + 2 more proposal steps
+    before = draft_forwards[0]
+    engine.add_request("b", PROMPTS[0], GREEDY)
+    outputs = engine.step()  # "b" may be admitted: no draft work delays its first token
+    assert draft_forwards[0] == before
+    assert [len(o.outputs[0].token_ids) for o in outputs if o.request_id == "b"] == [1]
+    engine.abort_request(["a", "b"])
+    assert_no_leaks(llm)
+
+
+def test_adaptive_k_turns_drafting_off_when_it_cannot_pay(pair):
+    """A compute-bound cost model (every token costs): k is 0 for every request, the draft never
+    runs, and the output is plain decoding's."""
+    target, draft = pair
+    expected = token_ids(make_llm(target).generate(PROMPTS, GREEDY, use_tqdm=False))
+    llm = make_llm(target, draft, k=4, adaptive=True, cost=SpecCostModel(draft_cost_ratio=0.05, knee_tokens=1.0))
+    draft_forwards = count_draft_forwards(llm)
+    assert token_ids(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == expected
+    assert draft_forwards[0] == 0 and spec_totals(llm) == (0, 0, 0)
+
+
+def test_measured_step_times_override_a_hopeful_model(pair):
+    """The cost model promises cheap drafts, but measured steps say drafting costs 5x a plain
+    step at this batch size: adaptive k stays at 0."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    measured = llm.llm_engine.spec_decoder.measured
+    for k, seconds in ((0, 0.01), (4, 0.05)):
+        for batch in (1, 2, 4):
+            measured.samples[(batch, k)] = 1
+            measured.seconds[(batch, k)] = seconds
+    draft_forwards = count_draft_forwards(llm)
+    llm.generate(PROMPTS[:4], GREEDY, use_tqdm=False)
+    assert draft_forwards[0] == 0
+
+
+def test_adaptive_k_speculates_when_it_pays(exact_pair):
+    target, draft = exact_pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    outputs = llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
+    drafted, accepted, _ = spec_totals(llm)
+    assert drafted == accepted > 0
+    assert max(llm.llm_engine.spec_decoder.last_k.values(), default=4) <= 4
+    assert all(o.metrics.spec_mean_accepted_length > 3 for o in outputs)
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_k_extremes(pair, k):
+    target, draft = pair
+    expected = token_ids(make_llm(target).generate(PROMPTS[:3], GREEDY, use_tqdm=False))
+    llm = make_llm(target, draft, k=k)
+    assert token_ids(llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False)) == expected
+    assert_no_leaks(llm)

@@ -1,0 +1,102 @@
+"""Adaptive k as a pure function of (acceptance rate, batch size, k_max) and the cost model."""
+
+from __future__ import annotations
+
+import pytest
+
+from octavo.runtime.spec_decode import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
+                                        choose_num_speculative_tokens, expected_tokens_per_step)
+
+GPU_LIKE = SpecCostModel(draft_cost_ratio=0.1, knee_tokens=256, forward_overhead=0.05)
+
+
+def test_expected_tokens():
+    assert expected_tokens_per_step(0.0, 4) == 1.0
+    assert expected_tokens_per_step(1.0, 4) == 5.0
+    assert expected_tokens_per_step(0.5, 2) == pytest.approx(1.75)
+
+
+def test_small_batch_good_draft_speculates_deep():
+    assert choose_num_speculative_tokens(0.9, 1, 8, GPU_LIKE) >= 5
+    assert choose_num_speculative_tokens(0.8, 1, 3, GPU_LIKE) == 3  # capped by k_max
+
+
+def test_k_grows_with_acceptance_and_shrinks_with_batch():
+    by_rate = [choose_num_speculative_tokens(a, 4, 8, GPU_LIKE) for a in (0.2, 0.4, 0.6, 0.8, 0.95)]
+    assert by_rate == sorted(by_rate) and by_rate[-1] > by_rate[0]
+    by_batch = [choose_num_speculative_tokens(0.8, b, 8, GPU_LIKE) for b in (1, 8, 32, 128, 512, 2048)]
+    assert by_batch == sorted(by_batch, reverse=True)
+
+
+def test_high_concurrency_or_poor_draft_means_plain_decoding():
+    assert choose_num_speculative_tokens(0.8, 1024, 8, GPU_LIKE) == 0
+    assert choose_num_speculative_tokens(0.05, 1, 8, GPU_LIKE) == 0
+    # Compute-bound at any batch (knee of one token): k + 1 tokens cost k + 1 steps, never worth it.
+    assert choose_num_speculative_tokens(0.95, 4, 8, SpecCostModel(0.1, knee_tokens=1.0)) == 0
+    # A draft as expensive as the target never pays.
+    assert choose_num_speculative_tokens(0.9, 1, 8, SpecCostModel(draft_cost_ratio=1.0)) == 0
+
+
+def test_goodput_of_the_chosen_k_is_never_below_plain_decoding():
+    for rate in (0.1, 0.3, 0.5, 0.7, 0.9):
+        for batch in (1, 2, 8, 32, 128, 512):
+            k = choose_num_speculative_tokens(rate, batch, 6, GPU_LIKE)
+            plain = 1.0 / GPU_LIKE.step_time(0, batch)
+            chosen = expected_tokens_per_step(rate, k) / GPU_LIKE.step_time(k, batch)
+            assert chosen >= plain
+
+
+def test_acceptance_estimate_counts_trials_until_the_first_rejection():
+    estimate = AcceptanceEstimate(prior=0.5, prior_weight=0.0, decay=1.0)
+    estimate.observe(2, 4)  # accepted, accepted, rejected: 3 trials
+    estimate.observe(4, 4)  # all four accepted: 4 trials
+    assert estimate.rate == pytest.approx(6 / 7)
+
+
+def test_forgetting_returns_towards_the_prior():
+    estimate = AcceptanceEstimate(prior=0.7)
+    for _ in range(10):
+        estimate.observe(0, 4)
+    low = estimate.rate
+    assert low < 0.2
+    for _ in range(20):
+        estimate.forget()
+    assert estimate.rate > 0.6
+
+
+def measured(points: dict[int, float], batch_size: int = 4) -> MeasuredStepCost:
+    cost = MeasuredStepCost(GPU_LIKE)
+    for k, seconds in points.items():
+        for _ in range(3):  # the first sample of each k is discarded as warm-up
+            cost.observe(batch_size, k, seconds)
+    return cost
+
+
+def test_measured_costs_start_from_the_model_and_scale_it():
+    empty = MeasuredStepCost(GPU_LIKE)
+    assert empty.step_time(3, 4) == GPU_LIKE.step_time(3, 4)
+    plain_only = measured({0: 0.010})
+    ratio = GPU_LIKE.step_time(3, 4) / GPU_LIKE.step_time(0, 4)
+    assert plain_only.step_time(3, 4) == pytest.approx(0.010 * ratio)
+    assert plain_only.step_time(3, 5) == pytest.approx(0.010 * GPU_LIKE.step_time(3, 5) / GPU_LIKE.step_time(0, 5))
+    assert plain_only.step_time(3, 8) == GPU_LIKE.step_time(3, 8)  # another bucket: nothing measured
+
+
+def test_measured_spec_steps_that_cost_too_much_turn_speculation_off():
+    """The model says a k = 4 step costs about 1.6 plain steps; measured, it costs 4.5 (an eager
+    verification against a graph-replayed plain step, say): even 0.9 acceptance cannot pay."""
+    assert choose_num_speculative_tokens(0.9, 4, 4, GPU_LIKE) == 4
+    slow = measured({0: 0.007, 4: 0.032})
+    assert slow.step_time(2, 4) == pytest.approx(0.007 + 2 * (0.032 - 0.007) / 4)
+    assert choose_num_speculative_tokens(0.9, 4, 4, slow) == 0
+    fast = measured({0: 0.007, 4: 0.012})
+    assert choose_num_speculative_tokens(0.9, 4, 4, fast) == 4
+
+
+def test_measurement_discards_warm_up_and_clips_stalls():
+    cost = MeasuredStepCost(GPU_LIKE, weight=0.5)
+    cost.observe(2, 0, 5.0)  # compilation: discarded
+    cost.observe(2, 0, 0.010)
+    assert cost.seconds[(2, 0)] == 0.010
+    cost.observe(3, 0, 1.0)  # bucket 2 as well; a stall is clipped to 4x before averaging
+    assert cost.seconds[(2, 0)] == pytest.approx(0.010 + 0.5 * (0.040 - 0.010))
