@@ -172,7 +172,8 @@ class EngineArgs:
             logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
 
     def speculative_settings(self) -> tuple[str | None, int | None, int]:
-        """(draft model, k, draft TP) from the flat arguments or the dict form."""
+        """(draft model, k, draft TP) from the flat arguments or the dict form (which may also say
+        `adaptive: False` to keep k fixed)."""
         spec = dict(self.speculative_config or {})
         model = spec.pop("model", None) or self.speculative_model
         k = spec.pop("num_speculative_tokens", None) or self.num_speculative_tokens
@@ -214,8 +215,9 @@ class EngineArgs:
                 raise ValueError(f"speculative_draft_tensor_parallel_size ({draft_tp}) must be between 1 and "
                                  f"tensor_parallel_size ({self.tensor_parallel_size})")
             check_tensor_parallel(draft_config, int(draft_tp), device, what="draft model")
+            adaptive = bool((self.speculative_config or {}).get("adaptive", True))
             spec_config = SpeculativeConfig(model=draft_config.model, num_speculative_tokens=int(k),
-                                            draft_tensor_parallel_size=int(draft_tp),
+                                            draft_tensor_parallel_size=int(draft_tp), adaptive=adaptive,
                                             draft_model_config=draft_config)
         return EngineConfig(
             model_config=model_config,

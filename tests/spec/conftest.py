@@ -5,7 +5,6 @@ and helpers to build engines with and without a draft."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
