@@ -84,26 +84,48 @@ def check_bf16_logits(root: Path, results: dict) -> bool:
 
 
 def check_graphs_vs_eager_8b(results: dict) -> bool:
+    """Replay vs eager on the same decode batch of a dummy llama-3.1-8b (bf16): the logits must
+    agree to bf16 accuracy. (Comparing generated tokens says little here: dummy weights give nearly
+    flat logits, and the graph's wider block table picks another split-K partitioning, so argmaxes
+    flip on rounding alone.)"""
     from octavo import LLM, SamplingParams
 
     config = Path(__file__).resolve().parent / "configs" / "llama-3.1-8b.json"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(config.read_text())
-        prompts = [{"prompt_token_ids": list(range(100 + i, 228 + i))} for i in range(8)]
-        params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True, detokenize=False)
-        tokens = {}
-        for eager in (True, False):
-            start = time.perf_counter()
-            llm = LLM(model=tmp, load_format="dummy", dtype="bfloat16", max_model_len=2048, max_num_seqs=64,
-                      enforce_eager=eager, gpu_memory_utilization=0.85)
-            results[f"startup_s_{'eager' if eager else 'graphs'}"] = time.perf_counter() - start
-            tokens[eager] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
-            del llm
-            torch.cuda.empty_cache()
-    agree = sum(a == b for a, b in zip(tokens[True], tokens[False])) / len(prompts)
-    results["graphs_vs_eager_8b_sequences_equal"] = agree
-    print(f"8B dummy bf16: graphs vs eager identical sequences: {agree:.0%}", flush=True)
-    return agree >= 0.75  # bf16 with random weights: near-ties may flip late tokens
+        start = time.perf_counter()
+        llm = LLM(model=tmp, load_format="dummy", dtype="bfloat16", max_model_len=2048, max_num_seqs=64,
+                  gpu_memory_utilization=0.85)
+        results["startup_s_graphs"] = time.perf_counter() - start
+        engine = llm.llm_engine
+        runner = engine.model_runner
+        prompts = [{"prompt_token_ids": list(range(100 + i, 100 + i + 37 * (i + 1)))} for i in range(8)]
+        params = SamplingParams(temperature=0.0, max_tokens=1000, ignore_eos=True, detokenize=False)
+        for i, prompt in enumerate(prompts):
+            engine.add_request(str(i), prompt, params)
+        worst = 0.0
+        for _ in range(6):
+            sched = engine.scheduler.schedule()
+            inputs = runner.prepare(sched)
+            with torch.inference_mode():
+                hidden = runner.forward(inputs).float().clone()  # graph replay for decode steps
+                if inputs.meta.decode_only:
+                    # Eager on the same inputs: the KV write is idempotent (same slots, same values).
+                    eager = runner.model(inputs.input_ids, inputs.positions, inputs.meta).float()
+                    worst = max(worst, ((hidden - eager).norm() / eager.norm()).item())
+            # Advance as the engine would; the sampled token does not matter here.
+            for item in sched.scheduled:
+                item.request.num_computed_tokens += item.num_new_tokens
+                if item.completes_sequence:
+                    item.request.append_token(1)
+        engine.abort_request([str(i) for i in range(len(prompts))])
+        del llm
+        torch.cuda.empty_cache()
+    results["graphs_vs_eager_8b_hidden_rel_err"] = worst
+    ok = 0.0 < worst < 2e-2 or worst == 0.0
+    print(f"8B dummy bf16: graph replay vs eager hidden states, max rel err {worst:.2e} ({'ok' if ok else 'FAIL'})",
+          flush=True)
+    return ok
 
 
 def main() -> int:
