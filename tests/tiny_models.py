@@ -17,6 +17,15 @@ CORPUS = [
     "Kubernetes operators reconcile custom resources into deployments and services.",
 ] * 4
 
+# Prompts of different lengths that the token-exact tests share.
+PROMPTS = [
+    "Machine learning is",
+    "The quick brown fox jumps over the lazy dog. Pack my box with",
+    "Paged",
+    "Continuous batching admits new requests at every step instead of waiting for a batch, and",
+    "def add(a, b):",
+]
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

@@ -12,14 +12,8 @@ import torch
 
 from family_checkpoints import hf_greedy, hf_prompt_logprobs
 from octavo import LLM, SamplingParams
+from tiny_models import PROMPTS
 
-PROMPTS = [
-    "Machine learning is",
-    "The quick brown fox jumps over the lazy dog. Pack my box with",
-    "Paged",
-    "Continuous batching admits new requests at every step instead of waiting for a batch, and",
-    "def add(a, b):",
-]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 
 

@@ -7,14 +7,8 @@ import pytest
 
 from hf_reference import hf_greedy
 from octavo import LLM, SamplingParams
+from tiny_models import PROMPTS
 
-PROMPTS = [
-    "Machine learning is",
-    "The quick brown fox jumps over the lazy dog. Pack my box with",
-    "Paged",
-    "Continuous batching admits new requests at every step instead of waiting for a batch, and",
-    "def add(a, b):",
-]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 
 

@@ -10,15 +10,9 @@ import pytest
 from spec_helpers import make_llm, spec_totals, token_ids
 from octavo import SamplingParams
 from octavo.runtime.spec_decode import SpecCostModel
+from tiny_models import PROMPTS as SHARED_PROMPTS
 
-PROMPTS = [
-    "Machine learning is",
-    "The quick brown fox jumps over the lazy dog. Pack my box with",
-    "Paged",
-    "Continuous batching admits new requests at every step instead of waiting for a batch, and",
-    "def add(a, b):",
-    "Kubernetes operators reconcile",
-]
+PROMPTS = SHARED_PROMPTS + ["Kubernetes operators reconcile"]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 
 

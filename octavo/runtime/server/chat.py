@@ -8,7 +8,6 @@ and ends with [DONE].
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -24,9 +23,8 @@ from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatCh
                                             ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
                                             DeltaMessage, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import SSE_DONE, SSE_HEADERS, cancel_on_disconnect, sse_event
+from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, sse_event, with_error_events
 
-logger = logging.getLogger("octavo.server")
 
 
 def render_prompt(state: ServingState, body: ChatCompletionRequest) -> list[int]:
@@ -77,7 +75,8 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
     created = int(time.time())
     outputs = state.generate(request_id, token_ids, None, params)
     if stream:
-        return StreamingResponse(_stream(state, body, model, request_id, created, outputs),
+        return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, outputs),
+                                                   request_id, "chat stream"),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def final() -> RequestOutput:
@@ -102,7 +101,7 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
     return JSONResponse(response.model_dump())
 
 
-async def _stream(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
+async def _events(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
                   outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
     n = body.n or 1
     exclude = None if body.include_usage else {"usage"}
@@ -112,33 +111,23 @@ async def _stream(state: ServingState, body: ChatCompletionRequest, model: str, 
     def chunk(choice: ChatStreamChoice) -> bytes:
         return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice]), exclude)
 
-    try:
-        for index in range(n):
-            yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
-        async with aclosing(outputs) as it:
-            async for output in it:
-                usage.prompt_tokens = len(output.prompt_token_ids)
-                for out in output.outputs:
-                    if out.index in finished:
-                        continue
-                    usage.completion_tokens += len(out.token_ids)
-                    logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
-                    if out.text or logprobs is not None:
-                        yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(content=out.text),
-                                                     logprobs=logprobs))
-                    if out.finish_reason is not None:
-                        finished.add(out.index)
-                        yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(),
-                                                     finish_reason=out.finish_reason))
-        if body.include_usage:
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-            yield sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage))
-    except RequestAborted:
-        yield sse_event(APIError(503, "the request was stopped: the server is shutting down",
-                                 code="aborted").payload())
-    except APIError as exc:
-        yield sse_event(exc.payload())
-    except Exception:
-        logger.exception("chat stream %s failed", request_id)
-        yield sse_event(APIError(500, f"internal error (request {request_id})").payload())
-    yield SSE_DONE
+    for index in range(n):
+        yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
+    async with aclosing(outputs) as it:
+        async for output in it:
+            usage.prompt_tokens = len(output.prompt_token_ids)
+            for out in output.outputs:
+                if out.index in finished:
+                    continue
+                usage.completion_tokens += len(out.token_ids)
+                logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
+                if out.text or logprobs is not None:
+                    yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(content=out.text),
+                                                 logprobs=logprobs))
+                if out.finish_reason is not None:
+                    finished.add(out.index)
+                    yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(),
+                                                 finish_reason=out.finish_reason))
+    if body.include_usage:
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        yield sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage))

@@ -9,7 +9,6 @@ every generated token of every choice.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -24,9 +23,8 @@ from octavo.runtime.server.logprobs import append_completion_logprobs
 from octavo.runtime.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
                                             CompletionResponse, CompletionStreamResponse, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import SSE_DONE, SSE_HEADERS, cancel_on_disconnect, merge, sse_event
+from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, merge, sse_event, with_error_events
 
-logger = logging.getLogger("octavo.server")
 
 
 class _Prompt:
@@ -89,7 +87,8 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
     created = int(time.time())
     if stream:
         generators = [state.generate(rid, p.token_ids, p.text, p.params) for rid, p in zip(engine_ids, prompts)]
-        return StreamingResponse(_stream(state, body, model, request_id, created, prompts, generators),
+        return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, prompts,
+                                                           generators), request_id, "completion stream"),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def final(rid: str, prompt: _Prompt) -> RequestOutput:
@@ -140,7 +139,7 @@ def _response(state: ServingState, body: CompletionRequest, model: str, request_
     return CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
 
 
-async def _stream(state: ServingState, body: CompletionRequest, model: str, request_id: str, created: int,
+async def _events(state: ServingState, body: CompletionRequest, model: str, request_id: str, created: int,
                   prompts: list[_Prompt], generators: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[bytes]:
     n = body.n or 1
     usage = UsageInfo()
@@ -154,47 +153,37 @@ async def _stream(state: ServingState, body: CompletionRequest, model: str, requ
         return sse_event(CompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice]),
                          exclude)
 
-    try:
-        async with aclosing(merge(generators)) as outputs:
-            async for prompt_index, output in outputs:
-                if prompt_index not in counted_prompts:
-                    counted_prompts.add(prompt_index)
-                    usage.prompt_tokens += len(output.prompt_token_ids)
-                for out in output.outputs:
-                    index = prompt_index * n + out.index
-                    if index in finished:
-                        continue
-                    usage.completion_tokens += len(out.token_ids)
-                    text = out.text
-                    logprobs = None
-                    if body.logprobs is not None:
-                        logprobs = CompletionLogprobs()
-                        offset = text_offsets.get(index, 0)
-                        if index in echo_pending:
-                            offset = _echo_logprobs(state, output, body.logprobs, logprobs)
-                        text_offsets[index] = append_completion_logprobs(
-                            logprobs, out.token_ids, out.logprobs or [], body.logprobs, _decoder(state), offset)
+    async with aclosing(merge(generators)) as outputs:
+        async for prompt_index, output in outputs:
+            if prompt_index not in counted_prompts:
+                counted_prompts.add(prompt_index)
+                usage.prompt_tokens += len(output.prompt_token_ids)
+            for out in output.outputs:
+                index = prompt_index * n + out.index
+                if index in finished:
+                    continue
+                usage.completion_tokens += len(out.token_ids)
+                text = out.text
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = CompletionLogprobs()
+                    offset = text_offsets.get(index, 0)
                     if index in echo_pending:
-                        echo_pending.discard(index)
-                        text = (prompts[prompt_index].text or "") + text
-                    # A chunk per new token, even when it completes no text yet (as vLLM does):
-                    # clients time tokens by chunks.
-                    if text or out.token_ids or (logprobs is not None and logprobs.tokens):
-                        yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
-                    if out.finish_reason is not None:
-                        finished.add(index)
-                        yield chunk(CompletionChoice(index=index, text="", finish_reason=out.finish_reason,
-                                                     stop_reason=out.stop_reason))
-        if body.include_usage:
-            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-            yield sse_event(CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
-                                                     usage=usage))
-    except RequestAborted:
-        yield sse_event(APIError(503, "the request was stopped: the server is shutting down",
-                                 code="aborted").payload())
-    except APIError as exc:
-        yield sse_event(exc.payload())
-    except Exception:
-        logger.exception("completion stream %s failed", request_id)
-        yield sse_event(APIError(500, f"internal error (request {request_id})").payload())
-    yield SSE_DONE
+                        offset = _echo_logprobs(state, output, body.logprobs, logprobs)
+                    text_offsets[index] = append_completion_logprobs(
+                        logprobs, out.token_ids, out.logprobs or [], body.logprobs, _decoder(state), offset)
+                if index in echo_pending:
+                    echo_pending.discard(index)
+                    text = (prompts[prompt_index].text or "") + text
+                # A chunk per new token, even when it completes no text yet (as vLLM does):
+                # clients time tokens by chunks.
+                if text or out.token_ids or (logprobs is not None and logprobs.tokens):
+                    yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
+                if out.finish_reason is not None:
+                    finished.add(index)
+                    yield chunk(CompletionChoice(index=index, text="", finish_reason=out.finish_reason,
+                                                 stop_reason=out.stop_reason))
+    if body.include_usage:
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        yield sse_event(CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
+                                                 usage=usage))

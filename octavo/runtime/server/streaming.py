@@ -10,6 +10,7 @@ event before [DONE], as OpenAI's streams do.
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing, suppress
@@ -19,9 +20,31 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 T = TypeVar("T")
+logger = logging.getLogger("octavo.server")
 
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def with_error_events(events: AsyncIterator[bytes], request_id: str, what: str) -> AsyncIterator[bytes]:
+    """Forward a stream's events; an abort or error after the response started becomes one in-stream
+    error event (nothing internal leaks); the stream always ends with [DONE]."""
+    from octavo.runtime.server.errors import APIError
+    from octavo.runtime.server.state import RequestAborted
+
+    try:
+        async with aclosing(events) as inner:
+            async for event in inner:
+                yield event
+    except RequestAborted:
+        yield sse_event(APIError(503, "the request was stopped: the server is shutting down",
+                                 code="aborted").payload())
+    except APIError as exc:
+        yield sse_event(exc.payload())
+    except Exception:
+        logger.exception("%s %s failed", what, request_id)
+        yield sse_event(APIError(500, f"internal error (request {request_id})").payload())
+    yield SSE_DONE
 
 
 def sse_event(payload: BaseModel | dict[str, Any], exclude: set[str] | None = None) -> bytes:
