@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -156,4 +154,4 @@ def test_chat_uses_the_template(llm):
     tokenizer = llm.get_tokenizer()
     expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert tokenizer.decode(out.prompt_token_ids, skip_special_tokens=False).endswith(expected)
-    assert not math.isnan(len(out.outputs[0].token_ids))
+    assert 1 <= len(out.outputs[0].token_ids) <= 5
