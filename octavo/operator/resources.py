@@ -157,6 +157,15 @@ def _env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
     return [var for var in env if var["name"] not in user_names] + [dict(v) for v in spec.env]
 
 
+def _add_placement(pod_spec: dict[str, Any], spec) -> None:
+    """The spec's nodeSelector and tolerations: the serving pods and the validation Job's pod land
+    on the same kind of node."""
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+
+
 def _pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -252,10 +261,7 @@ def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    _add_placement(pod_spec, spec)
     return {
         "metadata": {
             "labels": {**labels(name), **selector_labels(name)},
@@ -396,10 +402,7 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
     }
-    if spec.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    _add_placement(pod_spec, spec)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
