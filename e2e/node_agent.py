@@ -71,6 +71,15 @@ from e2e.kube import Kube, KubeError, list_and_watch, resource_path  # noqa: E40
 
 log = logging.getLogger("node-agent")
 
+# What every container command needs to see: the checkout and the Python environment running it.
+HARNESS_PATHS = sorted({Path(p).resolve() for p in (REPO_ROOT, sys.prefix, sys.base_prefix)})
+
+
+def hides_harness(mount_path: str) -> bool:
+    """True when a mount at mount_path would cover the checkout or the Python environment."""
+    target = Path(mount_path).resolve()
+    return any(target == path or target in path.parents for path in HARNESS_PATHS)
+
 NAMESPACE_LABEL = "e2e.octavo.dev/node-agent"
 PROBE_PERIOD_CAP_S = 2.0
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -405,6 +414,12 @@ class PodRunner:
     def _mounts(self, container: ContainerState) -> list[tuple[Path, str]]:
         mounts = []
         for mount in container.spec.get("volumeMounts") or []:
+            if hides_harness(mount["mountPath"]):
+                # A real pod has its own root filesystem; here a volume over /tmp (say) would hide
+                # the checkout or the virtualenv the container's command runs from.
+                log.warning("%s: volume %s not mounted at %s: it would hide %s", container.name, mount["name"],
+                            mount["mountPath"], ", ".join(str(p) for p in HARNESS_PATHS))
+                continue
             source = self.volume_dirs[mount["name"]]
             if mount.get("subPath"):
                 source = source / mount["subPath"]
