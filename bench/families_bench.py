@@ -45,23 +45,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from octavo.bench.hf_baseline import HFModel  # noqa: E402  (after the path set-up above)
+from octavo.bench.measure import DeviceClock  # noqa: E402
+
 MODELS = {"gpt2-xl": ("gpt2", "gpt2-xl.json"), "bloomz-560m": ("bloom", "bloomz-560m.json")}
 # --smoke: the same architectures and head counts at toy width and depth.
 SMOKE_SHAPES = {"gpt2": dict(n_embd=200, n_layer=2, vocab_size=1000, bos_token_id=1, eos_token_id=2),
                 "bloom": dict(hidden_size=128, n_layer=2, vocab_size=1000)}
-
-
-# ---- the clock -------------------------------------------------------------------------------
-class Clock:
-    """perf_counter after the device's queued work is done."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
 
 def free_device_memory() -> None:
@@ -138,7 +128,7 @@ def throughput_summary(requests, elapsed: float, **extra) -> dict:
 
 
 # ---- 2 + 3. octavo -----------------------------------------------------------------------------
-def octavo_latency(llm, prompt: list[int], output_len: int, iters: int, clock: Clock) -> dict:
+def octavo_latency(llm, prompt: list[int], output_len: int, iters: int, clock: DeviceClock) -> dict:
     """Drive the engine one step at a time: step 1 is the prefill (and the first token), every
     later step one decode token."""
     from octavo import SamplingParams
@@ -161,7 +151,7 @@ def octavo_latency(llm, prompt: list[int], output_len: int, iters: int, clock: C
             "prefill_ms": statistics.median(prefill_ms), "decode_ms_per_token": statistics.median(decode_ms)}
 
 
-def octavo_throughput(llm, requests, warmup, clock: Clock) -> dict:
+def octavo_throughput(llm, requests, warmup, clock: DeviceClock) -> dict:
     from octavo import SamplingParams
 
     def run(batch):
@@ -184,7 +174,7 @@ def octavo_throughput(llm, requests, warmup, clock: Clock) -> dict:
 def run_octavo(config_dir: Path, args, device: torch.device, latency_prompt, throughput_requests, warmup) -> dict:
     from octavo import LLM
 
-    clock = Clock(device)
+    clock = DeviceClock(device)
     start = time.perf_counter()
     llm = LLM(model=str(config_dir), load_format="dummy", dtype=args.dtype, device=device.type,
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs, seed=0)
@@ -199,62 +189,17 @@ def run_octavo(config_dir: Path, args, device: torch.device, latency_prompt, thr
 
 
 # ---- 2 + 3. HF transformers --------------------------------------------------------------------
-class HFGenerate:
-    """HF transformers `generate` on random weights of the same shape: greedy, left-padded static
-    batches, exactly `new_tokens` tokens per call (min_new_tokens = max_new_tokens)."""
-
-    def __init__(self, config_dir: Path, dtype: torch.dtype, device: torch.device) -> None:
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(config_dir)
-        torch.manual_seed(0)
-        with torch.device(device):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-        self.device = device
-        self.clock = Clock(device)
-        pad = getattr(config, "pad_token_id", None)
-        self.pad_token_id = pad if isinstance(pad, int) else 0
-
-    def generate(self, prompts: list[list[int]], new_tokens: int) -> tuple[float, list[float], float]:
-        """(time to first token, [time of every later token], total), seconds."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        clock, stamps = self.clock, []
-
-        class StepClock(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):  # once per generated token; never stops
-                stamps.append(clock.now())
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt)
-            attention_mask[row, width - len(prompt):] = 1
-        start = clock.now()
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                      num_beams=1, pad_token_id=self.pad_token_id,
-                                      stopping_criteria=StoppingCriteriaList([StepClock()]))
-        end = clock.now()
-        if out.shape[1] - width != new_tokens:
-            raise RuntimeError(f"HF generate produced {out.shape[1] - width} tokens, expected {new_tokens}")
-        return stamps[0] - start, [b - a for a, b in zip(stamps, stamps[1:])], end - start
-
-
 def run_hf(config_dir: Path, args, device: torch.device, dtype: torch.dtype, latency_prompt, throughput_requests) -> dict:
     start = time.perf_counter()
-    hf = HFGenerate(config_dir, dtype, device)
+    hf = HFModel(str(config_dir), dtype, device)
     result: dict = {"startup_s": time.perf_counter() - start,
                     "attn_implementation": getattr(hf.model.config, "_attn_implementation", None)}
     hf.generate([latency_prompt], 2)  # warm-up
     prefill, decode = [], []
     for _ in range(args.latency_iters):
-        first, steps, _ = hf.generate([latency_prompt], args.latency_output_len)
-        prefill.append(first * 1e3)
-        decode.append(sum(steps) * 1e3 / len(steps))
+        timing = hf.generate([latency_prompt], args.latency_output_len)
+        prefill.append(timing.prefill_ms)
+        decode.append(timing.decode_ms_per_step)
     result["latency"] = {"prompt_len": len(latency_prompt), "output_len": args.latency_output_len,
                          "iters": args.latency_iters, "prefill_ms": statistics.median(prefill),
                          "decode_ms_per_token": statistics.median(decode)}
@@ -264,7 +209,7 @@ def run_hf(config_dir: Path, args, device: torch.device, dtype: torch.dtype, lat
     elapsed, generated = 0.0, 0
     for group in groups:
         new_tokens = max(n for _, n in group)
-        elapsed += hf.generate([p for p, _ in group], new_tokens)[2]
+        elapsed += hf.generate([p for p, _ in group], new_tokens).total_ms / 1e3
         generated += new_tokens * len(group)
     result["throughput"] = throughput_summary(throughput_requests, elapsed, batch_size=batch_size,
                                               generated_tokens_incl_padding=generated)

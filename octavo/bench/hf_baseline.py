@@ -39,7 +39,12 @@ class HFModel:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
         torch.manual_seed(seed)
         with torch.device(self.device):
-            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+            try:
+                self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+            except ValueError:  # e.g. BLOOM: transformers has no sdpa path for it
+                logger.info("HF baseline: %s has no sdpa attention in transformers; using eager",
+                            config.model_type)
+                self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
         self.model.eval()
         self.pad_token_id = config.pad_token_id if isinstance(getattr(config, "pad_token_id", None), int) else 0
         self.clock = DeviceClock(self.device)
