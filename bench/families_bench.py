@@ -4,7 +4,8 @@ For each family (gpt2-xl and bloomz-560m shapes from bench/configs, dummy weight
 
 1. Token-exact check: a tiny random-weight model of the same architecture (the tests' fixture:
    GPT-2 with 5 heads, BLOOM with 6 so the ALiBi slopes take the non-power-of-two form), fp32,
-   octavo greedy vs transformers greedy on the same device. Prompts of 5..700 tokens, so the
+   octavo greedy on the device vs transformers greedy fp32 on the CPU (eager attention, the tests'
+   oracle; transformers on the device is recorded beside it as a measure of fp32 noise). Prompts of 5..700 tokens, so the
    paged prefill, extend (chunked prefill over a cached prefix) and split-K decode kernels all
    run, with ALiBi for BLOOM. Variants: CUDA graphs + prefix caching (each batch run twice, the
    second one served from the prefix cache), and eager + chunked prefill + no prefix caching.
@@ -60,10 +61,37 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _first_mismatch(got: list[list[int]], expected: list[list[int]], lengths: list[int]) -> int | None:
+    return next((n for n, a, b in zip(lengths, got, expected) if a != b), None)
+
+
+def hf_greedy_reference(model_dir: Path, prompts: list[list[int]], max_tokens: int, device: torch.device,
+                        attn: str) -> dict:
+    """transformers' greedy tokens, and the smallest top-1/top-2 logit gap along them (how close
+    the trajectory comes to a tie: a gap near fp32 noise makes any reordering flip a token)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    model = model.to(device).eval()
+    tokens, min_margin = [], float("inf")
+    for ids in prompts:
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids], device=device),
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+                                 max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+        tokens.append(out.sequences[0, len(ids):].tolist())
+        for scores in out.scores:
+            top2 = scores[0].float().topk(2).values
+            min_margin = min(min_margin, float(top2[0] - top2[1]))
+    del model
+    free_device_memory()
+    return {"tokens": tokens, "min_margin": min_margin}
+
+
 # ---- 1. token-exact on a tiny model of the same architecture -------------------------------------
 def check_token_exact(family: str, device: torch.device, workdir: Path, smoke: bool) -> dict:
     from family_checkpoints import build_family_checkpoint
-    from transformers import AutoModelForCausalLM
 
     from octavo import LLM, SamplingParams
 
@@ -74,35 +102,41 @@ def check_token_exact(family: str, device: torch.device, workdir: Path, smoke: b
     prompts = [[rng.randrange(3, vocab) for _ in range(n)] for n in lengths]
     max_tokens = 8 if smoke else 24
 
-    reference_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
-    expected = []
-    for ids in prompts:
-        with torch.inference_mode():
-            out = reference_model.generate(torch.tensor([ids], device=device),
-                                           attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                                           max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
-                                           pad_token_id=0)
-        expected.append(out[0, len(ids):].tolist())
-    del reference_model
-    free_device_memory()
+    # The oracle is transformers on the CPU in fp32 with eager attention (the tests' reference).
+    # transformers on the device is recorded next to it: its fused SDPA kernels need not round
+    # like the CPU, so a disagreement there says how wide fp32's own noise is on this model.
+    reference = {}
+    for ref_device, attn in (("cpu", "eager"), (device.type, "eager"), (device.type, "sdpa")):
+        key = f"{ref_device}_{attn}"
+        if key in reference:
+            continue
+        try:
+            reference[key] = hf_greedy_reference(model_dir, prompts, max_tokens, torch.device(ref_device), attn)
+        except (ValueError, ImportError) as exc:  # e.g. BLOOM has no sdpa path in transformers
+            print(f"transformers {key} skipped: {exc}", flush=True)
+    expected = reference["cpu_eager"]["tokens"]
+    result: dict = {"family": family, "prompt_lens": lengths, "max_tokens": max_tokens,
+                    "oracle": "transformers fp32 on the CPU, eager attention",
+                    "oracle_min_top2_margin": reference["cpu_eager"]["min_margin"],
+                    "transformers_on_device": {key: {"agrees_with_oracle": ref["tokens"] == expected,
+                                                     "first_mismatch_prompt_len": _first_mismatch(ref["tokens"], expected, lengths)}
+                                               for key, ref in reference.items() if key != "cpu_eager"}}
 
     variants = {
         "graphs_prefix_cache": dict(enforce_eager=False, enable_prefix_caching=True),
         "eager_chunked_prefill": dict(enforce_eager=True, enable_prefix_caching=False, max_num_batched_tokens=64),
     }
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    result: dict = {"family": family, "prompt_lens": lengths, "max_tokens": max_tokens}
     for name, kwargs in variants.items():
         llm = LLM(model=str(model_dir), dtype="float32", device=device.type, num_gpu_blocks_override=256,
                   max_num_seqs=8, **kwargs)
         runs = [llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
                 for _ in range(2 if kwargs["enable_prefix_caching"] else 1)]
         got = [[o.outputs[0].token_ids for o in run] for run in runs]
-        first_mismatch = next((i for i, (a, b) in enumerate(zip(got[0], expected)) if a != b), None)
         result[name] = {
             "exact": all(g == expected for g in got),
             "prefix_cache_hits": llm.llm_engine.kv_cache.prefix_hits,
-            "first_mismatch_prompt_len": lengths[first_mismatch] if first_mismatch is not None else None,
+            "first_mismatch_prompt_len": next((m for m in (_first_mismatch(g, expected, lengths) for g in got) if m), None),
         }
         del llm
         free_device_memory()
@@ -243,6 +277,14 @@ def write_report(results: dict, out: Path) -> None:
         if check:
             lines.append(f"| {name} | {model['tiny_heads']} | {_exactness(check['graphs_prefix_cache'])} | "
                          f"{_exactness(check['eager_chunked_prefill'])} | {', '.join(map(str, check['prompt_lens']))} |")
+    lines += ["", "Oracle: transformers fp32 on the CPU with eager attention. transformers on the device, same weights:", ""]
+    for name, model in results["models"].items():
+        check = model.get("token_exact") or {}
+        for key, ref in check.get("transformers_on_device", {}).items():
+            verdict = "agrees" if ref["agrees_with_oracle"] else f"differs (first at prompt len {ref['first_mismatch_prompt_len']})"
+            lines.append(f"- {name}, transformers {key.replace('_', ' ')}: {verdict}")
+        if "oracle_min_top2_margin" in check:
+            lines.append(f"- {name}: smallest top-1/top-2 logit gap along the oracle's tokens {check['oracle_min_top2_margin']:.2e}")
     lines += ["",
               "## Speed",
               "",
