@@ -73,12 +73,15 @@ def hf_greedy_reference(model_dir: Path, prompts: list[list[int]], max_tokens: i
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
     model = model.to(device).eval()
+    # octavo runs with ignore_eos: EOS is a token like any other. (min_new_tokens would instead
+    # forbid EOS, and the tiny model's argmax is EOS now and then.)
+    model.generation_config.eos_token_id = None
     tokens, min_margin = [], float("inf")
     for ids in prompts:
         with torch.inference_mode():
             out = model.generate(torch.tensor([ids], device=device),
                                  attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                                 max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                 max_new_tokens=max_tokens, do_sample=False, eos_token_id=None,
                                  pad_token_id=0, output_scores=True, return_dict_in_generate=True)
         tokens.append(out.sequences[0, len(ids):].tolist())
         for scores in out.scores:
@@ -214,7 +217,7 @@ def run_octavo(config_dir: Path, args, device: torch.device, latency_prompt, thr
               gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=args.max_num_seqs, seed=0)
     runner = llm.llm_engine.model_runner
     result = {"startup_s": time.perf_counter() - start, "kv_blocks": runner.num_blocks,
-              "cuda_graph_sizes": sorted(getattr(runner, "graphs", {}) or {})}
+              "cuda_graph_sizes": sorted(size for size, q in (getattr(runner, "graphs", {}) or {}) if q == 1)}
     result["latency"] = octavo_latency(llm, latency_prompt, args.latency_output_len, args.latency_iters, clock)
     result["throughput"] = octavo_throughput(llm, throughput_requests, warmup, clock)
     del llm, runner

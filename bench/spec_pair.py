@@ -269,6 +269,47 @@ def decode_throughput(llm, batch_size: int, k: int | None, prompt_len: int = 128
             "seconds": elapsed, "acceptance_rate": accepted / drafted if drafted else None, "drafted": drafted}
 
 
+class StepBreakdown:
+    """Wall time per engine step split into drafting (propose), the target's step (schedule,
+    verification forward, rejection sampling) and the rest, with the device synchronised at each
+    boundary (the engine syncs once per step anyway, when it reads the sampled tokens back)."""
+
+    def __init__(self, llm) -> None:
+        import time
+
+        self.clock = time.perf_counter
+        self.engine = llm.llm_engine
+        self.totals = {"propose": 0.0, "execute": 0.0, "step": 0.0}
+        self.steps = 0
+        spec, engine = self.engine.spec_decoder, self.engine
+        self._originals = (spec.propose, engine._execute, engine.step)
+        spec.propose = self._timed("propose", spec.propose)
+        engine._execute = self._timed("execute", engine._execute)
+        engine.step = self._timed("step", engine.step, count=True)
+
+    def _timed(self, name, fn, count=False):
+        def wrapper(*args, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.totals[name] += self.clock() - start
+                self.steps += count
+        return wrapper
+
+    def close(self) -> dict[str, float]:
+        spec, engine = self.engine.spec_decoder, self.engine
+        spec.propose, engine._execute, engine.step = self._originals
+        steps = max(self.steps, 1)
+        ms = {f"{name}_ms_per_step": 1e3 * value / steps for name, value in self.totals.items()}
+        ms["other_ms_per_step"] = ms["step_ms_per_step"] - ms["propose_ms_per_step"] - ms["execute_ms_per_step"]
+        return {"steps": self.steps, **ms}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="llama-3.1-8b", help="bench/configs name, config.json or model dir")
@@ -282,6 +323,8 @@ def main() -> None:
     parser.add_argument("--throughput", type=int, nargs="*", default=[],
                         help="batch sizes at which to time plain, fixed-k and adaptive decoding")
     parser.add_argument("--out", help="also append the JSON lines to this file")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each step's parts (drafting, verification, the rest) per throughput point")
     args = parser.parse_args()
     pair = build_controlled_llm(args.config, args.draft_layers, args.scale[0], args.k, args.workdir, seed=args.seed,
                                 max_model_len=args.max_model_len, dtype=args.dtype, max_num_seqs=256)
@@ -305,6 +348,13 @@ def main() -> None:
         for batch_size in args.throughput:
             for k in (0, args.k, None):
                 emit(decode_throughput(pair.llm, batch_size, k, seed=args.seed))
+                if args.breakdown:
+                    timer = StepBreakdown(pair.llm)
+                    try:
+                        decode_throughput(pair.llm, batch_size, k, seed=args.seed, max_tokens=64)
+                    finally:
+                        emit({"batch_size": batch_size, "k": "adaptive" if k is None else k,
+                              "breakdown": timer.close()})
 
 
 if __name__ == "__main__":

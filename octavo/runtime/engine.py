@@ -122,7 +122,8 @@ class LLMEngine:
             with distributed.runner_scope(workers.parallel("draft") if workers else None):
                 self.spec_decoder = SpecDecoder(self, config.speculative_config)
         num_blocks = self.model_runner.initialize_kv_cache()
-        self.model_runner.capture_cuda_graphs()
+        # Under speculation the target also verifies k + 1 tokens per request through graphs.
+        self.model_runner.capture_cuda_graphs(self.spec_decoder.graph_query_lens if self.spec_decoder else (1,))
         if self.spec_decoder is not None:
             self.spec_decoder.initialize_kv_cache(num_blocks)
 

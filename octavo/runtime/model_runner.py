@@ -12,9 +12,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
+from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, StepGraph, graph_key
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
@@ -25,8 +27,9 @@ from octavo.runtime.scheduler import SchedulerOutput
 
 logger = logging.getLogger("octavo")
 
+SPEC_GRAPH_MAX_BATCH = 64  # largest batch with multi-token (speculative) graphs
+
 CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on a CPU when none is given
-CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
 
 
 def build_model(model_config: ModelConfig, device: torch.device, tp: TPGroup = SINGLE) -> torch.nn.Module:
@@ -80,55 +83,6 @@ class StepInputs:
 
 
 @dataclass
-class DecodeGraph:
-    graph: "torch.cuda.CUDAGraph"
-    size: int
-    hidden: torch.Tensor  # the graph's output, [size, hidden]
-
-
-class GraphBuffers:
-    """Static input tensors shared by every captured decode graph; a replay copies the step's
-    inputs into their first rows and pads the rest (slot -1: nothing written; length 1: a
-    harmless read of block 0)."""
-
-    def __init__(self, max_batch: int, max_blocks: int, device: torch.device) -> None:
-        self.input_ids = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.positions = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.slot_mapping = torch.full((max_batch,), -1, dtype=torch.long, device=device)
-        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros(max_batch, max_blocks, dtype=torch.int32, device=device)
-        self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
-
-    def meta(self, size: int) -> AttentionMetadata:
-        return AttentionMetadata(slot_mapping=self.slot_mapping[:size], query_start_loc=self.query_start_loc[: size + 1],
-                                 seq_lens=self.seq_lens[:size], block_tables=self.block_tables[:size],
-                                 decode_only=True)
-
-    def capture(self, model: torch.nn.Module, size: int, pool) -> DecodeGraph:
-        meta = self.meta(size)
-        for _ in range(2):  # warm up: Triton compiles and autotunes outside the capture
-            model(self.input_ids[:size], self.positions[:size], meta)
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            hidden = model(self.input_ids[:size], self.positions[:size], meta)
-        return DecodeGraph(graph, size, hidden)
-
-    def replay(self, entry: DecodeGraph, inputs: StepInputs) -> torch.Tensor:
-        batch = inputs.input_ids.shape[0]
-        width = inputs.meta.block_tables.shape[1]
-        self.input_ids[:batch].copy_(inputs.input_ids)
-        self.positions[:batch].copy_(inputs.positions)
-        self.slot_mapping[:batch].copy_(inputs.meta.slot_mapping)
-        self.slot_mapping[batch : entry.size].fill_(-1)
-        self.seq_lens[:batch].copy_(inputs.meta.seq_lens)
-        self.seq_lens[batch : entry.size].fill_(1)
-        self.block_tables[:batch, :width].copy_(inputs.meta.block_tables)
-        entry.graph.replay()
-        return entry.hidden[:batch]
-
-
-@dataclass
 class RunnerOutput:
     logits: torch.Tensor  # [rows, vocab] float32
     inputs: StepInputs
@@ -142,7 +96,7 @@ class ModelRunner:
         # Tensor parallel: this rank's group; on rank 0, the workers every call is mirrored to.
         self.parallel = parallel if parallel is not None else current_runner_parallel()
         self.enforce_eager = enforce_eager or device.type != "cuda"
-        self.graphs: dict[int, DecodeGraph] = {}
+        self.graphs: dict[tuple[int, int], StepGraph] = {}  # (batch size, tokens per request)
         self.graph_buffers: GraphBuffers | None = None
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
@@ -343,6 +297,7 @@ class ModelRunner:
     def run_shard(self, host: dict) -> None:
         """A worker rank's part of a step: the same forward and LM head as rank 0 (their collectives
         pair up with rank 0's); the logits are gathered to rank 0."""
+        host = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
         inputs = StepInputs.from_host(host, self.device)
         self._shard_logits(inputs, self.forward(inputs))
 
@@ -354,38 +309,44 @@ class ModelRunner:
         return self.model.compute_logits(hidden[inputs.logits_indices])
 
     def forward(self, inputs: StepInputs) -> torch.Tensor:
-        """The model over the flat batch: a captured CUDA graph for decode batches that fit one,
-        eager otherwise."""
-        batch = inputs.meta.seq_lens.shape[0]
-        if inputs.meta.decode_only and self.graphs:
-            size = next((s for s in sorted(self.graphs) if s >= batch), None)
-            if size is not None:
-                return self.graph_buffers.replay(self.graphs[size], inputs)
+        """The model over the flat batch: a captured CUDA graph when one holds the step (every
+        request with at most its query length of new tokens), eager otherwise."""
+        if self.graphs and inputs.host is not None:
+            key = graph_key(inputs.host, self._graph_keys)
+            if key is not None:
+                return self.graph_buffers.replay(self.graphs[key], inputs.host, inputs.meta.block_tables)
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     # ---- CUDA graphs ------------------------------------------------------------------------
-    def capture_cuda_graphs(self) -> None:
-        """Capture one decode graph per batch size in CAPTURE_SIZES (up to max_num_seqs); a
-        decode step is padded to the next captured size and replayed. Logs the cost."""
+    def capture_cuda_graphs(self, query_lens: tuple[int, ...] = (1,)) -> None:
+        """Capture a graph per batch size in CAPTURE_SIZES (up to max_num_seqs) and query length:
+        1 for plain decode, k + 1 under speculation (the target's verification, the draft's
+        catch-up). Multi-token graphs stop at SPEC_GRAPH_MAX_BATCH requests: beyond that adaptive
+        speculation is off anyway. Logs the cost."""
         if self.enforce_eager or not self.kv_caches:
             return
-        self.parallel.call("capture_cuda_graphs")  # every rank captures the same sizes in lockstep
+        query_lens = tuple(sorted(set(query_lens)))
+        self.parallel.call("capture_cuda_graphs", query_lens)  # every rank captures alike, in lockstep
         start = time.perf_counter()
         free_before = torch.cuda.mem_get_info(self.device)[0]
         max_seqs = self.scheduler_config.max_num_seqs
         sizes = [s for s in CAPTURE_SIZES if s <= max_seqs]
         if not sizes or sizes[-1] < max_seqs <= CAPTURE_SIZES[-1]:
             sizes.append(next(s for s in CAPTURE_SIZES if s >= max_seqs))
+        keys = [(size, q) for q in query_lens for size in sizes if q == 1 or size <= SPEC_GRAPH_MAX_BATCH]
         max_blocks = -(-self.scheduler_config.max_model_len // self.block_size)
-        self.graph_buffers = GraphBuffers(max(sizes), max_blocks, self.device)
+        self.graph_buffers = GraphBuffers(max(sizes), max(query_lens), max_blocks, self.device)
         pool = torch.cuda.graph_pool_handle()
         with torch.inference_mode():
-            for size in sorted(sizes, reverse=True):  # largest first: later ones reuse its memory
-                self.graphs[size] = self.graph_buffers.capture(self.model, size, pool)
+            # Most tokens first: later graphs reuse the first one's memory.
+            for size, q in sorted(keys, key=lambda key: key[0] * key[1], reverse=True):
+                self.graphs[(size, q)] = self.graph_buffers.capture(self.model, size, q, pool)
+        self._graph_keys = sorted(self.graphs)
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
-        logger.info("captured %d CUDA graphs (batch sizes %s..%s) in %.1fs using %.0f MiB", len(sizes),
-                    min(sizes), max(sizes), time.perf_counter() - start, used / 2**20)
+        logger.info("captured %d CUDA graphs (batch sizes %s..%s, tokens per request %s) in %.1fs using %.0f MiB",
+                    len(keys), min(sizes), max(sizes), "/".join(map(str, query_lens)),
+                    time.perf_counter() - start, used / 2**20)
 
     @torch.inference_mode()
     def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:

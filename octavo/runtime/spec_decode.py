@@ -418,8 +418,16 @@ class SpecDecoder:
         cache_config = dataclasses.replace(self.engine.config.cache_config, num_gpu_blocks=num_blocks)
         self.draft_runner.cache_config = cache_config
         self.draft_runner.initialize_kv_cache()
-        self.draft_runner.capture_cuda_graphs()  # the k - 1 single-token draft steps replay these
+        # The k - 1 single-token draft steps and the catch-ups after a verification (at most
+        # k + 1 tokens: the accepted proposals and the target's token) replay these.
+        self.draft_runner.capture_cuda_graphs(self.graph_query_lens)
         self.draft_kv = KVCacheManager(num_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+
+    @property
+    def graph_query_lens(self) -> tuple[int, ...]:
+        """Tokens per request of the CUDA graphs both runners capture: plain decode, and the
+        verification of k proposals (the target) or a catch-up (the draft)."""
+        return (1, self.k_max + 1) if self.k_max > 0 else (1,)
 
     def set_cost_model(self, cost: SpecCostModel) -> None:
         """Replace the cost model (the prior of adaptive k) and forget measured step times."""

@@ -1,0 +1,149 @@
+"""CUDA graphs for small-query steps: plain decode (one token per request) and speculative steps
+(a few tokens per request: the target verifying k proposals, the draft catching up).
+
+A graph is captured per (batch size, query length Q) over static buffers. A step whose requests
+each have at most Q new tokens replays the smallest graph that holds it: every request's tokens
+are laid out in a row of Q slots, and the unused slots and unused request rows are padding.
+
+Why padding is exact: a padding token sits after its request's real tokens, so the causal mask
+hides it from every real query; its cache slot is -1, so nothing is written; and its output row
+is never read back. Padding requests have context Q and read whatever block ids their stale table
+rows hold: real blocks, finite values (the cache is zero-initialised), results discarded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from octavo.runtime.layers.attention import AttentionMetadata
+
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+
+
+@dataclass
+class PaddedStep:
+    """A flat step laid out for a (size, query_len) graph: host tensors, and where each real
+    token's row lands (`rows`, None when the layout is already the graph's)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    seq_lens: torch.Tensor
+    rows: torch.Tensor | None
+
+
+def pad_step(host: dict, query_len: int) -> PaddedStep:
+    """Lay a flat batch out as one row of `query_len` token slots per request (pure, host-side).
+
+    Request i's tokens go to rows i*Q .. i*Q + q_i - 1; its padding slots repeat its last position
+    (a valid position for any position table) with cache slot -1, and its context grows by the
+    padding so that its real queries keep their positions."""
+    starts = host["query_start_loc"].long()
+    q = starts[1:] - starts[:-1]
+    if bool((q == query_len).all()):
+        return PaddedStep(host["input_ids"], host["positions"], host["slot_mapping"], host["seq_lens"], None)
+    batch = q.shape[0]
+    owner = torch.repeat_interleave(torch.arange(batch), q)
+    rows = owner * query_len + (torch.arange(owner.shape[0]) - starts[owner])
+    last = starts[1:] - 1
+    input_ids = torch.zeros(batch * query_len, dtype=host["input_ids"].dtype)
+    positions = host["positions"][last].repeat_interleave(query_len)
+    slot_mapping = torch.full((batch * query_len,), -1, dtype=host["slot_mapping"].dtype)
+    input_ids[rows] = host["input_ids"]
+    positions[rows] = host["positions"]
+    slot_mapping[rows] = host["slot_mapping"]
+    seq_lens = host["seq_lens"] + (query_len - q).to(host["seq_lens"].dtype)
+    return PaddedStep(input_ids, positions, slot_mapping, seq_lens, rows)
+
+
+def graph_key(host: dict, keys: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The smallest captured (size, query_len) that holds this step, or None (run eager)."""
+    starts = host["query_start_loc"]
+    batch = starts.shape[0] - 1
+    longest = int((starts[1:] - starts[:-1]).max())
+    fits = [(size * q, q, size) for size, q in keys if size >= batch and q >= longest]
+    if not fits:
+        return None
+    _, q, size = min(fits)
+    return size, q
+
+
+@dataclass
+class StepGraph:
+    graph: "torch.cuda.CUDAGraph"
+    size: int  # request rows
+    query_len: int  # token slots per request
+    hidden: torch.Tensor  # the graph's output, [size * query_len, hidden]
+
+
+class GraphBuffers:
+    """Static inputs shared by every captured graph; a replay copies the step's (padded) inputs
+    into their first rows and pads the remaining requests (slot -1, context Q)."""
+
+    def __init__(self, max_batch: int, max_query_len: int, max_blocks: int, device: torch.device) -> None:
+        max_tokens = max_batch * max_query_len
+        self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
+        self.slot_mapping = torch.full((max_tokens,), -1, dtype=torch.long, device=device)
+        self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
+        # Padding lengthens a context by up to Q - 1 tokens: room for the blocks it may reach.
+        self.block_tables = torch.zeros(max_batch, max_blocks + max_query_len, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
+        self.starts = {}
+        self.device = device
+
+    def meta(self, size: int, query_len: int) -> AttentionMetadata:
+        if query_len not in self.starts:
+            self.starts[query_len] = self.query_start_loc * query_len
+        return AttentionMetadata(slot_mapping=self.slot_mapping[: size * query_len],
+                                 query_start_loc=self.starts[query_len][: size + 1],
+                                 seq_lens=self.seq_lens[:size], block_tables=self.block_tables[:size],
+                                 decode_only=query_len == 1)
+
+    def capture(self, model: torch.nn.Module, size: int, query_len: int, pool) -> StepGraph:
+        tokens = size * query_len
+        self.seq_lens[:size].fill_(query_len)
+        self.slot_mapping[:tokens].fill_(-1)
+        meta = self.meta(size, query_len)
+        for _ in range(2):  # warm up: Triton compiles and autotunes outside the capture
+            model(self.input_ids[:tokens], self.positions[:tokens], meta)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            hidden = model(self.input_ids[:tokens], self.positions[:tokens], meta)
+        return StepGraph(graph, size, query_len, hidden)
+
+    def replay(self, entry: StepGraph, host: dict, tables: torch.Tensor) -> torch.Tensor:
+        """Run the step through the graph; returns hidden states in the step's own flat order."""
+        rows = self._load(entry.size, entry.query_len, host, tables)
+        entry.graph.replay()
+        return self._unpad(entry.hidden, rows, host)
+
+    def run_eager(self, model: torch.nn.Module, size: int, query_len: int, host: dict,
+                  tables: torch.Tensor) -> torch.Tensor:
+        """What replay computes, without a graph: the same buffers, padding and read-back (so
+        the CPU tests check the layout the graphs replay)."""
+        rows = self._load(size, query_len, host, tables)
+        tokens = size * query_len
+        hidden = model(self.input_ids[:tokens], self.positions[:tokens], self.meta(size, query_len))
+        return self._unpad(hidden, rows, host)
+
+    def _load(self, size: int, query_len: int, host: dict, tables: torch.Tensor) -> torch.Tensor | None:
+        padded = pad_step(host, query_len)
+        batch = padded.seq_lens.shape[0]
+        tokens = padded.input_ids.shape[0]
+        self.input_ids[:tokens].copy_(padded.input_ids, non_blocking=True)
+        self.positions[:tokens].copy_(padded.positions, non_blocking=True)
+        self.slot_mapping[:tokens].copy_(padded.slot_mapping, non_blocking=True)
+        self.slot_mapping[tokens : size * query_len].fill_(-1)
+        self.seq_lens[:batch].copy_(padded.seq_lens, non_blocking=True)
+        self.seq_lens[batch:size].fill_(query_len)
+        self.block_tables[:batch, : tables.shape[1]].copy_(tables)
+        return padded.rows
+
+    def _unpad(self, hidden: torch.Tensor, rows: torch.Tensor | None, host: dict) -> torch.Tensor:
+        if rows is None:
+            return hidden[: host["input_ids"].shape[0]]
+        return hidden.index_select(0, rows.to(self.device, non_blocking=True))
