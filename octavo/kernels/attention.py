@@ -220,6 +220,12 @@ def _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, alibi_slopes)
             raise ValueError(f"{name} must be contiguous in head_dim (stride {t.stride(-1)})")
 
 
+def _block_d(head_dim: int) -> int:
+    """Columns of the q/k tiles: a power of two, and at least 16 (tl.dot's smallest inner size;
+    head dims below it are masked, as odd ones are)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def _dot_precision(dtype: torch.dtype) -> str | None:
     # Float32 caches get exact float32 products; Triton's default for them would be tf32.
     return "ieee" if dtype == torch.float32 else None
@@ -247,7 +253,7 @@ def paged_decode_attention(
     if batch == 0:
         return out
     group = num_heads // num_kv_heads
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = _block_d(head_dim)
     config = _decode_config(block_d, k_cache.dtype)
     num_partitions = decode_num_partitions(batch, num_kv_heads, block_tables.shape[1], block_size,
                                            query.device)
@@ -534,7 +540,7 @@ def paged_attention(
         min(triton.next_power_of_2(triton.cdiv(num_tokens, batch)), 128),
     )
     meta = dict(
-        NUM_Q_PER_KV=group, HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
+        NUM_Q_PER_KV=group, HEAD_DIM=head_dim, BLOCK_D=_block_d(head_dim),
         KV_BLOCK_SIZE=block_size, HAS_ALIBI=alibi_slopes is not None,
         HAS_WINDOW=sliding_window is not None, DOT_PRECISION=_dot_precision(k_cache.dtype),
     )

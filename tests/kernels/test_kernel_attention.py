@@ -57,6 +57,7 @@ DECODE_CASES = [
     pytest.param(torch.bfloat16, 64, 8, 2, 16, [50, 7, 20], False, 20, id="window-bf16"),
     pytest.param(torch.float32, 64, 4, 4, 16, [0, 31, 16, 1], False, None, id="no-split-empty"),
     pytest.param(torch.float32, 64, 8, 1, 8, [90], True, 33, id="alibi-window"),
+    pytest.param(torch.float32, 8, 4, 2, 16, [3, 40], False, None, id="hd8-below-dot-minimum"),
 ]
 
 
@@ -104,6 +105,7 @@ PREFILL_CASES = [
                  id="spec-verify"),
     pytest.param(torch.float32, 32, 7, 1, 16, [11, 0, 3], [0, 9, 20], False, None,
                  id="group7-empty-query"),
+    pytest.param(torch.float32, 8, 4, 2, 16, [5, 3], [0, 20], False, None, id="hd8-below-dot-minimum"),
 ]
 
 

@@ -64,17 +64,21 @@ def test_padded_layout_matches_the_unpadded_step(llama_dir, new):
     # Fill the contexts' K/V with a prefill of each request.
     prefill = flat_step([0] * len(new), contexts, tables, block_size, vocab)
     width = max(map(len, tables))
-    table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+    device = runner.device  # the CPU in CI; the device run takes the Triton kernels
+    table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
 
-    def meta(host, decode_only=False):
-        return AttentionMetadata(slot_mapping=host["slot_mapping"], query_start_loc=host["query_start_loc"],
-                                 seq_lens=host["seq_lens"], block_tables=table_tensor, decode_only=decode_only)
+    def run(host, decode_only=False):
+        meta = AttentionMetadata(slot_mapping=host["slot_mapping"].to(device),
+                                 query_start_loc=host["query_start_loc"].to(device),
+                                 seq_lens=host["seq_lens"].to(device), block_tables=table_tensor,
+                                 decode_only=decode_only)
+        return model(host["input_ids"].to(device), host["positions"].to(device), meta)
 
     with torch.inference_mode():
-        model(prefill["input_ids"], prefill["positions"], meta(prefill))
+        run(prefill)
         step = flat_step(contexts, new, tables, block_size, vocab)
-        expected = model(step["input_ids"], step["positions"], meta(step, decode_only=max(new) == 1))
-        buffers = GraphBuffers(max_batch=4, max_query_len=4, max_blocks=8, device=torch.device("cpu"))
+        expected = run(step, decode_only=max(new) == 1)
+        buffers = GraphBuffers(max_batch=4, max_query_len=4, max_blocks=8, device=device)
         buffers.block_tables.fill_(13)  # stale rows of earlier steps: real blocks, never read back
         query_len = 1 if max(new) == 1 else 4
         got = buffers.run_eager(model, 4, query_len, step, table_tensor)
