@@ -224,7 +224,8 @@ def _allreduce_rank(rank: int, world_size: int, port: int, device_type: str, num
     dist.barrier()
     if rank == 0:
         queue.put(results)
-    dist.destroy_process_group()
+    # Abort, not destroy: destroying an NCCL group waits on the peers and hung on 2x H200.
+    dist.distributed_c10d._abort_process_group()
 
 
 def allreduce_latency(plan: dict, rows: list[dict], save) -> list[dict]:
@@ -254,14 +255,14 @@ def allreduce_latency(plan: dict, rows: list[dict], save) -> list[dict]:
                     if failed or time.monotonic() > deadline:
                         raise RuntimeError(f"all-reduce ranks at TP={tp} failed (exit codes "
                                            f"{[p.exitcode for p in processes]}) or took over 300 s")
+            rows += [dict(r, tensor_parallel_size=tp) for r in results]
+            save()
             for p in processes:
-                p.join(timeout=60)
+                p.join(timeout=10)
         finally:
             for p in processes:
                 if p.is_alive():
                     p.kill()
-        rows += [dict(r, tensor_parallel_size=tp) for r in results]
-        save()
     return rows
 
 

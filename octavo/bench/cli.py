@@ -101,6 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--num-warmups", type=int,
                        help="warm-up requests (default: 2 alone, then 2x the largest concurrency at it)")
     serve.add_argument("--request-timeout", type=float, default=600.0)
+    serve.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
+    serve.add_argument("--prompt-text", help="a UTF-8 text file: prompts are windows of its tokens (the model's "
+                                             "tokenizer) at seeded offsets instead of random token ids")
+    serve.add_argument("--warmup-each-level", action="store_true",
+                       help="one untimed round (c requests) just before each level, after the warm-up")
+    serve.add_argument("--time-budget", type=float,
+                       help="seconds: start no level once the sweep (warm-up included) has run this long")
+    serve.add_argument("--speculative-model", help="with --launch: the server's draft model")
+    serve.add_argument("--num-speculative-tokens", type=int, help="with --speculative-model: k (the maximum "
+                                                                   "when the server adapts k)")
     serve.add_argument("--latency-anchor", action="store_true",
                        help="with --launch: time octavo's batch-1 decode step in process after the sweep")
     serve.add_argument("--anchor-iters", type=int, default=3)

@@ -210,18 +210,36 @@ SERVE_COLUMNS = [
 ]
 
 
+SPEC_COLUMNS = [
+    ("acceptance", lambda p: _num(p["acceptance_rate"], 3)),
+    ("tokens / verification", lambda p: _num(p["tokens_per_verification"], 2)),
+    ("mean k", lambda p: _num(p["drafts_per_verification"], 2)),
+]
+
+
 def serve_markdown(result: dict) -> str:
     settings = result["settings"]
-    head = ["concurrency", "requests", "errors"] + [name for name, _ in SERVE_COLUMNS]
-    rows = [[str(s["concurrency"]), str(s["num_requests"]), str(s["num_errors"])] + [f(s) for _, f in SERVE_COLUMNS]
+    speculative = any(s.get("spec") for s in result["levels"])
+    columns = SERVE_COLUMNS + ([(name, lambda s, f=f: f(s["spec"]) if s.get("spec") else "—")
+                                for name, f in SPEC_COLUMNS] if speculative else [])
+    head = ["concurrency", "requests", "errors"] + [name for name, _ in columns]
+    rows = [[str(s["concurrency"]), str(s["num_requests"]), str(s["num_errors"])] + [f(s) for _, f in columns]
             for s in result["levels"]]
     lengths = (f"prompt {settings['input_len_range'] or settings['input_len']}, "
                f"output {settings['output_len_range'] or settings['output_len']} tokens")
     text = header(result, "Serving sweep") + table(head, rows)
     text += (f"\nStreaming /v1/completions at {settings['base_url']}"
              + (" (launched by the benchmark)" if settings["launched"] else "")
-             + f", {lengths}, ignore_eos; c requests always in flight. TPOT = (E2E - TTFT) / (tokens - 1); "
+             + f", {lengths}, ignore_eos, temperature {settings.get('temperature', 0.0)}"
+             + (f", prompts cut from {settings['prompt_text']}" if settings.get("prompt_text") else "")
+             + "; c requests always in flight. TPOT = (E2E - TTFT) / (tokens - 1); "
              "per-user tok/s = 1 / TPOT; ITL = gaps between streamed chunks."
+             + (f" Draft {settings['speculative_model']}, k <= {settings.get('num_speculative_tokens')}; acceptance "
+                "= accepted / drafted tokens over the level (the server's /metrics counters), tokens / verification "
+                "= tokens emitted per verified request-step, mean k = drafts per verified request-step."
+                if settings.get("speculative_model") else "")
+             + (f" Levels skipped (time budget): {settings['skipped_levels']}." if settings.get("skipped_levels")
+                else "")
              + (" The dummy model was given a synthetic word-level tokenizer of its vocabulary size (id i -> "
                 "\"w<i>\"), so the server detokenizes and streams text per token as for a real model."
                 if settings.get("synthetic_tokenizer") else "") + "\n")

@@ -32,7 +32,7 @@ from octavo.bench import roofline as roofline_mod
 from octavo.bench.env import environment
 from octavo.bench.measure import percentile, progress, summarize
 from octavo.bench.models import ModelSpec, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
-from octavo.bench.workload import BenchRequest, fixed_requests, parse_range, random_requests
+from octavo.bench.workload import BenchRequest, parse_range, random_requests, text_requests
 
 logger = logging.getLogger("octavo")
 
@@ -40,10 +40,10 @@ COMPLETIONS_PATH = "/v1/completions"
 
 
 # ---- the client ----------------------------------------------------------------------------------
-async def stream_completion(client: Any, model: str, request: BenchRequest) -> dict:
+async def stream_completion(client: Any, model: str, request: BenchRequest, temperature: float = 0.0) -> dict:
     """Send one streaming completion; return its timings (seconds on perf_counter) and errors."""
     payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
-               "temperature": 0.0, "ignore_eos": True, "stream": True,
+               "temperature": temperature, "ignore_eos": True, "stream": True,
                "stream_options": {"include_usage": True}}
     chunk_times: list[float] = []
     usage = None
@@ -109,7 +109,7 @@ def token_record(request: BenchRequest, sent: float, done: float, chunk_times: l
 
 
 async def run_level(base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
-                    timeout_s: float, desc: str) -> tuple[list[dict], float]:
+                    timeout_s: float, desc: str, temperature: float = 0.0) -> tuple[list[dict], float]:
     """Run `requests` with `concurrency` in flight; returns the records and the wall time."""
     import httpx
 
@@ -120,7 +120,7 @@ async def run_level(base_url: str, model: str, requests: list[BenchRequest], con
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
         async def user() -> None:
             for index in pending:  # one shared iterator: each request is taken once
-                records[index] = await stream_completion(client, model, requests[index])
+                records[index] = await stream_completion(client, model, requests[index], temperature)
                 bar.update(1)
 
         start = time.perf_counter()
@@ -156,6 +156,72 @@ def summarize_level(concurrency: int, records: list[dict], wall_s: float) -> dic
     }
 
 
+# ---- the server's counters -----------------------------------------------------------------------
+def parse_counters(text: str) -> dict[str, float]:
+    """octavo's counters in a Prometheus text exposition, as {name: value}: the name without the
+    `octavo:` prefix and the `_total` suffix, the value summed over label sets."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("octavo:"):
+            continue
+        if "{" in line:
+            name, rest = line[: line.index("{")], line[line.rindex("}") + 1:].split()
+        else:
+            name, *rest = line.split()
+        if not name.endswith("_total") or not rest:
+            continue
+        try:
+            value = float(rest[0])
+        except ValueError:
+            continue
+        key = name[len("octavo:"): -len("_total")]
+        values[key] = values.get(key, 0.0) + value
+    return values
+
+
+def scrape_counters(base_url: str) -> dict[str, float] | None:
+    """The server's counters now (GET /metrics), or None when it has no octavo metrics."""
+    import httpx
+
+    try:
+        response = httpx.get(base_url + "/metrics", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    return parse_counters(response.text) or None
+
+
+def counter_deltas(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
+    if before is None or after is None:
+        return None
+    return {name: value - before.get(name, 0.0) for name, value in after.items()}
+
+
+def spec_summary(deltas: dict[str, float] | None) -> dict | None:
+    """Speculative decoding over one level, from the server's counter deltas (None without a draft).
+
+    Each verified request-step emits its accepted drafts plus one token of the target's, so the
+    number of verified request-steps is emitted - accepted. acceptance_rate = accepted / drafted;
+    tokens_per_verification = emitted / verified request-steps (the mean accepted length + 1, k = 0
+    rows of a verification step included); drafts_per_verification = the mean k chosen;
+    verified_fraction = share of all generated tokens that came out of verification steps."""
+    if not deltas or "spec_decode_num_draft_tokens" not in deltas:
+        return None
+    drafted = deltas.get("spec_decode_num_draft_tokens", 0.0)
+    accepted = deltas.get("spec_decode_num_accepted_tokens", 0.0)
+    emitted = deltas.get("spec_decode_num_emitted_tokens", 0.0)
+    generated = deltas.get("generation_tokens", 0.0)
+    steps = emitted - accepted
+    return {
+        "drafted": int(drafted), "accepted": int(accepted), "emitted": int(emitted), "verifications": int(steps),
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "tokens_per_verification": emitted / steps if steps else None,
+        "drafts_per_verification": drafted / steps if steps else None,
+        "verified_fraction": emitted / generated if generated else None,
+    }
+
+
 # ---- the server ----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -173,6 +239,11 @@ def server_command(args: Any, spec: ModelSpec, port: int) -> list[str]:
             command += [f"--{flag.replace('_', '-')}", str(value)]
     if getattr(args, "enforce_eager", False):
         command.append("--enforce-eager")
+    if getattr(args, "no_enable_prefix_caching", False):
+        command.append("--no-enable-prefix-caching")
+    if getattr(args, "speculative_model", None):
+        command += ["--speculative-model", args.speculative_model,
+                    "--num-speculative-tokens", str(args.num_speculative_tokens)]
     return command + shlex.split(args.server_args or "")
 
 
@@ -253,12 +324,12 @@ def level_requests(args: Any, concurrency: int, vocab_size: int, count: int | No
     """The requests of one level (fixed lengths, or uniform over the ranges), seeded by level."""
     count = count or args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
     seed = args.seed + 1000 * concurrency if seed is None else seed
-    if args.input_len_range or args.output_len_range:
-        input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
-        output_range = (parse_range(args.output_len_range) if args.output_len_range
-                        else (args.output_len, args.output_len))
-        return random_requests(count, input_range, output_range, vocab_size, seed)
-    return fixed_requests(count, args.input_len, args.output_len, vocab_size, seed)
+    input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
+    output_range = parse_range(args.output_len_range) if args.output_len_range else (args.output_len, args.output_len)
+    corpus = getattr(args, "prompt_corpus_ids", None)
+    if corpus:  # --prompt-text: windows of real text
+        return text_requests(corpus, count, input_range, output_range, seed, getattr(args, "prompt_bos_id", None))
+    return random_requests(count, input_range, output_range, vocab_size, seed)
 
 
 def warm_up(args: Any, base_url: str, model: str, vocab_size: int) -> None:
@@ -274,31 +345,61 @@ def warm_up(args: Any, base_url: str, model: str, vocab_size: int) -> None:
     else:
         plan = []
     for index, (concurrency, count) in enumerate(plan):
-        requests = level_requests(args, concurrency, vocab_size, count=count, seed=args.seed - 1 - index)
-        records, _ = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
-                                           f"warm-up at concurrency {concurrency}"))
-        failed = [r["error"] for r in records if r["error"]]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
+        warm_level(args, base_url, model, vocab_size, concurrency, count, args.seed - 1 - index)
+
+
+def warm_level(args: Any, base_url: str, model: str, vocab_size: int, concurrency: int, count: int,
+               seed: int) -> None:
+    """`count` untimed requests at `concurrency`; any failure stops the benchmark."""
+    requests = level_requests(args, concurrency, vocab_size, count=count, seed=seed)
+    records, _ = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
+                                       f"warm-up at concurrency {concurrency}", getattr(args, "temperature", 0.0)))
+    failed = [r["error"] for r in records if r["error"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
 
 
 def sweep(args: Any, base_url: str, model: str, vocab_size: int, levels: list[dict], records: list[dict],
-          save: Callable[[], None]) -> None:
-    """Warm up, then run every concurrency level, appending summaries and records as they come."""
+          save: Callable[[], None]) -> list[int]:
+    """Warm up, then run every concurrency level, appending summaries and records as they come.
+    With --warmup-each-level, one untimed round (c requests) runs just before each level. With
+    --time-budget, no level starts once the sweep has run that long; returns the levels skipped.
+    Each level records the server's counter deltas over it (/metrics), speculative acceptance
+    included."""
+    start = time.monotonic()
+    budget = getattr(args, "time_budget", None)
+    temperature = getattr(args, "temperature", 0.0)
     warm_up(args, base_url, model, vocab_size)
+    skipped: list[int] = []
     for concurrency in sorted(set(args.concurrency)):
+        if budget is not None and time.monotonic() - start > budget:
+            skipped.append(concurrency)
+            logger.warning("concurrency %d skipped: the sweep has run %.0f s of its %.0f s budget", concurrency,
+                           time.monotonic() - start, budget)
+            continue
+        if getattr(args, "warmup_each_level", False):
+            warm_level(args, base_url, model, vocab_size, concurrency, concurrency, args.seed - 500 - concurrency)
         requests = level_requests(args, concurrency, vocab_size)
+        before = scrape_counters(base_url)
         level_records, wall = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
-                                                    f"concurrency {concurrency}"))
+                                                    f"concurrency {concurrency}", temperature))
+        deltas = counter_deltas(before, scrape_counters(base_url))
         for record in level_records:
             record["concurrency"] = concurrency
         summary = summarize_level(concurrency, level_records, wall)
+        summary["server_counters"] = deltas
+        summary["spec"] = spec_summary(deltas)
         levels.append(summary)
         records.extend(level_records)
-        logger.info("concurrency %d: %.0f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms, %d errors", concurrency,
+        spec = summary["spec"]
+        logger.info("concurrency %d: %.0f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms, %d errors%s", concurrency,
                     summary["output_tokens_per_s"], summary["ttft_ms"]["p50"], summary["tpot_ms"]["p50"],
-                    summary["num_errors"])
+                    summary["num_errors"],
+                    f", acceptance {spec['acceptance_rate']:.3f} ({spec['tokens_per_verification']:.2f} tokens per "
+                    f"verification, mean k {spec['drafts_per_verification']:.2f})"
+                    if spec and spec["acceptance_rate"] is not None else "")
         save()
+    return skipped
 
 
 def hf_levels(args: Any, spec: ModelSpec, vocab_size: int, dtype: Any, device: Any) -> list[dict]:
@@ -342,6 +443,25 @@ def latency_anchor(args: Any, spec: ModelSpec) -> dict:
             "decode_step_ms": row["decode_step_ms"]}
 
 
+def load_prompt_corpus(args: Any, spec: ModelSpec) -> None:
+    """--prompt-text FILE: the file's text in the model's token ids (its own tokenizer, no special
+    tokens), kept on args for level_requests, which cuts prompts out of it at seeded offsets (each
+    after the tokenizer's BOS, when it has one)."""
+    from transformers import AutoTokenizer
+
+    if not has_tokenizer(spec.path):
+        raise ValueError(f"--prompt-text needs the model's tokenizer, and {spec.path} has none")
+    with open(args.prompt_text, encoding="utf-8") as f:
+        text = f.read()
+    tokenizer = AutoTokenizer.from_pretrained(spec.path)
+    args.prompt_corpus_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    args.prompt_bos_id = tokenizer.bos_token_id
+    longest = parse_range(args.input_len_range)[1] if args.input_len_range else args.input_len
+    if len(args.prompt_corpus_ids) < 2 * longest:
+        raise ValueError(f"--prompt-text {args.prompt_text} is {len(args.prompt_corpus_ids)} tokens long: give at "
+                         f"least twice the longest prompt ({longest} tokens)")
+
+
 def model_config(spec: ModelSpec) -> dict:
     with open(os.path.join(spec.path, "config.json")) as f:
         return json.load(f)
@@ -366,10 +486,18 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
     if not args.launch and (args.baseline == "hf" or args.latency_anchor):
         raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server "
                          "stops: use them with --launch")
+    speculative_model = getattr(args, "speculative_model", None)
+    if speculative_model and not args.launch:
+        raise ValueError("--speculative-model is a flag for the server this benchmark launches: use it with "
+                         "--launch (a running server was started with its own draft)")
+    if speculative_model and not getattr(args, "num_speculative_tokens", None):
+        raise ValueError("--speculative-model needs --num-speculative-tokens (e.g. 4)")
     config = model_config(spec)
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
         raise ValueError(f"{spec.path}/config.json names no vocab_size; token-id prompts need one")
+    if getattr(args, "prompt_text", None):
+        load_prompt_corpus(args, spec)
     device, dtype = local_device_and_dtype(args, config)
     levels: list[dict] = []
     records: list[dict] = []
@@ -384,7 +512,13 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
                      "prompts_per_user": args.prompts_per_user, "min_prompts_per_level": args.min_prompts_per_level,
                      "num_warmups": args.num_warmups, "seed": args.seed, "base_url": args.base_url,
                      "launched": bool(args.launch), "server_command": None, "synthetic_tokenizer": False,
-                     "baseline": args.baseline},
+                     "baseline": args.baseline, "temperature": getattr(args, "temperature", 0.0),
+                     "speculative_model": speculative_model,
+                     "num_speculative_tokens": getattr(args, "num_speculative_tokens", None),
+                     "prompt_text": getattr(args, "prompt_text", None),
+                     "prompt_corpus_tokens": len(getattr(args, "prompt_corpus_ids", None) or []) or None,
+                     "warmup_each_level": bool(getattr(args, "warmup_each_level", False)),
+                     "time_budget": getattr(args, "time_budget", None), "skipped_levels": []},
         "roofline": roofline_mod.measure(args.device) if args.roofline else None,
         "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0,
         "records": records,
@@ -409,12 +543,12 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
             settings.update(base_url=base_url, server_command=shlex.join(command))
             model = args.served_model_name or served_model_name(base_url, spec.path)
             result["model"]["served_name"] = model
-            sweep(args, base_url, model, vocab_size, levels, records, save)
+            settings["skipped_levels"] = sweep(args, base_url, model, vocab_size, levels, records, save)
     else:
         base_url = args.base_url.rstrip("/")
         model = args.served_model_name or served_model_name(base_url, spec.path)
         result["model"]["served_name"] = model
-        sweep(args, base_url, model, vocab_size, levels, records, save)
+        settings["skipped_levels"] = sweep(args, base_url, model, vocab_size, levels, records, save)
 
     ratios = result["ratios"]
     if args.latency_anchor:

@@ -54,6 +54,27 @@ def fixed_requests(num_requests: int, input_len: int, output_len: int, vocab_siz
     return random_requests(num_requests, (input_len, input_len), (output_len, output_len), vocab_size, seed)
 
 
+def text_requests(corpus_ids: list[int], num_requests: int, input_range: tuple[int, int],
+                  output_range: tuple[int, int], seed: int, bos_token_id: int | None = None) -> list[BenchRequest]:
+    """Prompts cut out of a tokenized text at seeded offsets (a draft's acceptance depends on the
+    text it continues, so a trained pair is measured on real text), each after BOS when given."""
+    if num_requests < 1:
+        raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
+    rng = random.Random(seed)
+    extra = 0 if bos_token_id is None else 1
+    requests = []
+    for _ in range(num_requests):
+        prompt_len = rng.randint(*input_range)
+        output_len = rng.randint(*output_range)
+        body = prompt_len - extra
+        if body > len(corpus_ids):
+            raise ValueError(f"the prompt text has {len(corpus_ids)} tokens, fewer than a {prompt_len}-token prompt")
+        start = rng.randrange(len(corpus_ids) - body + 1)
+        prompt = ([bos_token_id] if extra else []) + list(corpus_ids[start:start + body])
+        requests.append(BenchRequest(prompt, output_len))
+    return requests
+
+
 def batches(items: list, size: int) -> list[list]:
     """Consecutive chunks of `size` in the given order (a user's static batches)."""
     return [items[i : i + size] for i in range(0, len(items), size)]

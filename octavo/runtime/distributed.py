@@ -290,7 +290,8 @@ class WorkerGroup:
             self.conns.append(parent)
         self._stop_r, self._stop_w = multiprocessing.Pipe(duplex=False)
         # Dropping the engine without shutdown() still stops the workers and frees the group.
-        self._finalizer = weakref.finalize(self, _release, self.processes[1:], self.conns[1:], self._stop_w)
+        self._finalizer = weakref.finalize(self, _release, self.processes[1:], self.conns[1:], self._stop_w,
+                                           self.device_type)
         try:
             self.collect(range(1, world_size), timeout=collective_timeout_s())  # each has imported and is ready
             _init_process_group(0, world_size, init_method, self.device_type)
@@ -434,7 +435,19 @@ def _watch(ref: "weakref.ref[WorkerGroup]", sentinels: dict[Any, int], stop: Any
     group.on_worker_exit([sentinels[s] for s in ready])
 
 
-def _release(processes: list[Any], conns: list[Any], stop: Any) -> None:
+def _leave_process_group(device_type: str) -> None:
+    """NCCL: abort, which returns at once. Destroying an NCCL group waits for the peers to do the
+    same, and hangs (seen on 2x H200) when one has already gone. gloo: destroy."""
+    if not dist.is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        if device_type == "cuda":
+            dist.distributed_c10d._abort_process_group()
+        else:
+            dist.destroy_process_group()
+
+
+def _release(processes: list[Any], conns: list[Any], stop: Any, device_type: str = "cpu") -> None:
     """Stop the workers that are left, end the watchdog, leave the process group."""
     with contextlib.suppress(Exception):
         stop.send(None)
@@ -446,9 +459,7 @@ def _release(processes: list[Any], conns: list[Any], stop: Any) -> None:
     for conn in conns:
         with contextlib.suppress(Exception):
             conn.close()
-    if dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
+    _leave_process_group(device_type)
 
 
 def launch_workers(config: "EngineConfig") -> WorkerGroup | None:
@@ -504,8 +515,7 @@ def worker_main(rank: int, world_size: int, init_method: str, device_type: str, 
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
         os._exit(1)
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
+    _leave_process_group(device_type)
 
 
 # Messages rank 0 sends -> the ModelRunner method a worker runs for each. Only these are accepted.
