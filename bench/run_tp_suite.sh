@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.."
 DIR="${OUT:-bench/results/tp-suite}/tp"
 PY="${PYTHON:-python3}"
 BUDGET="${TP_SUITE_BUDGET_S:-555}"
+# TP_SUITE_STEPS=tests-graphs,scaling,... runs only the named steps (a re-run of what failed).
 GRACE=10     # seconds between a step's SIGINT and its SIGKILL
 RESERVE=40   # kept after the last step: kill grace, GPUs settling, summary
 MIN_STEP=30  # a step with less time left than this is skipped
@@ -52,6 +53,11 @@ gpus_settle() {  # wait (30 s at most) until no step's process holds GPU memory
 
 run_step() {  # run_step NAME WANT_S KEEP_S CMD...: CMD under min(WANT_S, time left - KEEP_S - RESERVE)
   local name=$1 want=$2 keep=$3; shift 3
+  if [ -n "${TP_SUITE_STEPS:-}" ] && [[ ",$TP_SUITE_STEPS," != *",$name,"* ]]; then
+    SUMMARY+=("$(printf '%-15s not selected (TP_SUITE_STEPS)' "$name")")
+    LAST_RC=skipped
+    return 0
+  fi
   local left=$(( BUDGET - RESERVE - keep - SECONDS ))
   local limit=$(( want < left ? want : left ))
   if (( limit < MIN_STEP )); then

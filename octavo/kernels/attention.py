@@ -42,11 +42,18 @@ _PROGRAMS_PER_SM = 4
 
 
 # --------------------------------------------------------------------------------------------
+# Scalars that change from step to step (batch size, block-table width, partitions): Triton
+# would compile a variant for each of 1, multiples of 16 and the rest, and a new variant in the
+# middle of serving stalls every request for the length of a compile.
+_PER_STEP_SCALARS_DECODE = ["sliding_window", "num_partitions", "stride_bt"]
+_PER_STEP_SCALARS_PREFILL = ["sliding_window", "num_seqs", "stride_bt", "QLEN_HINT"]
+
+
 # Decode
 # --------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP_SCALARS_DECODE)
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
     out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr,
@@ -350,7 +357,7 @@ def _prefill_tile(
     return acc, l_i, m_new
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_PER_STEP_SCALARS_PREFILL)
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, seq_lens_ptr,
     alibi_ptr, out_ptr,

@@ -317,16 +317,43 @@ class ModelRunner:
                 return self.graph_buffers.replay(self.graphs[key], inputs.host, inputs.meta.block_tables)
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
-    # ---- CUDA graphs ------------------------------------------------------------------------
+    # ---- start-up: kernels and CUDA graphs ---------------------------------------------------
+    @torch.inference_mode()
+    def warm_up_prefill_kernels(self) -> None:
+        """Compile and autotune the prefill/extend attention kernel for every tokens-per-request
+        bucket (its autotuning key) before serving: a first-time compile in the middle of serving
+        stalls every running request for seconds. One tiny forward per bucket, written into the
+        not yet used cache."""
+        start = time.perf_counter()
+        budget = self.scheduler_config.max_num_batched_tokens
+        block_size = self.block_size
+        length = 2
+        while length <= min(128, budget, self.num_blocks * block_size):
+            positions = torch.arange(length, device=self.device)
+            meta = AttentionMetadata(
+                slot_mapping=positions.clone(),
+                query_start_loc=torch.tensor([0, length], dtype=torch.int32, device=self.device),
+                seq_lens=torch.tensor([length], dtype=torch.int32, device=self.device),
+                block_tables=torch.arange(-(-length // block_size), dtype=torch.int32, device=self.device)[None],
+                decode_only=False)
+            self.model(torch.zeros(length, dtype=torch.long, device=self.device), positions, meta)
+            length *= 2
+        torch.cuda.synchronize(self.device)
+        logger.info("attention kernels compiled and tuned in %.1fs", time.perf_counter() - start)
+
     def capture_cuda_graphs(self, query_lens: tuple[int, ...] = (1,)) -> None:
-        """Capture a graph per batch size in CAPTURE_SIZES (up to max_num_seqs) and query length:
+        """Warm the kernels up (warm_up_prefill_kernels), then, unless eager, capture a graph per
+        batch size in CAPTURE_SIZES (up to max_num_seqs) and query length:
         1 for plain decode, k + 1 under speculation (the target's verification, the draft's
         catch-up). Multi-token graphs stop at SPEC_GRAPH_MAX_BATCH requests: beyond that adaptive
         speculation is off anyway. Logs the cost."""
-        if self.enforce_eager or not self.kv_caches:
+        if self.device.type != "cuda" or not self.kv_caches:
             return
         query_lens = tuple(sorted(set(query_lens)))
         self.parallel.call("capture_cuda_graphs", query_lens)  # every rank captures alike, in lockstep
+        self.warm_up_prefill_kernels()
+        if self.enforce_eager:
+            return
         start = time.perf_counter()
         free_before = torch.cuda.mem_get_info(self.device)[0]
         max_seqs = self.scheduler_config.max_num_seqs
