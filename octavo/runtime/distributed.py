@@ -515,6 +515,8 @@ def worker_main(rank: int, world_size: int, init_method: str, device_type: str, 
         with contextlib.suppress(Exception):
             conn.send(("error", traceback.format_exc()))
         os._exit(1)
+    for runner in runners.values():
+        runner.release_cuda_graphs()  # graphs holding NCCL work make the group's teardown hang
     _leave_process_group(device_type)
 
 

@@ -131,6 +131,11 @@ class LLMEngine:
         """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1). The engine
         cannot step afterwards."""
         if self.workers is not None:
+            # CUDA graphs that captured NCCL collectives make the communicators' teardown hang
+            # (pytorch/pytorch#115388): every rank drops its graphs before leaving the group.
+            self.model_runner.release_cuda_graphs()
+            if self.spec_decoder is not None:
+                self.spec_decoder.draft_runner.release_cuda_graphs()
             self.workers.shutdown()
 
     @classmethod

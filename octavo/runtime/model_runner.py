@@ -8,6 +8,7 @@ verified position under speculation, prompt positions for prompt_logprobs) go th
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -374,6 +375,16 @@ class ModelRunner:
         logger.info("captured %d CUDA graphs (batch sizes %s..%s, tokens per request %s) in %.1fs using %.0f MiB",
                     len(keys), min(sizes), max(sizes), "/".join(map(str, query_lens)),
                     time.perf_counter() - start, used / 2**20)
+
+    def release_cuda_graphs(self) -> None:
+        """Drop the captured graphs and their memory (before a tensor-parallel group is left)."""
+        if not self.graphs:
+            return
+        self.graphs.clear()
+        self.graph_buffers = None
+        gc.collect()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:
