@@ -255,18 +255,32 @@ class MeasuredStepCost:
     dropped at batch sizes where it loses. The first sample of each (bucket, k) is discarded
     (compilation, warm-up), and a sample is clipped to 4x the running value (a stall)."""
 
-    def __init__(self, model: SpecCostModel, weight: float = 0.2) -> None:
+    def __init__(self, model: SpecCostModel, weight: float = 0.2, refresh_steps: int = 256) -> None:
         self.model = model
         self.weight = weight
+        self.refresh_steps = refresh_steps
         self.seconds: dict[tuple[int, int], float] = {}
         self.samples: dict[tuple[int, int], int] = {}
+        self.since_plain: dict[int, int] = {}  # per bucket: speculative steps since a plain one
 
     @staticmethod
     def bucket(batch_size: int) -> int:
         return 1 << max(0, int(batch_size).bit_length() - 1)
 
+    def plain_step_due(self, batch_size: int) -> bool:
+        """Whether this bucket needs a measured plain step: speculation was timed here but plain
+        decoding was not (yet, or not for refresh_steps steps). Without that point the fitted
+        line has nothing to compare k > 0 with; it would extrapolate k = 0 from the k > 0 points,
+        and keep speculating where a draft costs as much as the target (small, launch-bound
+        models)."""
+        bucket = self.bucket(batch_size)
+        if self.samples.get((bucket, 0), 0) < 2:  # the first sample of a key is discarded
+            return any(b == bucket and k > 0 for b, k in self.samples)
+        return self.since_plain.get(bucket, 0) >= self.refresh_steps
+
     def observe(self, batch_size: int, k: int, seconds: float) -> None:
         key = (self.bucket(batch_size), k)
+        self.since_plain[key[0]] = 0 if k == 0 else self.since_plain.get(key[0], 0) + 1
         count = self.samples.get(key, 0)
         self.samples[key] = count + 1
         if count == 0:
@@ -506,16 +520,21 @@ class SpecDecoder:
         if self.adaptive and all(choose_num_speculative_tokens(1.0, len(running), self.k_max, cost) == 0
                                  for cost in (self.cost, self.measured)):
             return  # not even a perfect draft would pay at this batch size: plain decoding
+        # Now and then a plain step, to time one at this batch size (MeasuredStepCost.plain_step_due).
+        explore = self.adaptive and self.measured.plain_step_due(len(running))
         plan: list[tuple[Request, int]] = []
         for request in running:
             if not self._ready(request):
                 continue
-            k = self.choose_k(request, len(running))
+            if explore and self._cost_for(request) is self.measured:
+                k = 0
+            else:
+                k = self.choose_k(request, len(running))
+                if k == 0 and self.adaptive:
+                    self._estimate(request).forget()
             self.last_k[request.request_id] = k
             if k > 0:
                 plan.append((request, k))
-            elif self.adaptive:
-                self._estimate(request).forget()
         if plan:
             self._draft(plan)
             # k draft forwards ran; a catch-up with no proposals is no sample of any k (-1).

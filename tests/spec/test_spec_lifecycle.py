@@ -129,6 +129,27 @@ def test_measured_step_times_override_a_hopeful_model(pair):
     assert draft_forwards[0] == 0
 
 
+def test_a_bucket_timed_only_with_drafts_gets_a_timed_plain_step(pair):
+    """Speculative steps were timed at batch size 1, plain ones never: the next decode steps
+    run without drafts until a plain step has been timed (its first sample is warm-up)."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    engine = llm.llm_engine
+    measured = engine.spec_decoder.measured
+    measured.samples[(1, 4)] = 3
+    measured.seconds[(1, 4)] = 0.05
+    draft_forwards = count_draft_forwards(llm)
+    engine.add_request("only", {"prompt_token_ids": [5, 6, 7, 8]},
+                       SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    engine.step()  # the prompt
+    for _ in range(2):
+        engine.step()  # decode steps, plain: they time k = 0 at batch size 1
+    assert draft_forwards[0] == 0
+    assert measured.samples[(1, 0)] == 2 and (1, 0) in measured.seconds
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
 def test_adaptive_k_speculates_when_it_pays(exact_pair):
     target, draft = exact_pair
     llm = make_llm(target, draft, k=4, adaptive=True)

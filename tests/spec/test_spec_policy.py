@@ -100,3 +100,25 @@ def test_measurement_discards_warm_up_and_clips_stalls():
     assert cost.seconds[(2, 0)] == 0.010
     cost.observe(3, 0, 1.0)  # bucket 2 as well; a stall is clipped to 4x before averaging
     assert cost.seconds[(2, 0)] == pytest.approx(0.010 + 0.5 * (0.040 - 0.010))
+
+
+def test_a_plain_step_is_timed_wherever_speculation_was():
+    """Without a measured k = 0 point the fit extrapolates plain decoding from the k > 0 steps
+    and calls it as slow as they are; the engine then times a plain step in that bucket, and
+    again every refresh_steps speculative steps."""
+    cost = MeasuredStepCost(GPU_LIKE, refresh_steps=10)
+    assert not cost.plain_step_due(4)  # nothing timed: the model alone decides
+    for _ in range(3):
+        cost.observe(4, 4, 0.030)
+    assert cost.plain_step_due(4) and cost.plain_step_due(7)  # same bucket
+    assert not cost.plain_step_due(8)  # another bucket, nothing speculative timed there
+    cost.observe(4, 0, 0.007)
+    assert cost.plain_step_due(4)  # the first sample of a key is warm-up
+    cost.observe(4, 0, 0.007)
+    assert not cost.plain_step_due(4)
+    assert choose_num_speculative_tokens(0.5, 4, 4, cost) == 0  # 0.030 s for 1.94 tokens loses
+    for _ in range(9):
+        cost.observe(4, 4, 0.030)
+    assert not cost.plain_step_due(4)
+    cost.observe(4, 4, 0.030)
+    assert cost.plain_step_due(4)
