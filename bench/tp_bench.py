@@ -224,7 +224,9 @@ def _allreduce_rank(rank: int, world_size: int, port: int, device_type: str, num
     dist.barrier()
     if rank == 0:
         queue.put(results)
-    # Abort, not destroy: destroying an NCCL group waits on the peers and hung on 2x H200.
+    # The results are out. Teardown may hang: graphs captured this group's collectives
+    # (pytorch/pytorch#115388). The parent kills a rank that has not exited after 10 s.
+    graph = None
     dist.distributed_c10d._abort_process_group()
 
 

@@ -436,8 +436,9 @@ def _watch(ref: "weakref.ref[WorkerGroup]", sentinels: dict[Any, int], stop: Any
 
 
 def _leave_process_group(device_type: str) -> None:
-    """NCCL: abort, which returns at once. Destroying an NCCL group waits for the peers to do the
-    same, and hangs (seen on 2x H200) when one has already gone. gloo: destroy."""
+    """NCCL: abort rather than destroy; destroy waits for peers that may already have gone. Both
+    hang (2x H200) while CUDA graphs that captured the group's collectives are alive
+    (pytorch/pytorch#115388): callers drop their graphs first. gloo: destroy."""
     if not dist.is_initialized():
         return
     with contextlib.suppress(Exception):
