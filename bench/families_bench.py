@@ -67,29 +67,18 @@ def _first_mismatch(got: list[list[int]], expected: list[list[int]], lengths: li
 
 def hf_greedy_reference(model_dir: Path, prompts: list[list[int]], max_tokens: int, device: torch.device,
                         attn: str) -> dict:
-    """transformers' greedy tokens, and the smallest top-1/top-2 logit gap along them (how close
-    the trajectory comes to a tie: a gap near fp32 noise makes any reordering flip a token)."""
-    from transformers import AutoModelForCausalLM
+    """transformers' greedy tokens (the tests' reference, ignore_eos as octavo runs), and the
+    smallest top-1/top-2 logit gap along them (how close the trajectory comes to a tie: a gap near
+    fp32 noise makes any reordering flip a token)."""
+    from hf_reference import forget_models, hf_greedy
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
-    model = model.to(device).eval()
-    # octavo runs with ignore_eos: EOS is a token like any other. (min_new_tokens would instead
-    # forbid EOS, and the tiny model's argmax is EOS now and then.)
-    model.generation_config.eos_token_id = None
-    tokens, min_margin = [], float("inf")
-    for ids in prompts:
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([ids], device=device),
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
-                                 max_new_tokens=max_tokens, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0, output_scores=True, return_dict_in_generate=True)
-        tokens.append(out.sequences[0, len(ids):].tolist())
-        for scores in out.scores:
-            top2 = scores[0].float().topk(2).values
-            min_margin = min(min_margin, float(top2[0] - top2[1]))
-    del model
-    free_device_memory()
-    return {"tokens": tokens, "min_margin": min_margin}
+    try:
+        tokens, margins = hf_greedy(model_dir, prompts, max_tokens, ignore_eos=True, device=device,
+                                    attn_implementation=attn, with_margins=True)
+    finally:
+        forget_models()
+        free_device_memory()
+    return {"tokens": tokens, "min_margin": min(min(m) for m in margins)}
 
 
 # ---- 1. token-exact on a tiny model of the same architecture -------------------------------------

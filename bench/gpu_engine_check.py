@@ -25,21 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def hf_greedy(model_dir, prompts_ids, max_new_tokens, dtype):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).cuda().eval()
-    model.generation_config.eos_token_id = None
-    outs = []
-    for ids in prompts_ids:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=0)
-        outs.append(out[0, len(ids):].tolist())
-    return outs, model
-
-
 def check_token_exact(root: Path, results: dict) -> bool:
+    from hf_reference import forget_models, hf_greedy
     from octavo import LLM, SamplingParams
     from tiny_models import build_checkpoint
 
@@ -53,7 +40,8 @@ def check_token_exact(root: Path, results: dict) -> bool:
             params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
             outs = llm.generate(prompts, params, use_tqdm=False)
             tok = llm.get_tokenizer()
-            expected, _ = hf_greedy(model_dir, [tok.encode(p) for p in prompts], 32, torch.float32)
+            expected = hf_greedy(model_dir, [tok.encode(p) for p in prompts], 32, ignore_eos=True, device="cuda")
+            forget_models()
             got = [o.outputs[0].token_ids for o in outs]
             match = got == expected
             ok &= match

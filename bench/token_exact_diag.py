@@ -48,19 +48,15 @@ def prompts_for(vocab: int) -> list[list[int]]:
 def oracle(model_dir: Path, prompts: list[list[int]]) -> dict:
     """transformers fp32 CPU eager: greedy tokens, then per trajectory its log-softmax at the
     generated positions and its hidden states."""
-    from transformers import AutoModelForCausalLM
+    from hf_reference import hf_greedy, hf_model
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
-    model.generation_config.eos_token_id = None  # octavo runs with ignore_eos: EOS may be the argmax
+    tokens = hf_greedy(model_dir, prompts, MAX_TOKENS, ignore_eos=True, attn_implementation="eager")
+    model = hf_model(model_dir, attn_implementation="eager")
     result = {"tokens": [], "logprobs": [], "hidden": [], "margins": []}
-    for ids in prompts:
+    for ids, generated in zip(prompts, tokens):
+        full = torch.tensor(ids + generated)
         with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None,
-                                 pad_token_id=0)
-            full = out[0]
             forward = model(full[None], output_hidden_states=True)
-        generated = full[len(ids):].tolist()
         logits = forward.logits[0, len(ids) - 1 : -1].float()
         top2 = logits.topk(2, dim=-1).values
         result["tokens"].append(generated)

@@ -1,5 +1,6 @@
 """Tiny random GPT-2 and BLOOM checkpoints (built with transformers, saved with save_pretrained,
-the shared locally trained tokenizer beside them) and transformers' greedy output as the oracle."""
+the shared locally trained tokenizer beside them). transformers' outputs, the oracle, come from
+tests/hf_reference.py."""
 
 from __future__ import annotations
 
@@ -66,40 +67,3 @@ def build_family_checkpoint(root: Path, family: str, seed: int = 0, tag: str = "
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
-
-
-_HF_MODELS: dict[str, torch.nn.Module] = {}
-
-
-def hf_model(model_dir: Path):
-    from transformers import AutoModelForCausalLM
-
-    key = str(model_dir)
-    if key not in _HF_MODELS:
-        _HF_MODELS[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    return _HF_MODELS[key]
-
-
-def hf_greedy(model_dir: Path, prompts_ids: list[list[int]], max_new_tokens: int,
-              ignore_eos: bool = False) -> list[list[int]]:
-    """transformers' greedy continuation of each prompt, one prompt at a time (no padding), stopped
-    at EOS like the engine unless ignore_eos."""
-    model = hf_model(model_dir)
-    eos = None if ignore_eos else model.config.eos_token_id
-    outputs = []
-    for ids in prompts_ids:
-        with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=0)
-        outputs.append(out[0, len(ids):].tolist())
-    return outputs
-
-
-def hf_prompt_logprobs(model_dir: Path, ids: list[int]) -> torch.Tensor:
-    """log p(ids[i + 1] | ids[:i + 1]) for every i, float32."""
-    model = hf_model(model_dir)
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0].float()
-    logprobs = torch.log_softmax(logits[:-1], dim=-1)
-    return logprobs.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]

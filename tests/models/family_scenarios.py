@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from family_checkpoints import hf_greedy, hf_prompt_logprobs
+from hf_reference import hf_greedy, hf_prompt_logprobs
 from octavo import LLM, SamplingParams
 from tiny_models import PROMPTS
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import family_scenarios as scenarios
-from family_checkpoints import build_family_checkpoint, gpt2_config, hf_greedy
+from family_checkpoints import build_family_checkpoint, gpt2_config
+from hf_reference import hf_greedy
 from octavo import LLM, SamplingParams
 
 
