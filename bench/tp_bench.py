@@ -224,8 +224,9 @@ def _allreduce_rank(rank: int, world_size: int, port: int, device_type: str, num
     dist.barrier()
     if rank == 0:
         queue.put(results)
-    # The results are out. Teardown may hang: graphs captured this group's collectives
-    # (pytorch/pytorch#115388). The parent kills a rank that has not exited after 10 s.
+    # The results are out. Drop the graph first: while a graph that captured this group's
+    # collectives is alive, teardown hangs (pytorch/pytorch#115388). The parent still kills a rank
+    # that has not exited after 10 s.
     graph = None
     dist.distributed_c10d._abort_process_group()
 

@@ -115,35 +115,41 @@ class GraphBuffers:
             hidden = model(self.input_ids[:tokens], self.positions[:tokens], meta)
         return StepGraph(graph, size, query_len, hidden)
 
-    def replay(self, entry: StepGraph, host: dict, tables: torch.Tensor) -> torch.Tensor:
-        """Run the step through the graph; returns hidden states in the step's own flat order."""
-        rows = self._load(entry.size, entry.query_len, host, tables)
+    def replay(self, entry: StepGraph, host: dict, input_ids: torch.Tensor, positions: torch.Tensor,
+               meta: AttentionMetadata) -> torch.Tensor:
+        """Run the step through the graph; returns hidden states in the step's own flat order.
+        `host` is the step on the CPU, the other arguments the same step already on the device."""
+        rows = self._load(entry.size, entry.query_len, host, input_ids, positions, meta)
         entry.graph.replay()
-        return self._unpad(entry.hidden, rows, host)
+        return self._unpad(entry.hidden, rows, input_ids.shape[0])
 
-    def run_eager(self, model: torch.nn.Module, size: int, query_len: int, host: dict,
-                  tables: torch.Tensor) -> torch.Tensor:
+    def run_eager(self, model: torch.nn.Module, size: int, query_len: int, host: dict, input_ids: torch.Tensor,
+                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """What replay computes, without a graph: the same buffers, padding and read-back (so
         the CPU tests check the layout the graphs replay)."""
-        rows = self._load(size, query_len, host, tables)
+        rows = self._load(size, query_len, host, input_ids, positions, meta)
         tokens = size * query_len
         hidden = model(self.input_ids[:tokens], self.positions[:tokens], self.meta(size, query_len))
-        return self._unpad(hidden, rows, host)
+        return self._unpad(hidden, rows, input_ids.shape[0])
 
-    def _load(self, size: int, query_len: int, host: dict, tables: torch.Tensor) -> torch.Tensor | None:
+    def _load(self, size: int, query_len: int, host: dict, input_ids: torch.Tensor, positions: torch.Tensor,
+              meta: AttentionMetadata) -> torch.Tensor | None:
         padded = pad_step(host, query_len)
-        batch = padded.seq_lens.shape[0]
-        tokens = padded.input_ids.shape[0]
-        self.input_ids[:tokens].copy_(padded.input_ids, non_blocking=True)
-        self.positions[:tokens].copy_(padded.positions, non_blocking=True)
-        self.slot_mapping[:tokens].copy_(padded.slot_mapping, non_blocking=True)
+        if padded.rows is None:  # already the graph's layout: copy from the step's device tensors
+            ids, pos, slots, lens = input_ids, positions, meta.slot_mapping, meta.seq_lens
+        else:
+            ids, pos, slots, lens = padded.input_ids, padded.positions, padded.slot_mapping, padded.seq_lens
+        batch, tokens = lens.shape[0], ids.shape[0]
+        self.input_ids[:tokens].copy_(ids, non_blocking=True)
+        self.positions[:tokens].copy_(pos, non_blocking=True)
+        self.slot_mapping[:tokens].copy_(slots, non_blocking=True)
         self.slot_mapping[tokens : size * query_len].fill_(-1)
-        self.seq_lens[:batch].copy_(padded.seq_lens, non_blocking=True)
+        self.seq_lens[:batch].copy_(lens, non_blocking=True)
         self.seq_lens[batch:size].fill_(query_len)
-        self.block_tables[:batch, : tables.shape[1]].copy_(tables)
+        self.block_tables[:batch, : meta.block_tables.shape[1]].copy_(meta.block_tables)
         return padded.rows
 
-    def _unpad(self, hidden: torch.Tensor, rows: torch.Tensor | None, host: dict) -> torch.Tensor:
+    def _unpad(self, hidden: torch.Tensor, rows: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
         if rows is None:
-            return hidden[: host["input_ids"].shape[0]]
+            return hidden[:num_tokens]
         return hidden.index_select(0, rows.to(self.device, non_blocking=True))

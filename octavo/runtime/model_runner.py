@@ -66,15 +66,17 @@ class StepInputs:
     sample_rows: dict[str, list[int]] = field(default_factory=dict)
     # request id -> (first prompt position, rows) for prompt logprobs
     prompt_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
-    # The same batch as CPU arrays (what tensor-parallel workers are sent), and decode_only.
+    # The same batch as CPU tensors (what tensor-parallel workers are sent), and decode_only.
     host: dict | None = None
 
     @classmethod
     def from_host(cls, host: dict, device: torch.device, **rows) -> "StepInputs":
+        """The step on `device`; `host` may hold numpy arrays (as a worker receives it) and is
+        kept as CPU tensors."""
+        host = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
+
         def put(name: str) -> torch.Tensor:
-            value = host[name]
-            tensor = torch.from_numpy(value) if not isinstance(value, torch.Tensor) else value
-            return tensor.to(device, non_blocking=True)
+            return host[name].to(device, non_blocking=True)
 
         meta = AttentionMetadata(slot_mapping=put("slot_mapping"), query_start_loc=put("query_start_loc"),
                                  seq_lens=put("seq_lens"), block_tables=put("block_tables"),
@@ -298,7 +300,6 @@ class ModelRunner:
     def run_shard(self, host: dict) -> None:
         """A worker rank's part of a step: the same forward and LM head as rank 0 (their collectives
         pair up with rank 0's); the logits are gathered to rank 0."""
-        host = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
         inputs = StepInputs.from_host(host, self.device)
         self._shard_logits(inputs, self.forward(inputs))
 
@@ -315,7 +316,8 @@ class ModelRunner:
         if self.graphs and inputs.host is not None:
             key = graph_key(inputs.host, self._graph_keys)
             if key is not None:
-                return self.graph_buffers.replay(self.graphs[key], inputs.host, inputs.meta.block_tables)
+                return self.graph_buffers.replay(self.graphs[key], inputs.host, inputs.input_ids, inputs.positions,
+                                                 inputs.meta)
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     # ---- start-up: kernels and CUDA graphs ---------------------------------------------------

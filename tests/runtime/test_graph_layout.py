@@ -67,20 +67,21 @@ def test_padded_layout_matches_the_unpadded_step(llama_dir, new):
     device = runner.device  # the CPU in CI; the device run takes the Triton kernels
     table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=device)
 
-    def run(host, decode_only=False):
+    def on_device(host, decode_only=False):
         meta = AttentionMetadata(slot_mapping=host["slot_mapping"].to(device),
                                  query_start_loc=host["query_start_loc"].to(device),
                                  seq_lens=host["seq_lens"].to(device), block_tables=table_tensor,
                                  decode_only=decode_only)
-        return model(host["input_ids"].to(device), host["positions"].to(device), meta)
+        return host["input_ids"].to(device), host["positions"].to(device), meta
 
     with torch.inference_mode():
-        run(prefill)
+        model(*on_device(prefill))
         step = flat_step(contexts, new, tables, block_size, vocab)
-        expected = run(step, decode_only=max(new) == 1)
+        step_on_device = on_device(step, decode_only=max(new) == 1)
+        expected = model(*step_on_device)
         buffers = GraphBuffers(max_batch=4, max_query_len=4, max_blocks=8, device=device)
         buffers.block_tables.fill_(13)  # stale rows of earlier steps: real blocks, never read back
         query_len = 1 if max(new) == 1 else 4
-        got = buffers.run_eager(model, 4, query_len, step, table_tensor)
+        got = buffers.run_eager(model, 4, query_len, step, *step_on_device)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
