@@ -310,6 +310,80 @@ class StepBreakdown:
         return {"steps": self.steps, **ms}
 
 
+class Annotated:
+    """The engine's phases as named profiler ranges, patched on the instances only while a
+    profile runs (a range costs microseconds; serving never pays for it)."""
+
+    def __init__(self, llm) -> None:
+        engine = llm.llm_engine
+        spec = engine.spec_decoder
+        self.patched = [(engine, "step", "octavo.step"), (engine.scheduler, "schedule", "octavo.schedule"),
+                        (spec, "propose", "octavo.draft"), (spec.draft_runner, "execute", "octavo.draft_forward"),
+                        (engine.model_runner, "execute", "octavo.target_forward"),
+                        (spec, "_verify", "octavo.verify_sample"), (engine.model_runner, "sample", "octavo.sample"),
+                        (spec, "after_step", "octavo.after_step"), (engine.model_runner, "prepare", "octavo.prepare"),
+                        (spec.draft_runner, "prepare", "octavo.prepare")]
+        self.saved = []
+        for obj, name, label in self.patched:
+            original = getattr(obj, name)
+            self.saved.append((obj, name, obj.__dict__.get(name)))
+            setattr(obj, name, self._ranged(original, label))
+
+    @staticmethod
+    def _ranged(fn, label):
+        def wrapper(*args, **kwargs):
+            with torch.profiler.record_function(label):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def close(self) -> None:
+        for obj, name, own in reversed(self.saved):
+            if own is None:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, own)
+
+
+def profile_steps(llm, batch_size: int, k: int | None, out_dir: Path, label: str, max_tokens: int = 48,
+                  seed: int = 0) -> dict[str, Any]:
+    """One batch run under torch.profiler: wall time per engine step against the GPU's busy time
+    (kernels and copies), the engine's phases (host time), and the top kernels and host ops,
+    written as text tables to out_dir/<label>-*.txt."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = [0]
+    engine = llm.llm_engine
+    step = engine.step
+
+    def counted(*args, **kwargs):
+        steps[0] += 1
+        return step(*args, **kwargs)
+
+    engine.step = counted
+    annotated = Annotated(llm)
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run = decode_throughput(llm, batch_size, k, max_tokens=max_tokens, seed=seed)
+    finally:
+        annotated.close()
+        del engine.step
+    averages = prof.key_averages()
+    n = max(steps[0], 1)
+    # Kernels and copies are events of their own on the device (a CPU op's device total repeats them).
+    busy_us = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA)
+    phases = {e.key: {"calls_per_step": e.count / n, "host_ms_per_step": e.cpu_time_total / n / 1e3}
+              for e in averages if e.key.startswith("octavo.")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{label}-device.txt").write_text(averages.table(sort_by="self_device_time_total", row_limit=30))
+    (out_dir / f"{label}-host.txt").write_text(averages.table(sort_by="self_cpu_time_total", row_limit=30))
+    wall_ms = 1e3 * run["seconds"] / n
+    return {"label": label, "batch_size": batch_size, "k": run["k"], "steps": steps[0],
+            "wall_ms_per_step": wall_ms, "gpu_busy_ms_per_step": busy_us / n / 1e3,
+            "gpu_idle_fraction": 1.0 - busy_us / n / 1e3 / wall_ms, "output_tokens_per_s": run["output_tokens_per_s"],
+            "acceptance_rate": run["acceptance_rate"], "phases": phases}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="llama-3.1-8b", help="bench/configs name, config.json or model dir")
@@ -323,6 +397,9 @@ def main() -> None:
     parser.add_argument("--throughput", type=int, nargs="*", default=[],
                         help="batch sizes at which to time plain, fixed-k and adaptive decoding")
     parser.add_argument("--out", help="also append the JSON lines to this file")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="profile plain, k and adaptive decoding per throughput point (the k run with the "
+                             "draft chained on the device and with each proposal read back); tables in DIR")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time each step's parts (drafting, verification, the rest) per throughput point")
     args = parser.parse_args()
@@ -348,6 +425,15 @@ def main() -> None:
         for batch_size in args.throughput:
             for k in (0, args.k, None):
                 emit(decode_throughput(pair.llm, batch_size, k, seed=args.seed))
+                if args.profile:
+                    spec = pair.llm.llm_engine.spec_decoder
+                    for on_device in ((True, False) if k else (True,)):
+                        spec.draft_on_device = on_device
+                        label = (f"s{pair.scale:g}-b{batch_size}-k{'adaptive' if k is None else k}"
+                                 + ("" if k == 0 else "-chained" if on_device else "-readback"))
+                        emit({"profile": profile_steps(pair.llm, batch_size, k, Path(args.profile), label,
+                                                       seed=args.seed)})
+                    spec.draft_on_device = True
                 if args.breakdown:
                     timer = StepBreakdown(pair.llm)
                     try:

@@ -134,22 +134,30 @@ class GraphBuffers:
 
     def _load(self, size: int, query_len: int, host: dict, input_ids: torch.Tensor, positions: torch.Tensor,
               meta: AttentionMetadata) -> torch.Tensor | None:
+        """Copy the step into the buffers; returns the device rows of its tokens when padded.
+        Token ids always come from the device tensor (they may exist only there: a draft step's
+        own proposals), the rest from the host layout when the step needs padding."""
         padded = pad_step(host, query_len)
+        tokens = size * query_len
         if padded.rows is None:  # already the graph's layout: copy from the step's device tensors
-            ids, pos, slots, lens = input_ids, positions, meta.slot_mapping, meta.seq_lens
+            rows = None
+            pos, slots, lens = positions, meta.slot_mapping, meta.seq_lens
+            self.input_ids[: input_ids.shape[0]].copy_(input_ids, non_blocking=True)
         else:
-            ids, pos, slots, lens = padded.input_ids, padded.positions, padded.slot_mapping, padded.seq_lens
-        batch, tokens = lens.shape[0], ids.shape[0]
-        self.input_ids[:tokens].copy_(ids, non_blocking=True)
-        self.positions[:tokens].copy_(pos, non_blocking=True)
-        self.slot_mapping[:tokens].copy_(slots, non_blocking=True)
-        self.slot_mapping[tokens : size * query_len].fill_(-1)
+            rows = padded.rows.to(self.device, non_blocking=True)
+            pos, slots, lens = padded.positions, padded.slot_mapping, padded.seq_lens
+            self.input_ids[: pos.shape[0]].zero_()
+            self.input_ids.index_copy_(0, rows, input_ids)
+        batch, used = lens.shape[0], pos.shape[0]
+        self.positions[:used].copy_(pos, non_blocking=True)
+        self.slot_mapping[:used].copy_(slots, non_blocking=True)
+        self.slot_mapping[used:tokens].fill_(-1)
         self.seq_lens[:batch].copy_(lens, non_blocking=True)
         self.seq_lens[batch:size].fill_(query_len)
         self.block_tables[:batch, : meta.block_tables.shape[1]].copy_(meta.block_tables)
-        return padded.rows
+        return rows
 
     def _unpad(self, hidden: torch.Tensor, rows: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
         if rows is None:
             return hidden[:num_tokens]
-        return hidden.index_select(0, rows.to(self.device, non_blocking=True))
+        return hidden.index_select(0, rows)

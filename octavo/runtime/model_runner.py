@@ -278,8 +278,15 @@ class ModelRunner:
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def execute(self, sched: SchedulerOutput, input_ids: torch.Tensor | None = None) -> RunnerOutput:
+        """One forward over the scheduled tokens. `input_ids`, when given, are the step's token ids
+        already on the device (the draft feeding its own proposals back without waiting for them
+        on the host); the requests' token lists then only need placeholders there."""
         inputs = self.prepare(sched)
+        if input_ids is not None:
+            if self.parallel.mirrored:
+                raise ValueError("device-side input_ids need a runner that is not tensor-parallel")
+            inputs.input_ids = input_ids
         if not self.parallel.mirrored:
             hidden = self.forward(inputs)
             return RunnerOutput(logits=self.model.compute_logits(hidden[inputs.logits_indices]), inputs=inputs)

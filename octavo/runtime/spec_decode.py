@@ -408,6 +408,7 @@ class SpecDecoder:
                              f"must be between 1 and tensor_parallel_size ({target_tp})")
         self.k_max = config.num_speculative_tokens
         self.adaptive = config.adaptive
+        self.draft_on_device = True  # greedy drafts chain on the device (_draft_argmax_on_device)
         self.target_vocab = engine_config.model_config.vocab_size
         self.draft_vocab = draft_config.vocab_size
         self.draft_runner = ModelRunner(draft_config, engine_config.cache_config, engine_config.scheduler_config,
@@ -587,20 +588,66 @@ class SpecDecoder:
         for item in catch_up:
             item.request.num_computed_tokens += item.num_new_tokens
             self.draft_kv.cache_computed_blocks(item.request)  # committed tokens only, so far
-        self._take_proposals(output, drafting)
-        active = drafting
-        for step in range(1, max((k for _, _, k in drafting), default=0)):
-            active = [d for d in active if d[2] > step]
-            for _, seq, _ in active:
-                seq.all_token_ids.append(seq.proposals[-1])
-            output = self.draft_runner.execute(
-                SchedulerOutput(scheduled=[ScheduledRequest(seq, 1) for _, seq, _ in active]))
-            for _, seq, _ in active:
-                seq.num_computed_tokens += 1
-            self._take_proposals(output, active)
+        if self.draft_on_device and not self.draft_runner.parallel.mirrored and all(
+                self._argmax_draft(request) for request, _, _ in drafting):
+            self._draft_argmax_on_device(output, drafting)
+        else:
+            self._take_proposals(output, drafting)
+            active = drafting
+            for step in range(1, max((k for _, _, k in drafting), default=0)):
+                active = [d for d in active if d[2] > step]
+                for _, seq, _ in active:
+                    seq.all_token_ids.append(seq.proposals[-1])
+                output = self.draft_runner.execute(
+                    SchedulerOutput(scheduled=[ScheduledRequest(seq, 1) for _, seq, _ in active]))
+                for _, seq, _ in active:
+                    seq.num_computed_tokens += 1
+                self._take_proposals(output, active)
+            for _, seq, _ in drafting:
+                seq.all_token_ids.append(seq.proposals[-1])  # kept for _sync; its K/V is never computed
         for request, seq, _ in drafting:
-            seq.all_token_ids.append(seq.proposals[-1])  # kept for _sync; its K/V is never computed
             request.spec_token_ids = list(seq.proposals)
+
+    @staticmethod
+    def _argmax_draft(request: Request) -> bool:
+        """A proposal that is the draft's raw argmax: greedy, and nothing (penalties, min_tokens)
+        that depends on the proposals before it."""
+        return request.sampling_params.greedy and not needs_penalties(request)
+
+    def _draft_argmax_on_device(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
+        """The k - 1 single-token draft steps of a greedy batch with the proposals kept on the
+        device: each step's argmax is the next step's input, so the host queues every step
+        without waiting for one to finish, and reads all proposals back once at the end.
+
+        Why: a step's host work (its inputs, the launch) is about as long as the draft's forward
+        itself; waiting for each proposal would put the two in series k times per step. Requests
+        run longest k first, so the ones still drafting at a step are a prefix of the batch."""
+        if not drafting:
+            return
+        drafting = sorted(drafting, key=lambda d: -d[2])
+        device = output.logits.device
+        rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting])
+        logits = output.logits.index_select(0, rows.to(device, non_blocking=True))
+        tokens = [self._to_target_vocab(logits).argmax(dim=-1)]
+        base = [seq.num_tokens for _, seq, _ in drafting]
+        for step in range(1, drafting[0][2]):
+            active = [seq for _, seq, k in drafting if k > step]
+            for seq in active:
+                seq.all_token_ids.append(0)  # a placeholder: the token is on the device
+            output = self.draft_runner.execute(SchedulerOutput(scheduled=[ScheduledRequest(seq, 1) for seq in active]),
+                                               input_ids=tokens[-1][: len(active)])
+            for seq in active:
+                seq.num_computed_tokens += 1
+            tokens.append(self._to_target_vocab(output.logits).argmax(dim=-1))
+        flat = torch.cat(tokens).tolist()  # the one wait for the device
+        at = 0
+        per_step: list[list[int]] = []
+        for step_tokens in tokens:
+            per_step.append(flat[at : at + step_tokens.shape[0]])
+            at += step_tokens.shape[0]
+        for i, ((_, seq, k), start) in enumerate(zip(drafting, base)):
+            seq.proposals = [per_step[step][i] for step in range(k)]
+            seq.all_token_ids[start:] = seq.proposals  # placeholders, then the last (kept for _sync)
 
     def _take_proposals(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
         """Sample one draft token per request from the draft's distribution, processed exactly as
@@ -665,7 +712,7 @@ class SpecDecoder:
         counts = [item.num_spec_tokens for item in items]
         k = max(counts)
         row_index = [r for item in items for r in output.inputs.sample_rows[item.request.request_id]]
-        raw = output.logits.index_select(0, torch.tensor(row_index, device=device))
+        raw = output.logits.index_select(0, torch.tensor(row_index).to(device, non_blocking=True))
         views = [_Lookahead(request, request.spec_token_ids[:i]) for request, n in zip(requests, counts)
                  for i in range(n + 1)]
         if all(v.sampling_params.greedy and not needs_penalties(v) for v in views):
@@ -678,19 +725,19 @@ class SpecDecoder:
         draft_tokens = torch.full((len(items), k), -1, dtype=torch.int64)
         for b, (request, n) in enumerate(zip(requests, counts)):
             draft_tokens[b, :n] = torch.tensor(request.spec_token_ids[:n])
-        draft_tokens = draft_tokens.to(device)
-        num_draft = torch.tensor(counts, device=device)
+        draft_tokens = draft_tokens.to(device, non_blocking=True)
+        num_draft = torch.tensor(counts).to(device, non_blocking=True)
         greedy = [request.sampling_params.greedy for request in requests]
 
         num_accepted = [0] * len(items)
         emitted: list[list[int]] = [[] for _ in items]
         greedy_rows = [b for b, g in enumerate(greedy) if g]
         if greedy_rows:
-            argmax = processed.argmax(dim=-1)
-            target_argmax = torch.zeros((len(greedy_rows), k + 1), dtype=torch.int64, device=device)
-            for i, b in enumerate(greedy_rows):
-                target_argmax[i, : counts[b] + 1] = argmax[starts[b] : starts[b + 1]]
-            index = torch.tensor(greedy_rows, device=device)
+            # Row b's k + 1 argmaxes in one gather; past its own count it repeats its last row
+            # (greedy_verify never reads past num_draft).
+            gather = torch.tensor([[starts[b] + min(i, counts[b]) for i in range(k + 1)] for b in greedy_rows])
+            target_argmax = processed.argmax(dim=-1)[gather.to(device, non_blocking=True)]
+            index = torch.tensor(greedy_rows).to(device, non_blocking=True)
             verdict = greedy_verify(target_argmax, draft_tokens[index], num_draft[index])
             self._collect(verdict, greedy_rows, num_accepted, emitted)
         sampled_rows = [b for b, g in enumerate(greedy) if not g]
@@ -711,11 +758,14 @@ class SpecDecoder:
             self._collect(verdict, sampled_rows, num_accepted, emitted)
 
         # Log-probabilities are the target's raw ones at each emitted position, as without drafts.
-        describe_rows = [starts[b] + i for b, tokens in enumerate(emitted) for i in range(len(tokens))]
-        chosen_ids = torch.tensor([t for tokens in emitted for t in tokens], device=device)
         owners = [requests[b] for b, tokens in enumerate(emitted) for _ in tokens]
-        described = Sampler.describe(raw.index_select(0, torch.tensor(describe_rows, device=device)),
-                                     chosen_ids, owners)
+        if all(request.sampling_params.logprobs is None for request in requests):
+            described = [SampledRow(token_id=t) for tokens in emitted for t in tokens]
+        else:
+            describe_rows = [starts[b] + i for b, tokens in enumerate(emitted) for i in range(len(tokens))]
+            chosen_ids = torch.tensor([t for tokens in emitted for t in tokens], device=device)
+            described = Sampler.describe(raw.index_select(0, torch.tensor(describe_rows, device=device)),
+                                         chosen_ids, owners)
         stats = self.engine.stats
         at = 0
         for b, request in enumerate(requests):

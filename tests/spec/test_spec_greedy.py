@@ -117,3 +117,50 @@ def test_logprobs_are_the_targets(pair):
                 assert ps[token_id].rank == pa[token_id].rank
         assert s.outputs[0].cumulative_logprob == pytest.approx(a.outputs[0].cumulative_logprob, abs=1e-3)
         assert len(s.prompt_logprobs) == len(a.prompt_logprobs)
+
+
+def record_proposals(llm) -> list[dict[str, list[int]]]:
+    """Every step's proposals, per request (propose patched on the instance)."""
+    spec = llm.llm_engine.spec_decoder
+    log: list[dict[str, list[int]]] = []
+    original = spec.propose
+
+    def recorded():
+        original()
+        log.append({r.request_id: list(r.spec_token_ids) for r in llm.llm_engine.scheduler.running
+                    if r.spec_token_ids})
+
+    spec.propose = recorded
+    return log
+
+
+def test_drafts_chained_on_the_device_equal_the_host_loop(pair):
+    """The greedy draft loop that keeps proposals on the device proposes exactly what the loop
+    reading each proposal back does, with requests of different k in one batch (max_tokens caps
+    k near a request's end, so the batch's drafting set shrinks step by step)."""
+    target, draft = pair
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (3, 5, 9, 24, 24, 13)]
+    prompts = (PROMPTS * 2)[: len(params)]
+    runs = []
+    for on_device in (True, False):
+        llm = make_llm(target, draft, k=4)
+        spec = llm.llm_engine.spec_decoder
+        spec.draft_on_device = on_device
+        chained = [0]
+        chain = spec._draft_argmax_on_device
+
+        def counted(*args, chain=chain, chained=chained):
+            chained[0] += 1
+            return chain(*args)
+
+        spec._draft_argmax_on_device = counted
+        log = record_proposals(llm)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        runs.append((token_ids(outputs), log, chained[0], spec_totals(llm)))
+    (device_out, device_log, device_calls, device_totals), (host_out, host_log, host_calls, host_totals) = runs
+    assert device_calls > 0 and host_calls == 0
+    assert device_log == host_log
+    assert device_out == host_out
+    assert device_totals == host_totals
+    ks = [sorted({len(p) for p in step.values()}) for step in device_log]
+    assert any(len(k) > 1 for k in ks), ks  # some step drafted different k for different requests

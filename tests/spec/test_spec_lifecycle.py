@@ -22,9 +22,9 @@ def count_draft_forwards(llm) -> list[int]:
     calls = [0]
     original = runner.execute
 
-    def counted(sched):
+    def counted(sched, **kwargs):
         calls[0] += 1
-        return original(sched)
+        return original(sched, **kwargs)
 
     runner.execute = counted
     return calls
