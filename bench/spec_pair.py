@@ -371,9 +371,15 @@ def profile_steps(llm, batch_size: int, k: int | None, out_dir: Path, label: str
     averages = prof.key_averages()
     n = max(steps[0], 1)
     # Kernels and copies are events of their own on the device (a CPU op's device total repeats them).
-    busy_us = sum(e.self_device_time_total for e in averages if e.device_type == DeviceType.CUDA)
-    phases = {e.key: {"calls_per_step": e.count / n, "host_ms_per_step": e.cpu_time_total / n / 1e3}
-              for e in averages if e.key.startswith("octavo.")}
+    # (the octavo.* ranges also appear on the device, as spans: not counted either).
+    busy_us = sum(e.self_device_time_total for e in averages
+                  if e.device_type == DeviceType.CUDA and not e.key.startswith("octavo."))
+    phases: dict[str, dict[str, float]] = {}
+    for event in prof.events():  # host spans of the ranges (their device twins are spans too)
+        if event.name.startswith("octavo.") and event.device_type == DeviceType.CPU:
+            phase = phases.setdefault(event.name, {"calls_per_step": 0.0, "host_ms_per_step": 0.0})
+            phase["calls_per_step"] += 1 / n
+            phase["host_ms_per_step"] += event.time_range.elapsed_us() / n / 1e3
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{label}-device.txt").write_text(averages.table(sort_by="self_device_time_total", row_limit=30))
     (out_dir / f"{label}-host.txt").write_text(averages.table(sort_by="self_cpu_time_total", row_limit=30))

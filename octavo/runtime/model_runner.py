@@ -374,10 +374,20 @@ class ModelRunner:
         max_blocks = -(-self.scheduler_config.max_model_len // self.block_size)
         self.graph_buffers = GraphBuffers(max(sizes), max(query_lens), max_blocks, self.device)
         pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
-            # Most tokens first: later graphs reuse the first one's memory.
-            for size, q in sorted(keys, key=lambda key: key[0] * key[1], reverse=True):
-                self.graphs[(size, q)] = self.graph_buffers.capture(self.model, size, q, pool)
+        # The garbage collector must not run during a capture: collecting an old engine's graphs
+        # then resets them mid-capture ("operation not permitted when stream is capturing"), which
+        # invalidates this capture (cuBLAS then fails with an internal error).
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.inference_mode():
+                # Most tokens first: later graphs reuse the first one's memory.
+                for size, q in sorted(keys, key=lambda key: key[0] * key[1], reverse=True):
+                    self.graphs[(size, q)] = self.graph_buffers.capture(self.model, size, q, pool)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self._graph_keys = sorted(self.graphs)
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]

@@ -16,9 +16,10 @@ One engine step with speculation:
                 rejected slots are overwritten later and never read), and the draft's view of
                 the request is cut to the tokens it computed that are still true.
 
-k is chosen per request and step by `choose_num_speculative_tokens` from the request's running
-acceptance rate and the batch size, with step costs measured on this machine (MeasuredStepCost);
-k = 0 is plain decoding, and costs the draft nothing.
+k is chosen per step by `choose_step_k`, one k for the batch, from the requests' running
+acceptance rates and the batch size, with step costs measured on this machine (MeasuredStepCost);
+k = 0 is plain decoding, and costs the draft nothing. (A seeded sampled request picks its own k
+from the cost model alone, so that its output does not depend on timings or on other requests.)
 
 Where the draft's work goes keeps TTFT what it is without speculation: a request's draft prefill
 happens at the start of the step after its first token was delivered (so the first token never
@@ -186,12 +187,26 @@ def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max
     where the model is wrong. `min_gain` keeps k at 0 unless speculation is predicted to win by a
     margin, so that error errs towards plain decoding.
     """
-    if k_max <= 0 or batch_size <= 0:
+    return choose_step_k([acceptance_rate], [k_max], batch_size, k_max, cost, min_gain)
+
+
+def choose_step_k(acceptance_rates: list[float], caps: list[int], batch_size: int, k_max: int,
+                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(), min_gain: float = 0.05) -> int:
+    """One k for every request of a step: the k in 0..k_max with the most tokens emitted by the
+    batch per unit of step time, sum_i expected_tokens_per_step(a_i, min(k, cap_i)) /
+    step_time(k, batch_size), kept at 0 unless it beats plain decoding by `min_gain`.
+
+    Why one k: a step costs what its longest draft costs (k draft forwards, the verification
+    padded to k + 1 tokens per request), so a request drafting less than the others saves no
+    time, it only emits fewer tokens. Choosing per request would let a few pessimistic
+    estimates drag the batch's yield below both plain decoding and a common k."""
+    if k_max <= 0 or batch_size <= 0 or not acceptance_rates:
         return 0
-    baseline = 1.0 / cost.step_time(0, batch_size)
+    baseline = len(acceptance_rates) / cost.step_time(0, batch_size)
     best_k, best = 0, baseline
     for k in range(1, k_max + 1):
-        goodput = expected_tokens_per_step(acceptance_rate, k) / cost.step_time(k, batch_size)
+        tokens = sum(expected_tokens_per_step(a, min(k, cap)) for a, cap in zip(acceptance_rates, caps))
+        goodput = tokens / cost.step_time(k, batch_size)
         if goodput > best:
             best_k, best = k, goodput
     return best_k if best >= baseline * (1.0 + min_gain) else 0
@@ -523,16 +538,22 @@ class SpecDecoder:
             return  # not even a perfect draft would pay at this batch size: plain decoding
         # Now and then a plain step, to time one at this batch size (MeasuredStepCost.plain_step_due).
         explore = self.adaptive and self.measured.plain_step_due(len(running))
+        ready = [request for request in running if self._ready(request)]
+        timed = [request for request in ready if self._cost_for(request) is self.measured]
+        step_k = 0
+        if self.adaptive and timed and not explore:
+            step_k = choose_step_k([self._estimate(r).rate for r in timed], [self._cap(r) for r in timed],
+                                   len(running), self.k_max, self.measured)
         plan: list[tuple[Request, int]] = []
-        for request in running:
-            if not self._ready(request):
-                continue
-            if explore and self._cost_for(request) is self.measured:
-                k = 0
-            else:
+        for request in ready:
+            if not self.adaptive:
+                k = self._cap(request)
+            elif self._cost_for(request) is self.measured:
+                k = min(step_k, self._cap(request))
+            else:  # a seeded sampled request: its own k, from the cost model alone
                 k = self.choose_k(request, len(running))
-                if k == 0 and self.adaptive:
-                    self._estimate(request).forget()
+            if k == 0 and self.adaptive and not explore:
+                self._estimate(request).forget()
             self.last_k[request.request_id] = k
             if k > 0:
                 plan.append((request, k))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from octavo.runtime.spec_decode import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
-                                        choose_num_speculative_tokens, expected_tokens_per_step)
+                                        choose_num_speculative_tokens, choose_step_k, expected_tokens_per_step)
 
 GPU_LIKE = SpecCostModel(draft_cost_ratio=0.1, knee_tokens=256, forward_overhead=0.05)
 
@@ -44,6 +44,34 @@ def test_goodput_of_the_chosen_k_is_never_below_plain_decoding():
             plain = 1.0 / GPU_LIKE.step_time(0, batch)
             chosen = expected_tokens_per_step(rate, k) / GPU_LIKE.step_time(k, batch)
             assert chosen >= plain
+
+
+def step_goodput(rates, caps, k, batch, cost=GPU_LIKE):
+    return sum(expected_tokens_per_step(a, min(k, c)) for a, c in zip(rates, caps)) / cost.step_time(k, batch)
+
+
+def test_one_k_for_the_step_beats_each_request_choosing_its_own():
+    """A step costs what its longest draft costs: requests that would pick a shorter k alone
+    only emit less. The step's k is the best common one, and no worse than plain decoding."""
+    rates = [0.9, 0.9, 0.9, 0.35, 0.35, 0.35, 0.35, 0.35]
+    caps = [6] * len(rates)
+    batch = len(rates)
+    k = choose_step_k(rates, caps, batch, 6, GPU_LIKE)
+    own = [choose_num_speculative_tokens(a, batch, 6, GPU_LIKE) for a in rates]
+    assert len(set(own)) > 1  # alone, they would disagree
+    mixed = sum(expected_tokens_per_step(a, kk) for a, kk in zip(rates, own)) / GPU_LIKE.step_time(max(own), batch)
+    best = max(step_goodput(rates, caps, kk, batch) for kk in range(7))
+    assert step_goodput(rates, caps, k, batch) == pytest.approx(best)
+    assert step_goodput(rates, caps, k, batch) > mixed
+    assert step_goodput(rates, caps, k, batch) >= step_goodput(rates, caps, 0, batch)
+
+
+def test_step_k_respects_caps_and_falls_to_plain_decoding():
+    # Requests about to reach max_tokens can verify little: their caps limit what a long k yields.
+    assert choose_step_k([0.9, 0.9], [0, 0], 2, 6, GPU_LIKE) == 0
+    assert choose_step_k([0.9] * 4, [6] * 4, 4, 6, GPU_LIKE) == choose_num_speculative_tokens(0.9, 4, 6, GPU_LIKE)
+    assert choose_step_k([0.8] * 1024, [6] * 1024, 1024, 6, GPU_LIKE) == 0
+    assert choose_step_k([], [], 4, 6, GPU_LIKE) == 0
 
 
 def test_acceptance_estimate_counts_trials_until_the_first_rejection():
