@@ -518,6 +518,8 @@ class Sweep:
             "settings": {
                 "concurrency": args.concurrency, "input_len": args.input_len, "output_len": args.output_len,
                 "prompts_per_user": args.prompts_per_user, "min_prompts_per_level": args.min_prompts_per_level,
+                "demo_prompts_per_user": args.demo_prompts_per_user,
+                "demo_min_prompts_per_level": args.demo_min_prompts_per_level,
                 "num_warmups": args.num_warmups, "warmup_each_level": True, "temperature": args.temperature,
                 "seed": args.seed, "budget_s": args.budget, "smoke": args.smoke, "adaptive_k": True,
             },
@@ -618,8 +620,10 @@ class Sweep:
         argv = ["serve", "--model", target, "--launch", "--launch-timeout", str(args.launch_timeout),
                 "--dtype", dtype, "--seed", str(args.seed), "--concurrency", ",".join(map(str, args.concurrency)),
                 "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-                "--prompts-per-user", str(args.prompts_per_user),
-                "--min-prompts-per-level", str(args.min_prompts_per_level), "--num-warmups", str(args.num_warmups),
+                "--prompts-per-user", str(args.demo_prompts_per_user if pair == "demo" else args.prompts_per_user),
+                "--min-prompts-per-level",
+                str(args.demo_min_prompts_per_level if pair == "demo" else args.min_prompts_per_level),
+                "--num-warmups", str(args.num_warmups),
                 "--warmup-each-level", "--temperature", str(args.temperature), "--request-timeout", "300",
                 "--time-budget", f"{budget:.0f}", "--tag", f"{pair}-{mode}", "--out", str(self.out)]
         if text:
@@ -782,7 +786,10 @@ def markdown(doc: dict) -> str:
         f"(adaptive k up to the pair's k, the engine's default). Streaming /v1/completions, c requests always in "
         f"flight, prompt {settings['input_len']} and output {settings['output_len']} tokens (ignore_eos), "
         f"temperature {settings['temperature']}; per level max({settings['min_prompts_per_level']}, "
-        f"{settings['prompts_per_user']} x c) timed requests after one untimed round of c requests (and "
+        f"{settings['prompts_per_user']} x c) timed requests"
+        + (f" (the demo pair, whose requests take about 0.1 s: max({settings['demo_min_prompts_per_level']}, "
+           f"{settings['demo_prompts_per_user']} x c))" if settings.get("demo_min_prompts_per_level") else "")
+        + " after one untimed round of c requests (and "
         f"{settings['num_warmups']} warm-up requests when the server starts). Both runs get the same requests. "
         "Acceptance, tokens per verification and mean k are the server's /metrics counter deltas over the "
         "level (accepted / drafted; emitted / verified request-steps; drafted / verified request-steps).",
@@ -951,7 +958,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sweep.add_argument("--output-len", type=int, default=None, help="output tokens (default 128)")
     sweep.add_argument("--prompts-per-user", type=int, default=None, help="timed requests per level = max(min, "
                                                                           "this x c) (default 2)")
-    sweep.add_argument("--min-prompts-per-level", type=int, default=None, help="(default 4)")
+    sweep.add_argument("--min-prompts-per-level", type=int, default=None, help="(default 8)")
     sweep.add_argument("--num-warmups", type=int, default=None, help="requests when a server starts (default 4)")
     sweep.add_argument("--temperature", type=float, default=0.0)
     sweep.add_argument("--seed", type=int, default=0)
@@ -979,13 +986,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     demo = parser.add_argument_group("demo pair")
     demo.add_argument("--demo-k", type=int, default=4)
     demo.add_argument("--demo-dtype", default="auto")
+    demo.add_argument("--demo-prompts-per-user", type=int, default=None,
+                      help="the demo pair's timed requests per level = max(min, this x c) (default 8: its "
+                           "requests take about 0.1 s, so the controlled pair's counts would time a fraction of a second)")
+    demo.add_argument("--demo-min-prompts-per-level", type=int, default=None, help="(default 32)")
     parser.add_argument("--calibrate-only", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     smoke = args.smoke
     defaults = {"concurrency": [1, 2] if smoke else LEVELS, "input_len": 16 if smoke else 128,
                 "output_len": 8 if smoke else 128, "prompts_per_user": 1 if smoke else 2,
-                "min_prompts_per_level": 2 if smoke else 4, "num_warmups": 0 if smoke else 4,
+                "min_prompts_per_level": 2 if smoke else 8, "num_warmups": 0 if smoke else 4,
+                "demo_prompts_per_user": 1 if smoke else 8, "demo_min_prompts_per_level": 2 if smoke else 32,
                 "budget": 300.0 if smoke else 420.0, "dtype": "float32" if smoke else "bfloat16",
                 "calibration_prompts": 2 if smoke else 16, "calibration_evals": 3 if smoke else 7}
     for name, value in defaults.items():
