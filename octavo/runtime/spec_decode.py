@@ -33,8 +33,10 @@ the draft nothing. The draft's prefix cache hashes only tokens the target has co
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -267,16 +269,27 @@ class MeasuredStepCost:
     straight line a + b k fitted through the measured k's of the bucket when there are two or
     more, the model scaled through the one measured point when there is one, the model alone
     when there is none. Speculation that the model favours is therefore tried, measured, and
-    dropped at batch sizes where it loses. The first sample of each (bucket, k) is discarded
-    (compilation, warm-up), and a sample is clipped to 4x the running value (a stall)."""
+    dropped at batch sizes where it loses.
 
-    def __init__(self, model: SpecCostModel, weight: float = 0.2, refresh_steps: int = 256) -> None:
+    A served step's wall time is noisy (HTTP work in the same process, collector pauses), so a
+    key's time is the median of its last `window` samples: one stall cannot flip the decision.
+    The first sample of each (bucket, k) is discarded (compilation, warm-up) and a sample is
+    clipped to 4x the key's time. Neither arm is trusted forever: a bucket where speculation was
+    timed gets a plain step every `refresh_steps` speculative steps, and one where it was
+    dropped gets a speculative step every `explore_steps` plain steps, so a decision made on a
+    bad patch of samples is revisited."""
+
+    def __init__(self, model: SpecCostModel, window: int = 8, refresh_steps: int = 256,
+                 explore_steps: int = 128) -> None:
         self.model = model
-        self.weight = weight
+        self.window = window
         self.refresh_steps = refresh_steps
+        self.explore_steps = explore_steps
         self.seconds: dict[tuple[int, int], float] = {}
         self.samples: dict[tuple[int, int], int] = {}
+        self.recent: dict[tuple[int, int], collections.deque] = {}
         self.since_plain: dict[int, int] = {}  # per bucket: speculative steps since a plain one
+        self.since_spec: dict[int, int] = {}  # per bucket: plain steps since a speculative one
 
     @staticmethod
     def bucket(batch_size: int) -> int:
@@ -293,18 +306,34 @@ class MeasuredStepCost:
             return any(b == bucket and k > 0 for b, k in self.samples)
         return self.since_plain.get(bucket, 0) >= self.refresh_steps
 
+    def spec_step_due(self, batch_size: int) -> bool:
+        """Whether this bucket, where speculation was timed and then dropped, should time one
+        speculative step again (every explore_steps plain steps)."""
+        bucket = self.bucket(batch_size)
+        return (any(b == bucket and k > 0 for b, k in self.seconds)
+                and self.since_spec.get(bucket, 0) >= self.explore_steps)
+
+    def timed_both(self, batch_size: int) -> bool:
+        """Whether plain and speculative steps both have measured times in this bucket."""
+        bucket = self.bucket(batch_size)
+        return (bucket, 0) in self.seconds and any(b == bucket and k > 0 for b, k in self.seconds)
+
     def observe(self, batch_size: int, k: int, seconds: float) -> None:
         key = (self.bucket(batch_size), k)
-        self.since_plain[key[0]] = 0 if k == 0 else self.since_plain.get(key[0], 0) + 1
+        if k == 0:
+            self.since_spec[key[0]] = self.since_spec.get(key[0], 0) + 1
+            self.since_plain[key[0]] = 0
+        else:
+            self.since_spec[key[0]] = 0
+            self.since_plain[key[0]] = self.since_plain.get(key[0], 0) + 1
         count = self.samples.get(key, 0)
         self.samples[key] = count + 1
         if count == 0:
             return
         old = self.seconds.get(key)
-        if old is None:
-            self.seconds[key] = seconds
-        else:
-            self.seconds[key] = old + self.weight * (min(seconds, 4.0 * old) - old)
+        recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
+        recent.append(seconds if old is None else min(seconds, 4.0 * old))
+        self.seconds[key] = statistics.median(recent)
 
     def step_time(self, k: int, batch_size: int) -> float:
         bucket = self.bucket(batch_size)
@@ -439,6 +468,7 @@ class SpecDecoder:
         self.estimates: dict[str, AcceptanceEstimate] = {}
         self.overall = AcceptanceEstimate(decay=0.98)
         self.last_k: dict[str, int] = {}  # k chosen for each request at the latest proposal
+        self._decisions: dict[int, bool] = {}  # batch-size bucket -> speculating at the last choice (the log)
         logger.info("speculative decoding: draft %s, k <= %d (%s), draft/target weights %.3f",
                     draft_config.model, self.k_max, "adaptive" if self.adaptive else "fixed",
                     self.cost.draft_cost_ratio)
@@ -533,17 +563,26 @@ class SpecDecoder:
             return
         if scheduler.waiting and len(running) < scheduler.config.max_num_seqs:
             return  # a prompt may be admitted: its first token must not wait for draft work
-        if self.adaptive and all(choose_num_speculative_tokens(1.0, len(running), self.k_max, cost) == 0
-                                 for cost in (self.cost, self.measured)):
-            return  # not even a perfect draft would pay at this batch size: plain decoding
+        if self.adaptive and not self.measured.spec_step_due(len(running)):
+            # Not even a perfect draft would pay at this batch size: plain decoding, at the cost
+            # of this check only (a launch-bound model's step is well under a millisecond). Once
+            # both arms are timed here the measurements alone judge; before, the model too.
+            judges = ((self.measured,) if self.measured.timed_both(len(running))
+                      else (self.cost, self.measured))
+            if all(choose_num_speculative_tokens(1.0, len(running), self.k_max, cost) == 0 for cost in judges):
+                return
         # Now and then a plain step, to time one at this batch size (MeasuredStepCost.plain_step_due).
         explore = self.adaptive and self.measured.plain_step_due(len(running))
         ready = [request for request in running if self._ready(request)]
         timed = [request for request in ready if self._cost_for(request) is self.measured]
         step_k = 0
         if self.adaptive and timed and not explore:
-            step_k = choose_step_k([self._estimate(r).rate for r in timed], [self._cap(r) for r in timed],
-                                   len(running), self.k_max, self.measured)
+            rates, caps = [self._estimate(r).rate for r in timed], [self._cap(r) for r in timed]
+            step_k = choose_step_k(rates, caps, len(running), self.k_max, self.measured)
+            self._log_decision(len(running), step_k, rates)
+            if step_k == 0 and self.measured.spec_step_due(len(running)):
+                # Speculation was dropped here a while ago: time it once more, as the model would.
+                step_k = choose_step_k(rates, caps, len(running), self.k_max, self.cost)
         plan: list[tuple[Request, int]] = []
         for request in ready:
             if not self.adaptive:
@@ -558,9 +597,22 @@ class SpecDecoder:
             if k > 0:
                 plan.append((request, k))
         if plan:
-            self._draft(plan)
-            # k draft forwards ran; a catch-up with no proposals is no sample of any k (-1).
-            self._step_k = max(len(r.spec_token_ids) for r, _ in plan) or -1
+            long_catch_up = self._draft(plan)
+            # k draft forwards ran; a catch-up with no proposals, or one that recomputed a whole
+            # prompt or many plain steps' tokens, is no sample of what k costs (-1).
+            self._step_k = -1 if long_catch_up else max(len(r.spec_token_ids) for r, _ in plan) or -1
+
+    def _log_decision(self, batch_size: int, k: int, rates: list[float]) -> None:
+        """Log when adaptive k turns speculation on or off for a batch-size bucket (changes only,
+        so the log stays quiet while k moves between positive values)."""
+        bucket = self.measured.bucket(batch_size)
+        if self._decisions.get(bucket) == (k > 0):
+            return
+        self._decisions[bucket] = k > 0
+        times = ", ".join(f"k={kk} {1e3 * t:.2f} ms" for (b, kk), t in sorted(self.measured.seconds.items())
+                          if b == bucket)
+        logger.info("adaptive k: batch size %d-%d now drafts k=%d (mean acceptance %.2f; measured steps: %s)",
+                    bucket, 2 * bucket - 1, k, sum(rates) / max(len(rates), 1), times or "none yet")
 
     def _sequence(self, request: Request) -> DraftSequence:
         seq = self.sequences.get(request.request_id)
@@ -583,15 +635,18 @@ class SpecDecoder:
             victim.num_computed_tokens = 0
         return True
 
-    def _draft(self, plan: list[tuple[Request, int]]) -> None:
-        """Catch-up (prefill) forward, then k - 1 single-token forwards, all batched."""
+    def _draft(self, plan: list[tuple[Request, int]]) -> bool:
+        """Catch-up (prefill) forward, then k - 1 single-token forwards, all batched. Returns
+        whether a catch-up went beyond what one verification leaves (k + 1 tokens)."""
         budget = self.engine.config.scheduler_config.max_num_batched_tokens
         keep = {request.request_id for request, _ in plan}
         catch_up: list[ScheduledRequest] = []
         drafting: list[tuple[Request, DraftSequence, int]] = []
+        long_catch_up = False
         for request, k in plan:
             seq = self._sequence(request)
             missing = request.num_tokens - seq.num_computed_tokens
+            long_catch_up |= missing > self.k_max + 1
             if missing > budget:
                 # A long catch-up goes in chunks; this request drafts once it has caught up.
                 if budget > 0 and self._reserve(seq, seq.num_computed_tokens + budget, keep):
@@ -604,7 +659,7 @@ class SpecDecoder:
             budget -= missing
             drafting.append((request, seq, k))
         if not catch_up:
-            return
+            return long_catch_up
         output = self.draft_runner.execute(SchedulerOutput(scheduled=catch_up))
         for item in catch_up:
             item.request.num_computed_tokens += item.num_new_tokens
@@ -628,6 +683,7 @@ class SpecDecoder:
                 seq.all_token_ids.append(seq.proposals[-1])  # kept for _sync; its K/V is never computed
         for request, seq, _ in drafting:
             request.spec_token_ids = list(seq.proposals)
+        return long_catch_up
 
     @staticmethod
     def _argmax_draft(request: Request) -> bool:

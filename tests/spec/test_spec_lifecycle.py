@@ -129,6 +129,32 @@ def test_measured_step_times_override_a_hopeful_model(pair):
     assert draft_forwards[0] == 0
 
 
+def test_dropped_speculation_is_timed_again_after_explore_steps(pair, caplog):
+    """Measured steps say drafting loses at batch size 1; after explore_steps plain steps the
+    engine still times one speculative step there (the measurements may have been a bad patch),
+    and logs when the bucket's decision changes."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    engine = llm.llm_engine
+    measured = engine.spec_decoder.measured
+    measured.explore_steps = 3
+    for k, seconds in ((0, 0.01), (4, 0.05)):
+        measured.samples[(1, k)] = 3
+        measured.seconds[(1, k)] = seconds
+    draft_forwards = count_draft_forwards(llm)
+    engine.add_request("only", {"prompt_token_ids": [5, 6, 7, 8]},
+                       SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+    with caplog.at_level("INFO", logger="octavo"):
+        for _ in range(4):  # the prompt, then 3 timed plain decode steps
+            engine.step()
+        assert draft_forwards[0] == 0
+        while engine.has_unfinished_requests():
+            engine.step()
+    assert draft_forwards[0] > 0
+    assert any("adaptive k: batch size 1-1 now drafts k=0" in r.message for r in caplog.records)
+    assert_no_leaks(llm)
+
+
 def test_a_bucket_timed_only_with_drafts_gets_a_timed_plain_step(pair):
     """Speculative steps were timed at batch size 1, plain ones never: the next decode steps
     run without drafts until a plain step has been timed (its first sample is warm-up)."""

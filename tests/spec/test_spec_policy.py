@@ -121,13 +121,34 @@ def test_measured_spec_steps_that_cost_too_much_turn_speculation_off():
     assert choose_num_speculative_tokens(0.9, 4, 4, fast) == 4
 
 
-def test_measurement_discards_warm_up_and_clips_stalls():
-    cost = MeasuredStepCost(GPU_LIKE, weight=0.5)
+def test_measurement_discards_warm_up_and_takes_the_median_of_clipped_samples():
+    cost = MeasuredStepCost(GPU_LIKE, window=3)
     cost.observe(2, 0, 5.0)  # compilation: discarded
     cost.observe(2, 0, 0.010)
     assert cost.seconds[(2, 0)] == 0.010
-    cost.observe(3, 0, 1.0)  # bucket 2 as well; a stall is clipped to 4x before averaging
-    assert cost.seconds[(2, 0)] == pytest.approx(0.010 + 0.5 * (0.040 - 0.010))
+    cost.observe(3, 0, 1.0)  # bucket 2 as well; a stall is clipped to 4x
+    assert cost.seconds[(2, 0)] == pytest.approx((0.010 + 0.040) / 2)
+    cost.observe(2, 0, 0.012)  # one stall among three samples does not move the median far
+    assert cost.seconds[(2, 0)] == pytest.approx(0.012)
+    for _ in range(3):  # the window forgets the old samples
+        cost.observe(2, 0, 0.020)
+    assert cost.seconds[(2, 0)] == pytest.approx(0.020)
+
+
+def test_a_bucket_that_dropped_speculation_times_it_again_now_and_then():
+    cost = MeasuredStepCost(GPU_LIKE, explore_steps=5)
+    for _ in range(3):
+        cost.observe(4, 0, 0.010)
+    assert not cost.spec_step_due(4)  # speculation was never timed here: the model decides
+    for _ in range(3):
+        cost.observe(4, 4, 0.050)
+    assert not cost.spec_step_due(4)
+    for step in range(5):
+        assert not cost.spec_step_due(4), step
+        cost.observe(4, 0, 0.010)
+    assert cost.spec_step_due(4) and not cost.spec_step_due(8)
+    cost.observe(4, 3, 0.030)  # the exploratory speculative step
+    assert not cost.spec_step_due(4)
 
 
 def test_a_plain_step_is_timed_wherever_speculation_was():
