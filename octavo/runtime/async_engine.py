@@ -171,12 +171,18 @@ class AsyncLLMEngine:
                     self._wakeup.wait()
                     self._wakeup.clear()
                     continue
-                for output in self.engine.step():
+                outputs = self.engine.step()
+                for output in outputs:
                     stream = owners.get(output.request_id)
                     if stream is not None:
                         stream.put(output)
                         if output.finished:
                             owners.pop(output.request_id, None)
+                if outputs:
+                    # Hand the GIL to the event loop now, so it streams these tokens before the
+                    # next step's host work (a draft's catch-up: milliseconds of Python) holds the
+                    # GIL for a whole switch interval; measured: 9 ms of TTFT at concurrency 1.
+                    time.sleep(0)
         except BaseException as exc:  # the engine is broken: every waiting consumer must hear it
             logger.exception("engine loop died")
             self.errored = exc
