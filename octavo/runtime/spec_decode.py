@@ -336,20 +336,28 @@ class MeasuredStepCost:
         self.seconds[key] = statistics.median(recent)
 
     def step_time(self, k: int, batch_size: int) -> float:
+        """Plain decoding is its measured point; speculation is a line a + b k through the
+        measured k > 0 points (the step from k = 0 to k = 1 carries a fixed cost, the draft's
+        first forward and the wider verification, that a line through k = 0 would spread over
+        every k); with one point of either kind, the model scaled through it; with none, the model."""
         bucket = self.bucket(batch_size)
         points = sorted((kk, t) for (b, kk), t in self.seconds.items() if b == bucket)
-        if len(points) >= 2:
-            n = len(points)
-            mean_k = sum(kk for kk, _ in points) / n
-            mean_t = sum(t for _, t in points) / n
-            spread = sum((kk - mean_k) ** 2 for kk, _ in points)
-            slope = max(0.0, sum((kk - mean_k) * (t - mean_t) for kk, t in points) / spread)
+        plain = [t for kk, t in points if kk == 0]
+        spec = [(kk, t) for kk, t in points if kk > 0]
+        if k == 0 and plain:
+            return plain[0]
+        if k > 0 and len(spec) >= 2:
+            n = len(spec)
+            mean_k = sum(kk for kk, _ in spec) / n
+            mean_t = sum(t for _, t in spec) / n
+            spread = sum((kk - mean_k) ** 2 for kk, _ in spec)
+            slope = max(0.0, sum((kk - mean_k) * (t - mean_t) for kk, t in spec) / spread)
             return max(1e-9, mean_t + slope * (k - mean_k))
         model = self.model.step_time(k, batch_size)
-        if points:
-            known_k, known_t = points[0]
-            return known_t * model / self.model.step_time(known_k, batch_size)
-        return model
+        known = spec[0] if k > 0 and spec else (0, plain[0]) if plain else spec[0] if spec else None
+        if known is None:
+            return model
+        return known[1] * model / self.model.step_time(known[0], batch_size)
 
 
 # ---- the draft's view of a request -----------------------------------------------------------

@@ -115,10 +115,23 @@ def test_measured_spec_steps_that_cost_too_much_turn_speculation_off():
     verification against a graph-replayed plain step, say): even 0.9 acceptance cannot pay."""
     assert choose_num_speculative_tokens(0.9, 4, 4, GPU_LIKE) == 4
     slow = measured({0: 0.007, 4: 0.032})
-    assert slow.step_time(2, 4) == pytest.approx(0.007 + 2 * (0.032 - 0.007) / 4)
+    assert slow.step_time(0, 4) == 0.007
+    # One speculative point: the model's shape scaled through it.
+    assert slow.step_time(2, 4) == pytest.approx(0.032 * GPU_LIKE.step_time(2, 4) / GPU_LIKE.step_time(4, 4))
     assert choose_num_speculative_tokens(0.9, 4, 4, slow) == 0
     fast = measured({0: 0.007, 4: 0.012})
     assert choose_num_speculative_tokens(0.9, 4, 4, fast) == 4
+
+
+def test_the_jump_from_plain_to_speculation_is_not_spread_over_k():
+    """A launch-bound pair (the demo pair on an H100): plain 0.7 ms, any drafting about 2 ms
+    plus 0.35 ms per k. A line through k = 0 too would put plain decoding at 1 ms and make k = 1
+    look like it pays; plain is its own point and the line runs through the k > 0 points only."""
+    cost = measured({0: 0.0007, 1: 0.0019, 2: 0.0024, 3: 0.0032, 4: 0.0030})
+    assert cost.step_time(0, 4) == 0.0007
+    assert cost.step_time(1, 4) > 0.0017
+    for rate in (0.5, 0.6, 0.7, 0.8):
+        assert choose_num_speculative_tokens(rate, 4, 4, cost) == 0
 
 
 def test_measurement_discards_warm_up_and_takes_the_median_of_clipped_samples():
