@@ -265,11 +265,10 @@ class MeasuredStepCost:
     The model cannot know what the engine adds: a verification forward over k + 1 tokens a
     request may run eagerly where a plain decode step replays a CUDA graph, kernels launch from
     Python, the host work per step. So engine steps are timed, by batch-size bucket (powers of
-    two) and by the number of draft steps k, and the policy's step_time comes from them: a
-    straight line a + b k fitted through the measured k's of the bucket when there are two or
-    more, the model scaled through the one measured point when there is one, the model alone
-    when there is none. Speculation that the model favours is therefore tried, measured, and
-    dropped at batch sizes where it loses.
+    two) and by the number of draft steps k, and the policy's step_time comes from them
+    (plain decoding its own point, speculation a line through the k > 0 points, the model where
+    a side has no point: see step_time). Speculation that the model favours is therefore tried,
+    measured, and dropped at batch sizes where it loses.
 
     A served step's wall time is noisy (HTTP work in the same process, collector pauses), so a
     key's time is the median of its last `window` samples: one stall cannot flip the decision.
