@@ -570,7 +570,8 @@ class SpecDecoder:
             return
         if scheduler.waiting and len(running) < scheduler.config.max_num_seqs:
             return  # a prompt may be admitted: its first token must not wait for draft work
-        if self.adaptive and not self.measured.spec_step_due(len(running)):
+        spec_due = self.adaptive and self.measured.spec_step_due(len(running))
+        if self.adaptive and not spec_due:
             # Not even a perfect draft would pay at this batch size: plain decoding, at the cost
             # of this check only (a launch-bound model's step is well under a millisecond). Once
             # both arms are timed here the measurements alone judge; before, the model too.
@@ -581,21 +582,23 @@ class SpecDecoder:
         # Now and then a plain step, to time one at this batch size (MeasuredStepCost.plain_step_due).
         explore = self.adaptive and self.measured.plain_step_due(len(running))
         ready = [request for request in running if self._ready(request)]
+        caps = {request.request_id: self._cap(request) for request in ready}
         timed = [request for request in ready if self._cost_for(request) is self.measured]
         step_k = 0
         if self.adaptive and timed and not explore:
-            rates, caps = [self._estimate(r).rate for r in timed], [self._cap(r) for r in timed]
-            step_k = choose_step_k(rates, caps, len(running), self.k_max, self.measured)
+            rates = [self._estimate(r).rate for r in timed]
+            timed_caps = [caps[r.request_id] for r in timed]
+            step_k = choose_step_k(rates, timed_caps, len(running), self.k_max, self.measured)
             self._log_decision(len(running), step_k, rates)
-            if step_k == 0 and self.measured.spec_step_due(len(running)):
+            if step_k == 0 and spec_due:
                 # Speculation was dropped here a while ago: time it once more, as the model would.
-                step_k = choose_step_k(rates, caps, len(running), self.k_max, self.cost)
+                step_k = choose_step_k(rates, timed_caps, len(running), self.k_max, self.cost)
         plan: list[tuple[Request, int]] = []
         for request in ready:
             if not self.adaptive:
-                k = self._cap(request)
+                k = caps[request.request_id]
             elif self._cost_for(request) is self.measured:
-                k = min(step_k, self._cap(request))
+                k = min(step_k, caps[request.request_id])
             else:  # a seeded sampled request: its own k, from the cost model alone
                 k = self.choose_k(request, len(running))
             if k == 0 and self.adaptive and not explore:
