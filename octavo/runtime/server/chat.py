@@ -63,10 +63,7 @@ def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[
 
 
 async def create_chat_completion(state: ServingState, body: ChatCompletionRequest, request: Request) -> Response:
-    model = state.resolve_model(body.model)
-    problem = body.unsupported()
-    if problem is not None:
-        raise bad_request(problem[1], param=problem[0])
+    model = state.admit(body)
     stream = bool(body.stream)
     token_ids = render_prompt(state, body)
     params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)

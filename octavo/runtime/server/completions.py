@@ -75,10 +75,7 @@ def _decoder(state: ServingState):
 
 
 async def create_completion(state: ServingState, body: CompletionRequest, request: Request) -> Response:
-    model = state.resolve_model(body.model)
-    problem = body.unsupported()
-    if problem is not None:
-        raise bad_request(problem[1], param=problem[0])
+    model = state.admit(body)
     stream = bool(body.stream)
     prompts = _prompts(state, body, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     state.check_capacity()

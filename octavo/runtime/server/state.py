@@ -123,6 +123,15 @@ class ServingState:
         return self.engine.stats, self.engine.engine.config.speculative_config is not None
 
     # ---- checks before the engine ------------------------------------------------------------
+    def admit(self, body: Any) -> str:
+        """The served model name a request body asks for, or a 400 when that model is not served
+        here or the body uses a feature this server does not support."""
+        model = self.resolve_model(body.model)
+        problem = body.unsupported()
+        if problem is not None:
+            raise bad_request(problem[1], param=problem[0])
+        return model
+
     def resolve_model(self, requested: str | None) -> str:
         if requested is None or requested in self.settings.served_model_names:
             return requested or self.model_name
