@@ -447,7 +447,7 @@ def calibrate_and_export(args: argparse.Namespace, result_path: str) -> dict:
         evaluations = [{"scale": scale, "acceptance_rate": measure(scale)["acceptance_rate"]}]
     final = {"greedy": measure(scale, 0.0), "temperature_1": measure(scale, 1.0)}
     pair.set_scale(scale)
-    from octavo.runtime.spec_decode import streamed_weights
+    from octavo.runtime.spec_policy import streamed_weights
 
     weight_ratio = streamed_weights(pair.draft) / streamed_weights(pair.target)
     measured = time.monotonic() - started - built

@@ -370,7 +370,7 @@ class StepCosts:
 
 
 def part_pair(plan: dict, args, rec) -> None:
-    from octavo.runtime.spec_decode import expected_tokens_per_step
+    from octavo.runtime.spec_policy import expected_tokens_per_step
 
     rec.data["note"] = plan["note"]
     configurations = rec.data["configurations"] = []

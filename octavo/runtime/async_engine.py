@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,12 @@ from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
+
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
+# event loop needs the GIL for a fraction of a millisecond to stream a token, but the engine
+# thread's host work (a draft's catch-up, a long prompt's inputs) could keep it waiting a whole
+# interval: at 5 ms that was 1.13x the first-token time of the same server without a draft.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class EngineDeadError(RuntimeError):
@@ -65,6 +72,8 @@ class AsyncLLMEngine:
         self._streams: dict[str, _Stream] = {}
         self._stop = threading.Event()
         self.errored: BaseException | None = None
+        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:  # process-wide: the server is this process
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._loop, name="octavo-engine", daemon=True)
         self._thread.start()
 

@@ -33,16 +33,12 @@ the draft nothing. The draft's prefix cache hashes only tokens the target has co
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import statistics
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from octavo.runtime.config import ModelConfig, SpeculativeConfig
 from octavo.runtime.kv_cache import KVCacheManager
@@ -50,313 +46,14 @@ from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.sampler import SampledRow, Sampler, needs_penalties
 from octavo.runtime.scheduler import ScheduledRequest, SchedulerOutput
+from octavo.runtime.spec_policy import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
+                                        choose_num_speculative_tokens, choose_step_k, default_cost_model)
+from octavo.runtime.spec_verify import VerifyResult, greedy_verify, rejection_sample
 
 if TYPE_CHECKING:
     from octavo.runtime.engine import LLMEngine, StepResult
 
 logger = logging.getLogger("octavo")
-
-
-# ---- verification: pure functions -----------------------------------------------------------
-@dataclass
-class VerifyResult:
-    output_tokens: torch.Tensor  # [B, K + 1] int64: accepted drafts, then the target's token; -1 after
-    num_accepted: torch.Tensor  # [B] int64: accepted drafts per row (the row emits num_accepted + 1)
-
-
-def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
-    """Length of the leading run of True per row."""
-    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
-
-
-def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
-    batch, k = draft_tokens.shape
-    positions = torch.arange(k, device=draft_tokens.device)
-    out = torch.full((batch, k + 1), -1, dtype=torch.int64, device=draft_tokens.device)
-    out[:, :k] = torch.where(positions[None, :] < num_accepted[:, None], draft_tokens.long(), -1)
-    out[torch.arange(batch, device=out.device), num_accepted] = final.long()
-    return out
-
-
-def _num_draft(draft_tokens: torch.Tensor, num_draft: torch.Tensor | None) -> torch.Tensor:
-    if num_draft is None:
-        return torch.full((draft_tokens.shape[0],), draft_tokens.shape[1], dtype=torch.int64,
-                          device=draft_tokens.device)
-    return num_draft.to(device=draft_tokens.device, dtype=torch.int64)
-
-
-def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor,
-                     uniform_noise: torch.Tensor, recovery_noise: torch.Tensor,
-                     num_draft: torch.Tensor | None = None) -> VerifyResult:
-    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batched.
-
-    target_probs [B, K+1, V]: the target's distribution at each draft position and one past.
-    draft_probs [B, K, V]: the distribution each draft token was drawn from.
-    draft_tokens [B, K]; num_draft [B]: how many of a row's K drafts are real (the rest padding).
-    uniform_noise [B, K] ~ U[0, 1); recovery_noise [B, V] ~ Exp(1).
-
-    Draft token x at position i is accepted with probability min(1, p(x) / q(x)); at the first
-    rejection the row ends with a token drawn from norm(max(0, p - q)), and if every draft is
-    accepted with a bonus token drawn from p at position K. Each emitted token is then distributed
-    exactly as p given the tokens before it. The final draw is an exponential race,
-    argmax(w / E) with E ~ Exp(1), which picks index i with probability w_i / sum(w): no
-    normalisation needed.
-    """
-    batch, k = draft_tokens.shape
-    num_draft = _num_draft(draft_tokens, num_draft)
-    rows = torch.arange(batch, device=draft_tokens.device)
-    if k == 0:
-        final = (target_probs[:, 0] / recovery_noise).argmax(dim=-1)
-        return VerifyResult(_assemble(draft_tokens, torch.zeros_like(num_draft), final), torch.zeros_like(num_draft))
-    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
-    index = draft_tokens.long().clamp(min=0)[..., None]
-    p_draft = target_probs[:, :k].gather(-1, index).squeeze(-1)
-    q_draft = draft_probs.gather(-1, index).squeeze(-1)
-    # u < p/q written without the division: q > 0 for any token the draft could have drawn.
-    accept = (uniform_noise * q_draft < p_draft) & valid
-    num_accepted = _accepted_prefix(accept)
-    p_final = target_probs[rows, num_accepted]
-    rejected = (num_accepted < num_draft).to(draft_probs.dtype)
-    q_final = draft_probs[rows, num_accepted.clamp(max=k - 1)] * rejected[:, None]
-    residual = (p_final - q_final).clamp_min(0.0)
-    # In exact arithmetic a rejection implies residual mass > 0; rounding can leave none.
-    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p_final)
-    final = (residual / recovery_noise).argmax(dim=-1)
-    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
-
-
-def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor,
-                  num_draft: torch.Tensor | None = None) -> VerifyResult:
-    """Greedy requests: accept drafts while they equal the target's argmax, then emit the target's
-    argmax at the first disagreement (or one past the last draft). The output is the target's
-    greedy sequence token for token."""
-    batch, k = draft_tokens.shape
-    num_draft = _num_draft(draft_tokens, num_draft)
-    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
-    num_accepted = _accepted_prefix((target_argmax[:, :k] == draft_tokens) & valid)
-    final = target_argmax[torch.arange(batch, device=draft_tokens.device), num_accepted]
-    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
-
-
-# ---- adaptive k: pure functions --------------------------------------------------------------
-@dataclass(frozen=True)
-class SpecCostModel:
-    """How long a step takes, in units of one target forward over a tiny batch.
-
-    A forward first streams its weights from memory (time proportional to their size), then
-    computes (time proportional to weights x tokens). Below `knee_tokens` tokens per forward the
-    weight stream dominates, so extra tokens are nearly free; above it they cost in proportion.
-    On an H100 in bf16 the knee is near 2 FLOP/param/token against 2 bytes/param: peak FLOP/s
-    over bandwidth, ~300 tokens. `forward_overhead` is the fixed cost of launching a forward
-    (kernels, host work); the draft pays it for every one of its k steps.
-    """
-
-    draft_cost_ratio: float = 0.1  # draft weights streamed per forward / the target's
-    knee_tokens: float = 256.0
-    forward_overhead: float = 0.05
-
-    def forward_time(self, weight_ratio: float, num_tokens: int) -> float:
-        return self.forward_overhead + weight_ratio * (1.0 + num_tokens / self.knee_tokens)
-
-    def step_time(self, k: int, batch_size: int) -> float:
-        """Target over batch_size x (k + 1) tokens plus k draft forwards over batch_size tokens."""
-        return (self.forward_time(1.0, batch_size * (k + 1))
-                + k * self.forward_time(self.draft_cost_ratio, batch_size))
-
-
-def expected_tokens_per_step(acceptance_rate: float, k: int) -> float:
-    """Tokens a verification emits when each draft is accepted independently with probability a:
-    1 + a + a^2 + ... + a^k (the accepted run, plus the target's own token)."""
-    a = min(max(acceptance_rate, 0.0), 1.0)
-    if a >= 1.0:
-        return k + 1.0
-    return (1.0 - a ** (k + 1)) / (1.0 - a)
-
-
-def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max: int,
-                                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(),
-                                  min_gain: float = 0.05) -> int:
-    """The k in 0..k_max that maximises goodput, tokens emitted per unit of step time
-    (expected_tokens_per_step / step_time), for one request in a batch of `batch_size`.
-
-    Why these inputs: the acceptance rate says what a draft token is worth, and the batch size
-    says what it costs. With few requests the target is weight-bandwidth bound and verifying k
-    more tokens is almost free, so k grows with the acceptance rate. With many, every token is
-    compute, a step over B(k+1) tokens costs about k+1 plain steps while emitting fewer than k+1
-    tokens, so k falls to 0 and the step is exactly plain decoding: speculation never costs
-    throughput at high concurrency. `cost` is a SpecCostModel or, in the engine, a
-    MeasuredStepCost (this machine's timed steps, the model as prior), so that the promise holds
-    where the model is wrong. `min_gain` keeps k at 0 unless speculation is predicted to win by a
-    margin, so that error errs towards plain decoding.
-    """
-    return choose_step_k([acceptance_rate], [k_max], batch_size, k_max, cost, min_gain)
-
-
-def choose_step_k(acceptance_rates: list[float], caps: list[int], batch_size: int, k_max: int,
-                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(), min_gain: float = 0.05) -> int:
-    """One k for every request of a step: the k in 0..k_max with the most tokens emitted by the
-    batch per unit of step time, sum_i expected_tokens_per_step(a_i, min(k, cap_i)) /
-    step_time(k, batch_size), kept at 0 unless it beats plain decoding by `min_gain`.
-
-    Why one k: a step costs what its longest draft costs (k draft forwards, the verification
-    padded to k + 1 tokens per request), so a request drafting less than the others saves no
-    time, it only emits fewer tokens. Choosing per request would let a few pessimistic
-    estimates drag the batch's yield below both plain decoding and a common k."""
-    if k_max <= 0 or batch_size <= 0 or not acceptance_rates:
-        return 0
-    baseline = len(acceptance_rates) / cost.step_time(0, batch_size)
-    best_k, best = 0, baseline
-    for k in range(1, k_max + 1):
-        tokens = sum(expected_tokens_per_step(a, min(k, cap)) for a, cap in zip(acceptance_rates, caps))
-        goodput = tokens / cost.step_time(k, batch_size)
-        if goodput > best:
-            best_k, best = k, goodput
-    return best_k if best >= baseline * (1.0 + min_gain) else 0
-
-
-@dataclass
-class AcceptanceEstimate:
-    """Running per-token acceptance rate: decaying counts of accepted drafts over drafts tried,
-    pulled towards a prior. A verification that accepts a of k drafts tried a + 1 of them if one
-    was rejected (the rest were never judged), or k if all were accepted.
-
-    `forget()` decays the evidence on a step without speculation, so a request whose estimate
-    once fell low enough to stop drafting drifts back towards the prior and tries again."""
-
-    prior: float = 0.7
-    prior_weight: float = 1.0
-    decay: float = 0.8
-    accepted: float = 0.0
-    trials: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return (self.accepted + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
-
-    def observe(self, num_accepted: int, num_drafted: int) -> None:
-        tried = num_accepted + (1 if num_accepted < num_drafted else 0)
-        self.accepted = self.decay * self.accepted + num_accepted
-        self.trials = self.decay * self.trials + tried
-
-    def forget(self) -> None:
-        self.accepted *= self.decay
-        self.trials *= self.decay
-
-
-def streamed_weights(model: nn.Module) -> int:
-    """Parameters a decode forward reads in full: everything but embedding tables (a forward
-    gathers a few rows), plus the output head when it is the tied token embedding."""
-    total = sum(p.numel() for p in model.parameters())
-    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    total -= sum(m.weight.numel() for m in embeddings)
-    if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and embeddings:
-        total += max(m.weight.numel() for m in embeddings)
-    return max(total, 1)
-
-
-def default_cost_model(target: nn.Module, draft: nn.Module, device: torch.device) -> SpecCostModel:
-    knee = 256.0 if device.type == "cuda" else 64.0
-    return SpecCostModel(draft_cost_ratio=streamed_weights(draft) / streamed_weights(target), knee_tokens=knee)
-
-
-class MeasuredStepCost:
-    """Step times as this machine really delivers them, with the cost model as the prior.
-
-    The model cannot know what the engine adds: a verification forward over k + 1 tokens a
-    request may run eagerly where a plain decode step replays a CUDA graph, kernels launch from
-    Python, the host work per step. So engine steps are timed, by batch-size bucket (powers of
-    two) and by the number of draft steps k, and the policy's step_time comes from them
-    (plain decoding its own point, speculation a line through the k > 0 points, the model where
-    a side has no point: see step_time). Speculation that the model favours is therefore tried,
-    measured, and dropped at batch sizes where it loses.
-
-    A served step's wall time is noisy (HTTP work in the same process, collector pauses), so a
-    key's time is the median of its last `window` samples: one stall cannot flip the decision.
-    The first sample of each (bucket, k) is discarded (compilation, warm-up) and a sample is
-    clipped to 4x the key's time. Neither arm is trusted forever: a bucket where speculation was
-    timed gets a plain step every `refresh_steps` speculative steps, and one where it was
-    dropped gets a speculative step every `explore_steps` plain steps, so a decision made on a
-    bad patch of samples is revisited."""
-
-    def __init__(self, model: SpecCostModel, window: int = 8, refresh_steps: int = 256,
-                 explore_steps: int = 128) -> None:
-        self.model = model
-        self.window = window
-        self.refresh_steps = refresh_steps
-        self.explore_steps = explore_steps
-        self.seconds: dict[tuple[int, int], float] = {}
-        self.samples: dict[tuple[int, int], int] = {}
-        self.recent: dict[tuple[int, int], collections.deque] = {}
-        self.since_plain: dict[int, int] = {}  # per bucket: speculative steps since a plain one
-        self.since_spec: dict[int, int] = {}  # per bucket: plain steps since a speculative one
-
-    @staticmethod
-    def bucket(batch_size: int) -> int:
-        return 1 << max(0, int(batch_size).bit_length() - 1)
-
-    def plain_step_due(self, batch_size: int) -> bool:
-        """Whether this bucket needs a measured plain step: speculation was timed here but plain
-        decoding was not (yet, or not for refresh_steps steps). Without that point the fitted
-        line has nothing to compare k > 0 with; it would extrapolate k = 0 from the k > 0 points,
-        and keep speculating where a draft costs as much as the target (small, launch-bound
-        models)."""
-        bucket = self.bucket(batch_size)
-        if self.samples.get((bucket, 0), 0) < 2:  # the first sample of a key is discarded
-            return any(b == bucket and k > 0 for b, k in self.samples)
-        return self.since_plain.get(bucket, 0) >= self.refresh_steps
-
-    def spec_step_due(self, batch_size: int) -> bool:
-        """Whether this bucket, where speculation was timed and then dropped, should time one
-        speculative step again (every explore_steps plain steps)."""
-        bucket = self.bucket(batch_size)
-        return (any(b == bucket and k > 0 for b, k in self.seconds)
-                and self.since_spec.get(bucket, 0) >= self.explore_steps)
-
-    def timed_both(self, batch_size: int) -> bool:
-        """Whether plain and speculative steps both have measured times in this bucket."""
-        bucket = self.bucket(batch_size)
-        return (bucket, 0) in self.seconds and any(b == bucket and k > 0 for b, k in self.seconds)
-
-    def observe(self, batch_size: int, k: int, seconds: float) -> None:
-        key = (self.bucket(batch_size), k)
-        if k == 0:
-            self.since_spec[key[0]] = self.since_spec.get(key[0], 0) + 1
-            self.since_plain[key[0]] = 0
-        else:
-            self.since_spec[key[0]] = 0
-            self.since_plain[key[0]] = self.since_plain.get(key[0], 0) + 1
-        count = self.samples.get(key, 0)
-        self.samples[key] = count + 1
-        if count == 0:
-            return
-        old = self.seconds.get(key)
-        recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
-        recent.append(seconds if old is None else min(seconds, 4.0 * old))
-        self.seconds[key] = statistics.median(recent)
-
-    def step_time(self, k: int, batch_size: int) -> float:
-        """Plain decoding is its measured point; speculation is a line a + b k through the
-        measured k > 0 points (the step from k = 0 to k = 1 carries a fixed cost, the draft's
-        first forward and the wider verification, that a line through k = 0 would spread over
-        every k); with one point of either kind, the model scaled through it; with none, the model."""
-        bucket = self.bucket(batch_size)
-        points = sorted((kk, t) for (b, kk), t in self.seconds.items() if b == bucket)
-        plain = [t for kk, t in points if kk == 0]
-        spec = [(kk, t) for kk, t in points if kk > 0]
-        if k == 0 and plain:
-            return plain[0]
-        if k > 0 and len(spec) >= 2:
-            n = len(spec)
-            mean_k = sum(kk for kk, _ in spec) / n
-            mean_t = sum(t for _, t in spec) / n
-            spread = sum((kk - mean_k) ** 2 for kk, _ in spec)
-            slope = max(0.0, sum((kk - mean_k) * (t - mean_t) for kk, t in spec) / spread)
-            return max(1e-9, mean_t + slope * (k - mean_k))
-        model = self.model.step_time(k, batch_size)
-        known = spec[0] if k > 0 and spec else (0, plain[0]) if plain else spec[0] if spec else None
-        if known is None:
-            return model
-        return known[1] * model / self.model.step_time(known[0], batch_size)
 
 
 # ---- the draft's view of a request -----------------------------------------------------------
@@ -468,8 +165,13 @@ class SpecDecoder:
         engine.model_runner.extra_bytes_per_block += self.draft_runner.bytes_per_block()
         self.cost = default_cost_model(engine.model_runner.model, self.draft_runner.model, engine_config.device)
         self.measured = MeasuredStepCost(self.cost)
+        self.decide_every = 8  # steps a bucket keeps its chosen k (choosing walks every request)
         self._step_started = 0.0
-        self._step_k = 0
+        self._step_k = 0  # draft steps of the step in flight
+        self._step_timed = False  # whether its time is a sample of what k costs
+        self._cycle: tuple[int, int, float, bool] | None = None  # the last decode step: batch, k, start, sample?
+        self._last_arm: tuple[int, bool] | None = None  # its bucket and whether it speculated
+        self._step_plans: dict[int, tuple[int, int]] = {}  # bucket -> (k chosen, steps it still holds)
         self.draft_kv: KVCacheManager | None = None
         self.sequences: dict[str, DraftSequence] = {}
         self.estimates: dict[str, AcceptanceEstimate] = {}
@@ -563,36 +265,27 @@ class SpecDecoder:
     @torch.inference_mode()
     def propose(self) -> None:
         """Draft proposals for the coming step (called before scheduling)."""
-        self._step_started, self._step_k = time.perf_counter(), 0
+        now = time.perf_counter()
+        self._close_cycle(now)
+        self._step_started, self._step_k, self._step_timed = now, 0, True
         scheduler = self.engine.scheduler
         running = scheduler.running
         if not running or self.draft_kv is None:
             return
         if scheduler.waiting and len(running) < scheduler.config.max_num_seqs:
             return  # a prompt may be admitted: its first token must not wait for draft work
-        spec_due = self.adaptive and self.measured.spec_step_due(len(running))
-        if self.adaptive and not spec_due:
-            # Not even a perfect draft would pay at this batch size: plain decoding, at the cost
-            # of this check only (a launch-bound model's step is well under a millisecond). Once
-            # both arms are timed here the measurements alone judge; before, the model too.
-            judges = ((self.measured,) if self.measured.timed_both(len(running))
-                      else (self.cost, self.measured))
-            if all(choose_num_speculative_tokens(1.0, len(running), self.k_max, cost) == 0 for cost in judges):
-                return
-        # Now and then a plain step, to time one at this batch size (MeasuredStepCost.plain_step_due).
-        explore = self.adaptive and self.measured.plain_step_due(len(running))
+        batch = len(running)
+        spec_due = self.adaptive and self.measured.spec_step_due(batch)
+        if self.adaptive and not spec_due and self._cannot_pay(batch):
+            return
+        # Now and then plain steps, to time them at this batch size (MeasuredStepCost.plain_step_due).
+        explore = self.adaptive and self.measured.plain_step_due(batch)
         ready = [request for request in running if self._ready(request)]
         caps = {request.request_id: self._cap(request) for request in ready}
         timed = [request for request in ready if self._cost_for(request) is self.measured]
         step_k = 0
         if self.adaptive and timed and not explore:
-            rates = [self._estimate(r).rate for r in timed]
-            timed_caps = [caps[r.request_id] for r in timed]
-            step_k = choose_step_k(rates, timed_caps, len(running), self.k_max, self.measured)
-            self._log_decision(len(running), step_k, rates)
-            if step_k == 0 and spec_due:
-                # Speculation was dropped here a while ago: time it once more, as the model would.
-                step_k = choose_step_k(rates, timed_caps, len(running), self.k_max, self.cost)
+            step_k = self._batch_k(batch, timed, caps, spec_due)
         plan: list[tuple[Request, int]] = []
         for request in ready:
             if not self.adaptive:
@@ -609,8 +302,36 @@ class SpecDecoder:
         if plan:
             long_catch_up = self._draft(plan)
             # k draft forwards ran; a catch-up with no proposals, or one that recomputed a whole
-            # prompt or many plain steps' tokens, is no sample of what k costs (-1).
-            self._step_k = -1 if long_catch_up else max(len(r.spec_token_ids) for r, _ in plan) or -1
+            # prompt or many plain steps' tokens, is no sample of what k costs.
+            self._step_k = max(len(r.spec_token_ids) for r, _ in plan)
+            self._step_timed = self._step_k > 0 and not long_catch_up
+
+    def _cannot_pay(self, batch_size: int) -> bool:
+        """Whether not even a perfect draft would pay at this batch size: then the step is plain
+        decoding at the cost of this check only (a launch-bound model's step is well under a
+        millisecond). Once both arms are timed here the measurements alone judge; before, the
+        model too."""
+        judges = (self.measured,) if self.measured.timed_both(batch_size) else (self.cost, self.measured)
+        return all(choose_num_speculative_tokens(1.0, batch_size, self.k_max, cost) == 0 for cost in judges)
+
+    def _batch_k(self, batch_size: int, timed: list[Request], caps: dict[str, int], spec_due: bool) -> int:
+        """The step's k for the requests that follow measured step times (choose_step_k). A bucket
+        keeps its k for decide_every steps: acceptance rates move slowly, and choosing walks every
+        request of the batch, which is real time next to a sub-millisecond step."""
+        bucket = self.measured.bucket(batch_size)
+        held = self._step_plans.get(bucket)
+        if held is not None and held[1] > 0 and not spec_due:
+            self._step_plans[bucket] = (held[0], held[1] - 1)
+            return held[0]
+        rates = [self._estimate(r).rate for r in timed]
+        timed_caps = [caps[r.request_id] for r in timed]
+        step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.measured)
+        self._log_decision(batch_size, step_k, rates)
+        self._step_plans[bucket] = (step_k, self.decide_every - 1)
+        if step_k == 0 and spec_due:
+            # Speculation was dropped here a while ago: time it once more, as the model would.
+            step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.cost)
+        return step_k
 
     def _log_decision(self, batch_size: int, k: int, rates: list[float]) -> None:
         """Log when adaptive k turns speculation on or off for a batch-size bucket (changes only,
@@ -895,19 +616,39 @@ class SpecDecoder:
     # ---- after the step --------------------------------------------------------------------
     def after_step(self, sched: SchedulerOutput) -> None:
         """Roll both caches back to what was accepted (the engine has already appended the tokens
-        and moved num_computed_tokens)."""
-        if self._step_k >= 0 and all(item.num_new_tokens - item.num_spec_tokens == 1 for item in sched.scheduled):
-            # A decode-only step: its time says what k draft steps cost at this batch size.
-            self.measured.observe(len(sched.scheduled), self._step_k, time.perf_counter() - self._step_started)
+        and moved num_computed_tokens). A request that did not speculate keeps its draft state as
+        it is: the next proposal brings it up to date (_sequence)."""
+        if sched.scheduled and all(item.num_new_tokens - item.num_spec_tokens == 1 for item in sched.scheduled):
+            # A decode-only step: its cycle time (ended by the next step, _close_cycle) says what
+            # k draft steps cost at this batch size, if it ran in steady state.
+            arm = (self.measured.bucket(len(sched.scheduled)), self._step_k > 0)
+            steady = self._step_timed and arm == self._last_arm
+            self._cycle = (len(sched.scheduled), self._step_k, self._step_started, steady)
+            self._last_arm = arm
+        else:
+            self._last_arm = None
         for item in sched.scheduled:
             request = item.request
-            if request.is_finished:
+            if not item.num_spec_tokens or request.is_finished:
                 continue
-            if item.num_spec_tokens:
-                self.engine.kv_cache.truncate(request, request.num_computed_tokens)
+            self.engine.kv_cache.truncate(request, request.num_computed_tokens)
             seq = self.sequences.get(request.request_id)
             if seq is not None:
                 self._sync(seq, request)
+
+    def _close_cycle(self, now: float) -> None:
+        """The last decode step's cycle ends as this step starts: a sample of its k if it ran in
+        steady state and nothing else came between (new requests to admit, requests that
+        finished or were aborted: the batch the next step sees is another), else only counted."""
+        cycle, self._cycle = self._cycle, None
+        if cycle is None:
+            return
+        batch, k, started, sample = cycle
+        scheduler = self.engine.scheduler
+        if sample and not scheduler.waiting and len(scheduler.running) == batch:
+            self.measured.observe(batch, k, now - started)
+        else:
+            self.measured.count(batch, k)
 
     def _sync(self, seq: DraftSequence, request: Request) -> None:
         """Keep the draft K/V of every position whose token (and so every token before it) is

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from octavo import LLM
-from octavo.runtime.spec_decode import SpecCostModel
+from octavo.runtime.spec_policy import SpecCostModel
 
 # What adaptive k would believe of a GPU with a small draft: speculation pays at small batches.
 CHEAP_DRAFT = SpecCostModel(draft_cost_ratio=0.05, knee_tokens=256.0)

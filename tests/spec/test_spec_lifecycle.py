@@ -9,7 +9,7 @@ import pytest
 
 from spec_helpers import make_llm, spec_totals, token_ids
 from octavo import SamplingParams
-from octavo.runtime.spec_decode import SpecCostModel
+from octavo.runtime.spec_policy import SpecCostModel
 from tiny_models import PROMPTS as SHARED_PROMPTS
 
 PROMPTS = SHARED_PROMPTS + ["Kubernetes operators reconcile"]
@@ -122,8 +122,7 @@ def test_measured_step_times_override_a_hopeful_model(pair):
     measured = llm.llm_engine.spec_decoder.measured
     for k, seconds in ((0, 0.01), (4, 0.05)):
         for batch in (1, 2, 4):
-            measured.samples[(batch, k)] = 1
-            measured.seconds[(batch, k)] = seconds
+            measured.set_time(batch, k, seconds)
     draft_forwards = count_draft_forwards(llm)
     llm.generate(PROMPTS[:4], GREEDY, use_tqdm=False)
     assert draft_forwards[0] == 0
@@ -139,8 +138,7 @@ def test_dropped_speculation_is_timed_again_after_explore_steps(pair, caplog):
     measured = engine.spec_decoder.measured
     measured.explore_steps = 3
     for k, seconds in ((0, 0.01), (4, 0.05)):
-        measured.samples[(1, k)] = 3
-        measured.seconds[(1, k)] = seconds
+        measured.set_time(1, k, seconds)
     draft_forwards = count_draft_forwards(llm)
     engine.add_request("only", {"prompt_token_ids": [5, 6, 7, 8]},
                        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
@@ -155,23 +153,27 @@ def test_dropped_speculation_is_timed_again_after_explore_steps(pair, caplog):
     assert_no_leaks(llm)
 
 
-def test_a_bucket_timed_only_with_drafts_gets_a_timed_plain_step(pair):
-    """Speculative steps were timed at batch size 1, plain ones never: the next decode steps
-    run without drafts until a plain step has been timed (its first sample is warm-up)."""
+def test_a_bucket_timed_only_with_drafts_gets_a_probe_of_timed_plain_steps(pair):
+    """Speculative steps were timed at batch size 1, plain ones never: the next probe_steps
+    decode steps run without drafts. The first is no sample (it follows the prompt, not a plain
+    step); each later one is, once the step after it starts (a step's time is its whole cycle);
+    the first sample of a key is warm-up."""
     target, draft = pair
     llm = make_llm(target, draft, k=4, adaptive=True)
     engine = llm.llm_engine
     measured = engine.spec_decoder.measured
-    measured.samples[(1, 4)] = 3
-    measured.seconds[(1, 4)] = 0.05
+    assert measured.probe_steps == 4
+    measured.set_time(1, 4, 0.05)
     draft_forwards = count_draft_forwards(llm)
     engine.add_request("only", {"prompt_token_ids": [5, 6, 7, 8]},
-                       SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+                       SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
     engine.step()  # the prompt
-    for _ in range(2):
-        engine.step()  # decode steps, plain: they time k = 0 at batch size 1
+    for _ in range(4):
+        engine.step()  # the probe: plain decode steps at batch size 1
     assert draft_forwards[0] == 0
-    assert measured.samples[(1, 0)] == 2 and (1, 0) in measured.seconds
+    assert measured.samples.get((1, 0), 0) == 2 and (1, 0) in measured.seconds
+    engine.step()  # closes the probe's last step
+    assert measured.samples[(1, 0)] == 3
     while engine.has_unfinished_requests():
         engine.step()
 
@@ -192,4 +194,41 @@ def test_k_extremes(pair, k):
     expected = token_ids(make_llm(target).generate(PROMPTS[:3], GREEDY, use_tqdm=False))
     llm = make_llm(target, draft, k=k)
     assert token_ids(llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False)) == expected
+    assert_no_leaks(llm)
+
+
+def test_a_decode_step_is_timed_over_its_whole_cycle_in_steady_state(pair, monkeypatch):
+    """A sample is a step's cycle, from its start to the next step's start (what happens between
+    two steps, streaming the tokens a step emitted, is charged to that step), and only in steady
+    state: the first decode step after the prompt (a long draft catch-up) and a cycle that ends
+    with a new request waiting are counted, never timed."""
+    from types import SimpleNamespace
+
+    from octavo.runtime import spec_decode
+
+    clock = [0.0]
+    monkeypatch.setattr(spec_decode, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    target, draft = pair
+    llm = make_llm(target, draft, k=2)  # fixed k: every decode step drafts 2
+    engine = llm.llm_engine
+    measured = engine.spec_decoder.measured
+    engine.add_request("a", {"prompt_token_ids": [5, 6, 7, 8]},
+                       SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True))
+    gaps = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0]
+    for gap in gaps:  # the prompt, then decode steps; the clock moves only between steps
+        engine.step()
+        clock[0] += gap
+    assert engine.has_unfinished_requests()
+    key = (1, 2)
+    # Decode steps start at the second step. Their cycles: 1.0 (the catch-up, no sample), 2.0
+    # (the key's first sample: warm-up, discarded), 3.0, 5.0, and 8.0 once the next step starts.
+    engine.step()  # closes the 8.0-long cycle
+    assert measured.samples[key] == 4
+    assert list(measured.recent[key]) == [3.0, 5.0, 8.0]
+    clock[0] += 13.0
+    engine.add_request("b", {"prompt_token_ids": [9, 10, 11]},
+                       SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+    engine.step()  # the cycle that ended with "b" waiting is counted, not timed
+    assert measured.samples[key] == 4
+    engine.abort_request(["a", "b"])
     assert_no_leaks(llm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from octavo.runtime.spec_decode import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
+from octavo.runtime.spec_policy import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
                                         choose_num_speculative_tokens, choose_step_k, expected_tokens_per_step)
 
 GPU_LIKE = SpecCostModel(draft_cost_ratio=0.1, knee_tokens=256, forward_overhead=0.05)
@@ -148,39 +148,73 @@ def test_measurement_discards_warm_up_and_takes_the_median_of_clipped_samples():
     assert cost.seconds[(2, 0)] == pytest.approx(0.020)
 
 
-def test_a_bucket_that_dropped_speculation_times_it_again_now_and_then():
-    cost = MeasuredStepCost(GPU_LIKE, explore_steps=5)
+def test_a_bucket_that_dropped_speculation_probes_it_again_less_and_less_often():
+    """Where speculation was timed and lost, a probe of probe_steps speculative steps runs after
+    explore_steps plain steps; each probe doubles the interval (a pair that never pays costs
+    next to nothing), and speculation chosen on its own resets it."""
+    cost = MeasuredStepCost(GPU_LIKE, explore_steps=5, probe_steps=3, max_explore_steps=12)
     for _ in range(3):
         cost.observe(4, 0, 0.010)
     assert not cost.spec_step_due(4)  # speculation was never timed here: the model decides
     for _ in range(3):
         cost.observe(4, 4, 0.050)
     assert not cost.spec_step_due(4)
-    for step in range(5):
-        assert not cost.spec_step_due(4), step
-        cost.observe(4, 0, 0.010)
-    assert cost.spec_step_due(4) and not cost.spec_step_due(8)
-    cost.observe(4, 3, 0.030)  # the exploratory speculative step
-    assert not cost.spec_step_due(4)
+
+    def plain_steps_until_probe() -> int:
+        steps = 0
+        while not cost.spec_step_due(4):
+            cost.observe(4, 0, 0.010)
+            steps += 1
+            assert steps < 100
+        return steps
+
+    assert plain_steps_until_probe() == 5
+    assert not cost.spec_step_due(8)  # another bucket
+    for step in range(3):  # the probe: three speculative steps, then plain again
+        assert cost.spec_step_due(4), step
+        cost.observe(4, 3, 0.030)
+    assert plain_steps_until_probe() == 10
+    for _ in range(3):
+        cost.observe(4, 3, 0.030)
+    assert plain_steps_until_probe() == 12  # capped
+    for _ in range(3):
+        cost.observe(4, 3, 0.030)
+    cost.observe(4, 2, 0.030)  # the policy speculates outside a probe: back to the base interval
+    assert plain_steps_until_probe() == 5
 
 
-def test_a_plain_step_is_timed_wherever_speculation_was():
+def test_plain_steps_are_timed_wherever_speculation_was():
     """Without a measured k = 0 point the fit extrapolates plain decoding from the k > 0 steps
-    and calls it as slow as they are; the engine then times a plain step in that bucket, and
-    again every refresh_steps speculative steps."""
-    cost = MeasuredStepCost(GPU_LIKE, refresh_steps=10)
+    and calls it as slow as they are; the engine then runs a probe of plain steps in that
+    bucket, and again every refresh_steps speculative steps."""
+    cost = MeasuredStepCost(GPU_LIKE, refresh_steps=10, probe_steps=3)
     assert not cost.plain_step_due(4)  # nothing timed: the model alone decides
     for _ in range(3):
         cost.observe(4, 4, 0.030)
-    assert cost.plain_step_due(4) and cost.plain_step_due(7)  # same bucket
     assert not cost.plain_step_due(8)  # another bucket, nothing speculative timed there
-    cost.observe(4, 0, 0.007)
-    assert cost.plain_step_due(4)  # the first sample of a key is warm-up
-    cost.observe(4, 0, 0.007)
+    for step in range(3):  # a probe of three plain steps (the first sample of a key is warm-up)
+        assert cost.plain_step_due(4) and cost.plain_step_due(7), step  # 7: the same bucket
+        cost.observe(4, 0, 0.007)
     assert not cost.plain_step_due(4)
+    assert cost.samples[(4, 0)] == 3 and cost.step_time(0, 4) == 0.007
     assert choose_num_speculative_tokens(0.5, 4, 4, cost) == 0  # 0.030 s for 1.94 tokens loses
     for _ in range(9):
         cost.observe(4, 4, 0.030)
     assert not cost.plain_step_due(4)
     cost.observe(4, 4, 0.030)
-    assert cost.plain_step_due(4)
+    for _ in range(3):
+        assert cost.plain_step_due(4)
+        cost.count(4, 0)  # probe steps whose time was no sample still count
+    assert not cost.plain_step_due(4)
+
+
+def test_step_time_follows_set_times_and_bumps_the_version():
+    cost = MeasuredStepCost(GPU_LIKE)
+    version = cost.version
+    cost.set_time(4, 0, 0.010)
+    cost.set_time(4, 1, 0.020)
+    cost.set_time(4, 3, 0.030)
+    assert cost.version == version + 3 and cost.timed_both(5)
+    assert cost.step_time(0, 4) == 0.010
+    assert cost.step_time(2, 4) == pytest.approx(0.025)  # the line through k = 1 and 3
+    assert cost.step_time(4, 4) == pytest.approx(0.035)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from octavo.runtime.spec_decode import VerifyResult, greedy_verify, rejection_sample
+from octavo.runtime.spec_verify import VerifyResult, greedy_verify, rejection_sample
 
 NUM_SAMPLES = 40_000
 ALPHA = 1e-3  # a correct sampler passes at this level; the broken ones fail by far more

@@ -1,0 +1,317 @@
+"""Adaptive speculation: how many tokens to draft per step (0 = plain decoding).
+
+The policy weighs what a draft token is worth (the running acceptance rate) against what it
+costs (step time at this batch size): `choose_step_k` picks the k with the most tokens per unit
+of step time. Step times come from a cost model (`SpecCostModel`, the prior) and, in the engine,
+from this machine's measured steps (`MeasuredStepCost`), so speculation is dropped wherever it
+loses, whatever the model believed.
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SpecCostModel:
+    """How long a step takes, in units of one target forward over a tiny batch.
+
+    A forward first streams its weights from memory (time proportional to their size), then
+    computes (time proportional to weights x tokens). Below `knee_tokens` tokens per forward the
+    weight stream dominates, so extra tokens are nearly free; above it they cost in proportion.
+    On an H100 in bf16 the knee is near 2 FLOP/param/token against 2 bytes/param: peak FLOP/s
+    over bandwidth, ~300 tokens. `forward_overhead` is the fixed cost of launching a forward
+    (kernels, host work); the draft pays it for every one of its k steps.
+    """
+
+    draft_cost_ratio: float = 0.1  # draft weights streamed per forward / the target's
+    knee_tokens: float = 256.0
+    forward_overhead: float = 0.05
+
+    def forward_time(self, weight_ratio: float, num_tokens: int) -> float:
+        return self.forward_overhead + weight_ratio * (1.0 + num_tokens / self.knee_tokens)
+
+    def step_time(self, k: int, batch_size: int) -> float:
+        """Target over batch_size x (k + 1) tokens plus k draft forwards over batch_size tokens."""
+        return (self.forward_time(1.0, batch_size * (k + 1))
+                + k * self.forward_time(self.draft_cost_ratio, batch_size))
+
+
+def expected_tokens_per_step(acceptance_rate: float, k: int) -> float:
+    """Tokens a verification emits when each draft is accepted independently with probability a:
+    1 + a + a^2 + ... + a^k (the accepted run, plus the target's own token)."""
+    a = min(max(acceptance_rate, 0.0), 1.0)
+    if a >= 1.0:
+        return k + 1.0
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max: int,
+                                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(),
+                                  min_gain: float = 0.05) -> int:
+    """The k in 0..k_max that maximises goodput, tokens emitted per unit of step time
+    (expected_tokens_per_step / step_time), for one request in a batch of `batch_size`.
+
+    Why these inputs: the acceptance rate says what a draft token is worth, and the batch size
+    says what it costs. With few requests the target is weight-bandwidth bound and verifying k
+    more tokens is almost free, so k grows with the acceptance rate. With many, every token is
+    compute, a step over B(k+1) tokens costs about k+1 plain steps while emitting fewer than k+1
+    tokens, so k falls to 0 and the step is exactly plain decoding: speculation never costs
+    throughput at high concurrency. `cost` is a SpecCostModel or, in the engine, a
+    MeasuredStepCost (this machine's timed steps, the model as prior), so that the promise holds
+    where the model is wrong. `min_gain` keeps k at 0 unless speculation is predicted to win by a
+    margin, so that error errs towards plain decoding.
+    """
+    return choose_step_k([acceptance_rate], [k_max], batch_size, k_max, cost, min_gain)
+
+
+def choose_step_k(acceptance_rates: list[float], caps: list[int], batch_size: int, k_max: int,
+                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(), min_gain: float = 0.05) -> int:
+    """One k for every request of a step: the k in 0..k_max with the most tokens emitted by the
+    batch per unit of step time, sum_i expected_tokens_per_step(a_i, min(k, cap_i)) /
+    step_time(k, batch_size), kept at 0 unless it beats plain decoding by `min_gain`.
+
+    Why one k: a step costs what its longest draft costs (k draft forwards, the verification
+    padded to k + 1 tokens per request), so a request drafting less than the others saves no
+    time, it only emits fewer tokens. Choosing per request would let a few pessimistic
+    estimates drag the batch's yield below both plain decoding and a common k."""
+    if k_max <= 0 or batch_size <= 0 or not acceptance_rates:
+        return 0
+    baseline = len(acceptance_rates) / cost.step_time(0, batch_size)
+    best_k, best = 0, baseline
+    for k in range(1, k_max + 1):
+        tokens = sum(expected_tokens_per_step(a, min(k, cap)) for a, cap in zip(acceptance_rates, caps))
+        goodput = tokens / cost.step_time(k, batch_size)
+        if goodput > best:
+            best_k, best = k, goodput
+    return best_k if best >= baseline * (1.0 + min_gain) else 0
+
+
+@dataclass
+class AcceptanceEstimate:
+    """Running per-token acceptance rate: decaying counts of accepted drafts over drafts tried,
+    pulled towards a prior. A verification that accepts a of k drafts tried a + 1 of them if one
+    was rejected (the rest were never judged), or k if all were accepted.
+
+    `forget()` decays the evidence on a step without speculation, so a request whose estimate
+    once fell low enough to stop drafting drifts back towards the prior and tries again."""
+
+    prior: float = 0.7
+    prior_weight: float = 1.0
+    decay: float = 0.8
+    accepted: float = 0.0
+    trials: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return (self.accepted + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+
+    def observe(self, num_accepted: int, num_drafted: int) -> None:
+        tried = num_accepted + (1 if num_accepted < num_drafted else 0)
+        self.accepted = self.decay * self.accepted + num_accepted
+        self.trials = self.decay * self.trials + tried
+
+    def forget(self) -> None:
+        self.accepted *= self.decay
+        self.trials *= self.decay
+
+
+def streamed_weights(model: nn.Module) -> int:
+    """Parameters a decode forward reads in full: everything but embedding tables (a forward
+    gathers a few rows), plus the output head when it is the tied token embedding."""
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    total -= sum(m.weight.numel() for m in embeddings)
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False) and embeddings:
+        total += max(m.weight.numel() for m in embeddings)
+    return max(total, 1)
+
+
+def default_cost_model(target: nn.Module, draft: nn.Module, device: torch.device) -> SpecCostModel:
+    knee = 256.0 if device.type == "cuda" else 64.0
+    return SpecCostModel(draft_cost_ratio=streamed_weights(draft) / streamed_weights(target), knee_tokens=knee)
+
+
+@dataclass
+class _BucketFit:
+    """A bucket's measured step times, as step_time reads them: the plain point, and the
+    speculation line a + b k through the k > 0 points (or the one k > 0 point there is)."""
+
+    plain: float | None = None
+    spec_point: tuple[int, float] | None = None
+    intercept: float = 0.0
+    slope: float | None = None  # None: fewer than two k > 0 points
+
+
+class MeasuredStepCost:
+    """Step times as this machine really delivers them, with the cost model as the prior.
+
+    The model cannot know what the engine adds: a verification forward over k + 1 tokens a
+    request may run eagerly where a plain decode step replays a CUDA graph, kernels launch from
+    Python, the host work per step, the server streaming more tokens per step. So engine steps
+    are timed, by batch-size bucket (powers of two) and by the number of draft steps k, and the
+    policy's step_time comes from them (plain decoding its own point, speculation a line through
+    the k > 0 points, the model where a side has no point: see step_time).
+
+    What a sample is (the engine decides, see SpecDecoder): a step's cycle time, from its start
+    to the next step's start, so that what a step leaves behind (tokens to stream, outputs to
+    build) is charged to it; and only in steady state, a step whose previous step was of the same
+    kind (plain or speculative) at the same batch size. The first plain step after speculative
+    ones shares the process with the streaming of several tokens per request; timing it made
+    plain decoding look 2-3x slower than it is in a server (measured: 1.0-1.9 ms against a 0.6 ms
+    TPOT without the draft).
+
+    A key's time is the median of its last `window` samples (one stall cannot flip a decision);
+    the first sample of each key is discarded (compilation, warm-up) and a sample is clipped to
+    4x the key's time. Neither arm is trusted forever: where speculation was timed, a probe of
+    `probe_steps` plain steps runs every `refresh_steps` speculative steps; where it was dropped,
+    a probe of `probe_steps` speculative steps runs after `explore_steps` plain steps, an interval
+    that doubles with each probe (up to `max_explore_steps`) while speculation keeps losing, so a
+    pair that never pays costs next to nothing, and one whose decision was made on a bad patch
+    of samples is revisited. A probe has several steps because its first is no steady-state sample."""
+
+    def __init__(self, model: SpecCostModel, window: int = 8, refresh_steps: int = 256,
+                 explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048) -> None:
+        self.model = model
+        self.window = window
+        self.refresh_steps = refresh_steps
+        self.explore_steps = explore_steps
+        self.probe_steps = probe_steps
+        self.max_explore_steps = max_explore_steps
+        self.seconds: dict[tuple[int, int], float] = {}
+        self.samples: dict[tuple[int, int], int] = {}
+        self.recent: dict[tuple[int, int], collections.deque] = {}
+        self.since_plain: dict[int, int] = {}  # per bucket: speculative steps since a plain one
+        self.since_spec: dict[int, int] = {}  # per bucket: plain steps since a speculative one
+        self.explore_after: dict[int, int] = {}  # per bucket: plain steps before the next speculative probe
+        self.probes: dict[int, tuple[bool, int]] = {}  # per bucket: (speculative?, steps left) of a probe
+        self.version = 0  # bumped whenever a measured time changes (callers cache on it)
+        self._fits: dict[int, _BucketFit] = {}
+
+    @staticmethod
+    def bucket(batch_size: int) -> int:
+        return 1 << max(0, int(batch_size).bit_length() - 1)
+
+    def _probing(self, bucket: int, speculative: bool) -> bool:
+        probe = self.probes.get(bucket)
+        return probe is not None and probe[0] == speculative
+
+    def _timed_spec(self, bucket: int) -> bool:
+        return any(b == bucket and k > 0 for b, k in self.samples)
+
+    def plain_step_due(self, batch_size: int) -> bool:
+        """Whether the coming step should be plain to time plain decoding: speculation was timed
+        in this bucket but plain decoding was not (yet, or not for refresh_steps steps), or a
+        plain probe is under way. Without that point the fitted line has nothing to compare
+        k > 0 with; it would extrapolate k = 0 from the k > 0 points, and keep speculating where
+        a draft costs as much as the target (small, launch-bound models)."""
+        bucket = self.bucket(batch_size)
+        if self._probing(bucket, False):
+            return True
+        if self.samples.get((bucket, 0), 0) < 2:  # the first sample of a key is discarded
+            due = self._timed_spec(bucket)
+        else:
+            due = self.since_plain.get(bucket, 0) >= self.refresh_steps
+        if due:
+            self.probes[bucket] = (False, self.probe_steps)
+        return due
+
+    def spec_step_due(self, batch_size: int) -> bool:
+        """Whether the coming step should speculate to time speculation again, in a bucket where
+        it was timed and then dropped (a probe is under way, or explore_after plain steps ran)."""
+        bucket = self.bucket(batch_size)
+        if self._probing(bucket, True):
+            return True
+        after = self.explore_after.get(bucket, self.explore_steps)
+        fit = self._fits.get(bucket)
+        due = fit is not None and fit.spec_point is not None and self.since_spec.get(bucket, 0) >= after
+        if due:
+            self.probes[bucket] = (True, self.probe_steps)
+            self.explore_after[bucket] = min(2 * after, self.max_explore_steps)
+        return due
+
+    def timed_both(self, batch_size: int) -> bool:
+        """Whether plain and speculative steps both have measured times in this bucket."""
+        fit = self._fits.get(self.bucket(batch_size))
+        return fit is not None and fit.plain is not None and fit.spec_point is not None
+
+    def count(self, batch_size: int, k: int) -> None:
+        """A decode step ran with k draft steps (0: plain), timed or not: the probes' clocks."""
+        bucket = self.bucket(batch_size)
+        probe = self.probes.get(bucket)
+        if k == 0:
+            self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
+            self.since_plain[bucket] = 0
+        else:
+            self.since_spec[bucket] = 0
+            self.since_plain[bucket] = self.since_plain.get(bucket, 0) + 1
+            if probe is None:  # the policy itself speculates here: explore at the base rate again
+                self.explore_after.pop(bucket, None)
+        if probe is not None and probe[0] == (k > 0):
+            if probe[1] <= 1:
+                del self.probes[bucket]
+            else:
+                self.probes[bucket] = (probe[0], probe[1] - 1)
+
+    def observe(self, batch_size: int, k: int, seconds: float) -> None:
+        """A timed decode step (counted as well)."""
+        self.count(batch_size, k)
+        self.add_sample(batch_size, k, seconds)
+
+    def add_sample(self, batch_size: int, k: int, seconds: float) -> None:
+        key = (self.bucket(batch_size), k)
+        count = self.samples.get(key, 0)
+        self.samples[key] = count + 1
+        if count == 0:
+            return
+        old = self.seconds.get(key)
+        recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
+        recent.append(seconds if old is None else min(seconds, 4.0 * old))
+        self.seconds[key] = statistics.median(recent)
+        self._refit(key[0])
+
+    def set_time(self, batch_size: int, k: int, seconds: float, samples: int = 3) -> None:
+        """Take a step time as measured `samples` times (tests, and a warm start from a file)."""
+        key = (self.bucket(batch_size), k)
+        self.samples[key] = samples
+        self.seconds[key] = seconds
+        self.recent[key] = collections.deque([seconds], maxlen=self.window)
+        self._refit(key[0])
+
+    def _refit(self, bucket: int) -> None:
+        """The bucket's plain point and speculation line (plain decoding is its own point: the
+        step from k = 0 to k = 1 carries a fixed cost, the draft's first forward and the wider
+        verification, that a line through k = 0 would spread over every k)."""
+        self.version += 1
+        points = sorted((k, t) for (b, k), t in self.seconds.items() if b == bucket)
+        spec = [(k, t) for k, t in points if k > 0]
+        fit = _BucketFit(plain=next((t for k, t in points if k == 0), None), spec_point=spec[0] if spec else None)
+        if len(spec) >= 2:
+            n = len(spec)
+            mean_k = sum(k for k, _ in spec) / n
+            mean_t = sum(t for _, t in spec) / n
+            spread = sum((k - mean_k) ** 2 for k, _ in spec)
+            fit.slope = max(0.0, sum((k - mean_k) * (t - mean_t) for k, t in spec) / spread)
+            fit.intercept = mean_t - fit.slope * mean_k
+        self._fits[bucket] = fit
+
+    def step_time(self, k: int, batch_size: int) -> float:
+        """Plain decoding: its measured point. Speculation: the line through the measured k > 0
+        points; with one point of either kind, the model scaled through it; with none, the model."""
+        fit = self._fits.get(self.bucket(batch_size))
+        if fit is None:
+            return self.model.step_time(k, batch_size)
+        if k == 0 and fit.plain is not None:
+            return fit.plain
+        if k > 0 and fit.slope is not None:
+            return max(1e-9, fit.intercept + fit.slope * k)
+        known = fit.spec_point if k > 0 and fit.spec_point else (0, fit.plain) if fit.plain is not None else fit.spec_point
+        model = self.model.step_time(k, batch_size)
+        if known is None:
+            return model
+        return known[1] * model / self.model.step_time(known[0], batch_size)
