@@ -9,12 +9,23 @@ from bookkeeping.
 
     python bench/spec_overhead.py --out /tmp/r/overhead.json          # the demo pair
     python bench/spec_overhead.py --target T --draft D --batch 1 8
+    python bench/spec_overhead.py --profile /tmp/r/prof --ttft 24     # also: where the host time
+                                                                       # goes, and first-token times
+
+--profile writes the functions with the most own time (cProfile) over batch-1 generation, for the
+target alone and with the draft attached at k = 0: the difference is the speculative path's
+per-step host work. --ttft runs N requests one after another through AsyncLLMEngine (no HTTP),
+without and with the draft, and reports the time to the first token and to the last.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import cProfile
 import gc
+import io
+import pstats
 import json
 import statistics
 import time
@@ -22,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from octavo import LLM, SamplingParams
+from octavo import LLM, AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
 
@@ -47,6 +58,52 @@ def step_times(llm: LLM, batch_size: int, prompt_len: int, output_len: int, repe
     return times, per_token
 
 
+def host_profile(llm: LLM, prompt_len: int, output_len: int, path: Path, top: int = 40) -> None:
+    """cProfile of batch-1 generation (after one warm-up), the `top` functions by own time."""
+    params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True, detokenize=False)
+    prompts = [{"prompt_token_ids": [1] + [5 + j % 200 for j in range(prompt_len - 1)]}]
+    llm.generate(prompts, params, use_tqdm=False)
+    steps = llm.llm_engine.stats.num_steps
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(4):
+        llm.generate(prompts, params, use_tqdm=False)
+    profile.disable()
+    text = io.StringIO()
+    text.write(f"engine steps: {llm.llm_engine.stats.num_steps - steps}\n")
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
+    path.write_text(text.getvalue())
+
+
+def first_token_times(args: argparse.Namespace, speculative: bool, count: int) -> dict:
+    """`count` requests one after another through AsyncLLMEngine in this process (the first 4
+    are warm-up): median time to the first token and to the last."""
+    options = {"speculative_model": args.draft, "num_speculative_tokens": args.k} if speculative else {}
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=args.target, seed=0, **options))
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+
+    async def one(i: int) -> tuple[float, float]:
+        prompt = {"prompt_token_ids": [1] + [5 + (i * 7 + j) % 200 for j in range(args.prompt_len - 1)]}
+        start = time.perf_counter()
+        first = None
+        async for _ in engine.generate(prompt, params, f"ttft-{i}"):
+            if first is None:
+                first = time.perf_counter() - start
+        return first, time.perf_counter() - start
+
+    async def run() -> list[tuple[float, float]]:
+        return [await asyncio.wait_for(one(i), 120) for i in range(count + 4)]
+
+    try:
+        timings = asyncio.run(run())[4:]
+    finally:
+        engine.shutdown()
+    ttft = [1e3 * t for t, _ in timings]
+    e2e = [1e3 * t for _, t in timings]
+    return {"speculative": speculative, "requests": count, "ttft_ms_median": statistics.median(ttft),
+            "ttft_ms": ttft, "e2e_ms_median": statistics.median(e2e)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", default=str(DEMO_TARGET_DIR))
@@ -57,11 +114,23 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", help="write the results here (JSON)")
+    parser.add_argument("--profile", help="a directory: write host profiles there (see above)")
+    parser.add_argument("--ttft", type=int, default=0, help="timed requests of the first-token comparison")
     args = parser.parse_args()
+    ttft = []
+    if args.ttft:
+        for speculative in (False, True, False, True):  # twice each, interleaved: drift shows
+            ttft.append(first_token_times(args, speculative, args.ttft))
+            print(json.dumps({k: v for k, v in ttft[-1].items() if k != "ttft_ms"}), flush=True)
 
     plain = LLM(args.target, seed=0)
     spec = LLM(args.target, seed=0, speculative_model=args.draft, num_speculative_tokens=args.k)
     decoder = spec.llm_engine.spec_decoder
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        host_profile(plain, args.prompt_len, args.output_len, Path(args.profile) / "plain.txt")
+        decoder.k_max, decoder.adaptive = 0, False
+        host_profile(spec, args.prompt_len, args.output_len, Path(args.profile) / "draft_k0.txt")
     rows = []
     for frozen in (False, True):
         if frozen:
@@ -87,7 +156,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"target": args.target, "draft": args.draft, "k": args.k,
                                               "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-                                              else "cpu", "rows": rows}, indent=1))
+                                              else "cpu", "rows": rows, "ttft": ttft}, indent=1))
 
 
 if __name__ == "__main__":

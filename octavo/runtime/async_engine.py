@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sys
 import threading
@@ -25,11 +26,12 @@ from octavo.runtime.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
 
-# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
-# event loop needs the GIL for a fraction of a millisecond to stream a token, but the engine
-# thread's host work (a draft's catch-up, a long prompt's inputs) could keep it waiting a whole
-# interval: at 5 ms that was 1.13x the first-token time of the same server without a draft.
-GIL_SWITCH_INTERVAL_S = 0.0005
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms), when
+# OCTAVO_GIL_SWITCH_INTERVAL_S sets it (process-wide; unset or 0: Python's own). Under test: the
+# event loop waits for the engine thread's host work (a draft's catch-up) before it can stream
+# a first token, but a short interval also breaks the overlap of the engine's GPU waits with
+# the event loop's streaming.
+GIL_SWITCH_INTERVAL_S = float(os.environ.get("OCTAVO_GIL_SWITCH_INTERVAL_S") or 0.0)
 
 
 class EngineDeadError(RuntimeError):
@@ -72,7 +74,7 @@ class AsyncLLMEngine:
         self._streams: dict[str, _Stream] = {}
         self._stop = threading.Event()
         self.errored: BaseException | None = None
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:  # process-wide: the server is this process
+        if GIL_SWITCH_INTERVAL_S > 0:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._loop, name="octavo-engine", daemon=True)
         self._thread.start()
