@@ -79,7 +79,8 @@ def first_token_times(args: argparse.Namespace, speculative: bool, count: int) -
     """`count` requests one after another through AsyncLLMEngine in this process (the first 4
     are warm-up): median time to the first token and to the last."""
     options = {"speculative_model": args.draft, "num_speculative_tokens": args.k} if speculative else {}
-    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=args.target, seed=0, **options))
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=args.target, seed=0, gpu_memory_utilization=0.3,
+                                                             **options))
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
 
     async def one(i: int) -> tuple[float, float]:
@@ -98,6 +99,10 @@ def first_token_times(args: argparse.Namespace, speculative: bool, count: int) -
         timings = asyncio.run(run())[4:]
     finally:
         engine.shutdown()
+        del engine
+        gc.collect()  # its KV cache goes back before the next engine sizes its own
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     ttft = [1e3 * t for t, _ in timings]
     e2e = [1e3 * t for _, t in timings]
     return {"speculative": speculative, "requests": count, "ttft_ms_median": statistics.median(ttft),
@@ -123,8 +128,9 @@ def main() -> None:
             ttft.append(first_token_times(args, speculative, args.ttft))
             print(json.dumps({k: v for k, v in ttft[-1].items() if k != "ttft_ms"}), flush=True)
 
-    plain = LLM(args.target, seed=0)
-    spec = LLM(args.target, seed=0, speculative_model=args.draft, num_speculative_tokens=args.k)
+    plain = LLM(args.target, seed=0, gpu_memory_utilization=0.3)
+    spec = LLM(args.target, seed=0, gpu_memory_utilization=0.3, speculative_model=args.draft,
+               num_speculative_tokens=args.k)
     decoder = spec.llm_engine.spec_decoder
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
