@@ -79,7 +79,7 @@ def first_token_times(args: argparse.Namespace, speculative: bool, count: int) -
     """`count` requests one after another through AsyncLLMEngine in this process (the first 4
     are warm-up): median time to the first token and to the last."""
     options = {"speculative_model": args.draft, "num_speculative_tokens": args.k} if speculative else {}
-    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=args.target, seed=0, gpu_memory_utilization=0.3,
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=args.target, seed=0, num_gpu_blocks_override=1024,
                                                              **options))
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
 
@@ -128,8 +128,8 @@ def main() -> None:
             ttft.append(first_token_times(args, speculative, args.ttft))
             print(json.dumps({k: v for k, v in ttft[-1].items() if k != "ttft_ms"}), flush=True)
 
-    plain = LLM(args.target, seed=0, gpu_memory_utilization=0.3)
-    spec = LLM(args.target, seed=0, gpu_memory_utilization=0.3, speculative_model=args.draft,
+    plain = LLM(args.target, seed=0, num_gpu_blocks_override=1024)
+    spec = LLM(args.target, seed=0, num_gpu_blocks_override=1024, speculative_model=args.draft,
                num_speculative_tokens=args.k)
     decoder = spec.llm_engine.spec_decoder
     if args.profile:
