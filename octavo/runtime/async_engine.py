@@ -26,12 +26,14 @@ from octavo.runtime.sampling_params import SamplingParams
 
 logger = logging.getLogger("octavo")
 
-# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms), when
-# OCTAVO_GIL_SWITCH_INTERVAL_S sets it (process-wide; unset or 0: Python's own). Under test: the
-# event loop waits for the engine thread's host work (a draft's catch-up) before it can stream
-# a first token, but a short interval also breaks the overlap of the engine's GPU waits with
-# the event loop's streaming.
-GIL_SWITCH_INTERVAL_S = float(os.environ.get("OCTAVO_GIL_SWITCH_INTERVAL_S") or 0.0)
+# How long the engine thread may hold the GIL while the event loop waits for it, during the step
+# after one that produced first tokens (Python's default, 5 ms, everywhere else). That step's
+# host work (a draft's catch-up over a whole prompt: milliseconds of Python) could keep the event
+# loop from streaming the first tokens for a whole default interval. Only that step: a short
+# interval everywhere breaks the overlap of the engine's GPU waits with the event loop's
+# streaming (a sweep with 0.5 ms throughout doubled the demo model's time per token).
+# OCTAVO_FIRST_TOKEN_SWITCH_INTERVAL_S overrides it; 0 turns it off.
+FIRST_TOKEN_SWITCH_INTERVAL_S = float(os.environ.get("OCTAVO_FIRST_TOKEN_SWITCH_INTERVAL_S") or 0.0005)
 
 
 class EngineDeadError(RuntimeError):
@@ -58,6 +60,7 @@ class _Stream:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.started = False  # whether an output went out (the engine thread's view)
 
     def put(self, item: RequestOutput | BaseException | None) -> None:
         try:
@@ -74,8 +77,6 @@ class AsyncLLMEngine:
         self._streams: dict[str, _Stream] = {}
         self._stop = threading.Event()
         self.errored: BaseException | None = None
-        if GIL_SWITCH_INTERVAL_S > 0:
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._loop, name="octavo-engine", daemon=True)
         self._thread.start()
 
@@ -175,6 +176,7 @@ class AsyncLLMEngine:
 
     def _loop(self) -> None:
         owners: dict[str, _Stream] = {}
+        after_first_tokens = False
         try:
             while not self._stop.is_set():
                 self._drain_inbox(owners)
@@ -182,17 +184,27 @@ class AsyncLLMEngine:
                     self._wakeup.wait()
                     self._wakeup.clear()
                     continue
-                outputs = self.engine.step()
+                if after_first_tokens and FIRST_TOKEN_SWITCH_INTERVAL_S > 0:
+                    interval = sys.getswitchinterval()
+                    sys.setswitchinterval(FIRST_TOKEN_SWITCH_INTERVAL_S)
+                    try:
+                        outputs = self.engine.step()
+                    finally:
+                        sys.setswitchinterval(interval)
+                else:
+                    outputs = self.engine.step()
+                after_first_tokens = False
                 for output in outputs:
                     stream = owners.get(output.request_id)
                     if stream is not None:
+                        after_first_tokens |= not stream.started
+                        stream.started = True
                         stream.put(output)
                         if output.finished:
                             owners.pop(output.request_id, None)
                 if outputs:
                     # Hand the GIL to the event loop now, so it streams these tokens before the
-                    # next step's host work (a draft's catch-up: milliseconds of Python) holds the
-                    # GIL for a whole switch interval; measured: 9 ms of TTFT at concurrency 1.
+                    # next step's host work holds the GIL.
                     time.sleep(0)
         except BaseException as exc:  # the engine is broken: every waiting consumer must hear it
             logger.exception("engine loop died")

@@ -9,16 +9,18 @@ One engine step with speculation:
                 requests. The proposals go to `request.spec_token_ids`, which the scheduler
                 counts as extra tokens to compute.
   execute()     one target forward over [last token + k proposals] per request (multi-token
-                queries through the block tables), then `rejection_sample` (or `greedy_verify`)
-                accepts a prefix of the proposals and adds one token of the target's own.
+                queries through the block tables), then `rejection_sample` or `greedy_verify`
+                (spec_verify.py) accepts a prefix of the proposals and adds one token of the
+                target's own.
   after_step()  roll back to what was accepted: the target's blocks wholly past the accepted
                 length are freed (the engine has already moved num_computed_tokens back, so
                 rejected slots are overwritten later and never read), and the draft's view of
                 the request is cut to the tokens it computed that are still true.
 
-k is chosen per step by `choose_step_k`, one k for the batch, from the requests' running
-acceptance rates and the batch size, with step costs measured on this machine (MeasuredStepCost);
-k = 0 is plain decoding, and costs the draft nothing. (A seeded sampled request picks its own k
+k is chosen by `choose_step_k` (spec_policy.py), one k for the batch, from the requests'
+running acceptance rates and the batch size, with step costs measured on this machine
+(MeasuredStepCost), and held for a few steps; k = 0 is plain decoding, and costs the draft
+nothing. (A seeded sampled request picks its own k
 from the cost model alone, so that its output does not depend on timings or on other requests.)
 
 Where the draft's work goes keeps TTFT what it is without speculation: a request's draft prefill
@@ -176,7 +178,7 @@ class SpecDecoder:
         self.sequences: dict[str, DraftSequence] = {}
         self.estimates: dict[str, AcceptanceEstimate] = {}
         self.overall = AcceptanceEstimate(decay=0.98)
-        self.last_k: dict[str, int] = {}  # k chosen for each request at the latest proposal
+        self.last_k: dict[str, int] = {}  # k chosen for each request when the batch was last walked
         self._decisions: dict[int, bool] = {}  # batch-size bucket -> speculating at the last choice (the log)
         logger.info("speculative decoding: draft %s, k <= %d (%s), draft/target weights %.3f",
                     draft_config.model, self.k_max, "adaptive" if self.adaptive else "fixed",
@@ -275,17 +277,19 @@ class SpecDecoder:
         if scheduler.waiting and len(running) < scheduler.config.max_num_seqs:
             return  # a prompt may be admitted: its first token must not wait for draft work
         batch = len(running)
-        spec_due = self.adaptive and self.measured.spec_step_due(batch)
-        if self.adaptive and not spec_due and self._cannot_pay(batch):
-            return
-        # Now and then plain steps, to time them at this batch size (MeasuredStepCost.plain_step_due).
-        explore = self.adaptive and self.measured.plain_step_due(batch)
+        spec_due = explore = False
+        if self.adaptive:
+            spec_due = self.measured.spec_step_due(batch)
+            # Now and then plain steps, to time them at this batch size (MeasuredStepCost.plain_step_due).
+            explore = not spec_due and self.measured.plain_step_due(batch)
+            if not spec_due and (explore or self._holds_plain(batch)) and not self._any_seeded_sampled(running):
+                return  # plain decoding, at the cost of these checks only
         ready = [request for request in running if self._ready(request)]
         caps = {request.request_id: self._cap(request) for request in ready}
         timed = [request for request in ready if self._cost_for(request) is self.measured]
-        step_k = 0
+        step_k, fresh = 0, False
         if self.adaptive and timed and not explore:
-            step_k = self._batch_k(batch, timed, caps, spec_due)
+            step_k, fresh = self._batch_k(batch, timed, caps, spec_due)
         plan: list[tuple[Request, int]] = []
         for request in ready:
             if not self.adaptive:
@@ -295,7 +299,8 @@ class SpecDecoder:
             else:  # a seeded sampled request: its own k, from the cost model alone
                 k = self.choose_k(request, len(running))
             if k == 0 and self.adaptive and not explore:
-                self._estimate(request).forget()
+                # A decision for plain decoding holds decide_every steps that skip this loop.
+                self._estimate(request).forget(self.decide_every if fresh and step_k == 0 else 1)
             self.last_k[request.request_id] = k
             if k > 0:
                 plan.append((request, k))
@@ -306,23 +311,44 @@ class SpecDecoder:
             self._step_k = max(len(r.spec_token_ids) for r, _ in plan)
             self._step_timed = self._step_k > 0 and not long_catch_up
 
+    def _holds_plain(self, batch_size: int) -> bool:
+        """Whether this bucket decodes plainly now: a decision for k = 0 still holds (_batch_k),
+        or not even a perfect draft would pay here (then that holds for decide_every steps).
+        Either way the step costs a few dictionary lookups: a launch-bound model's step is well
+        under a millisecond, and walking the batch every step showed as 15-75% of it."""
+        bucket = self.measured.bucket(batch_size)
+        held = self._step_plans.get(bucket)
+        if held is not None and held[1] > 0:
+            if held[0] != 0:
+                return False
+            self._step_plans[bucket] = (0, held[1] - 1)
+            return True
+        if self._cannot_pay(batch_size):
+            self._step_plans[bucket] = (0, self.decide_every - 1)
+            return True
+        return False
+
+    @staticmethod
+    def _any_seeded_sampled(running: list[Request]) -> bool:
+        """A seeded sampled request picks its own k from the cost model, whatever was measured."""
+        return any(r.generator is not None and not r.sampling_params.greedy for r in running)
+
     def _cannot_pay(self, batch_size: int) -> bool:
-        """Whether not even a perfect draft would pay at this batch size: then the step is plain
-        decoding at the cost of this check only (a launch-bound model's step is well under a
-        millisecond). Once both arms are timed here the measurements alone judge; before, the
-        model too."""
+        """Whether not even a perfect draft would pay at this batch size. Once both arms are
+        timed here the measurements alone judge; before, the model too."""
         judges = (self.measured,) if self.measured.timed_both(batch_size) else (self.cost, self.measured)
         return all(choose_num_speculative_tokens(1.0, batch_size, self.k_max, cost) == 0 for cost in judges)
 
-    def _batch_k(self, batch_size: int, timed: list[Request], caps: dict[str, int], spec_due: bool) -> int:
-        """The step's k for the requests that follow measured step times (choose_step_k). A bucket
-        keeps its k for decide_every steps: acceptance rates move slowly, and choosing walks every
-        request of the batch, which is real time next to a sub-millisecond step."""
+    def _batch_k(self, batch_size: int, timed: list[Request], caps: dict[str, int],
+                 spec_due: bool) -> tuple[int, bool]:
+        """The step's k for the requests that follow measured step times (choose_step_k), and
+        whether it was chosen now. A bucket keeps its k for decide_every steps: acceptance rates
+        move slowly, and choosing walks every request of the batch."""
         bucket = self.measured.bucket(batch_size)
         held = self._step_plans.get(bucket)
         if held is not None and held[1] > 0 and not spec_due:
             self._step_plans[bucket] = (held[0], held[1] - 1)
-            return held[0]
+            return held[0], False
         rates = [self._estimate(r).rate for r in timed]
         timed_caps = [caps[r.request_id] for r in timed]
         step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.measured)
@@ -331,7 +357,7 @@ class SpecDecoder:
         if step_k == 0 and spec_due:
             # Speculation was dropped here a while ago: time it once more, as the model would.
             step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.cost)
-        return step_k
+        return step_k, True
 
     def _log_decision(self, batch_size: int, k: int, rates: list[float]) -> None:
         """Log when adaptive k turns speculation on or off for a batch-size bucket (changes only,

@@ -116,9 +116,10 @@ class AcceptanceEstimate:
         self.accepted = self.decay * self.accepted + num_accepted
         self.trials = self.decay * self.trials + tried
 
-    def forget(self) -> None:
-        self.accepted *= self.decay
-        self.trials *= self.decay
+    def forget(self, steps: int = 1) -> None:
+        factor = self.decay ** steps
+        self.accepted *= factor
+        self.trials *= factor
 
 
 def streamed_weights(model: nn.Module) -> int:

@@ -98,3 +98,28 @@ async def wait_until_idle(engine, timeout: float = TIMEOUT) -> None:
             raise TimeoutError("engine did not go idle")
         await asyncio.sleep(0.01)
 
+
+
+async def test_the_step_after_first_tokens_runs_with_a_short_gil_switch_interval(engine, monkeypatch):
+    """The event loop must get the GIL within half a millisecond to stream a first token, even
+    while the next step runs host work (a draft's catch-up); every other step keeps Python's
+    interval, so the engine's GPU waits still overlap the streaming."""
+    import sys
+
+    from octavo.runtime.async_engine import FIRST_TOKEN_SWITCH_INTERVAL_S
+
+    default = sys.getswitchinterval()
+    assert FIRST_TOKEN_SWITCH_INTERVAL_S == 0.0005 < default
+    intervals = []
+    step = engine.engine.step
+
+    def recording_step():
+        intervals.append(sys.getswitchinterval())
+        return step()
+
+    monkeypatch.setattr(engine.engine, "step", recording_step)
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    await asyncio.wait_for(collect(engine, "Machine learning is", params, "interval"), TIMEOUT)
+    # The prompt's step (first token), the short one after it, then the default again.
+    assert intervals == [default, 0.0005, default, default]
+    assert sys.getswitchinterval() == default

@@ -232,3 +232,43 @@ def test_a_decode_step_is_timed_over_its_whole_cycle_in_steady_state(pair, monke
     assert measured.samples[key] == 4
     engine.abort_request(["a", "b"])
     assert_no_leaks(llm)
+
+
+def test_a_plain_decision_skips_the_batch_walk_but_not_for_seeded_sampled_requests(pair, monkeypatch):
+    """Measured steps say no draft can pay at this batch size: the decision holds for
+    decide_every steps and those steps never look at the requests (a launch-bound step is well
+    under a millisecond). A seeded sampled request still drafts with its own k from the cost
+    model, so its output is the same whatever this machine measured."""
+    from octavo.runtime.spec_decode import SpecDecoder
+
+    target, draft = pair
+    seeded = SamplingParams(temperature=1.0, seed=7, max_tokens=16, ignore_eos=True)
+
+    def run(hopeless: bool, with_seeded: bool) -> tuple[list[list[int]], int, int]:
+        llm = make_llm(target, draft, k=4, adaptive=True)
+        decoder = llm.llm_engine.spec_decoder
+        if hopeless:
+            for batch in (1, 2, 4):
+                decoder.measured.set_time(batch, 0, 0.01)
+                decoder.measured.set_time(batch, 4, 0.05)
+        walks = [0]
+        original = SpecDecoder._ready
+
+        def counted(self, request):
+            walks[0] += 1
+            return original(self, request)
+
+        monkeypatch.setattr(SpecDecoder, "_ready", counted)
+        forwards = count_draft_forwards(llm)
+        params = [GREEDY, GREEDY] + ([seeded] if with_seeded else [])
+        outputs = llm.generate(PROMPTS[: len(params)], params, use_tqdm=False)
+        monkeypatch.setattr(SpecDecoder, "_ready", original)
+        assert_no_leaks(llm)
+        return token_ids(outputs), walks[0], forwards[0]
+
+    _, walks, forwards = run(hopeless=True, with_seeded=False)
+    assert walks == 0 and forwards == 0
+    tokens_measured, walks, forwards = run(hopeless=True, with_seeded=True)
+    assert walks > 0 and forwards > 0
+    tokens_model, _, _ = run(hopeless=False, with_seeded=True)
+    assert tokens_measured[2] == tokens_model[2]
