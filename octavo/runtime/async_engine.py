@@ -36,6 +36,28 @@ logger = logging.getLogger("octavo")
 FIRST_TOKEN_SWITCH_INTERVAL_S = float(os.environ.get("OCTAVO_FIRST_TOKEN_SWITCH_INTERVAL_S") or 0.0005)
 
 
+class _EngineProfile:
+    """OCTAVO_ENGINE_PROFILE=PATH: the engine thread runs under cProfile, and whenever it goes idle
+    (at most every 5 s) its statistics so far are written to PATH (pstats format), so a server
+    that is killed still leaves them. For host-time questions that only a served engine shows
+    (the event loop's streaming shares the GIL with the steps)."""
+
+    def __init__(self, path: str) -> None:
+        import cProfile
+
+        self.path = path
+        self.profile = cProfile.Profile()
+        self.written = 0.0
+
+    def idle(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.written >= 5.0:
+            self.profile.disable()
+            self.profile.dump_stats(self.path)
+            self.profile.enable()
+            self.written = now
+
+
 class EngineDeadError(RuntimeError):
     """The engine thread stopped on an error; no request can be served."""
 
@@ -175,12 +197,26 @@ class AsyncLLMEngine:
                 message.stream.put(exc)  # never the engine loop that serves everyone else
 
     def _loop(self) -> None:
+        path = os.environ.get("OCTAVO_ENGINE_PROFILE")
+        profile = _EngineProfile(path) if path else None
+        if profile is not None:
+            profile.profile.enable()
+        try:
+            self._serve(profile)
+        finally:
+            if profile is not None:
+                profile.profile.disable()
+                profile.idle(force=True)
+
+    def _serve(self, profile: "_EngineProfile | None") -> None:
         owners: dict[str, _Stream] = {}
         after_first_tokens = False
         try:
             while not self._stop.is_set():
                 self._drain_inbox(owners)
                 if not self.engine.has_unfinished_requests():
+                    if profile is not None:
+                        profile.idle()
                     self._wakeup.wait()
                     self._wakeup.clear()
                     continue

@@ -1,0 +1,88 @@
+"""Where a served engine's host time goes: `octavo bench serve --launch` at one concurrency with
+the engine thread under cProfile (OCTAVO_ENGINE_PROFILE), without and with a draft model, then
+the functions with the most own time per engine step, side by side.
+
+Why a served engine: in a server the event loop streams tokens in the same process, and its
+Python shares the GIL with the engine's steps; an in-process loop (bench/spec_overhead.py) does
+not show what that costs.
+
+    python bench/served_profile.py --out /tmp/r/served           # the demo pair, concurrency 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pstats
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: argparse.Namespace, label: str, speculative: bool) -> dict:
+    out = Path(args.out) / label
+    out.mkdir(parents=True, exist_ok=True)
+    profile = out / "engine.pstats"
+    command = [sys.executable, "-m", "octavo.cli", "bench", "serve", "--model", args.target, "--launch",
+               "--concurrency", str(args.concurrency), "--input-len", "128", "--output-len", "128",
+               "--num-prompts", str(args.num_prompts), "--prompt-text", args.prompt_text, "--out", str(out)]
+    if speculative:
+        command += ["--speculative-model", args.draft, "--num-speculative-tokens", str(args.k)]
+    env = dict(os.environ, OCTAVO_ENGINE_PROFILE=str(profile))
+    subprocess.run(command, check=True, env=env, cwd=REPO)
+    result = json.loads(Path(sorted(glob.glob(str(out / "*.json")))[-1]).read_text())
+    return {"label": label, "profile": profile, "result": result}
+
+
+def steps_of(stats: pstats.Stats) -> int:
+    for (file, _, name), (calls, *_rest) in stats.stats.items():
+        if name == "step" and file.endswith("runtime/engine.py"):
+            return calls
+    return 1
+
+
+def main() -> None:
+    from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--target", default=str(DEMO_TARGET_DIR))
+    parser.add_argument("--draft", default=str(DEMO_DRAFT_DIR))
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--num-prompts", type=int, default=48)
+    parser.add_argument("--prompt-text", help="default: the held-out text of bench/spec_sweep.py")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.prompt_text is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from spec_sweep import HELD_OUT_TEXT
+
+        args.prompt_text = str(Path(args.out) / "held-out-shakespeare.txt")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        Path(args.prompt_text).write_text(HELD_OUT_TEXT, encoding="utf-8")
+    runs = [run(args, "no-spec", False), run(args, "spec", True)]
+    tables = {}
+    for r in runs:
+        stats = pstats.Stats(str(r["profile"]))
+        steps = steps_of(stats)
+        rows = sorted(((tt, f"{Path(f).name}:{line}({name})", calls) for (f, line, name), (_, calls, tt, _ct, _)
+                       in stats.stats.items()), reverse=True)
+        tables[r["label"]] = {"steps": steps, "total_us_per_step": 1e6 * stats.total_tt / steps,
+                              "top": [(name, 1e6 * tt / steps, calls / steps) for tt, name, calls in rows[: args.top]]}
+    lines = []
+    for label, table in tables.items():
+        lines.append(f"== {label}: {table['steps']} engine steps, {table['total_us_per_step']:.0f} us of profiled "
+                     "engine-thread time per step")
+        lines += [f"{us:9.1f} us/step {calls:7.2f} calls/step  {name}" for name, us, calls in table["top"]]
+    text = "\n".join(lines)
+    print(text)
+    (Path(args.out) / "served-profile.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
