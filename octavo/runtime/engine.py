@@ -217,6 +217,10 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        with torch.inference_mode():  # once per step: the runners' @inference then costs a flag check
+            return self._step()
+
+    def _step(self) -> list[RequestOutput]:
         if self.spec_decoder is not None:
             self.spec_decoder.propose()  # drafts for this step, before the scheduler counts them
         sched = self.scheduler.schedule()

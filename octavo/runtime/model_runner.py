@@ -19,6 +19,7 @@ import torch
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, StepGraph, graph_key
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
+from octavo.runtime.inference import inference
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
 from octavo.runtime.models.registry import model_class
@@ -162,7 +163,7 @@ class ModelRunner:
                     num_blocks * self.bytes_per_block() / 2**30)
         return num_blocks
 
-    @torch.inference_mode()
+    @inference
     def profile_run(self, num_tokens: int) -> None:
         """One forward over num_tokens prompt tokens (one sequence per max_model_len tokens)
         with a throw-away cache just big enough, so activations reach their peak."""
@@ -277,7 +278,7 @@ class ModelRunner:
         }
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
-    @torch.inference_mode()
+    @inference
     def execute(self, sched: SchedulerOutput, input_ids: torch.Tensor | None = None) -> RunnerOutput:
         """One forward over the scheduled tokens. `input_ids`, when given, are the step's token ids
         already on the device (the draft feeding its own proposals back without waiting for them
@@ -303,7 +304,7 @@ class ModelRunner:
         self.parallel.raise_if_failed()
         return RunnerOutput(logits=logits, inputs=inputs)
 
-    @torch.inference_mode()
+    @inference
     def run_shard(self, host: dict) -> None:
         """A worker rank's part of a step: the same forward and LM head as rank 0 (their collectives
         pair up with rank 0's); the logits are gathered to rank 0."""
@@ -328,7 +329,7 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     # ---- start-up: kernels and CUDA graphs ---------------------------------------------------
-    @torch.inference_mode()
+    @inference
     def warm_up_prefill_kernels(self) -> None:
         """Compile and autotune the prefill/extend attention kernel for every tokens-per-request
         bucket (its autotuning key) before serving: a first-time compile in the middle of serving
@@ -405,7 +406,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
 
-    @torch.inference_mode()
+    @inference
     def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:
         """One token for each request that reached its end this step (no speculation)."""
         rows = [output.inputs.sample_rows[r.request_id][-1] for r in requests]
@@ -415,7 +416,7 @@ class ModelRunner:
         sampled = self.sampler(output.logits.index_select(0, index), requests)
         return {r.request_id: row for r, row in zip(requests, sampled)}
 
-    @torch.inference_mode()
+    @inference
     def prompt_logprobs(self, output: RunnerOutput, request: Request) -> list[SampledRow]:
         """Raw log-probabilities of the prompt tokens this step covered, with the top-N."""
         first, rows = output.inputs.prompt_rows[request.request_id]

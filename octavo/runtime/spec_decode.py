@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from octavo.runtime.config import ModelConfig, SpeculativeConfig
+from octavo.runtime.inference import inference
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.request import Request, RequestStatus
@@ -264,7 +265,7 @@ class SpecDecoder:
             return cap
         return choose_num_speculative_tokens(self._estimate(request).rate, batch_size, cap, self._cost_for(request))
 
-    @torch.inference_mode()
+    @inference
     def propose(self) -> None:
         """Draft proposals for the coming step (called before scheduling)."""
         now = time.perf_counter()
@@ -521,7 +522,7 @@ class SpecDecoder:
         return logits
 
     # ---- verifying -------------------------------------------------------------------------
-    @torch.inference_mode()
+    @inference
     def execute(self, sched: SchedulerOutput) -> "StepResult":
         from octavo.runtime.engine import StepResult
 

@@ -10,7 +10,7 @@ loses, whatever the model believed.
 from __future__ import annotations
 
 import collections
-import statistics
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -172,18 +172,23 @@ class MeasuredStepCost:
     4x the key's time. Neither arm is trusted forever: where speculation was timed, a probe of
     `probe_steps` plain steps runs every `refresh_steps` speculative steps; where it was dropped,
     a probe of `probe_steps` speculative steps runs after `explore_steps` plain steps, an interval
-    that doubles with each probe (up to `max_explore_steps`) while speculation keeps losing, so a
-    pair that never pays costs next to nothing, and one whose decision was made on a bad patch
-    of samples is revisited. A probe has several steps because its first is no steady-state sample."""
+    that doubles with each probe (up to `max_explore_steps`) until the policy keeps speculating
+    for `sustained_steps` steps of its own, so a pair that never pays costs next to nothing, and
+    one whose decision was made on a bad patch of samples is revisited. A probe has several
+    steps because its first is no steady-state sample.
+
+    This runs on every engine step, so it is kept to a few dictionary operations per step."""
 
     def __init__(self, model: SpecCostModel, window: int = 8, refresh_steps: int = 256,
-                 explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048) -> None:
+                 explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048,
+                 sustained_steps: int = 16) -> None:
         self.model = model
         self.window = window
         self.refresh_steps = refresh_steps
         self.explore_steps = explore_steps
         self.probe_steps = probe_steps
         self.max_explore_steps = max_explore_steps
+        self.sustained_steps = sustained_steps
         self.seconds: dict[tuple[int, int], float] = {}
         self.samples: dict[tuple[int, int], int] = {}
         self.recent: dict[tuple[int, int], collections.deque] = {}
@@ -191,10 +196,13 @@ class MeasuredStepCost:
         self.since_spec: dict[int, int] = {}  # per bucket: plain steps since a speculative one
         self.explore_after: dict[int, int] = {}  # per bucket: plain steps before the next speculative probe
         self.probes: dict[int, tuple[bool, int]] = {}  # per bucket: (speculative?, steps left) of a probe
+        self.spec_run: dict[int, int] = {}  # per bucket: speculative steps in a row outside probes
+        self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its time (what seconds holds)
         self.version = 0  # bumped whenever a measured time changes (callers cache on it)
         self._fits: dict[int, _BucketFit] = {}
 
     @staticmethod
+    @functools.lru_cache(maxsize=None)
     def bucket(batch_size: int) -> int:
         return 1 << max(0, int(batch_size).bit_length() - 1)
 
@@ -248,11 +256,14 @@ class MeasuredStepCost:
         if k == 0:
             self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
             self.since_plain[bucket] = 0
+            self.spec_run[bucket] = 0
         else:
             self.since_spec[bucket] = 0
             self.since_plain[bucket] = self.since_plain.get(bucket, 0) + 1
-            if probe is None:  # the policy itself speculates here: explore at the base rate again
-                self.explore_after.pop(bucket, None)
+            if probe is None:  # the policy itself speculates here: once it keeps doing so, explore
+                run = self.spec_run[bucket] = self.spec_run.get(bucket, 0) + 1  # at the base rate again
+                if run >= self.sustained_steps:
+                    self.explore_after.pop(bucket, None)
         if probe is not None and probe[0] == (k > 0):
             if probe[1] <= 1:
                 del self.probes[bucket]
@@ -273,8 +284,10 @@ class MeasuredStepCost:
         old = self.seconds.get(key)
         recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
         recent.append(seconds if old is None else min(seconds, 4.0 * old))
-        self.seconds[key] = statistics.median(recent)
-        self._refit(key[0])
+        ordered = sorted(recent)
+        mid = len(ordered) // 2
+        self.seconds[key] = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        self._refit(key)
 
     def set_time(self, batch_size: int, k: int, seconds: float, samples: int = 3) -> None:
         """Take a step time as measured `samples` times (tests, and a warm start from a file)."""
@@ -282,24 +295,32 @@ class MeasuredStepCost:
         self.samples[key] = samples
         self.seconds[key] = seconds
         self.recent[key] = collections.deque([seconds], maxlen=self.window)
-        self._refit(key[0])
+        self._refit(key)
 
-    def _refit(self, bucket: int) -> None:
-        """The bucket's plain point and speculation line (plain decoding is its own point: the
-        step from k = 0 to k = 1 carries a fixed cost, the draft's first forward and the wider
-        verification, that a line through k = 0 would spread over every k)."""
+    def _refit(self, key: tuple[int, int]) -> None:
+        """The bucket's plain point and speculation line after `key`'s time changed (plain
+        decoding is its own point: the step from k = 0 to k = 1 carries a fixed cost, the draft's
+        first forward and the wider verification, that a line through k = 0 would spread over
+        every k). A plain sample only moves the point; the line is refitted for k > 0 ones."""
         self.version += 1
-        points = sorted((k, t) for (b, k), t in self.seconds.items() if b == bucket)
-        spec = [(k, t) for k, t in points if k > 0]
-        fit = _BucketFit(plain=next((t for k, t in points if k == 0), None), spec_point=spec[0] if spec else None)
+        bucket, k = key
+        points = self.points.setdefault(bucket, {})
+        points[k] = self.seconds[key]
+        fit = self._fits.get(bucket)
+        if fit is None:
+            fit = self._fits[bucket] = _BucketFit()
+        if k == 0:
+            fit.plain = points[0]
+            return
+        spec = sorted((kk, t) for kk, t in points.items() if kk > 0)
+        fit.spec_point = spec[0]
         if len(spec) >= 2:
             n = len(spec)
-            mean_k = sum(k for k, _ in spec) / n
+            mean_k = sum(kk for kk, _ in spec) / n
             mean_t = sum(t for _, t in spec) / n
-            spread = sum((k - mean_k) ** 2 for k, _ in spec)
-            fit.slope = max(0.0, sum((k - mean_k) * (t - mean_t) for k, t in spec) / spread)
+            spread = sum((kk - mean_k) ** 2 for kk, _ in spec)
+            fit.slope = max(0.0, sum((kk - mean_k) * (t - mean_t) for kk, t in spec) / spread)
             fit.intercept = mean_t - fit.slope * mean_k
-        self._fits[bucket] = fit
 
     def step_time(self, k: int, batch_size: int) -> float:
         """Plain decoding: its measured point. Speculation: the line through the measured k > 0

@@ -151,7 +151,7 @@ def test_measurement_discards_warm_up_and_takes_the_median_of_clipped_samples():
 def test_a_bucket_that_dropped_speculation_probes_it_again_less_and_less_often():
     """Where speculation was timed and lost, a probe of probe_steps speculative steps runs after
     explore_steps plain steps; each probe doubles the interval (a pair that never pays costs
-    next to nothing), and speculation chosen on its own resets it."""
+    next to nothing), and speculation the policy keeps choosing on its own resets it."""
     cost = MeasuredStepCost(GPU_LIKE, explore_steps=5, probe_steps=3, max_explore_steps=12)
     for _ in range(3):
         cost.observe(4, 0, 0.010)
@@ -179,7 +179,13 @@ def test_a_bucket_that_dropped_speculation_probes_it_again_less_and_less_often()
     assert plain_steps_until_probe() == 12  # capped
     for _ in range(3):
         cost.observe(4, 3, 0.030)
-    cost.observe(4, 2, 0.030)  # the policy speculates outside a probe: back to the base interval
+    for _ in range(15):  # the policy speculates outside a probe, not yet for sustained_steps
+        cost.observe(4, 2, 0.030)
+    assert plain_steps_until_probe() == 12
+    for _ in range(3):
+        cost.observe(4, 3, 0.030)
+    for _ in range(16):  # now it keeps speculating: back to the base interval
+        cost.observe(4, 2, 0.030)
     assert plain_steps_until_probe() == 5
 
 
