@@ -867,7 +867,7 @@ def plots(doc: dict, out: Path, stem: str) -> list[str]:
     except ImportError:
         logger.warning("matplotlib is not installed: no charts (run --report-from on the JSON where it is)")
         return []
-    from octavo.bench.report import _pyplot, plot_serve
+    from octavo.bench.report import _pyplot, log2_axis, plot_serve
 
     paths: list[str] = []
     for entry in doc["pairs"]:
@@ -914,11 +914,7 @@ def plots(doc: dict, out: Path, stem: str) -> list[str]:
             more_handles, more_labels = twin.get_legend_handles_labels()
             right.legend(handles + more_handles, labels + more_labels, fontsize=8)
         for axis in (left, right):
-            axis.set_xscale("log", base=2)
-            axis.set_xticks(xs)
-            axis.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-            axis.set_xlabel("concurrency (requests in flight)")
-            axis.grid(True, alpha=0.3)
+            log2_axis(axis, xs, "concurrency (requests in flight)")
         left.legend(fontsize=8)
         fig.tight_layout()
         path = f"{pair_stem}-summary.png"

@@ -297,6 +297,17 @@ def _pyplot():
     return plt
 
 
+def log2_axis(axis, ticks: list[int], xlabel: str) -> None:
+    """An x axis over powers of two (batch sizes, concurrency levels), labelled in plain numbers."""
+    import matplotlib.ticker
+
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(ticks)
+    axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.set_xlabel(xlabel)
+    axis.grid(True, alpha=0.3)
+
+
 def plot(result: dict, stem_path: str) -> list[str]:
     if result["kind"] == "serve":
         return plot_serve([(serve_label(result), result["levels"])]
@@ -328,13 +339,9 @@ def plot_serve(configurations: list[tuple[str, list[dict]]], stem_path: str) -> 
             for label, levels in configurations:
                 xs = [s["concurrency"] for s in levels]
                 axis.plot(xs, [value(s) for s in levels], marker="o", label=label)
-            axis.set_xscale("log", base=2)
-            axis.set_xticks([s["concurrency"] for s in configurations[0][1]])
-            axis.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-            axis.set_xlabel("concurrency (requests in flight)")
+            log2_axis(axis, [s["concurrency"] for s in configurations[0][1]], "concurrency (requests in flight)")
             axis.set_ylabel(ylabel)
             axis.set_title(what)
-            axis.grid(True, alpha=0.3)
             axis.legend()
         fig.tight_layout()
         path = f"{stem_path}-{name}.png"
@@ -360,12 +367,8 @@ def plot_latency(result: dict, stem_path: str) -> str:
     if any(r.get("floor") for r in rows):
         left.plot(xs, [r["floor"]["floor_ms"] for r in rows], linestyle="--", label="roofline floor")
     for axis, ylabel in ((left, "ms per decode step"), (right, "output tokens/s")):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(xs)
-        axis.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-        axis.set_xlabel("batch size")
+        log2_axis(axis, xs, "batch size")
         axis.set_ylabel(ylabel)
-        axis.grid(True, alpha=0.3)
         axis.legend()
     fig.suptitle(f"latency: {result['model']['name']}, prompt {result['settings']['input_len']}, "
                  f"output {result['settings']['output_len']}")
