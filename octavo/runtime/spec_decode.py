@@ -253,11 +253,14 @@ class SpecDecoder:
             k = min(k, max_tokens - request.num_output_tokens - 1)
         return max(0, min(k, self.engine.max_model_len - request.num_tokens - 1))
 
+    @staticmethod
+    def _seeded_sampled(request: Request) -> bool:
+        """A seeded sampled request's output depends on k, so its k must not depend on timings:
+        it follows the cost model alone. Everything else follows measured step times."""
+        return request.generator is not None and not request.sampling_params.greedy
+
     def _cost_for(self, request: Request) -> SpecCostModel | MeasuredStepCost:
-        # A seeded sampled request's output depends on k, so its k must not depend on timings:
-        # it follows the cost model alone. Everything else follows measured step times.
-        sampled_with_seed = request.generator is not None and not request.sampling_params.greedy
-        return self.cost if sampled_with_seed else self.measured
+        return self.cost if self._seeded_sampled(request) else self.measured
 
     def choose_k(self, request: Request, batch_size: int) -> int:
         cap = self._cap(request)
@@ -283,7 +286,8 @@ class SpecDecoder:
             spec_due = self.measured.spec_step_due(batch)
             # Now and then plain steps, to time them at this batch size (MeasuredStepCost.plain_step_due).
             explore = not spec_due and self.measured.plain_step_due(batch)
-            if not spec_due and (explore or self._holds_plain(batch)) and not self._any_seeded_sampled(running):
+            if (not spec_due and (explore or self._holds_plain(batch))  # seeded sampled requests draft anyway
+                    and not any(self._seeded_sampled(r) for r in running)):
                 return  # plain decoding, at the cost of these checks only
         ready = [request for request in running if self._ready(request)]
         caps = {request.request_id: self._cap(request) for request in ready}
@@ -329,11 +333,6 @@ class SpecDecoder:
             return True
         return False
 
-    @staticmethod
-    def _any_seeded_sampled(running: list[Request]) -> bool:
-        """A seeded sampled request picks its own k from the cost model, whatever was measured."""
-        return any(r.generator is not None and not r.sampling_params.greedy for r in running)
-
     def _cannot_pay(self, batch_size: int) -> bool:
         """Whether not even a perfect draft would pay at this batch size. Once both arms are
         timed here the measurements alone judge; before, the model too."""
@@ -367,8 +366,7 @@ class SpecDecoder:
         if self._decisions.get(bucket) == (k > 0):
             return
         self._decisions[bucket] = k > 0
-        times = ", ".join(f"k={kk} {1e3 * t:.2f} ms" for (b, kk), t in sorted(self.measured.seconds.items())
-                          if b == bucket)
+        times = ", ".join(f"k={kk} {1e3 * t:.2f} ms" for kk, t in sorted(self.measured.points.get(bucket, {}).items()))
         logger.info("adaptive k: batch size %d-%d now drafts k=%d (mean acceptance %.2f; measured steps: %s)",
                     bucket, 2 * bucket - 1, k, sum(rates) / max(len(rates), 1), times or "none yet")
 

@@ -189,7 +189,6 @@ class MeasuredStepCost:
         self.probe_steps = probe_steps
         self.max_explore_steps = max_explore_steps
         self.sustained_steps = sustained_steps
-        self.seconds: dict[tuple[int, int], float] = {}
         self.samples: dict[tuple[int, int], int] = {}
         self.recent: dict[tuple[int, int], collections.deque] = {}
         self.since_plain: dict[int, int] = {}  # per bucket: speculative steps since a plain one
@@ -197,9 +196,14 @@ class MeasuredStepCost:
         self.explore_after: dict[int, int] = {}  # per bucket: plain steps before the next speculative probe
         self.probes: dict[int, tuple[bool, int]] = {}  # per bucket: (speculative?, steps left) of a probe
         self.spec_run: dict[int, int] = {}  # per bucket: speculative steps in a row outside probes
-        self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its time (what seconds holds)
-        self.version = 0  # bumped whenever a measured time changes (callers cache on it)
+        self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its measured step time
+        self.version = 0  # bumped whenever a measured time changes
         self._fits: dict[int, _BucketFit] = {}
+
+    @property
+    def seconds(self) -> dict[tuple[int, int], float]:
+        """Every measured step time by (bucket, k)."""
+        return {(bucket, k): t for bucket, points in self.points.items() for k, t in points.items()}
 
     @staticmethod
     @functools.lru_cache(maxsize=None)
@@ -281,31 +285,30 @@ class MeasuredStepCost:
         self.samples[key] = count + 1
         if count == 0:
             return
-        old = self.seconds.get(key)
+        points = self.points.setdefault(key[0], {})
+        old = points.get(k)
         recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
         recent.append(seconds if old is None else min(seconds, 4.0 * old))
         ordered = sorted(recent)
         mid = len(ordered) // 2
-        self.seconds[key] = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-        self._refit(key)
+        points[k] = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        self._refit(key[0], k)
 
     def set_time(self, batch_size: int, k: int, seconds: float, samples: int = 3) -> None:
         """Take a step time as measured `samples` times (tests, and a warm start from a file)."""
         key = (self.bucket(batch_size), k)
         self.samples[key] = samples
-        self.seconds[key] = seconds
+        self.points.setdefault(key[0], {})[k] = seconds
         self.recent[key] = collections.deque([seconds], maxlen=self.window)
-        self._refit(key)
+        self._refit(key[0], k)
 
-    def _refit(self, key: tuple[int, int]) -> None:
-        """The bucket's plain point and speculation line after `key`'s time changed (plain
+    def _refit(self, bucket: int, k: int) -> None:
+        """The bucket's plain point and speculation line after k's time changed (plain
         decoding is its own point: the step from k = 0 to k = 1 carries a fixed cost, the draft's
         first forward and the wider verification, that a line through k = 0 would spread over
         every k). A plain sample only moves the point; the line is refitted for k > 0 ones."""
         self.version += 1
-        bucket, k = key
-        points = self.points.setdefault(bucket, {})
-        points[k] = self.seconds[key]
+        points = self.points[bucket]
         fit = self._fits.get(bucket)
         if fit is None:
             fit = self._fits[bucket] = _BucketFit()
