@@ -37,12 +37,16 @@ from octavo import LLM, AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
 
+def prompt(i: int, prompt_len: int) -> dict:
+    """Request i's prompt: BOS, then token ids that differ between requests (no prefix sharing)."""
+    return {"prompt_token_ids": [1] + [5 + (i * 7 + j) % 200 for j in range(prompt_len - 1)]}
+
+
 def step_times(llm: LLM, batch_size: int, prompt_len: int, output_len: int, repeats: int) -> tuple[list[float], list[float]]:
     """(ms per engine step, ms per output token of a request) for `repeats` batches of
     `batch_size` requests run to completion."""
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True, detokenize=False)
-    prompts = [{"prompt_token_ids": [1] + [5 + (i * 7 + j) % 200 for j in range(prompt_len - 1)]}
-               for i in range(batch_size)]
+    prompts = [prompt(i, prompt_len) for i in range(batch_size)]
     llm.generate(prompts, params, use_tqdm=False)  # warm-up (and adaptive k's first timings)
     engine = llm.llm_engine
     times, per_token = [], []
@@ -61,7 +65,7 @@ def step_times(llm: LLM, batch_size: int, prompt_len: int, output_len: int, repe
 def host_profile(llm: LLM, prompt_len: int, output_len: int, path: Path, top: int = 40) -> None:
     """cProfile of batch-1 generation (after one warm-up), the `top` functions by own time."""
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True, detokenize=False)
-    prompts = [{"prompt_token_ids": [1] + [5 + j % 200 for j in range(prompt_len - 1)]}]
+    prompts = [prompt(0, prompt_len)]
     llm.generate(prompts, params, use_tqdm=False)
     steps = llm.llm_engine.stats.num_steps
     profile = cProfile.Profile()
@@ -84,10 +88,9 @@ def first_token_times(args: argparse.Namespace, speculative: bool, count: int) -
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
 
     async def one(i: int) -> tuple[float, float]:
-        prompt = {"prompt_token_ids": [1] + [5 + (i * 7 + j) % 200 for j in range(args.prompt_len - 1)]}
         start = time.perf_counter()
         first = None
-        async for _ in engine.generate(prompt, params, f"ttft-{i}"):
+        async for _ in engine.generate(prompt(i, args.prompt_len), params, f"ttft-{i}"):
             if first is None:
                 first = time.perf_counter() - start
         return first, time.perf_counter() - start
