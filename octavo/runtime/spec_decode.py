@@ -49,7 +49,7 @@ from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.sampler import SampledRow, Sampler, needs_penalties
 from octavo.runtime.scheduler import ScheduledRequest, SchedulerOutput
-from octavo.runtime.spec_policy import (AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
+from octavo.runtime.spec_policy import (MIN_GAIN, AcceptanceEstimate, MeasuredStepCost, SpecCostModel,
                                         choose_num_speculative_tokens, choose_step_k, default_cost_model)
 from octavo.runtime.spec_verify import VerifyResult, greedy_verify, rejection_sample
 
@@ -172,7 +172,8 @@ class SpecDecoder:
         self._step_started = 0.0
         self._step_k = 0  # draft steps of the step in flight
         self._step_timed = False  # whether its time is a sample of what k costs
-        self._cycle: tuple[int, int, float, bool] | None = None  # the last decode step: batch, k, start, sample?
+        self._step_tokens = 0  # tokens the step in flight emitted over its batch
+        self._cycle: tuple[int, int, float, bool, int] | None = None  # the last decode step: batch, k, start, sample?, tokens
         self._last_arm: tuple[int, bool] | None = None  # its bucket and whether it speculated
         self._step_plans: dict[int, tuple[int, int]] = {}  # bucket -> (k chosen, steps it still holds)
         self.draft_kv: KVCacheManager | None = None
@@ -352,14 +353,17 @@ class SpecDecoder:
         rates = [self._estimate(r).rate for r in timed]
         timed_caps = [caps[r.request_id] for r in timed]
         step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.measured)
-        self._log_decision(batch_size, step_k, rates)
+        gain = self.measured.realized_gain(batch_size)
+        if step_k > 0 and gain is not None and gain < 1.0 + MIN_GAIN:
+            step_k = 0  # predicted to pay, but speculation as practised here did not (the winner's curse)
+        self._log_decision(batch_size, step_k, rates, gain)
         self._step_plans[bucket] = (step_k, self.decide_every - 1)
         if step_k == 0 and spec_due:
             # Speculation was dropped here a while ago: time it once more, as the model would.
             step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.cost)
         return step_k, True
 
-    def _log_decision(self, batch_size: int, k: int, rates: list[float]) -> None:
+    def _log_decision(self, batch_size: int, k: int, rates: list[float], gain: float | None) -> None:
         """Log when adaptive k turns speculation on or off for a batch-size bucket (changes only,
         so the log stays quiet while k moves between positive values)."""
         bucket = self.measured.bucket(batch_size)
@@ -367,8 +371,9 @@ class SpecDecoder:
             return
         self._decisions[bucket] = k > 0
         times = ", ".join(f"k={kk} {1e3 * t:.2f} ms" for kk, t in sorted(self.measured.points.get(bucket, {}).items()))
-        logger.info("adaptive k: batch size %d-%d now drafts k=%d (mean acceptance %.2f; measured steps: %s)",
-                    bucket, 2 * bucket - 1, k, sum(rates) / max(len(rates), 1), times or "none yet")
+        logger.info("adaptive k: batch size %d-%d now drafts k=%d (mean acceptance %.2f; measured steps: %s; "
+                    "recent speculation delivered %s)", bucket, 2 * bucket - 1, k, sum(rates) / max(len(rates), 1),
+                    times or "none yet", "n/a" if gain is None else f"{gain:.2f}x plain decoding")
 
     def _sequence(self, request: Request) -> DraftSequence:
         seq = self.sequences.get(request.request_id)
@@ -537,6 +542,7 @@ class SpecDecoder:
         speculated = [item for item in sched.scheduled if item.num_spec_tokens]
         if speculated:
             self._verify(output, speculated, result)
+        self._step_tokens = sum(len(rows) for rows in result.tokens.values())
         return result
 
     def _verify(self, output: RunnerOutput, items: list[ScheduledRequest], result: "StepResult") -> None:
@@ -648,7 +654,7 @@ class SpecDecoder:
             # k draft steps cost at this batch size, if it ran in steady state.
             arm = (self.measured.bucket(len(sched.scheduled)), self._step_k > 0)
             steady = self._step_timed and arm == self._last_arm
-            self._cycle = (len(sched.scheduled), self._step_k, self._step_started, steady)
+            self._cycle = (len(sched.scheduled), self._step_k, self._step_started, steady, self._step_tokens)
             self._last_arm = arm
         else:
             self._last_arm = None
@@ -668,12 +674,13 @@ class SpecDecoder:
         cycle, self._cycle = self._cycle, None
         if cycle is None:
             return
-        batch, k, started, sample = cycle
+        batch, k, started, sample, tokens = cycle
         scheduler = self.engine.scheduler
-        if sample and not scheduler.waiting and len(scheduler.running) == batch:
-            self.measured.observe(batch, k, now - started)
-        else:
-            self.measured.count(batch, k)
+        undisturbed = not scheduler.waiting and len(scheduler.running) == batch
+        if sample and undisturbed:
+            self.measured.observe(batch, k, now - started, tokens)
+        else:  # a probe's catch-up step is no sample, but its time is charged to exploring
+            self.measured.count(batch, k, now - started if undisturbed else None)
 
     def _sync(self, seq: DraftSequence, request: Request) -> None:
         """Keep the draft K/V of every position whose token (and so every token before it) is

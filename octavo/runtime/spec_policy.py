@@ -42,6 +42,9 @@ class SpecCostModel:
                 + k * self.forward_time(self.draft_cost_ratio, batch_size))
 
 
+MIN_GAIN = 0.05  # speculation must beat plain decoding by this much (so that error errs towards plain)
+
+
 def expected_tokens_per_step(acceptance_rate: float, k: int) -> float:
     """Tokens a verification emits when each draft is accepted independently with probability a:
     1 + a + a^2 + ... + a^k (the accepted run, plus the target's own token)."""
@@ -53,7 +56,7 @@ def expected_tokens_per_step(acceptance_rate: float, k: int) -> float:
 
 def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max: int,
                                   cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(),
-                                  min_gain: float = 0.05) -> int:
+                                  min_gain: float = MIN_GAIN) -> int:
     """The k in 0..k_max that maximises goodput, tokens emitted per unit of step time
     (expected_tokens_per_step / step_time), for one request in a batch of `batch_size`.
 
@@ -71,7 +74,7 @@ def choose_num_speculative_tokens(acceptance_rate: float, batch_size: int, k_max
 
 
 def choose_step_k(acceptance_rates: list[float], caps: list[int], batch_size: int, k_max: int,
-                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(), min_gain: float = 0.05) -> int:
+                  cost: "SpecCostModel | MeasuredStepCost" = SpecCostModel(), min_gain: float = MIN_GAIN) -> int:
     """One k for every request of a step: the k in 0..k_max with the most tokens emitted by the
     batch per unit of step time, sum_i expected_tokens_per_step(a_i, min(k, cap_i)) /
     step_time(k, batch_size), kept at 0 unless it beats plain decoding by `min_gain`.
@@ -167,23 +170,43 @@ class MeasuredStepCost:
     plain decoding look 2-3x slower than it is in a server (measured: 1.0-1.9 ms against a 0.6 ms
     TPOT without the draft).
 
-    A key's time is the median of its last `window` samples (one stall cannot flip a decision);
-    the first sample of each key is discarded (compilation, warm-up) and a sample is clipped to
-    4x the key's time. Neither arm is trusted forever: where speculation was timed, a probe of
+    A key's time is the lower quartile (`quantile`, rounded down) of its last `window` samples; the first
+    sample of each key is discarded (compilation, warm-up) and a sample is clipped to 4x the key's
+    time. Why not the median: host noise only ever adds time, and it comes in bursts (a garbage
+    collection, the event loop serving a burst of HTTP work): in a served demo pair, five
+    consecutive 10 ms plain steps against a 0.85 ms norm, and the arm that runs rarely (plain
+    decoding while speculating: 3 samples a probe) kept such a burst in its window long enough to
+    make a median-of-8 plain time 3.7 ms, and speculation look like a win (measured, H100).
+    The same quantile for every key keeps the arms comparable.
+
+    Predictions err the same way: a decision taken when a request's acceptance estimate is high
+    is taken when the estimate is luckiest (the winner's curse). So each bucket also keeps what
+    its recent timed speculative steps really delivered, the tokens each request emitted and the
+    k they cost (`realized_gain`), and speculation that did not pay as practised is dropped
+    whatever the estimates say (SpecDecoder._batch_k). Neither arm is trusted forever: where speculation was timed, a probe of
     `probe_steps` plain steps runs every `refresh_steps` speculative steps; where it was dropped,
     a probe of `probe_steps` speculative steps runs after `explore_steps` plain steps, an interval
     that doubles with each probe (up to `max_explore_steps`) until the policy keeps speculating
     for `sustained_steps` steps of its own, so a pair that never pays costs next to nothing, and
     one whose decision was made on a bad patch of samples is revisited. A probe has several
-    steps because its first is no steady-state sample.
+    steps because its first is no steady-state sample. Probes also keep to a time budget: the
+    speculative probes of a bucket may take at most `explore_budget` of the time its decode
+    steps took. Why: a probe's first step lets the draft catch up on every request's whole
+    context, so on a launch-bound pair at batch 4 a probe of 4 steps took about 30 ms against
+    4 ms of plain decoding, and probing every 128 steps cost 20% of throughput (H100).
 
     This runs on every engine step, so it is kept to a few dictionary operations per step."""
 
-    def __init__(self, model: SpecCostModel, window: int = 8, refresh_steps: int = 256,
+    def __init__(self, model: SpecCostModel, window: int = 16, quantile: float = 0.25, refresh_steps: int = 256,
                  explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048,
-                 sustained_steps: int = 16) -> None:
+                 sustained_steps: int = 16, realized_window: int = 16, realized_min: int = 8,
+                 explore_budget: float = 0.03) -> None:
         self.model = model
         self.window = window
+        self.quantile = quantile
+        self.realized_window = realized_window
+        self.realized_min = realized_min
+        self.explore_budget = explore_budget
         self.refresh_steps = refresh_steps
         self.explore_steps = explore_steps
         self.probe_steps = probe_steps
@@ -196,7 +219,10 @@ class MeasuredStepCost:
         self.explore_after: dict[int, int] = {}  # per bucket: plain steps before the next speculative probe
         self.probes: dict[int, tuple[bool, int]] = {}  # per bucket: (speculative?, steps left) of a probe
         self.spec_run: dict[int, int] = {}  # per bucket: speculative steps in a row outside probes
+        self.elapsed: dict[int, float] = {}  # per bucket: seconds of decode steps counted with their time
+        self.explored: dict[int, float] = {}  # per bucket: seconds of those that were speculative probes
         self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its measured step time
+        self.realized: dict[int, collections.deque] = {}  # per bucket: (k, tokens per request) of timed spec steps
         self.version = 0  # bumped whenever a measured time changes
         self._fits: dict[int, _BucketFit] = {}
 
@@ -242,7 +268,8 @@ class MeasuredStepCost:
             return True
         after = self.explore_after.get(bucket, self.explore_steps)
         fit = self._fits.get(bucket)
-        due = fit is not None and fit.spec_point is not None and self.since_spec.get(bucket, 0) >= after
+        due = (fit is not None and fit.spec_point is not None and self.since_spec.get(bucket, 0) >= after
+               and self.explored.get(bucket, 0.0) <= self.explore_budget * self.elapsed.get(bucket, 0.0))
         if due:
             self.probes[bucket] = (True, self.probe_steps)
             self.explore_after[bucket] = min(2 * after, self.max_explore_steps)
@@ -253,10 +280,15 @@ class MeasuredStepCost:
         fit = self._fits.get(self.bucket(batch_size))
         return fit is not None and fit.plain is not None and fit.spec_point is not None
 
-    def count(self, batch_size: int, k: int) -> None:
-        """A decode step ran with k draft steps (0: plain), timed or not: the probes' clocks."""
+    def count(self, batch_size: int, k: int, seconds: float | None = None) -> None:
+        """A decode step ran with k draft steps (0: plain), timed or not: the probes' clocks.
+        `seconds`, when the step's cycle ran undisturbed, is charged to the exploration budget."""
         bucket = self.bucket(batch_size)
         probe = self.probes.get(bucket)
+        if seconds is not None:
+            self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) + seconds
+            if probe is not None and probe[0] and k > 0:
+                self.explored[bucket] = self.explored.get(bucket, 0.0) + seconds
         if k == 0:
             self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
             self.since_plain[bucket] = 0
@@ -274,10 +306,34 @@ class MeasuredStepCost:
             else:
                 self.probes[bucket] = (probe[0], probe[1] - 1)
 
-    def observe(self, batch_size: int, k: int, seconds: float) -> None:
-        """A timed decode step (counted as well)."""
-        self.count(batch_size, k)
+    def observe(self, batch_size: int, k: int, seconds: float, tokens: int | None = None) -> None:
+        """A timed decode step (counted as well); `tokens`, what it emitted over the batch."""
+        self.count(batch_size, k, seconds)
         self.add_sample(batch_size, k, seconds)
+        if k > 0 and tokens is not None:
+            bucket = self.bucket(batch_size)
+            recent = self.realized.get(bucket)
+            if recent is None:
+                recent = self.realized[bucket] = collections.deque(maxlen=self.realized_window)
+            recent.append((k, tokens / batch_size))
+
+    def realized_gain(self, batch_size: int) -> float | None:
+        """Tokens per unit time that this bucket's last timed speculative steps delivered, over
+        plain decoding's: what each request really emitted per step, against what those steps'
+        k cost (the measured times). None until realized_min such steps and a plain time."""
+        bucket = self.bucket(batch_size)
+        recent = self.realized.get(bucket)
+        fit = self._fits.get(bucket)
+        if recent is None or len(recent) < self.realized_min or fit is None or fit.plain is None:
+            return None
+        times: dict[int, float] = {}
+        seconds = tokens = 0.0
+        for k, emitted in recent:
+            if k not in times:
+                times[k] = self.step_time(k, batch_size)
+            seconds += times[k]
+            tokens += emitted
+        return tokens * fit.plain / seconds
 
     def add_sample(self, batch_size: int, k: int, seconds: float) -> None:
         key = (self.bucket(batch_size), k)
@@ -289,9 +345,7 @@ class MeasuredStepCost:
         old = points.get(k)
         recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
         recent.append(seconds if old is None else min(seconds, 4.0 * old))
-        ordered = sorted(recent)
-        mid = len(ordered) // 2
-        points[k] = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        points[k] = sorted(recent)[int(self.quantile * (len(recent) - 1))]
         self._refit(key[0], k)
 
     def set_time(self, batch_size: int, k: int, seconds: float, samples: int = 3) -> None:

@@ -225,12 +225,44 @@ def test_a_decode_step_is_timed_over_its_whole_cycle_in_steady_state(pair, monke
     engine.step()  # closes the 8.0-long cycle
     assert measured.samples[key] == 4
     assert list(measured.recent[key]) == [3.0, 5.0, 8.0]
+    # What each of those steps emitted is kept too: k = 2 verified, 1 to 3 tokens for the request.
+    assert len(measured.realized[1]) == 4 and all(k == 2 and 1 <= t <= 3 for k, t in measured.realized[1])
     clock[0] += 13.0
     engine.add_request("b", {"prompt_token_ids": [9, 10, 11]},
                        SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
     engine.step()  # the cycle that ended with "b" waiting is counted, not timed
     assert measured.samples[key] == 4
     engine.abort_request(["a", "b"])
+    assert_no_leaks(llm)
+
+
+def test_speculation_that_did_not_deliver_is_dropped_whatever_the_estimates_say(pair):
+    """Measured step times and a 0.7 acceptance estimate predict that k = 4 pays; the bucket's
+    last timed speculative steps emitted one token per request each, which at those times is a
+    loss, so the step's k is 0. Once speculation delivers again, k is 4 again."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    engine = llm.llm_engine
+    decoder = engine.spec_decoder
+    measured = decoder.measured
+    measured.set_time(1, 0, 0.010)
+    measured.set_time(1, 4, 0.014)
+    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0.0, max_tokens=8))
+    request = engine.scheduler.waiting[0]
+
+    def step_k() -> int:
+        decoder._step_plans.clear()  # a fresh decision
+        return decoder._batch_k(1, [request], {"a": 4}, spec_due=False)[0]
+
+    assert step_k() == 4
+    for _ in range(measured.realized_min):
+        measured.observe(1, 4, 0.014, tokens=1)
+    assert measured.realized_gain(1) == pytest.approx(0.010 / 0.014)
+    assert step_k() == 0
+    for _ in range(measured.realized_window):
+        measured.observe(1, 4, 0.014, tokens=3)
+    assert step_k() == 4
+    engine.abort_request("a")
     assert_no_leaks(llm)
 
 
