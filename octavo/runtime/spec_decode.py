@@ -20,7 +20,8 @@ One engine step with speculation:
 k is chosen by `choose_step_k` (spec_policy.py), one k for the batch, from the requests'
 running acceptance rates and the batch size, with step costs measured on this machine
 (MeasuredStepCost), and held for a few steps; k = 0 is plain decoding, and costs the draft
-nothing. (A seeded sampled request picks its own k
+nothing. Speculation predicted to pay is still dropped where the bucket's recent speculative
+steps did not deliver (MeasuredStepCost.realized_gain). (A seeded sampled request picks its own k
 from the cost model alone, so that its output does not depend on timings or on other requests.)
 
 Where the draft's work goes keeps TTFT what it is without speculation: a request's draft prefill
