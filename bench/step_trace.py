@@ -34,7 +34,7 @@ VARIANTS = ("no-spec", "spec", "spec-no-propose", "spec-detached")
 def traced_serve(trace_path: str, variant: str, serve_args: list[str]) -> int:
     """Patch the engine to record each step, then run `octavo serve` in this process."""
     from octavo.runtime import engine as engine_module
-    from octavo.runtime import spec_decode
+    from octavo.runtime import spec_decode, spec_policy
 
     records: list[tuple] = []
     engines: list = []
@@ -69,8 +69,6 @@ def traced_serve(trace_path: str, variant: str, serve_args: list[str]) -> int:
         else:
             propose(self)
         current["propose"] = time.perf_counter() - start
-
-    from octavo.runtime import spec_policy
 
     samples: list[tuple] = []
     observe = spec_policy.MeasuredStepCost.observe

@@ -170,22 +170,24 @@ class MeasuredStepCost:
     plain decoding look 2-3x slower than it is in a server (measured: 1.0-1.9 ms against a 0.6 ms
     TPOT without the draft).
 
-    A key's time is the lower quartile (`quantile`, rounded down) of its last `window` samples; the first
-    sample of each key is discarded (compilation, warm-up) and a sample is clipped to 4x the key's
-    time. Why not the median: host noise only ever adds time, and it comes in bursts (a garbage
-    collection, the event loop serving a burst of HTTP work): in a served demo pair, five
-    consecutive 10 ms plain steps against a 0.85 ms norm, and the arm that runs rarely (plain
-    decoding while speculating: 3 samples a probe) kept such a burst in its window long enough to
-    make a median-of-8 plain time 3.7 ms, and speculation look like a win (measured, H100).
+    A key's time is the lower quartile (`quantile`, rounded down) of its last `window` samples;
+    the first sample of each key is discarded (compilation, warm-up) and a sample is clipped to
+    4x the key's time. Why not the median: host noise only ever adds time, and it comes in
+    bursts (a garbage collection, the event loop serving a burst of HTTP work). In a served demo
+    pair, five consecutive 10 ms plain steps came against a 0.85 ms norm; the arm that runs
+    rarely (plain decoding while speculating: 3 samples a probe) kept that burst in its window
+    long enough for a median of 8 to read 3.7 ms, and speculation looked like a win (H100).
     The same quantile for every key keeps the arms comparable.
 
     Predictions err the same way: a decision taken when a request's acceptance estimate is high
     is taken when the estimate is luckiest (the winner's curse). So each bucket also keeps what
     its recent timed speculative steps really delivered, the tokens each request emitted and the
     k they cost (`realized_gain`), and speculation that did not pay as practised is dropped
-    whatever the estimates say (SpecDecoder._batch_k). Neither arm is trusted forever: where speculation was timed, a probe of
-    `probe_steps` plain steps runs every `refresh_steps` speculative steps; where it was dropped,
-    a probe of `probe_steps` speculative steps runs after `explore_steps` plain steps, an interval
+    whatever the estimates say (SpecDecoder._batch_k).
+
+    Neither arm is trusted forever: where speculation was timed, a probe of `probe_steps` plain
+    steps runs every `refresh_steps` speculative steps; where it was dropped, a probe of
+    `probe_steps` speculative steps runs after `explore_steps` plain steps, an interval
     that doubles with each probe (up to `max_explore_steps`) until the policy keeps speculating
     for `sustained_steps` steps of its own, so a pair that never pays costs next to nothing, and
     one whose decision was made on a bad patch of samples is revisited. A probe has several
