@@ -543,7 +543,8 @@ class SpecDecoder:
         speculated = [item for item in sched.scheduled if item.num_spec_tokens]
         if speculated:
             self._verify(output, speculated, result)
-        self._step_tokens = sum(len(rows) for rows in result.tokens.values())
+        # Tokens emitted over the batch (one per request on a plain step: no walk on the hot path).
+        self._step_tokens = sum(len(rows) for rows in result.tokens.values()) if speculated else len(result.tokens)
         return result
 
     def _verify(self, output: RunnerOutput, items: list[ScheduledRequest], result: "StepResult") -> None:
