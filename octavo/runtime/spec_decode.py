@@ -337,8 +337,8 @@ class SpecDecoder:
 
     def _cannot_pay(self, batch_size: int) -> bool:
         """Whether not even a perfect draft would pay at this batch size. Once both arms are
-        timed here the measurements alone judge; before, the model too."""
-        judges = (self.measured,) if self.measured.timed_both(batch_size) else (self.cost, self.measured)
+        timed here or in a bucket nearby, the measurements alone judge; before, the model too."""
+        judges = (self.measured,) if self.measured.informed(batch_size) else (self.cost, self.measured)
         return all(choose_num_speculative_tokens(1.0, batch_size, self.k_max, cost) == 0 for cost in judges)
 
     def _batch_k(self, batch_size: int, timed: list[Request], caps: dict[str, int],
@@ -372,8 +372,11 @@ class SpecDecoder:
             return
         self._decisions[bucket] = k > 0
         times = ", ".join(f"k={kk} {1e3 * t:.2f} ms" for kk, t in sorted(self.measured.points.get(bucket, {}).items()))
+        if not self.measured.timed_both(batch_size) and self.measured.informed(batch_size):
+            times = f"{times or 'none'}; the rest borrowed from batch size {self.measured.borrowed_from(batch_size)}"
+        low, high = self.measured.bucket_span(bucket)
         logger.info("adaptive k: batch size %d-%d now drafts k=%d (mean acceptance %.2f; measured steps: %s; "
-                    "recent speculation delivered %s)", bucket, 2 * bucket - 1, k, sum(rates) / max(len(rates), 1),
+                    "recent speculation delivered %s)", low, high, k, sum(rates) / max(len(rates), 1),
                     times or "none yet", "n/a" if gain is None else f"{gain:.2f}x plain decoding")
 
     def _sequence(self, request: Request) -> DraftSequence:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -158,9 +159,11 @@ class MeasuredStepCost:
     The model cannot know what the engine adds: a verification forward over k + 1 tokens a
     request may run eagerly where a plain decode step replays a CUDA graph, kernels launch from
     Python, the host work per step, the server streaming more tokens per step. So engine steps
-    are timed, by batch-size bucket (powers of two) and by the number of draft steps k, and the
-    policy's step_time comes from them (plain decoding its own point, speculation a line through
-    the k > 0 points, the model where a side has no point: see step_time).
+    are timed, by batch-size bucket (each size below 8, then four an octave: see bucket) and by
+    the number of draft steps k, and the policy's step_time comes from them (plain decoding its
+    own point, speculation a line through the k > 0 points). A bucket that lacks an arm borrows
+    the nearest timed bucket's ratio of speculation to plain decoding; the model is the last
+    resort, where nothing is timed yet (see step_time).
 
     What a sample is (the engine decides, see SpecDecoder): a step's cycle time, from its start
     to the next step's start, so that what a step leaves behind (tokens to stream, outputs to
@@ -202,13 +205,14 @@ class MeasuredStepCost:
     def __init__(self, model: SpecCostModel, window: int = 16, quantile: float = 0.25, refresh_steps: int = 256,
                  explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048,
                  sustained_steps: int = 16, realized_window: int = 16, realized_min: int = 8,
-                 explore_budget: float = 0.03) -> None:
+                 explore_budget: float = 0.03, budget_memory_steps: int = 4096) -> None:
         self.model = model
         self.window = window
         self.quantile = quantile
         self.realized_window = realized_window
         self.realized_min = realized_min
         self.explore_budget = explore_budget
+        self.budget_decay = 1.0 - 1.0 / budget_memory_steps
         self.refresh_steps = refresh_steps
         self.explore_steps = explore_steps
         self.probe_steps = probe_steps
@@ -221,12 +225,13 @@ class MeasuredStepCost:
         self.explore_after: dict[int, int] = {}  # per bucket: plain steps before the next speculative probe
         self.probes: dict[int, tuple[bool, int]] = {}  # per bucket: (speculative?, steps left) of a probe
         self.spec_run: dict[int, int] = {}  # per bucket: speculative steps in a row outside probes
-        self.elapsed: dict[int, float] = {}  # per bucket: seconds of decode steps counted with their time
-        self.explored: dict[int, float] = {}  # per bucket: seconds of those that were speculative probes
+        self.elapsed: dict[int, float] = {}  # per bucket: decaying seconds of decode steps counted with their time
+        self.explored: dict[int, float] = {}  # per bucket: the same, of those that were speculative probes
         self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its measured step time
         self.realized: dict[int, collections.deque] = {}  # per bucket: (k, tokens per request) of timed spec steps
         self.version = 0  # bumped whenever a measured time changes
         self._fits: dict[int, _BucketFit] = {}
+        self._near: dict[int, int | None] = {}  # bucket -> the bucket it borrows from (_nearest)
 
     @property
     def seconds(self) -> dict[tuple[int, int], float]:
@@ -236,7 +241,20 @@ class MeasuredStepCost:
     @staticmethod
     @functools.lru_cache(maxsize=None)
     def bucket(batch_size: int) -> int:
-        return 1 << max(0, int(batch_size).bit_length() - 1)
+        """The batch sizes timed together, named by the smallest: each size below 8, then four
+        buckets an octave (8-9, 10-11, ..., 56-63, 64-79, ...), so the batch varies by at most a
+        quarter within one. Why so fine: a launch-bound pair's step time grows with the batch,
+        and buckets an octave wide held plain steps of 2.7 ms (batch 32) and 5.2 ms (batch 60)
+        side by side, so that speculation timed at one end was compared with plain decoding
+        timed at the other (the demo pair served at c = 32 and 64, H100)."""
+        size = max(1, int(batch_size))
+        width = max(1, (1 << (size.bit_length() - 1)) >> 2)
+        return size - size % width
+
+    @staticmethod
+    def bucket_span(bucket: int) -> tuple[int, int]:
+        """The smallest and largest batch size of a bucket."""
+        return bucket, bucket + max(1, (1 << (bucket.bit_length() - 1)) >> 2) - 1
 
     def _probing(self, bucket: int, speculative: bool) -> bool:
         probe = self.probes.get(bucket)
@@ -270,8 +288,9 @@ class MeasuredStepCost:
             return True
         after = self.explore_after.get(bucket, self.explore_steps)
         fit = self._fits.get(bucket)
-        due = (fit is not None and fit.spec_point is not None and self.since_spec.get(bucket, 0) >= after
-               and self.explored.get(bucket, 0.0) <= self.explore_budget * self.elapsed.get(bucket, 0.0))
+        due = (self.since_spec.get(bucket, 0) >= after
+               and self.explored.get(bucket, 0.0) <= self.explore_budget * self.elapsed.get(bucket, 0.0)
+               and ((fit is not None and fit.spec_point is not None) or self._nearest(bucket) is not None))
         if due:
             self.probes[bucket] = (True, self.probe_steps)
             self.explore_after[bucket] = min(2 * after, self.max_explore_steps)
@@ -282,15 +301,25 @@ class MeasuredStepCost:
         fit = self._fits.get(self.bucket(batch_size))
         return fit is not None and fit.plain is not None and fit.spec_point is not None
 
+    def borrowed_from(self, batch_size: int) -> int | None:
+        """The bucket whose times this one borrows (_nearest), if it does."""
+        bucket = self.bucket(batch_size)
+        return None if self.timed_both(batch_size) or self._nearest(bucket) is None else self._near[bucket]
+
+    def informed(self, batch_size: int) -> bool:
+        """Whether step_time here comes from measurements alone: this bucket's, or a neighbour's."""
+        return self.timed_both(batch_size) or self._nearest(self.bucket(batch_size)) is not None
+
     def count(self, batch_size: int, k: int, seconds: float | None = None) -> None:
         """A decode step ran with k draft steps (0: plain), timed or not: the probes' clocks.
         `seconds`, when the step's cycle ran undisturbed, is charged to the exploration budget."""
         bucket = self.bucket(batch_size)
         probe = self.probes.get(bucket)
-        if seconds is not None:
-            self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) + seconds
-            if probe is not None and probe[0] and k > 0:
-                self.explored[bucket] = self.explored.get(bucket, 0.0) + seconds
+        if seconds is not None:  # both totals decay alike: the budget is a share of recent time
+            decay = self.budget_decay
+            self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) * decay + seconds
+            explored = seconds if probe is not None and probe[0] and k > 0 else 0.0
+            self.explored[bucket] = self.explored.get(bucket, 0.0) * decay + explored
         if k == 0:
             self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
             self.since_plain[bucket] = 0
@@ -322,8 +351,15 @@ class MeasuredStepCost:
     def realized_gain(self, batch_size: int) -> float | None:
         """Tokens per unit time that this bucket's last timed speculative steps delivered, over
         plain decoding's: what each request really emitted per step, against what those steps'
-        k cost (the measured times). None until realized_min such steps and a plain time."""
+        k cost (the measured times). None until realized_min such steps and a plain time; until
+        then, the gain of the bucket whose times this one borrows (_nearest), if it has one."""
         bucket = self.bucket(batch_size)
+        gain = self._realized_gain(bucket)
+        if gain is None and self._nearest(bucket) is not None:
+            gain = self._realized_gain(self._near[bucket])
+        return gain
+
+    def _realized_gain(self, bucket: int) -> float | None:
         recent = self.realized.get(bucket)
         fit = self._fits.get(bucket)
         if recent is None or len(recent) < self.realized_min or fit is None or fit.plain is None:
@@ -332,7 +368,7 @@ class MeasuredStepCost:
         seconds = tokens = 0.0
         for k, emitted in recent:
             if k not in times:
-                times[k] = self.step_time(k, batch_size)
+                times[k] = self.step_time(k, bucket)
             seconds += times[k]
             tokens += emitted
         return tokens * fit.plain / seconds
@@ -368,6 +404,8 @@ class MeasuredStepCost:
         fit = self._fits.get(bucket)
         if fit is None:
             fit = self._fits[bucket] = _BucketFit()
+        if (fit.plain is None if k == 0 else fit.spec_point is None):
+            self._near.clear()  # a bucket gets a point it lacked: its neighbours may borrow from it now
         if k == 0:
             fit.plain = points[0]
             return
@@ -383,16 +421,52 @@ class MeasuredStepCost:
 
     def step_time(self, k: int, batch_size: int) -> float:
         """Plain decoding: its measured point. Speculation: the line through the measured k > 0
-        points; with one point of either kind, the model scaled through it; with none, the model."""
-        fit = self._fits.get(self.bucket(batch_size))
+        points, or with one such point the model's shape scaled through it. A bucket without
+        both arms timed borrows the nearest bucket's (see _nearest): what it lacks comes from
+        that bucket's speculation-to-plain ratios, through its own point when it has one. Only
+        then the model: scaled through the one point there is, or alone."""
+        bucket = self.bucket(batch_size)
+        fit = self._fits.get(bucket)
+        if fit is not None and fit.plain is not None and fit.spec_point is not None:
+            return self._fit_time(fit, k, batch_size)
+        near = self._nearest(bucket)
+        if near is not None:
+            if fit is None or (fit.plain is None and fit.spec_point is None):
+                return self._fit_time(near, k, batch_size)
+            if fit.plain is not None:
+                return fit.plain * self._fit_time(near, k, batch_size) / near.plain
+            k0, t0 = fit.spec_point
+            if k > 0 and fit.slope is not None:
+                return max(1e-9, fit.intercept + fit.slope * k)
+            return t0 * self._fit_time(near, k, batch_size) / self._fit_time(near, k0, batch_size)
         if fit is None:
             return self.model.step_time(k, batch_size)
         if k == 0 and fit.plain is not None:
             return fit.plain
         if k > 0 and fit.slope is not None:
             return max(1e-9, fit.intercept + fit.slope * k)
-        known = fit.spec_point if k > 0 and fit.spec_point else (0, fit.plain) if fit.plain is not None else fit.spec_point
-        model = self.model.step_time(k, batch_size)
-        if known is None:
-            return model
-        return known[1] * model / self.model.step_time(known[0], batch_size)
+        known = (0, fit.plain) if fit.plain is not None else fit.spec_point
+        return known[1] * self.model.step_time(k, batch_size) / self.model.step_time(known[0], batch_size)
+
+    def _fit_time(self, fit: _BucketFit, k: int, batch_size: int) -> float:
+        """A step time from a bucket with both arms timed."""
+        if k == 0:
+            return fit.plain
+        if fit.slope is not None:
+            return max(1e-9, fit.intercept + fit.slope * k)
+        k0, t0 = fit.spec_point
+        return t0 * self.model.step_time(k, batch_size) / self.model.step_time(k0, batch_size)
+
+    def _nearest(self, bucket: int) -> _BucketFit | None:
+        """The fit of the bucket nearest to this one (in log batch size; ties go to the larger,
+        where speculation pays less) with both arms timed, for a bucket without. Why: the model
+        is the worst guess there is (it knows nothing of the host), and a fresh bucket that
+        followed it would pay a probe's catch-up steps to learn what its neighbours already
+        show. Cached until a bucket first has both arms timed."""
+        if bucket in self._near:
+            near = self._near[bucket]
+            return None if near is None else self._fits[near]
+        both = [b for b, fit in self._fits.items() if b != bucket and fit.plain is not None and fit.spec_point is not None]
+        near = min(both, key=lambda b: (abs(math.log2(b / bucket)), -b)) if both else None
+        self._near[bucket] = near
+        return None if near is None else self._fits[near]
