@@ -64,11 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.prompt_text is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from spec_sweep import HELD_OUT_TEXT
+        from spec_sweep import write_held_out_text
 
-        args.prompt_text = str(Path(args.out) / "held-out-shakespeare.txt")
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        Path(args.prompt_text).write_text(HELD_OUT_TEXT, encoding="utf-8")
+        args.prompt_text = str(write_held_out_text(Path(args.out)))
     runs = [run(args, "no-spec", False), run(args, "spec", True)]
     (steps_a, a), (steps_b, b) = (per_step(pstats.Stats(str(r["profile"]))) for r in runs)
     lines = [f"no-spec: {steps_a} steps, {sum(a.values()):.0f} us profiled per step",

@@ -84,15 +84,11 @@ METRICS = {"output_tokens_per_s": True, "ttft_ms_p50": False, "tpot_ms_p50": Fal
 
 
 # ---- statistics (pure) ----------------------------------------------------------------------------
-def _geomean_of_logs(logs: Sequence[float]) -> float:
-    return math.exp(math.fsum(logs) / len(logs))
-
-
 def geometric_mean(values: Sequence[float]) -> float:
     """The mean of ratios that treats 2x and 0.5x as opposite and equal."""
     if not values or min(values) <= 0:
         raise ValueError(f"a geometric mean needs positive values, got {list(values)}")
-    return _geomean_of_logs([math.log(v) for v in values])
+    return math.exp(math.fsum(math.log(v) for v in values) / len(values))
 
 
 # The 95th percentile of Student's t by degrees of freedom: the two-sided 90% interval's factor.
@@ -307,15 +303,13 @@ class SpecAB:
         args = self.args
         if args.pair == "paths":
             return str(Path(args.target).resolve()), str(Path(args.draft).resolve()), args.prompt_text
-        from spec_sweep import HELD_OUT_TEXT
+        from spec_sweep import write_held_out_text
 
         from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
         text = args.prompt_text
         if not text:
-            path = self.out / "held-out-shakespeare.txt"
-            path.write_text(HELD_OUT_TEXT, encoding="utf-8")
-            text = str(path)
+            text = str(write_held_out_text(self.out))
         return str(DEMO_TARGET_DIR), str(DEMO_DRAFT_DIR), text
 
     def namespace(self, target: str, draft: str | None, text: str | None, launch_index: int,

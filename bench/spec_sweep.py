@@ -304,6 +304,15 @@ And we'll strive to please you every day.
 
 
 # ---- calibration: the controlled pair's scale -----------------------------------------------------
+def write_held_out_text(directory: Path) -> Path:
+    """HELD_OUT_TEXT as held-out-shakespeare.txt in `directory` (created if missing), for
+    --prompt-text: the demo pair's prompts in every script that serves it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "held-out-shakespeare.txt"
+    path.write_text(HELD_OUT_TEXT, encoding="utf-8")
+    return path
+
+
 def find_scale(measure: Callable[[float], float], target: float, tolerance: float = 0.03, high: float = 0.1,
                max_evals: int = 7) -> tuple[float, list[dict]]:
     """The later-layer scale s whose acceptance is closest to `target`, by bracketing.
@@ -596,8 +605,7 @@ class Sweep:
     def demo(self, entry: dict) -> tuple[str, str, int, str, str]:
         from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
-        text = self.out / "held-out-shakespeare.txt"
-        text.write_text(HELD_OUT_TEXT, encoding="utf-8")
+        text = write_held_out_text(self.out)
         entry["construction"] = (
             "The shipped demo pair: octavo-demo (4.2M parameters, 4 layers) verifies octavo-demo-draft (0.9M, "
             "2 layers), trained on 40 of Shakespeare's works (octavo/runtime/demo/DATA_CARD.md). Prompts are "

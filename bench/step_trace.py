@@ -193,10 +193,9 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.prompt_text is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from spec_sweep import HELD_OUT_TEXT
+        from spec_sweep import write_held_out_text
 
-        args.prompt_text = str(Path(args.out) / "held-out-shakespeare.txt")
-        Path(args.prompt_text).write_text(HELD_OUT_TEXT, encoding="utf-8")
+        args.prompt_text = str(write_held_out_text(Path(args.out)))
     results = []
     for repeat in range(args.repeats):
         for concurrency in (int(c) for c in args.concurrency.split(",")):

@@ -435,33 +435,32 @@ class MeasuredStepCost:
         then the model: scaled through the one point there is, or alone."""
         bucket = self.bucket(batch_size)
         fit = self._fits.get(bucket)
-        if fit is not None and fit.plain is not None and fit.spec_point is not None:
-            return self._fit_time(fit, k, batch_size)
+        own = None if fit is None else self._fit_time(fit, k, batch_size)
+        if own is not None:
+            return own
         near = self._nearest(bucket)
         if near is not None:
             if fit is None or (fit.plain is None and fit.spec_point is None):
                 return self._fit_time(near, k, batch_size)
-            if fit.plain is not None:
+            if fit.plain is not None:  # k > 0 here
                 return fit.plain * self._fit_time(near, k, batch_size) / near.plain
             k0, t0 = fit.spec_point
-            if k > 0 and fit.slope is not None:
-                return max(1e-9, fit.intercept + fit.slope * k)
             return t0 * self._fit_time(near, k, batch_size) / self._fit_time(near, k0, batch_size)
         if fit is None:
             return self.model.step_time(k, batch_size)
-        if k == 0 and fit.plain is not None:
-            return fit.plain
-        if k > 0 and fit.slope is not None:
-            return max(1e-9, fit.intercept + fit.slope * k)
         known = (0, fit.plain) if fit.plain is not None else fit.spec_point
         return known[1] * self.model.step_time(k, batch_size) / self.model.step_time(known[0], batch_size)
 
-    def _fit_time(self, fit: _BucketFit, k: int, batch_size: int) -> float:
-        """A step time from a bucket with both arms timed."""
+    def _fit_time(self, fit: _BucketFit, k: int, batch_size: int) -> float | None:
+        """What a bucket's own measurements say of k: plain decoding its point, speculation its
+        line, or its one speculative point scaled by the model's shape once plain decoding is
+        timed as well. None where they say nothing (never, for a bucket with both arms timed)."""
         if k == 0:
             return fit.plain
         if fit.slope is not None:
             return max(1e-9, fit.intercept + fit.slope * k)
+        if fit.plain is None or fit.spec_point is None:
+            return None
         k0, t0 = fit.spec_point
         return t0 * self.model.step_time(k, batch_size) / self.model.step_time(k0, batch_size)
 
