@@ -51,7 +51,8 @@ def traced_serve(trace_path: str, variant: str, serve_args: list[str]) -> int:
         outputs = step(self)
         end = time.perf_counter()
         records.append((start, end, current.get("propose", 0.0), current.get("batch", 0), current.get("tokens", 0),
-                        current.get("spec", 0), current.get("prefill", 0), len(outputs)))
+                        current.get("spec", 0), current.get("prefill", 0), len(outputs), current.get("probe", 0),
+                        current.get("catch_up", 0)))
         return outputs
 
     def traced_execute(self, sched):
@@ -69,6 +70,16 @@ def traced_serve(trace_path: str, variant: str, serve_args: list[str]) -> int:
         else:
             propose(self)
         current["propose"] = time.perf_counter() - start
+        probe = self.measured.probes.get(self.measured.bucket(max(len(self.engine.scheduler.running), 1)))
+        current["probe"] = 0 if probe is None else (2 if probe[0] else 1)  # 2: speculative probe, 1: plain
+
+    draft = spec_decode.SpecDecoder._draft
+
+    def traced_draft(self, plan):
+        current["catch_up"] = sum(request.num_tokens - self.sequences[request.request_id].num_computed_tokens
+                                  if request.request_id in self.sequences else request.num_tokens
+                                  for request, _ in plan)
+        return draft(self, plan)
 
     samples: list[tuple] = []
     observe = spec_policy.MeasuredStepCost.observe
@@ -81,9 +92,10 @@ def traced_serve(trace_path: str, variant: str, serve_args: list[str]) -> int:
     engine_module.LLMEngine.step = traced_step
     engine_module.LLMEngine._execute = traced_execute
     spec_decode.SpecDecoder.propose = traced_propose
+    spec_decode.SpecDecoder._draft = traced_draft
 
     def dump() -> None:
-        keys = ("start", "end", "propose", "batch", "tokens", "spec", "prefill", "outputs")
+        keys = ("start", "end", "propose", "batch", "tokens", "spec", "prefill", "outputs", "probe", "catch_up")
         state = {"steps": [dict(zip(keys, r)) for r in records]}
         decoder = getattr(engines[0], "spec_decoder", None) if engines else None
         if decoder is not None:  # what adaptive k believed at the end
@@ -137,7 +149,37 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
+def plain_by_batch(records: list[dict]) -> dict[str, dict]:
+    """Plain decode steps by batch size (at least 20 of them): count, and step and cycle p50 in ms."""
+    by: dict[int, list[tuple[float, float]]] = {}
+    for record, after in zip(records, records[1:]):
+        cycle = after["start"] - record["start"]
+        if cycle <= 0.05 and classify(record) == "plain":
+            by.setdefault(record["batch"], []).append((record["end"] - record["start"], cycle))
+    return {str(b): {"count": len(v), "step_ms_p50": 1e3 * statistics.median(s for s, _ in v),
+                     "cycle_ms_p50": 1e3 * statistics.median(c for _, c in v)}
+            for b, v in sorted(by.items()) if len(v) >= 20}
+
+
 # ---- the driver ----------------------------------------------------------------------------
+def cpu_list(text: str | None) -> set[int] | None:
+    """"0-5,8" -> {0, 1, 2, 3, 4, 5, 8}; None or "" -> None (no pinning)."""
+    if not text:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+def pinned(cpus: set[int] | None):
+    """A preexec_fn that keeps the child (and its threads) on these CPUs, or None."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_variant(args: argparse.Namespace, variant: str, concurrency: int, repeat: int) -> dict:
     from octavo.bench.serve import free_port, stop, wait_ready
 
@@ -152,7 +194,7 @@ def run_variant(args: argparse.Namespace, variant: str, concurrency: int, repeat
     log_path = str(out / "server.log")
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                   env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=pinned(args.server_cpus))
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_ready(base_url, process, 300, log_path)
@@ -160,7 +202,7 @@ def run_variant(args: argparse.Namespace, variant: str, concurrency: int, repeat
                       "--base-url", base_url, "--concurrency", str(concurrency), "--input-len", "128",
                       "--output-len", "128", "--num-prompts", str(args.num_prompts), "--prompt-text",
                       args.prompt_text, "--out", str(out)]
-            subprocess.run(client, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+            subprocess.run(client, check=True, cwd=REPO, stdout=subprocess.DEVNULL, preexec_fn=pinned(args.client_cpus))
         finally:
             stop(process)
     state = json.loads(trace.read_text())
@@ -171,6 +213,7 @@ def run_variant(args: argparse.Namespace, variant: str, concurrency: int, repeat
     return {"variant": variant, "concurrency": concurrency, "repeat": repeat, "server": shlex.join(command),
             "output_tok_s": level.get("output_tokens_per_s"), "tpot_ms_p50": level.get("tpot_ms", {}).get("p50"),
             "ttft_ms_p50": level.get("ttft_ms", {}).get("p50"), "steps": summarize(state["steps"]),
+            "by_batch": plain_by_batch(state["steps"]),
             "measured": state.get("measured"), "decisions": decisions}
 
 
@@ -188,6 +231,8 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=1, help="run the variants this many times, interleaved")
     parser.add_argument("--prompt-text", help="default: the held-out text of bench/spec_sweep.py")
+    parser.add_argument("--server-cpus", type=cpu_list, help="pin each server to these CPUs, e.g. 0-5")
+    parser.add_argument("--client-cpus", type=cpu_list, help="pin the load generator to these CPUs, e.g. 8-11")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -170,6 +170,8 @@ class SpecDecoder:
         self.cost = default_cost_model(engine.model_runner.model, self.draft_runner.model, engine_config.device)
         self.measured = MeasuredStepCost(self.cost)
         self.decide_every = 8  # steps a bucket keeps its chosen k (choosing walks every request)
+        self.max_plain_hold = 256  # steps a run of decisions for plain decoding may hold the last one
+        self._plain_streak: dict[int, int] = {}  # bucket -> decisions for plain decoding in a row
         self._step_started = 0.0
         self._step_k = 0  # draft steps of the step in flight
         self._step_timed = False  # whether its time is a sample of what k costs
@@ -294,9 +296,9 @@ class SpecDecoder:
         ready = [request for request in running if self._ready(request)]
         caps = {request.request_id: self._cap(request) for request in ready}
         timed = [request for request in ready if self._cost_for(request) is self.measured]
-        step_k, fresh = 0, False
+        step_k, hold = 0, 0
         if self.adaptive and timed and not explore:
-            step_k, fresh = self._batch_k(batch, timed, caps, spec_due)
+            step_k, hold = self._batch_k(batch, timed, caps, spec_due)
         plan: list[tuple[Request, int]] = []
         for request in ready:
             if not self.adaptive:
@@ -306,8 +308,8 @@ class SpecDecoder:
             else:  # a seeded sampled request: its own k, from the cost model alone
                 k = self.choose_k(request, len(running))
             if k == 0 and self.adaptive and not explore:
-                # A decision for plain decoding holds decide_every steps that skip this loop.
-                self._estimate(request).forget(self.decide_every if fresh and step_k == 0 else 1)
+                # A decision for plain decoding holds steps that skip this loop (_plain_hold).
+                self._estimate(request).forget(hold if hold and step_k == 0 else 1)
             self.last_k[request.request_id] = k
             if k > 0:
                 plan.append((request, k))
@@ -320,9 +322,9 @@ class SpecDecoder:
 
     def _holds_plain(self, batch_size: int) -> bool:
         """Whether this bucket decodes plainly now: a decision for k = 0 still holds (_batch_k),
-        or not even a perfect draft would pay here (then that holds for decide_every steps).
-        Either way the step costs a few dictionary lookups: a launch-bound model's step is well
-        under a millisecond, and walking the batch every step showed as 15-75% of it."""
+        or not even a perfect draft would pay here (then that holds, see _plain_hold). Either
+        way the step costs a few dictionary lookups: a launch-bound model's step is well under a
+        millisecond, and walking the batch every step showed as 15-75% of it."""
         bucket = self.measured.bucket(batch_size)
         held = self._step_plans.get(bucket)
         if held is not None and held[1] > 0:
@@ -331,9 +333,20 @@ class SpecDecoder:
             self._step_plans[bucket] = (0, held[1] - 1)
             return True
         if self._cannot_pay(batch_size):
-            self._step_plans[bucket] = (0, self.decide_every - 1)
+            self._step_plans[bucket] = (0, self._plain_hold(bucket) - 1)
             return True
         return False
+
+    def _plain_hold(self, bucket: int) -> int:
+        """Steps a decision for plain decoding holds: decide_every, doubled with each such
+        decision in a row in this bucket, up to max_plain_hold. Why: while a bucket decodes
+        plainly nothing that decides k moves but slowly (acceptance estimates drift back to
+        their prior, plain times are resampled), so deciding again finds the same answer, and
+        walking the batch to find it every 8 steps cost a served demo pair 0.25 ms a walk at
+        batch 16 (H100). Probes (spec_step_due) still run on their own clock."""
+        streak = self._plain_streak.get(bucket, 0)
+        self._plain_streak[bucket] = streak + 1
+        return min(self.decide_every << min(streak, 16), max(self.max_plain_hold, self.decide_every))
 
     def _cannot_pay(self, batch_size: int) -> bool:
         """Whether not even a perfect draft would pay at this batch size. Once both arms are
@@ -342,15 +355,16 @@ class SpecDecoder:
         return all(choose_num_speculative_tokens(1.0, batch_size, self.k_max, cost) == 0 for cost in judges)
 
     def _batch_k(self, batch_size: int, timed: list[Request], caps: dict[str, int],
-                 spec_due: bool) -> tuple[int, bool]:
-        """The step's k for the requests that follow measured step times (choose_step_k), and
-        whether it was chosen now. A bucket keeps its k for decide_every steps: acceptance rates
-        move slowly, and choosing walks every request of the batch."""
+                 spec_due: bool) -> tuple[int, int]:
+        """The step's k for the requests that follow measured step times (choose_step_k), and,
+        if it was chosen now, the steps the choice holds (else 0). A bucket keeps a k > 0 for
+        decide_every steps (acceptance rates move slowly, and choosing walks every request of
+        the batch), k = 0 for longer (_plain_hold)."""
         bucket = self.measured.bucket(batch_size)
         held = self._step_plans.get(bucket)
         if held is not None and held[1] > 0 and not spec_due:
             self._step_plans[bucket] = (held[0], held[1] - 1)
-            return held[0], False
+            return held[0], 0
         rates = [self._estimate(r).rate for r in timed]
         timed_caps = [caps[r.request_id] for r in timed]
         step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.measured)
@@ -358,11 +372,14 @@ class SpecDecoder:
         if step_k > 0 and gain is not None and gain < 1.0 + MIN_GAIN:
             step_k = 0  # predicted to pay, but speculation as practised here did not (the winner's curse)
         self._log_decision(batch_size, step_k, rates, gain)
-        self._step_plans[bucket] = (step_k, self.decide_every - 1)
+        if step_k > 0:
+            self._plain_streak.pop(bucket, None)
+        hold = self._plain_hold(bucket) if step_k == 0 and not spec_due else self.decide_every
+        self._step_plans[bucket] = (step_k, hold - 1)
         if step_k == 0 and spec_due:
             # Speculation was dropped here a while ago: time it once more, as the model would.
             step_k = choose_step_k(rates, timed_caps, batch_size, self.k_max, self.cost)
-        return step_k, True
+        return step_k, hold
 
     def _log_decision(self, batch_size: int, k: int, rates: list[float], gain: float | None) -> None:
         """Log when adaptive k turns speculation on or off for a batch-size bucket (changes only,

@@ -201,9 +201,13 @@ class MeasuredStepCost:
     one whose decision was made on a bad patch of samples is revisited. A probe has several
     steps because its first is no steady-state sample. Probes also keep to a time budget: the
     speculative probes of a bucket may take at most `explore_budget` of the time its decode
-    steps took. Why: a probe's first step lets the draft catch up on every request's whole
-    context, so on a launch-bound pair at batch 4 a probe step took about 8 ms against 1.2 ms
-    plain, and a 4-step probe every 128 plain steps cost about a fifth of the time (H100).
+    steps took, counting the probe about to start at what the bucket's last one cost. Why: a
+    probe's first step lets the draft catch up on every request's whole context, so on a
+    launch-bound pair at batch 4 a probe step took about 8 ms against 1.2 ms plain, and a 4-step
+    probe every 128 plain steps cost about a fifth of the time (H100). Why the coming probe
+    counts and the share is 1%: a budget checked only against probes past let a bucket's first
+    probe take 20% of the little time it had run, and a pair that never pays loses the whole
+    share for good (a served demo pair spent 3.8% of its time at c = 4 in probes, H100).
 
     This runs on every engine step, so it is kept to a few dictionary operations per step."""
 
@@ -211,7 +215,7 @@ class MeasuredStepCost:
                  spec_quantile: float = 0.5, refresh_steps: int = 256,
                  explore_steps: int = 128, probe_steps: int = 4, max_explore_steps: int = 2048,
                  sustained_steps: int = 16, realized_window: int = 16, realized_min: int = 8,
-                 explore_budget: float = 0.03, budget_memory_steps: int = 4096) -> None:
+                 explore_budget: float = 0.01, budget_memory_steps: int = 4096) -> None:
         self.model = model
         self.window = window
         self.plain_quantile = plain_quantile
@@ -234,6 +238,7 @@ class MeasuredStepCost:
         self.spec_run: dict[int, int] = {}  # per bucket: speculative steps in a row outside probes
         self.elapsed: dict[int, float] = {}  # per bucket: decaying seconds of decode steps counted with their time
         self.explored: dict[int, float] = {}  # per bucket: the same, of those that were speculative probes
+        self.probe_spent: dict[int, float] = {}  # per bucket: seconds its last speculative probe took
         self.points: dict[int, dict[int, float]] = {}  # per bucket: k -> its measured step time
         self.realized: dict[int, collections.deque] = {}  # per bucket: (k, tokens per request) of timed spec steps
         self.version = 0  # bumped whenever a measured time changes
@@ -295,11 +300,13 @@ class MeasuredStepCost:
             return True
         after = self.explore_after.get(bucket, self.explore_steps)
         fit = self._fits.get(bucket)
+        spent = self.explored.get(bucket, 0.0) + self.probe_spent.get(bucket, 0.0)  # the coming probe too
         due = (self.since_spec.get(bucket, 0) >= after
-               and self.explored.get(bucket, 0.0) <= self.explore_budget * self.elapsed.get(bucket, 0.0)
+               and spent <= self.explore_budget * self.elapsed.get(bucket, 0.0)
                and ((fit is not None and fit.spec_point is not None) or self._nearest(bucket) is not None))
         if due:
             self.probes[bucket] = (True, self.probe_steps)
+            self.probe_spent[bucket] = 0.0
             self.explore_after[bucket] = min(2 * after, self.max_explore_steps)
         return due
 
@@ -327,6 +334,8 @@ class MeasuredStepCost:
             self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) * decay + seconds
             explored = seconds if probe is not None and probe[0] and k > 0 else 0.0
             self.explored[bucket] = self.explored.get(bucket, 0.0) * decay + explored
+            if explored:
+                self.probe_spent[bucket] = self.probe_spent.get(bucket, 0.0) + explored
         if k == 0:
             self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
             self.since_plain[bucket] = 0

@@ -266,6 +266,43 @@ def test_speculation_that_did_not_deliver_is_dropped_whatever_the_estimates_say(
     assert_no_leaks(llm)
 
 
+def test_decisions_for_plain_decoding_hold_longer_each_time(pair):
+    """Measured times say speculation pays only with a near-perfect draft and the requests'
+    estimates are low: each fresh decision is k = 0, and each holds twice as many steps as the
+    one before (decide_every, then doubling up to max_plain_hold), so the batch is walked
+    ever more rarely. A decision for k > 0 starts the doubling over."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    engine = llm.llm_engine
+    decoder = engine.spec_decoder
+    measured = decoder.measured
+    measured.set_time(1, 0, 0.010)
+    measured.set_time(1, 4, 0.030)  # pays only above about 0.9 acceptance
+    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0.0, max_tokens=8))
+    request = engine.scheduler.waiting[0]
+    decoder._estimate(request).prior = 0.3
+
+    holds = []
+    for _ in range(7):
+        decoder._step_plans.clear()  # the last decision ran out
+        step_k, hold = decoder._batch_k(1, [request], {"a": 4}, spec_due=False)
+        assert step_k == 0
+        holds.append(hold)
+    d = decoder.decide_every
+    assert holds == [d, 2 * d, 4 * d, 8 * d, 16 * d, min(32 * d, decoder.max_plain_hold),
+                     min(64 * d, decoder.max_plain_hold)]
+    assert decoder._step_plans[1] == (0, holds[-1] - 1)
+    decoder._estimate(request).prior = 0.99
+    decoder._estimate(request).trials = 0.0
+    decoder._step_plans.clear()
+    assert decoder._batch_k(1, [request], {"a": 4}, spec_due=False) == (4, d)
+    decoder._estimate(request).prior = 0.3
+    decoder._step_plans.clear()
+    assert decoder._batch_k(1, [request], {"a": 4}, spec_due=False) == (0, d)
+    engine.abort_request("a")
+    assert_no_leaks(llm)
+
+
 def test_a_plain_decision_skips_the_batch_walk_but_not_for_seeded_sampled_requests(pair, monkeypatch):
     """Measured steps say no draft can pay at this batch size: the decision holds for
     decide_every steps and those steps never look at the requests (a launch-bound step is well

@@ -300,7 +300,8 @@ def test_a_bucket_that_dropped_speculation_probes_it_again_less_and_less_often()
 def test_speculative_probes_keep_to_their_share_of_the_time():
     """A probe whose steps cost 30 ms (the draft catching up on every context) against 1 ms plain
     steps: with a 3% budget the next probe waits until the bucket's decode time has grown to
-    33x what the probes took, whatever explore_steps says; untimed steps count, with their time."""
+    33x what the probes took, the one about to start included (at what the last one cost),
+    whatever explore_steps says; untimed steps count, with their time."""
     cost = MeasuredStepCost(GPU_LIKE, explore_steps=5, probe_steps=2, max_explore_steps=5, explore_budget=0.03,
                             budget_memory_steps=10**12)  # no forgetting within this test
     for _ in range(3):
@@ -319,9 +320,38 @@ def test_speculative_probes_keep_to_their_share_of_the_time():
     while not cost.spec_step_due(4):
         cost.count(4, 0, 0.001)
         steps += 1
-        assert steps < 3000
+        assert steps < 6000
     elapsed_before = 0.003 + 0.090 + 0.005 + 0.060
-    assert abs(steps - (0.060 / 0.03 - elapsed_before) / 0.001) <= 1  # ~1,842 plain steps, not 5
+    # Past probes (60 ms) and the coming one (60 ms, as the last): ~3,842 plain steps, not 5.
+    assert abs(steps - ((0.060 + 0.060) / 0.03 - elapsed_before) / 0.001) <= 1
+
+
+def test_a_bucket_first_probe_waits_for_the_time_it_will_take():
+    """A fresh bucket's first probe has no past probe to go by and runs after explore_steps;
+    the second waits until the budget holds what the first cost, so a probe never takes a
+    share of a bucket that has hardly run (a first probe took 20% of one, H100)."""
+    cost = MeasuredStepCost(GPU_LIKE, explore_steps=5, probe_steps=2, max_explore_steps=5, explore_budget=0.01,
+                            budget_memory_steps=10**12)
+    for _ in range(3):
+        cost.observe(4, 0, 0.001)
+        cost.observe(4, 4, 0.004)
+    assert cost.probe_spent.get(4, 0.0) == 0.0
+    steps = 0
+    while not cost.spec_step_due(4):
+        cost.count(4, 0, 0.001)
+        steps += 1
+    assert steps == 5  # nothing spent yet: the step clock alone
+    cost.count(4, 4, 0.020)  # the probe: a catch-up step, then a timed one
+    cost.observe(4, 4, 0.004)
+    assert cost.probe_spent[4] == pytest.approx(0.024)
+    elapsed = cost.elapsed[4]
+    steps = 0
+    while not cost.spec_step_due(4):
+        cost.count(4, 0, 0.001)
+        steps += 1
+        assert steps < 10_000
+    assert cost.probe_spent[4] == 0.0  # a new probe starts its own count
+    assert abs(steps - ((0.024 + 0.024) / 0.01 - elapsed) / 0.001) <= 1
 
 
 def test_plain_steps_are_timed_wherever_speculation_was():
