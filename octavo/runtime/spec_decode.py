@@ -19,8 +19,10 @@ One engine step with speculation:
 
 k is chosen by `choose_step_k` (spec_policy.py), one k for the batch, from the requests'
 running acceptance rates and the batch size, with step costs measured on this machine
-(MeasuredStepCost), and held for a few steps; k = 0 is plain decoding, and costs the draft
-nothing. Speculation predicted to pay is still dropped where the bucket's recent speculative
+(MeasuredStepCost), and held for a few steps (a decision for k = 0 longer each time in a
+row); k = 0 is plain decoding, and costs the draft nothing. While plain decoding holds, the
+decoder coasts: those steps skip the policy's checks and timing, which the run hands over when
+it ends (_start_coast), so a server that drafts nothing does the work of one without a draft. Speculation predicted to pay is still dropped where the bucket's recent speculative
 steps did not deliver (MeasuredStepCost.realized_gain). (A seeded sampled request picks its own k
 from the cost model alone, so that its output does not depend on timings or on other requests.)
 
@@ -91,6 +93,19 @@ class DraftSequence:
     def __repr__(self) -> str:
         return (f"DraftSequence({self.request_id!r}, committed={self.num_committed}, "
                 f"computed={self.num_computed_tokens}, proposals={len(self.proposals)})")
+
+
+class _Coast:
+    """A run of plain steps the decoder takes without per-step bookkeeping (SpecDecoder._start_coast)."""
+
+    __slots__ = ("batch_size", "left", "seconds", "untimed", "skip_first")
+
+    def __init__(self, batch_size: int, left: int, skip_first: bool) -> None:
+        self.batch_size = batch_size
+        self.left = left  # steps after the first that the run may still take
+        self.seconds: list[float] = []  # the cycle times of its steps that ran undisturbed
+        self.untimed = 0  # steps counted without their time
+        self.skip_first = skip_first  # the first step's cycle is no steady-state sample (only counted)
 
 
 class _Lookahead:
@@ -177,6 +192,7 @@ class SpecDecoder:
         self._step_timed = False  # whether its time is a sample of what k costs
         self._step_tokens = 0  # tokens the step in flight emitted over its batch
         self._cycle: tuple[int, int, float, bool, int] | None = None  # the last decode step: batch, k, start, sample?, tokens
+        self._coast: _Coast | None = None  # a run of plain steps taken without bookkeeping
         self._last_arm: tuple[int, bool] | None = None  # its bucket and whether it speculated
         self._step_plans: dict[int, tuple[int, int]] = {}  # bucket -> (k chosen, steps it still holds)
         self.draft_kv: KVCacheManager | None = None
@@ -276,6 +292,8 @@ class SpecDecoder:
     def propose(self) -> None:
         """Draft proposals for the coming step (called before scheduling)."""
         now = time.perf_counter()
+        if self._coast is not None and self._coasting(now):
+            return
         self._close_cycle(now)
         self._step_started, self._step_k, self._step_timed = now, 0, True
         scheduler = self.engine.scheduler
@@ -292,6 +310,8 @@ class SpecDecoder:
             explore = not spec_due and self.measured.plain_step_due(batch)
             if (not spec_due and (explore or self._holds_plain(batch))  # seeded sampled requests draft anyway
                     and not any(self._seeded_sampled(r) for r in running)):
+                if not explore:
+                    self._start_coast(batch)
                 return  # plain decoding, at the cost of these checks only
         ready = [request for request in running if self._ready(request)]
         caps = {request.request_id: self._cap(request) for request in ready}
@@ -335,6 +355,49 @@ class SpecDecoder:
         if self._cannot_pay(batch_size):
             self._step_plans[bucket] = (0, self._plain_hold(bucket) - 1)
             return True
+        return False
+
+    def _start_coast(self, batch_size: int) -> None:
+        """After a step that holds plain decoding: coast through as many of the coming steps as
+        the hold has left and no probe can fall due in (MeasuredStepCost.quiet_steps), while
+        the batch stays as it is. A coasting step costs a comparison and an append; the run's
+        timings and counts go to MeasuredStepCost in one call when it ends (observe_plain_run).
+        Why: the checks and the per-step timing cost a launch-bound pair 30-40 us a step, about
+        4% of a 1 ms step, which a server that drafts nothing paid in throughput (H100, demo pair)."""
+        bucket = self.measured.bucket(batch_size)
+        left = self._step_plans.get(bucket, (0, 0))[1]
+        steps = self.measured.quiet_steps(batch_size, left)
+        running = self.engine.scheduler.running
+        if steps < 2 or not all(r.num_computed_tokens == r.num_tokens - 1 for r in running):
+            return  # too short to pay, or a request still prefilling (no plain decode step)
+        self._step_plans[bucket] = (0, left - steps)
+        # The step now starting is the run's first; its time is a sample if the step before was
+        # plain at this batch size too (see MeasuredStepCost: steady state only).
+        self._coast = _Coast(batch_size, steps, skip_first=self._last_arm != (bucket, False))
+
+    def _coasting(self, now: float) -> bool:
+        """Take the step starting now as part of the coast if the batch is unchanged and
+        nothing waits, and steps are left; else end the coast (its last step's cycle a sample
+        only if undisturbed) and hand its timings over. Whether the step was taken."""
+        coast = self._coast
+        scheduler = self.engine.scheduler
+        undisturbed = not scheduler.waiting and len(scheduler.running) == coast.batch_size
+        if undisturbed:
+            coast.seconds.append(now - self._step_started)
+        else:
+            coast.untimed += 1
+        if undisturbed and coast.left > 0:
+            coast.left -= 1
+            self._step_started = now
+            return True
+        self._coast = None
+        bucket = self.measured.bucket(coast.batch_size)
+        plan = self._step_plans.get(bucket)
+        if coast.left and plan is not None and plan[0] == 0:  # ended early: the hold keeps its steps
+            self._step_plans[bucket] = (0, plan[1] + coast.left)
+        self.measured.observe_plain_run(coast.batch_size, coast.seconds, coast.untimed,
+                                        first_is_sample=not coast.skip_first)
+        self._last_arm = (bucket, False) if undisturbed else None
         return False
 
     def _plain_hold(self, bucket: int) -> int:
@@ -553,14 +616,18 @@ class SpecDecoder:
         engine = self.engine
         runner = engine.model_runner
         output = runner.execute(sched)
-        for item in sched.scheduled:
-            if item.request.request_id in output.inputs.prompt_rows:
-                engine._add_prompt_logprobs(item.request, runner.prompt_logprobs(output, item.request))
-        result = StepResult()
-        plain = [item.request for item in sched.scheduled if item.completes_sequence and not item.num_spec_tokens]
-        for request_id, row in runner.sample(output, plain).items():
-            result.tokens[request_id] = [row]
-        speculated = [item for item in sched.scheduled if item.num_spec_tokens]
+        if output.inputs.prompt_rows:
+            for item in sched.scheduled:
+                if item.request.request_id in output.inputs.prompt_rows:
+                    engine._add_prompt_logprobs(item.request, runner.prompt_logprobs(output, item.request))
+        plain: list[Request] = []
+        speculated: list[ScheduledRequest] = []
+        for item in sched.scheduled:  # one pass: a plain step of a large batch walks it once
+            if item.num_spec_tokens:
+                speculated.append(item)
+            elif item.completes_sequence:
+                plain.append(item.request)
+        result = StepResult(tokens={rid: [row] for rid, row in runner.sample(output, plain).items()})
         if speculated:
             self._verify(output, speculated, result)
         # Tokens emitted over the batch (one per request on a plain step: no walk on the hot path).
@@ -671,6 +738,8 @@ class SpecDecoder:
         """Roll both caches back to what was accepted (the engine has already appended the tokens
         and moved num_computed_tokens). A request that did not speculate keeps its draft state as
         it is: the next proposal brings it up to date (_sequence)."""
+        if self._coast is not None:
+            return  # a coasting plain step: nothing to roll back, its time goes with the run's
         if sched.scheduled and all(item.num_new_tokens - item.num_spec_tokens == 1 for item in sched.scheduled):
             # A decode-only step: its cycle time (ended by the next step, _close_cycle) says what
             # k draft steps cost at this batch size, if it ran in steady state.

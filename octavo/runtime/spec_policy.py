@@ -310,6 +310,65 @@ class MeasuredStepCost:
             self.explore_after[bucket] = min(2 * after, self.max_explore_steps)
         return due
 
+    def quiet_steps(self, batch_size: int, limit: int) -> int:
+        """How many plain steps in this bucket after the one about to run (at most `limit`)
+        cannot make spec_step_due or plain_step_due true: none while a probe runs or plain
+        decoding still needs timing here, else those before the probe clock falls due (a run of
+        plain steps only resets plain decoding's clock, and only moves the probe clock forward).
+        Lets the engine skip both checks for that many steps (observe_plain_run)."""
+        bucket = self.bucket(batch_size)
+        if bucket in self.probes:
+            return 0
+        if self.samples.get((bucket, 0), 0) < 2 and self._timed_spec(bucket):
+            return 0
+        after = self.explore_after.get(bucket, self.explore_steps)
+        return max(0, min(limit, after - self.since_spec.get(bucket, 0) - 1))
+
+    def observe_plain_run(self, batch_size: int, seconds: list[float], untimed: int = 0,
+                          first_is_sample: bool = True) -> None:
+        """A run of plain decode steps in one bucket, taken in one call: the cycle times of
+        steps that ran undisturbed (`seconds`, in order; the first only counted with its time,
+        not a sample, unless first_is_sample), then `untimed` steps that were only counted. The
+        same as observing them one by one (see observe and count), except that each sample is
+        clipped against the plain time as it stood before the run. Why: the engine coasts
+        through runs of plain steps without per-step bookkeeping (SpecDecoder), which cost a
+        launch-bound pair 30-40 us of a step of about 1 ms; this is that bookkeeping, paid once
+        per run."""
+        bucket = self.bucket(batch_size)
+        n = len(seconds) + untimed
+        if n == 0:
+            return
+        if bucket in self.probes:  # a run never holds a probe's steps (quiet_steps); be exact if it does
+            for value in seconds:
+                self.observe(batch_size, 0, value)
+            for _ in range(untimed):
+                self.count(batch_size, 0)
+            return
+        decay = self.budget_decay
+        elapsed = self.elapsed.get(bucket, 0.0)
+        for value in seconds:
+            elapsed = elapsed * decay + value
+        self.elapsed[bucket] = elapsed
+        self.explored[bucket] = self.explored.get(bucket, 0.0) * decay ** len(seconds)
+        self.since_spec[bucket] = self.since_spec.get(bucket, 0) + n
+        self.since_plain[bucket] = 0
+        self.spec_run[bucket] = 0
+        samples = seconds if first_is_sample else seconds[1:]
+        if not samples:
+            return
+        key = (bucket, 0)
+        count = self.samples.get(key, 0)
+        self.samples[key] = count + len(samples)
+        kept = samples[1:] if count == 0 else samples  # the first sample of a key is warm-up
+        if not kept:
+            return
+        points = self.points.setdefault(bucket, {})
+        old = points.get(0)
+        recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
+        recent.extend(kept if old is None else [min(value, 4.0 * old) for value in kept[-self.window:]])
+        points[0] = sorted(recent)[int(self.plain_quantile * (len(recent) - 1))]
+        self._refit(bucket, 0)
+
     def timed_both(self, batch_size: int) -> bool:
         """Whether plain and speculative steps both have measured times in this bucket."""
         fit = self._fits.get(self.bucket(batch_size))

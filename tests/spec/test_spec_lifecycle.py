@@ -341,3 +341,72 @@ def test_a_plain_decision_skips_the_batch_walk_but_not_for_seeded_sampled_reques
     assert walks > 0 and forwards > 0
     tokens_model, _, _ = run(hopeless=False, with_seeded=True)
     assert tokens_measured[2] == tokens_model[2]
+
+
+def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch):
+    """Where plain decoding holds, the decoder coasts: steps skip the checks and the per-step
+    timing, and the run's timings are handed over when it ends. On a clock where a step costs
+    1 ms plain and 5 ms drafting, every decision (k per step, probes, measured times) is the
+    same with coasting as without, and the outputs are the target's; with coasting most steps
+    never ask whether a probe is due."""
+    from octavo.runtime import spec_decode
+    from octavo.runtime.spec_policy import MeasuredStepCost
+
+    target, draft = pair
+
+    def run(coast: bool) -> tuple[list[list[int]], list[int], dict, int]:
+        llm = make_llm(target, draft, k=4, adaptive=True)
+        engine = llm.llm_engine
+        decoder = engine.spec_decoder
+        decoder.measured = MeasuredStepCost(decoder.cost, explore_steps=24, explore_budget=1.0)
+        clock = [0.0]
+
+        class FakeTime:
+            @staticmethod
+            def perf_counter() -> float:  # called once a step, when the last step's cycle ends
+                clock[0] += 0.001 * (5 if decoder._step_k > 0 else 1)
+                return clock[0]
+
+        monkeypatch.setattr(spec_decode, "time", FakeTime)
+        if not coast:
+            monkeypatch.setattr(decoder, "_start_coast", lambda batch_size: None)
+        due_checks = [0]
+        original_due = decoder.measured.spec_step_due
+
+        def counted_due(batch_size):
+            due_checks[0] += 1
+            return original_due(batch_size)
+
+        monkeypatch.setattr(decoder.measured, "spec_step_due", counted_due)
+        drafted: list[int] = []
+        original_step = engine.step
+
+        def step():
+            before = engine.stats.spec_draft_tokens
+            outputs = original_step()
+            drafted.append(engine.stats.spec_draft_tokens - before)
+            return outputs
+
+        monkeypatch.setattr(engine, "step", step)
+        params = SamplingParams(temperature=0.0, max_tokens=160, ignore_eos=True)
+        outputs = llm.generate(PROMPTS[:3], params, use_tqdm=False)
+        assert_no_leaks(llm)
+        decoder.propose()  # what the next step does first: the last run's timings are handed over
+        monkeypatch.undo()
+        measured = decoder.measured
+        state = {"points": measured.points, "samples": measured.samples, "since_spec": measured.since_spec,
+                 "explore_after": measured.explore_after, "elapsed": measured.elapsed}
+        return token_ids(outputs), drafted, state, due_checks[0]
+
+    tokens, drafted, state, checks = run(coast=True)
+    tokens_stepwise, drafted_stepwise, state_stepwise, checks_stepwise = run(coast=False)
+    assert tokens == tokens_stepwise
+    assert drafted == drafted_stepwise and sum(drafted) > 0  # the same probes on the same steps
+    assert state["points"] == state_stepwise["points"] and state["samples"] == state_stepwise["samples"]
+    assert state["since_spec"] == state_stepwise["since_spec"]
+    assert state["explore_after"] == state_stepwise["explore_after"]
+    assert state["elapsed"] == pytest.approx(state_stepwise["elapsed"])
+    assert checks < checks_stepwise / 3
+    target_only = make_llm(target).generate(PROMPTS[:3], SamplingParams(temperature=0.0, max_tokens=160,
+                                                                         ignore_eos=True), use_tqdm=False)
+    assert tokens == token_ids(target_only)

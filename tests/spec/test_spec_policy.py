@@ -389,3 +389,46 @@ def test_step_time_follows_set_times_and_bumps_the_version():
     assert cost.step_time(0, 4) == 0.010
     assert cost.step_time(2, 4) == pytest.approx(0.025)  # the line through k = 1 and 3
     assert cost.step_time(4, 4) == pytest.approx(0.035)
+
+
+def test_a_run_of_plain_steps_observed_at_once_is_the_same_as_step_by_step():
+    """observe_plain_run (the engine coasting through plain steps) leaves counts, clocks,
+    budget and the plain time as observing the steps one by one does."""
+    import random
+
+    rng = random.Random(3)
+    times = [0.001 + rng.random() * 1e-4 for _ in range(40)]
+    one, run = MeasuredStepCost(GPU_LIKE), MeasuredStepCost(GPU_LIKE)
+    for cost in (one, run):
+        for _ in range(3):
+            cost.observe(4, 4, 0.004, tokens=8)
+    one.count(4, 0, times[0])  # the first step after speculation: counted with its time, no sample
+    for value in times[1:]:
+        one.observe(4, 0, value)
+    one.count(4, 0)  # a disturbed last step
+    run.observe_plain_run(4, times, untimed=1, first_is_sample=False)
+    for name in ("samples", "since_spec", "since_plain", "spec_run", "points"):
+        assert getattr(one, name) == getattr(run, name), name
+    assert run.elapsed[4] == pytest.approx(one.elapsed[4])
+    assert run.explored[4] == pytest.approx(one.explored[4])
+    assert run.step_time(0, 4) == one.step_time(0, 4)
+
+
+def test_quiet_steps_end_before_a_probe_could_fall_due():
+    """The engine may coast through quiet_steps plain steps after the one being decided: none
+    while plain decoding still needs timing or a probe runs, and the step after them is the
+    one where the probe clock falls due."""
+    cost = MeasuredStepCost(GPU_LIKE, explore_steps=10, probe_steps=2, explore_budget=1.0)
+    for _ in range(3):
+        cost.observe(4, 4, 0.010)
+    assert cost.quiet_steps(4, 100) == 0  # speculation timed, plain decoding not yet
+    for _ in range(3):
+        cost.observe(4, 0, 0.001)
+    quiet = cost.quiet_steps(4, 100)
+    assert quiet == 10 - 3 - 1 and cost.quiet_steps(4, 2) == 2
+    cost.observe(4, 0, 0.001)  # the step the decision was made for
+    for _ in range(quiet):
+        assert not cost.spec_step_due(4)
+        cost.observe(4, 0, 0.001)
+    assert cost.spec_step_due(4)  # the step after the quiet ones: the probe
+    assert cost.quiet_steps(4, 100) == 0  # while it runs
