@@ -314,15 +314,27 @@ class MeasuredStepCost:
         """How many plain steps in this bucket after the one about to run (at most `limit`)
         cannot make spec_step_due or plain_step_due true: none while a probe runs or plain
         decoding still needs timing here, else those before the probe clock falls due (a run of
-        plain steps only resets plain decoding's clock, and only moves the probe clock forward).
-        Lets the engine skip both checks for that many steps (observe_plain_run)."""
+        plain steps only resets plain decoding's clock, and only moves the probe clock forward),
+        and once it has, an estimate of those before the probe budget lets a probe start: the
+        decode time still missing, at 4x the plain step time a step (the estimate leaves out
+        the budget's decay, so a probe may start a few steps late). Lets the engine skip both
+        checks for that many steps (observe_plain_run)."""
         bucket = self.bucket(batch_size)
         if bucket in self.probes:
             return 0
         if self.samples.get((bucket, 0), 0) < 2 and self._timed_spec(bucket):
             return 0
         after = self.explore_after.get(bucket, self.explore_steps)
-        return max(0, min(limit, after - self.since_spec.get(bucket, 0) - 1))
+        clock = after - self.since_spec.get(bucket, 0) - 1
+        if clock > 0:
+            return min(limit, clock)
+        # The clock is due; the budget holds the probe back (else it would have started now).
+        spent = self.explored.get(bucket, 0.0) + self.probe_spent.get(bucket, 0.0)
+        missing = spent / self.explore_budget - self.elapsed.get(bucket, 0.0) if self.explore_budget > 0 else math.inf
+        plain = self.step_time(0, batch_size)
+        if missing <= 0 or plain <= 0:
+            return 0
+        return int(min(limit, missing / (4.0 * plain)))
 
     def observe_plain_run(self, batch_size: int, seconds: list[float], untimed: int = 0,
                           first_is_sample: bool = True) -> None:
@@ -344,12 +356,13 @@ class MeasuredStepCost:
             for _ in range(untimed):
                 self.count(batch_size, 0)
             return
-        decay = self.budget_decay
-        elapsed = self.elapsed.get(bucket, 0.0)
-        for value in seconds:
-            elapsed = elapsed * decay + value
-        self.elapsed[bucket] = elapsed
-        self.explored[bucket] = self.explored.get(bucket, 0.0) * decay ** len(seconds)
+        if seconds:  # steps counted without their time leave the budget's totals alone
+            decay = self.budget_decay
+            elapsed = self.elapsed.get(bucket, 0.0)
+            for value in seconds:
+                elapsed = elapsed * decay + value
+            self.elapsed[bucket] = elapsed
+            self.explored[bucket] = self.explored.get(bucket, 0.0) * decay ** len(seconds)
         self.since_spec[bucket] = self.since_spec.get(bucket, 0) + n
         self.since_plain[bucket] = 0
         self.spec_run[bucket] = 0

@@ -343,12 +343,14 @@ def test_a_plain_decision_skips_the_batch_walk_but_not_for_seeded_sampled_reques
     assert tokens_measured[2] == tokens_model[2]
 
 
-def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch):
+@pytest.mark.parametrize("budget", [1.0, 0.02])
+def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch, budget):
     """Where plain decoding holds, the decoder coasts: steps skip the checks and the per-step
     timing, and the run's timings are handed over when it ends. On a clock where a step costs
     1 ms plain and 5 ms drafting, every decision (k per step, probes, measured times) is the
     same with coasting as without, and the outputs are the target's; with coasting most steps
-    never ask whether a probe is due."""
+    never ask whether a probe is due. With a small probe budget the probe clock falls due long
+    before the budget lets a probe start: the decoder coasts through that wait as well."""
     from octavo.runtime import spec_decode
     from octavo.runtime.spec_policy import MeasuredStepCost
 
@@ -358,7 +360,7 @@ def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch):
         llm = make_llm(target, draft, k=4, adaptive=True)
         engine = llm.llm_engine
         decoder = engine.spec_decoder
-        decoder.measured = MeasuredStepCost(decoder.cost, explore_steps=24, explore_budget=1.0)
+        decoder.measured = MeasuredStepCost(decoder.cost, explore_steps=24, explore_budget=budget)
         clock = [0.0]
 
         class FakeTime:
@@ -378,6 +380,17 @@ def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch):
             return original_due(batch_size)
 
         monkeypatch.setattr(decoder.measured, "spec_step_due", counted_due)
+        waits = [0]  # coasts started while the probe clock was due and the budget held it back
+        original_quiet = decoder.measured.quiet_steps
+
+        def counted_quiet(batch_size, limit):
+            measured, bucket = decoder.measured, decoder.measured.bucket(batch_size)
+            steps = original_quiet(batch_size, limit)
+            clock_due = measured.since_spec.get(bucket, 0) + 1 >= measured.explore_after.get(bucket, 24)
+            waits[0] += steps >= 2 and clock_due
+            return steps
+
+        monkeypatch.setattr(decoder.measured, "quiet_steps", counted_quiet)
         drafted: list[int] = []
         original_step = engine.step
 
@@ -396,10 +409,11 @@ def test_coasting_through_plain_steps_changes_no_decision(pair, monkeypatch):
         measured = decoder.measured
         state = {"points": measured.points, "samples": measured.samples, "since_spec": measured.since_spec,
                  "explore_after": measured.explore_after, "elapsed": measured.elapsed}
-        return token_ids(outputs), drafted, state, due_checks[0]
+        return token_ids(outputs), drafted, state, due_checks[0], waits[0]
 
-    tokens, drafted, state, checks = run(coast=True)
-    tokens_stepwise, drafted_stepwise, state_stepwise, checks_stepwise = run(coast=False)
+    tokens, drafted, state, checks, waits = run(coast=True)
+    tokens_stepwise, drafted_stepwise, state_stepwise, checks_stepwise, _ = run(coast=False)
+    assert (waits > 0) == (budget < 1.0)
     assert tokens == tokens_stepwise
     assert drafted == drafted_stepwise and sum(drafted) > 0  # the same probes on the same steps
     assert state["points"] == state_stepwise["points"] and state["samples"] == state_stepwise["samples"]
