@@ -22,8 +22,9 @@ running acceptance rates and the batch size, with step costs measured on this ma
 (MeasuredStepCost), and held for a few steps (a decision for k = 0 longer each time in a
 row); k = 0 is plain decoding, and costs the draft nothing. While plain decoding holds, the
 decoder coasts: those steps skip the policy's checks and timing, which the run hands over when
-it ends (_start_coast), so a server that drafts nothing does the work of one without a draft. Speculation predicted to pay is still dropped where the bucket's recent speculative
-steps did not deliver (MeasuredStepCost.realized_gain). (A seeded sampled request picks its own k
+it ends (_start_coast), so a server that drafts nothing does the work of one without a draft.
+Speculation predicted to pay is still dropped where the bucket's recent speculative steps did
+not deliver (MeasuredStepCost.realized_gain). (A seeded sampled request picks its own k
 from the cost model alone, so that its output does not depend on timings or on other requests.)
 
 Where the draft's work goes keeps TTFT what it is without speculation: a request's draft prefill
@@ -367,9 +368,10 @@ class SpecDecoder:
         bucket = self.measured.bucket(batch_size)
         left = self._step_plans.get(bucket, (0, 0))[1]
         steps = self.measured.quiet_steps(batch_size, left)
-        running = self.engine.scheduler.running
-        if steps < 2 or not all(r.num_computed_tokens == r.num_tokens - 1 for r in running):
-            return  # too short to pay, or a request still prefilling (no plain decode step)
+        scheduler = self.engine.scheduler
+        if (steps < 2 or scheduler.waiting
+                or not all(r.num_computed_tokens == r.num_tokens - 1 for r in scheduler.running)):
+            return  # too short to pay, a queue (the batch changes), or a request still prefilling
         self._step_plans[bucket] = (0, left - steps)
         # The step now starting is the run's first; its time is a sample if the step before was
         # plain at this batch size too (see MeasuredStepCost: steady state only).
