@@ -236,19 +236,26 @@ def test_a_decode_step_is_timed_over_its_whole_cycle_in_steady_state(pair, monke
     assert_no_leaks(llm)
 
 
+def one_request_timed(pair, plain: float, speculative: float):
+    """An adaptive engine (k <= 4) whose batch-size-1 bucket is timed (plain decoding, k = 4),
+    with one greedy request waiting: (the LLM, the request)."""
+    target, draft = pair
+    llm = make_llm(target, draft, k=4, adaptive=True)
+    engine = llm.llm_engine
+    engine.spec_decoder.measured.set_time(1, 0, plain)
+    engine.spec_decoder.measured.set_time(1, 4, speculative)
+    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0.0, max_tokens=8))
+    return llm, engine.scheduler.waiting[0]
+
+
 def test_speculation_that_did_not_deliver_is_dropped_whatever_the_estimates_say(pair):
     """Measured step times and a 0.7 acceptance estimate predict that k = 4 pays; the bucket's
     last timed speculative steps emitted one token per request each, which at those times is a
     loss, so the step's k is 0. Once speculation delivers again, k is 4 again."""
-    target, draft = pair
-    llm = make_llm(target, draft, k=4, adaptive=True)
+    llm, request = one_request_timed(pair, plain=0.010, speculative=0.014)
     engine = llm.llm_engine
     decoder = engine.spec_decoder
     measured = decoder.measured
-    measured.set_time(1, 0, 0.010)
-    measured.set_time(1, 4, 0.014)
-    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0.0, max_tokens=8))
-    request = engine.scheduler.waiting[0]
 
     def step_k() -> int:
         decoder._step_plans.clear()  # a fresh decision
@@ -271,15 +278,9 @@ def test_decisions_for_plain_decoding_hold_longer_each_time(pair):
     estimates are low: each fresh decision is k = 0, and each holds twice as many steps as the
     one before (decide_every, then doubling up to max_plain_hold), so the batch is walked
     ever more rarely. A decision for k > 0 starts the doubling over."""
-    target, draft = pair
-    llm = make_llm(target, draft, k=4, adaptive=True)
+    llm, request = one_request_timed(pair, plain=0.010, speculative=0.030)  # pays above about 0.9 acceptance
     engine = llm.llm_engine
     decoder = engine.spec_decoder
-    measured = decoder.measured
-    measured.set_time(1, 0, 0.010)
-    measured.set_time(1, 4, 0.030)  # pays only above about 0.9 acceptance
-    engine.add_request("a", {"prompt_token_ids": [5, 6, 7]}, SamplingParams(temperature=0.0, max_tokens=8))
-    request = engine.scheduler.waiting[0]
     decoder._estimate(request).prior = 0.3
 
     holds = []
