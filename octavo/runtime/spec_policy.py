@@ -260,13 +260,17 @@ class MeasuredStepCost:
         side by side, so that speculation timed at one end was compared with plain decoding
         timed at the other (the demo pair served at c = 32 and 64, H100)."""
         size = max(1, int(batch_size))
-        width = max(1, (1 << (size.bit_length() - 1)) >> 2)
-        return size - size % width
+        return size - size % MeasuredStepCost._bucket_width(size)
+
+    @staticmethod
+    def _bucket_width(size: int) -> int:
+        """Batch sizes per bucket around `size`: 1 below 8, then a quarter of the octave."""
+        return max(1, (1 << (size.bit_length() - 1)) >> 2)
 
     @staticmethod
     def bucket_span(bucket: int) -> tuple[int, int]:
         """The smallest and largest batch size of a bucket."""
-        return bucket, bucket + max(1, (1 << (bucket.bit_length() - 1)) >> 2) - 1
+        return bucket, bucket + MeasuredStepCost._bucket_width(bucket) - 1
 
     def _probing(self, bucket: int, speculative: bool) -> bool:
         probe = self.probes.get(bucket)
@@ -342,45 +346,20 @@ class MeasuredStepCost:
         steps that ran undisturbed (`seconds`, in order; the first only counted with its time,
         not a sample, unless first_is_sample), then `untimed` steps that were only counted. The
         same as observing them one by one (see observe and count), except that each sample is
-        clipped against the plain time as it stood before the run. Why: the engine coasts
-        through runs of plain steps without per-step bookkeeping (SpecDecoder), which cost a
-        launch-bound pair 30-40 us of a step of about 1 ms; this is that bookkeeping, paid once
+        clipped against the plain time as it stood before the run. The bucket runs no probe
+        (quiet_steps is 0 while one does, and nothing starts one during a run). Why: the engine
+        coasts through runs of plain steps without per-step bookkeeping (SpecDecoder), which cost
+        a launch-bound pair 30-40 us of a step of about 1 ms; this is that bookkeeping, paid once
         per run."""
         bucket = self.bucket(batch_size)
-        n = len(seconds) + untimed
-        if n == 0:
+        if not seconds and not untimed:
             return
-        if bucket in self.probes:  # a run never holds a probe's steps (quiet_steps); be exact if it does
-            for value in seconds:
-                self.observe(batch_size, 0, value)
-            for _ in range(untimed):
-                self.count(batch_size, 0)
-            return
-        if seconds:  # steps counted without their time leave the budget's totals alone
-            decay = self.budget_decay
-            elapsed = self.elapsed.get(bucket, 0.0)
-            for value in seconds:
-                elapsed = elapsed * decay + value
-            self.elapsed[bucket] = elapsed
-            self.explored[bucket] = self.explored.get(bucket, 0.0) * decay ** len(seconds)
-        self.since_spec[bucket] = self.since_spec.get(bucket, 0) + n
-        self.since_plain[bucket] = 0
-        self.spec_run[bucket] = 0
+        for value in seconds:  # steps counted without their time leave the budget's totals alone
+            self._charge(bucket, value)
+        self._plain_steps(bucket, len(seconds) + untimed)
         samples = seconds if first_is_sample else seconds[1:]
-        if not samples:
-            return
-        key = (bucket, 0)
-        count = self.samples.get(key, 0)
-        self.samples[key] = count + len(samples)
-        kept = samples[1:] if count == 0 else samples  # the first sample of a key is warm-up
-        if not kept:
-            return
-        points = self.points.setdefault(bucket, {})
-        old = points.get(0)
-        recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
-        recent.extend(kept if old is None else [min(value, 4.0 * old) for value in kept[-self.window:]])
-        points[0] = sorted(recent)[int(self.plain_quantile * (len(recent) - 1))]
-        self._refit(bucket, 0)
+        if samples:
+            self._add_samples((bucket, 0), samples)
 
     def timed_both(self, batch_size: int) -> bool:
         """Whether plain and speculative steps both have measured times in this bucket."""
@@ -401,17 +380,10 @@ class MeasuredStepCost:
         `seconds`, when the step's cycle ran undisturbed, is charged to the exploration budget."""
         bucket = self.bucket(batch_size)
         probe = self.probes.get(bucket)
-        if seconds is not None:  # both totals decay alike: the budget is a share of recent time
-            decay = self.budget_decay
-            self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) * decay + seconds
-            explored = seconds if probe is not None and probe[0] and k > 0 else 0.0
-            self.explored[bucket] = self.explored.get(bucket, 0.0) * decay + explored
-            if explored:
-                self.probe_spent[bucket] = self.probe_spent.get(bucket, 0.0) + explored
+        if seconds is not None:
+            self._charge(bucket, seconds, seconds if probe is not None and probe[0] and k > 0 else 0.0)
         if k == 0:
-            self.since_spec[bucket] = self.since_spec.get(bucket, 0) + 1
-            self.since_plain[bucket] = 0
-            self.spec_run[bucket] = 0
+            self._plain_steps(bucket, 1)
         else:
             self.since_spec[bucket] = 0
             self.since_plain[bucket] = self.since_plain.get(bucket, 0) + 1
@@ -424,6 +396,21 @@ class MeasuredStepCost:
                 del self.probes[bucket]
             else:
                 self.probes[bucket] = (probe[0], probe[1] - 1)
+
+    def _charge(self, bucket: int, seconds: float, explored: float = 0.0) -> None:
+        """A step's time, `explored` of it by a speculative probe, into the budget's totals (both
+        decay alike: the budget is a share of recent time)."""
+        decay = self.budget_decay
+        self.elapsed[bucket] = self.elapsed.get(bucket, 0.0) * decay + seconds
+        self.explored[bucket] = self.explored.get(bucket, 0.0) * decay + explored
+        if explored:
+            self.probe_spent[bucket] = self.probe_spent.get(bucket, 0.0) + explored
+
+    def _plain_steps(self, bucket: int, steps: int) -> None:
+        """The clocks after `steps` plain steps: the probe clock runs, plain decoding's restarts."""
+        self.since_spec[bucket] = self.since_spec.get(bucket, 0) + steps
+        self.since_plain[bucket] = 0
+        self.spec_run[bucket] = 0
 
     def observe(self, batch_size: int, k: int, seconds: float, tokens: int | None = None) -> None:
         """A timed decode step (counted as well); `tokens`, what it emitted over the batch."""
@@ -462,18 +449,25 @@ class MeasuredStepCost:
         return tokens * fit.plain / seconds
 
     def add_sample(self, batch_size: int, k: int, seconds: float) -> None:
-        key = (self.bucket(batch_size), k)
+        self._add_samples((self.bucket(batch_size), k), [seconds])
+
+    def _add_samples(self, key: tuple[int, int], values: list[float]) -> None:
+        """Samples of a (bucket, k) key, in order: the key's first ever is warm-up and dropped,
+        the rest are clipped to 4x the key's time as it stood before them; then the key's time is
+        its quantile of the last `window`."""
         count = self.samples.get(key, 0)
-        self.samples[key] = count + 1
-        if count == 0:
+        self.samples[key] = count + len(values)
+        kept = values[1:] if count == 0 else values
+        if not kept:
             return
-        points = self.points.setdefault(key[0], {})
+        bucket, k = key
+        points = self.points.setdefault(bucket, {})
         old = points.get(k)
         recent = self.recent.setdefault(key, collections.deque(maxlen=self.window))
-        recent.append(seconds if old is None else min(seconds, 4.0 * old))
+        recent.extend(kept if old is None else [min(value, 4.0 * old) for value in kept[-self.window:]])
         quantile = self.plain_quantile if k == 0 else self.spec_quantile
         points[k] = sorted(recent)[int(quantile * (len(recent) - 1))]
-        self._refit(key[0], k)
+        self._refit(bucket, k)
 
     def set_time(self, batch_size: int, k: int, seconds: float, samples: int = 3) -> None:
         """Take a step time as measured `samples` times (tests, and a warm start from a file)."""
