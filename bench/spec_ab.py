@@ -73,10 +73,11 @@ if str(REPO_ROOT) not in sys.path:  # octavo from this checkout, bench/spec_swee
 if str(REPO_ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "bench"))
 
+from spec_sweep import (LEVELS, check_server_packages, write_held_out_text,  # noqa: E402 (after the path)
+                        write_json_atomically, write_result)
 
 logger = logging.getLogger("octavo.spec_ab")
 
-LEVELS = [1, 2, 4, 8, 16, 32, 64]
 VARIANTS = ("no-spec", "spec")
 CONFIDENCE = 0.90
 # The compared metrics, and whether a higher value is better (throughput) or worse (latency).
@@ -293,9 +294,7 @@ class SpecAB:
         return self.elapsed() >= self.args.time_budget
 
     def save_partial(self) -> None:
-        path = self.out / f"{self.stem}.partial.json"
-        path.with_suffix(".tmp").write_text(json.dumps(self.doc, indent=1, default=jsonable))
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json_atomically(self.doc, self.out / f"{self.stem}.partial.json")
 
     # -- the pair
     def pair(self) -> tuple[str, str, str | None]:
@@ -303,8 +302,6 @@ class SpecAB:
         args = self.args
         if args.pair == "paths":
             return str(Path(args.target).resolve()), str(Path(args.draft).resolve()), args.prompt_text
-        from spec_sweep import write_held_out_text
-
         from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
         text = args.prompt_text
@@ -458,12 +455,6 @@ def log_level(level: dict) -> None:
                 ratio_cell(tps), tps["rounds"], tps["verdict"], percent((stats["spread"]["no-spec"] or {}).get("cv")))
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
-
-
 # ---- Markdown -------------------------------------------------------------------------------------
 def number(value: float | None, digits: int = 0) -> str:
     if value is None or not math.isfinite(value):
@@ -573,18 +564,6 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_outputs(doc: dict, out: Path, stem: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(doc, indent=1, default=jsonable) + "\n")
-    partial = out / f"{stem}.partial.json"
-    if partial.exists():
-        partial.unlink()
-    md_path = out / f"{stem}.md"
-    md_path.write_text(markdown(doc))
-    return [str(json_path), str(md_path)]
-
-
 # ---- entry ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     from octavo.bench.cli import int_list
@@ -672,8 +651,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_from:
         return report_from(args)
-    from spec_sweep import check_server_packages
-
     check_server_packages()
     if args.smoke:  # a tiny model on shared cores: one thread per process (the servers inherit it)
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -691,8 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     for level in doc["levels"]:  # a level cut short by an interrupt has runs but maybe stale stats
         level["rounds_run"] = len({run["round"] for run in level["runs"]})
         level["stats"] = level_stats(level["runs"], args.instances)
-    paths = write_outputs(doc, ab.out, ab.stem)
-    print(markdown(doc))
+    text = markdown(doc)
+    paths = write_result(doc, ab.out, ab.stem, text)
+    print(text)
     for path in paths:
         print(f"wrote {path}")
     errors = sum(level["stats"]["num_errors"] for level in doc["levels"])

@@ -538,9 +538,7 @@ class Sweep:
 
     # -- files
     def save_partial(self) -> None:
-        path = self.out / f"{self.stem}.partial.json"
-        path.with_suffix(".tmp").write_text(json.dumps(self.doc, indent=1, default=_jsonable))
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json_atomically(self.doc, self.out / f"{self.stem}.partial.json")
 
     def remaining(self) -> float:
         return self.args.budget - (time.monotonic() - self.started)
@@ -684,10 +682,30 @@ def _device_slug(env: dict) -> str:
     return device_slug(env["device"])
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """json.dumps' default: non-finite floats as null, anything else as its string."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)
+
+
+def write_json_atomically(doc: dict, path: Path) -> None:
+    """A result written so that a reader (or a killed run) never sees half of it."""
+    path.with_suffix(".tmp").write_text(json.dumps(doc, indent=1, default=jsonable))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def write_result(doc: dict, out: Path, stem: str, text: str) -> list[str]:
+    """The final <stem>.json and its Markdown `text` as <stem>.md, the partial JSON gone."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{stem}.json"
+    json_path.write_text(json.dumps(doc, indent=1, default=jsonable) + "\n")
+    partial = out / f"{stem}.partial.json"
+    if partial.exists():
+        partial.unlink()
+    md_path = out / f"{stem}.md"
+    md_path.write_text(text)
+    return [str(json_path), str(md_path)]
 
 
 # ---- comparisons and goals -----------------------------------------------------------------------
@@ -933,15 +951,7 @@ def plots(doc: dict, out: Path, stem: str) -> list[str]:
 
 
 def write_outputs(doc: dict, out: Path, stem: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{stem}.json"
-    json_path.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
-    partial = out / f"{stem}.partial.json"
-    if partial.exists():
-        partial.unlink()
-    md_path = out / f"{stem}.md"
-    md_path.write_text(markdown(doc))
-    return [str(json_path), str(md_path)] + plots(doc, out, stem)
+    return write_result(doc, out, stem, markdown(doc)) + plots(doc, out, stem)
 
 
 # ---- entry ----------------------------------------------------------------------------------------

@@ -4,31 +4,18 @@ schedule that gives every server the same requests in every round, and the CPU s
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
 import random
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_spec_ab():
-    spec = importlib.util.spec_from_file_location("spec_ab", REPO / "bench" / "spec_ab.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["spec_ab"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench_script, run_smoke
 
 
 @pytest.fixture(scope="module")
 def ab():
-    return load_spec_ab()
+    return load_bench_script("spec_ab")
 
 
 def width(interval) -> float:
@@ -221,12 +208,7 @@ def test_smoke_ab_end_to_end(tmp_path):
     """The demo pair on the CPU: both servers up at once, levels 1 and 2, 2 rounds each, then the
     report again from the JSON. Numbers on a shared CPU mean nothing; the plumbing is what is checked."""
     out = tmp_path / "out"
-    command = [sys.executable, str(REPO / "bench" / "spec_ab.py"), "--smoke", "--out", str(out), "--tag", "test"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny models on shared cores: one thread each is fastest
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    (result,) = out.glob("*-spec-ab-*-test.json")
-    doc = json.loads(result.read_text())
+    result, doc = run_smoke("spec_ab", out, timeout=180)
     assert doc["kind"] == "spec-ab" and doc["env"]["command"].startswith("python bench/spec_ab.py --smoke")
     assert not doc["error"] and not list(out.glob("*.partial.json"))
     assert [(s["variant"], s["instance"]) for s in doc["servers"]] == [("no-spec", 0), ("spec", 0)]
@@ -251,5 +233,5 @@ def test_smoke_ab_end_to_end(tmp_path):
     markdown = (out / result.name.replace(".json", ".md")).read_text()
     assert "ABBA" in markdown and "| 1 | 2/2 |" in markdown and "| 2 | 2/2 |" in markdown
     again = tmp_path / "again"
-    assert load_spec_ab().main(["--report-from", str(result), "--out", str(again)]) == 0
+    assert load_bench_script("spec_ab").main(["--report-from", str(result), "--out", str(again)]) == 0
     assert (again / result.name.replace(".json", ".md")).read_text() == markdown

@@ -8,26 +8,15 @@ import argparse
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_spec_sweep():
-    spec = importlib.util.spec_from_file_location("spec_sweep", REPO / "bench" / "spec_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import REPO, load_bench_script, run_smoke
 
 
 @pytest.fixture(scope="module")
 def spec_sweep():
-    return load_spec_sweep()
+    return load_bench_script("spec_sweep")
 
 
 # ---- pure pieces ---------------------------------------------------------------------------------
@@ -142,13 +131,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
     demo pair each served without and with the draft, then the report. Numbers on a shared CPU mean
     nothing; the plumbing is what is checked."""
     out = tmp_path / "out"
-    command = [sys.executable, str(REPO / "bench" / "spec_sweep.py"), "--smoke", "--concurrency", "1",
-               "--out", str(out), "--workdir", str(tmp_path / "work"), "--tag", "test"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # tiny models on shared cores: one thread each is fastest
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr[-4000:]
-    (result,) = out.glob("*-spec-sweep-*-test.json")
-    doc = json.loads(result.read_text())
+    result, doc = run_smoke("spec_sweep", out, "--concurrency", "1", "--workdir", str(tmp_path / "work"), timeout=240)
     assert doc["kind"] == "spec-sweep" and doc["env"]["command"].startswith("python bench/spec_sweep.py --smoke")
     assert not list(out.glob("*.partial.json"))
     pairs = {entry["name"]: entry for entry in doc["pairs"]}
@@ -190,5 +173,5 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
     # The report again from the JSON alone.
     again = tmp_path / "again"
-    assert load_spec_sweep().main(["--report-from", str(result), "--out", str(again)]) == 0
+    assert load_bench_script("spec_sweep").main(["--report-from", str(result), "--out", str(again)]) == 0
     assert (again / result.name.replace(".json", ".md")).read_text() == markdown
