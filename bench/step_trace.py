@@ -123,14 +123,20 @@ def classify(record: dict) -> str:
     return "plain+draft" if record["propose"] > 2e-4 else "plain"
 
 
+def busy_cycles(records: list[dict]):
+    """(step, its cycle: to the next step's start) for every step but the last and those after
+    which the engine went idle (a cycle over 50 ms: between levels)."""
+    for record, after in zip(records, records[1:]):
+        cycle = after["start"] - record["start"]
+        if cycle <= 0.05:
+            yield record, cycle
+
+
 def summarize(records: list[dict]) -> dict:
     """Per kind of step: count, median step time, median cycle (to the next step's start, so the
     gap where the event loop runs is in it), median time in propose; and the busy share."""
     kinds: dict[str, dict[str, list[float]]] = {}
-    for record, after in zip(records, records[1:]):
-        cycle = after["start"] - record["start"]
-        if cycle > 0.05:  # the engine went idle (between levels)
-            continue
+    for record, cycle in busy_cycles(records):
         entry = kinds.setdefault(classify(record), {"step": [], "cycle": [], "propose": [], "batch": []})
         entry["step"].append(record["end"] - record["start"])
         entry["cycle"].append(cycle)
@@ -152,9 +158,8 @@ def summarize(records: list[dict]) -> dict:
 def plain_by_batch(records: list[dict]) -> dict[str, dict]:
     """Plain decode steps by batch size (at least 20 of them): count, and step and cycle p50 in ms."""
     by: dict[int, list[tuple[float, float]]] = {}
-    for record, after in zip(records, records[1:]):
-        cycle = after["start"] - record["start"]
-        if cycle <= 0.05 and classify(record) == "plain":
+    for record, cycle in busy_cycles(records):
+        if classify(record) == "plain":
             by.setdefault(record["batch"], []).append((record["end"] - record["start"], cycle))
     return {str(b): {"count": len(v), "step_ms_p50": 1e3 * statistics.median(s for s, _ in v),
                      "cycle_ms_p50": 1e3 * statistics.median(c for _, c in v)}
