@@ -382,8 +382,7 @@ class SpecDecoder:
         nothing waits, and steps are left; else end the coast (its last step's cycle a sample
         only if undisturbed) and hand its timings over. Whether the step was taken."""
         coast = self._coast
-        scheduler = self.engine.scheduler
-        undisturbed = not scheduler.waiting and len(scheduler.running) == coast.batch_size
+        undisturbed = self._undisturbed(coast.batch_size)
         if undisturbed:
             coast.seconds.append(now - self._step_started)
         else:
@@ -760,6 +759,12 @@ class SpecDecoder:
             if seq is not None:
                 self._sync(seq, request)
 
+    def _undisturbed(self, batch_size: int) -> bool:
+        """Whether the step now starting sees the batch the last one ran (nothing to admit, none
+        finished or aborted): only then is the last step's cycle a time of its own."""
+        scheduler = self.engine.scheduler
+        return not scheduler.waiting and len(scheduler.running) == batch_size
+
     def _close_cycle(self, now: float) -> None:
         """The last decode step's cycle ends as this step starts: a sample of its k if it ran in
         steady state and nothing else came between (new requests to admit, requests that
@@ -768,8 +773,7 @@ class SpecDecoder:
         if cycle is None:
             return
         batch, k, started, sample, tokens = cycle
-        scheduler = self.engine.scheduler
-        undisturbed = not scheduler.waiting and len(scheduler.running) == batch
+        undisturbed = self._undisturbed(batch)
         if sample and undisturbed:
             self.measured.observe(batch, k, now - started, tokens)
         else:  # a probe's catch-up step is no sample, but its time is charged to exploring
