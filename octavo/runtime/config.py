@@ -85,13 +85,30 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
 
 
+SPEC_METHODS = ("draft_model", "ngram")
+DEFAULT_NUM_SPECULATIVE_TOKENS = 4  # the cap on k when none is given (adaptive k picks below it)
+
+
 @dataclass
 class SpeculativeConfig:
-    model: str
+    """What proposes draft tokens and how adaptive k chooses how many.
+
+    `method` names the proposer (a module of octavo.runtime.spec); `num_speculative_tokens` is
+    the most a step drafts. The rest are adaptive k's knobs (spec/controller.py says why each)."""
+
+    method: str
     num_speculative_tokens: int
+    model: str | None = None  # the draft model's directory (method "draft_model")
     draft_tensor_parallel_size: int = 1
-    adaptive: bool = True
     draft_model_config: ModelConfig | None = None
+    prompt_lookup_min: int = 1  # n-gram: shortest suffix matched in the context
+    prompt_lookup_max: int = 4  # n-gram: longest suffix matched
+    adaptive: bool = True  # False: always draft num_speculative_tokens
+    min_gain: float = 0.05  # speculate only where predicted to beat plain decoding by this much
+    decide_every: int = 16  # steps a bucket keeps a chosen k
+    window: int = 16  # step-time samples kept per (bucket, arm)
+    probe_every: int = 64  # plain decoding re-tries speculation after this many steps, doubling
+    max_probe_interval: int = 4096  # ... up to this many
 
 
 @dataclass
@@ -136,6 +153,8 @@ class EngineArgs:
     num_speculative_tokens: int | None = None
     speculative_draft_tensor_parallel_size: int | None = None
     speculative_config: dict | None = None
+    ngram_prompt_lookup_max: int | None = None
+    ngram_prompt_lookup_min: int | None = None
     trust_remote_code: bool = False
     use_v2_block_manager: bool = True
     disable_log_stats: bool = True
@@ -171,15 +190,49 @@ class EngineArgs:
         if self.enforce_eager and self._resolve_device().type == "cpu":
             logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
 
-    def speculative_settings(self) -> tuple[str | None, int | None, int]:
-        """(draft model, k, draft TP) from the flat arguments or the dict form (which may also say
-        `adaptive: False` to keep k fixed)."""
+    # speculative_config keys (vLLM's, plus octavo's adaptive-k knobs) and the SpeculativeConfig field each sets.
+    _SPEC_KEYS = {"method": "method", "model": "model", "num_speculative_tokens": "num_speculative_tokens",
+                  "draft_tensor_parallel_size": "draft_tensor_parallel_size",
+                  "prompt_lookup_min": "prompt_lookup_min", "prompt_lookup_max": "prompt_lookup_max",
+                  "adaptive": "adaptive", "min_gain": "min_gain", "decide_every": "decide_every",
+                  "window": "window", "probe_every": "probe_every", "max_probe_interval": "max_probe_interval"}
+
+    def speculative_settings(self) -> dict[str, Any] | None:
+        """SpeculativeConfig fields from the flat arguments and the dict form (the dict wins), or
+        None without speculation. vLLM's spellings: `speculative_model="[ngram]"` or
+        `{"method": "ngram"}` for prompt lookup, a model path for a draft model."""
         spec = dict(self.speculative_config or {})
-        model = spec.pop("model", None) or self.speculative_model
-        k = spec.pop("num_speculative_tokens", None) or self.num_speculative_tokens
-        draft_tp = (spec.pop("draft_tensor_parallel_size", None)
-                    or self.speculative_draft_tensor_parallel_size or 1)
-        return model, k, draft_tp
+        unknown = sorted(set(spec) - set(self._SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"speculative_config key(s) {', '.join(unknown)} not supported; "
+                             f"known: {', '.join(sorted(self._SPEC_KEYS))}")
+        settings = {self._SPEC_KEYS[key]: value for key, value in spec.items() if value is not None}
+        model = settings.get("model") or self.speculative_model
+        method = settings.get("method") or ("ngram" if model in ("[ngram]", "ngram") else "draft_model" if model else None)
+        if method is None:
+            if settings:
+                raise ValueError("speculative_config needs a 'model' (a draft model) or 'method': 'ngram'")
+            return None
+        if method not in SPEC_METHODS:
+            raise ValueError(f"speculative method must be one of {', '.join(SPEC_METHODS)}; got {method!r}")
+        settings["method"] = method
+        settings["model"] = model if method == "draft_model" else None
+        if method == "draft_model" and not model:
+            raise ValueError("speculative method 'draft_model' needs a draft model (speculative_config['model'])")
+        k = settings.get("num_speculative_tokens") or self.num_speculative_tokens or DEFAULT_NUM_SPECULATIVE_TOKENS
+        if not 1 <= int(k) <= 16:
+            raise ValueError(f"num_speculative_tokens must be in 1..16, got {k!r}")
+        settings["num_speculative_tokens"] = int(k)
+        draft_tp = settings.get("draft_tensor_parallel_size") or self.speculative_draft_tensor_parallel_size or 1
+        settings["draft_tensor_parallel_size"] = int(draft_tp)
+        for key, flat in (("prompt_lookup_max", self.ngram_prompt_lookup_max),
+                          ("prompt_lookup_min", self.ngram_prompt_lookup_min)):
+            if flat is not None:
+                settings.setdefault(key, flat)
+        low, high = settings.get("prompt_lookup_min", 1), settings.get("prompt_lookup_max", 4)
+        if not 1 <= low <= high:
+            raise ValueError(f"prompt_lookup_min ({low}) and prompt_lookup_max ({high}) must satisfy 1 <= min <= max")
+        return settings
 
     def create_config(self) -> EngineConfig:
         self._log_noops()
@@ -206,19 +259,18 @@ class EngineArgs:
                 f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len ({max_model_len}) "
                 "with chunked prefill off: raise it or enable chunked prefill")
         spec_config = None
-        draft_model, k, draft_tp = self.speculative_settings()
-        if draft_model:
-            if not k or not 1 <= int(k) <= 16:
-                raise ValueError(f"num_speculative_tokens must be in 1..16 with a speculative model, got {k!r}")
-            draft_config = self._model_config(draft_model, None, None, device, max_model_len=max_model_len)
-            if not 1 <= int(draft_tp) <= self.tensor_parallel_size:
-                raise ValueError(f"speculative_draft_tensor_parallel_size ({draft_tp}) must be between 1 and "
-                                 f"tensor_parallel_size ({self.tensor_parallel_size})")
-            check_tensor_parallel(draft_config, int(draft_tp), device, what="draft model")
-            adaptive = bool((self.speculative_config or {}).get("adaptive", True))
-            spec_config = SpeculativeConfig(model=draft_config.model, num_speculative_tokens=int(k),
-                                            draft_tensor_parallel_size=int(draft_tp), adaptive=adaptive,
-                                            draft_model_config=draft_config)
+        settings = self.speculative_settings()
+        if settings is not None:
+            spec_config = SpeculativeConfig(**settings)
+            if spec_config.method == "draft_model":
+                draft_tp = spec_config.draft_tensor_parallel_size
+                spec_config.draft_model_config = self._model_config(spec_config.model, None, None, device,
+                                                                    max_model_len=max_model_len)
+                spec_config.model = spec_config.draft_model_config.model
+                if not 1 <= draft_tp <= self.tensor_parallel_size:
+                    raise ValueError(f"speculative_draft_tensor_parallel_size ({draft_tp}) must be between 1 and "
+                                     f"tensor_parallel_size ({self.tensor_parallel_size})")
+                check_tensor_parallel(spec_config.draft_model_config, draft_tp, device, what="draft model")
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
