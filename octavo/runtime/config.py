@@ -2,6 +2,9 @@
 
 EngineArgs is what users write; `EngineArgs.create_config()` resolves it against the model's
 config.json and the device into an EngineConfig, failing early with errors that name the fix.
+
+torch is imported only where a config is resolved: the operator, which has no torch, builds
+`octavo serve` command lines from EngineArgs.
 """
 
 from __future__ import annotations
@@ -9,31 +12,37 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("octavo")
 
+# dtype names -> the torch dtype each means (by attribute name, so that naming them needs no torch)
 _DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": "float32", "float": "float32", "fp32": "float32",
+    "float16": "float16", "half": "float16", "fp16": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
 }
+DTYPES = ("auto", *_DTYPES)
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 
 def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.device) -> torch.dtype:
     """"auto" takes the checkpoint's dtype; half precision on a CPU becomes float32 (CPU matmuls
     in fp16 are slow or missing)."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}")
-        return _DTYPES[dtype]
+        return getattr(torch, _DTYPES[dtype])
     if isinstance(config_dtype, str):
-        config_dtype = _DTYPES.get(config_dtype, torch.float32)
+        config_dtype = getattr(torch, _DTYPES.get(config_dtype, "float32"))
     chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
     if device.type == "cpu" and chosen == torch.float16:
         logger.info("dtype auto: the checkpoint is float16; using float32 on the CPU")
@@ -178,6 +187,8 @@ class EngineArgs:
         return cls(**known)
 
     def _resolve_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -240,8 +251,8 @@ class EngineArgs:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise ValueError(f"block_size must be one of 8, 16, 32, 64, 128; got {self.block_size}")
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}; got {self.block_size}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.tensor_parallel_size < 1:
