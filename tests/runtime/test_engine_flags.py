@@ -151,6 +151,8 @@ def test_importing_the_flags_imports_no_torch():
             "from octavo import EngineArgs, AsyncEngineArgs\n"
             "add_engine_args(argparse.ArgumentParser(), AsyncEngineArgs)\n"
             "AsyncEngineArgs(model='m', max_num_seqs=8).to_cli_args()\n"
+            "from octavo.runtime.server import cli\n"  # `octavo serve`'s parser
+            "cli.add_arguments(argparse.ArgumentParser())\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60, cwd=REPO)
