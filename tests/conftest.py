@@ -65,6 +65,6 @@ def no_leaked_kv_blocks(monkeypatch):
             continue
         engine.abort_request(list(engine.groups))
         engine.kv_cache.check_no_leaks()
-        spec = getattr(engine, "spec_decoder", None)
-        if spec is not None and hasattr(spec, "check_no_leaks"):
-            spec.check_no_leaks()
+        proposer = getattr(engine, "proposer", None)
+        if proposer is not None:
+            proposer.check_no_leaks()

@@ -249,7 +249,7 @@ def test_engine_matches_transformers_greedy(engine_target_ids, hf_target, tokeni
 
 
 @needs("octavo.runtime.llm")
-@needs("octavo.runtime.spec_decode")
+@needs("octavo.runtime.spec")
 @pytest.mark.parametrize("k", [3, 5])
 def test_greedy_spec_equals_target_only(engine_target_ids, k):
     from octavo import LLM

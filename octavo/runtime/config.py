@@ -117,10 +117,12 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4  # n-gram: longest suffix matched
     adaptive: bool = True  # False: always draft num_speculative_tokens
     min_gain: float = 0.05  # speculate only where predicted to beat plain decoding by this much
-    decide_every: int = 16  # steps a bucket keeps a chosen k
-    window: int = 16  # step-time samples kept per (bucket, arm)
-    probe_every: int = 64  # plain decoding re-tries speculation after this many steps, doubling
-    max_probe_interval: int = 4096  # ... up to this many
+    decide_every: int = 16  # steps a decision holds
+    window: int = 16  # step-time samples kept per batch-size bucket and k
+    plain_quantile: float = 0.1  # plain step times are read low (noise only adds time)
+    spec_quantile: float = 0.5  # speculative ones at the median (so noise errs towards plain)
+    probe_steps: int = 4  # steps of a probe of the arm not chosen (the first is no sample)
+    probe_budget: float = 0.01  # probes take at most this share of a bucket's time
 
 
 @dataclass
@@ -305,12 +307,8 @@ class EngineArgs:
         if self.enforce_eager and self._resolve_device().type == "cpu":
             logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
 
-    # speculative_config keys (vLLM's, plus octavo's adaptive-k knobs) and the SpeculativeConfig field each sets.
-    _SPEC_KEYS = {"method": "method", "model": "model", "num_speculative_tokens": "num_speculative_tokens",
-                  "draft_tensor_parallel_size": "draft_tensor_parallel_size",
-                  "prompt_lookup_min": "prompt_lookup_min", "prompt_lookup_max": "prompt_lookup_max",
-                  "adaptive": "adaptive", "min_gain": "min_gain", "decide_every": "decide_every",
-                  "window": "window", "probe_every": "probe_every", "max_probe_interval": "max_probe_interval"}
+    # speculative_config's keys: vLLM's names, and adaptive k's knobs, as SpeculativeConfig has them.
+    _SPEC_KEYS = frozenset(f.name for f in dataclasses.fields(SpeculativeConfig)) - {"draft_model_config"}
 
     def speculative_settings(self) -> dict[str, Any] | None:
         """SpeculativeConfig fields from the flat arguments and the dict form (the dict wins), or
@@ -321,7 +319,7 @@ class EngineArgs:
         if unknown:
             raise ValueError(f"speculative_config key(s) {', '.join(unknown)} not supported; "
                              f"known: {', '.join(sorted(self._SPEC_KEYS))}")
-        settings = {self._SPEC_KEYS[key]: value for key, value in spec.items() if value is not None}
+        settings = {key: value for key, value in spec.items() if value is not None}
         model = settings.get("model") or self.speculative_model
         method = settings.get("method") or ("ngram" if model in ("[ngram]", "ngram") else "draft_model" if model else None)
         if method is None:

@@ -1,8 +1,10 @@
 """LLMEngine: requests in, RequestOutputs out, one `step()` at a time.
 
-step(): the scheduler picks requests and token counts -> the model runner computes them -> the
-sampler picks tokens -> tokens are appended, detokenized and checked against stop conditions ->
-finished requests give their blocks back -> outputs for every request that moved.
+step(): with speculation, adaptive k picks the step's k and the proposer drafts -> the scheduler
+picks requests and token counts (drafts are extra tokens of a request) -> the model runner
+computes them -> the sampler picks tokens, or verification accepts drafts -> tokens are appended,
+detokenized and checked against stop conditions -> rejected drafts roll back and finished
+requests give their blocks back -> outputs for every request that moved, and a StepRecord.
 The tokenizer lives here, at the edge; the scheduler and runner see only token ids.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +26,10 @@ from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.sampler import SampledRow
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.scheduler import Scheduler, SchedulerOutput
+from octavo.runtime.spec import build_proposer
+from octavo.runtime.spec.controller import AdaptiveK
+from octavo.runtime.spec.verify import verify_step
+from octavo.runtime.step_record import StepRecord, StepTrace
 from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
 
 logger = logging.getLogger("octavo")
@@ -44,15 +50,6 @@ class RequestGroup:
     @property
     def finished(self) -> bool:
         return all(c.is_finished for c in self.children)
-
-
-@dataclass
-class StepResult:
-    """What one forward produced: for each request, the tokens to append (more than one when
-    speculation accepted drafts) and how many scheduled tokens were rejected drafts."""
-
-    tokens: dict[str, list[SampledRow]] = field(default_factory=dict)
-    num_rejected: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -107,25 +104,33 @@ class LLMEngine:
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
         self.groups: dict[str, RequestGroup] = {}
         self.stats = EngineStats()
+        self.last_step: StepRecord | None = None
+        self.trace = StepTrace.from_env()
+        # Seeded sampled requests always draft the most k allows: their output depends on k, so
+        # their k must depend on nothing else (timings, other requests).
+        self.fixed_k: set[str] = set()
 
     def _build_runners(self, config: EngineConfig) -> None:
         workers = self.workers
         self.model_runner = ModelRunner(config.model_config, config.cache_config, config.scheduler_config,
                                         config.device, enforce_eager=config.enforce_eager,
                                         parallel=workers.parallel("target") if workers else None)
-        self.spec_decoder = None
-        if config.speculative_config is not None:
-            from octavo.runtime.spec_decode import SpecDecoder
-
-            # Built before the KV cache is sized: the draft's weights and KV share the memory. The
+        self.proposer = self.controller = None
+        spec = config.speculative_config
+        if spec is not None:
+            # Built before the KV cache is sized: a draft's weights and KV share the memory. A
             # draft's runner takes its own tensor-parallel group (rank 0 alone by default).
             with distributed.runner_scope(workers.parallel("draft") if workers else None):
-                self.spec_decoder = SpecDecoder(self, config.speculative_config)
+                self.proposer = build_proposer(spec.method, config=spec, engine_config=config,
+                                               target_runner=self.model_runner, sampler=self.model_runner.sampler)
+            self.model_runner.extra_bytes_per_block += self.proposer.kv_bytes_per_block()
+            knee = 256.0 if config.device.type == "cuda" else 64.0  # where a forward turns compute-bound
+            self.controller = AdaptiveK(spec, self.proposer.draft_cost_ratio, knee)
         num_blocks = self.model_runner.initialize_kv_cache()
         # Under speculation the target also verifies k + 1 tokens per request through graphs.
-        self.model_runner.capture_cuda_graphs(self.spec_decoder.graph_query_lens if self.spec_decoder else (1,))
-        if self.spec_decoder is not None:
-            self.spec_decoder.initialize_kv_cache(num_blocks)
+        self.model_runner.capture_cuda_graphs((1, spec.num_speculative_tokens + 1) if spec else (1,))
+        if self.proposer is not None:
+            self.proposer.initialize(num_blocks)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1). The engine
@@ -134,8 +139,8 @@ class LLMEngine:
             # CUDA graphs that captured NCCL collectives make the communicators' teardown hang
             # (pytorch/pytorch#115388): every rank drops its graphs before leaving the group.
             self.model_runner.release_cuda_graphs()
-            if self.spec_decoder is not None:
-                self.spec_decoder.draft_runner.release_cuda_graphs()
+            if self.proposer is not None:
+                self.proposer.shutdown()
             self.workers.shutdown()
 
     @classmethod
@@ -194,6 +199,8 @@ class LLMEngine:
             children.append(child)
         self.groups[request_id] = RequestGroup(request_id, text, token_ids, params, children)
         for child in children:
+            if params.seed is not None and not params.greedy:
+                self.fixed_k.add(child.request_id)
             self.scheduler.add_request(child)
 
     def abort_request(self, request_id: str | list[str]) -> None:
@@ -203,8 +210,7 @@ class LLMEngine:
                 continue
             for child in group.children:
                 self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
-                if self.spec_decoder is not None:
-                    self.spec_decoder.free(child)
+                self._forget(child)
         # An idle engine takes no further step, so refresh the gauges here (or /metrics would
         # keep reporting the aborted request as running and its blocks as used).
         self._update_gauges()
@@ -221,8 +227,8 @@ class LLMEngine:
             return self._step()
 
     def _step(self) -> list[RequestOutput]:
-        if self.spec_decoder is not None:
-            self.spec_decoder.propose()  # drafts for this step, before the scheduler counts them
+        started = time.perf_counter()
+        k_asked = self._propose() if self.proposer is not None else 0
         sched = self.scheduler.schedule()
         touched: list[Request] = []
         for request in sched.finished:
@@ -230,45 +236,117 @@ class LLMEngine:
             touched.append(request)
         if sched.preempted:
             self.stats.num_preemptions += len(sched.preempted)
-            if self.spec_decoder is not None:
+            if self.proposer is not None:
                 for request in sched.preempted:
-                    self.spec_decoder.free(request)
+                    self.proposer.free(request)
+        num_decoding = num_prefill = k = num_speculated = num_drafted = num_accepted = num_judged = num_emitted = 0
         if not sched.is_empty:
-            result = self._execute(sched)
+            tokens, accepted = self._execute(sched)
             now = time.monotonic()
             for item in sched.scheduled:
                 request = item.request
+                drafted = item.num_spec_tokens
+                if item.num_new_tokens - drafted == 1 and request.num_output_tokens:
+                    num_decoding += 1
+                else:
+                    num_prefill += item.num_new_tokens
                 if request.is_finished:
                     continue
-                request.num_computed_tokens += item.num_new_tokens - result.num_rejected.get(request.request_id, 0)
+                if drafted:
+                    kept = accepted[request.request_id]
+                    k, num_speculated = max(k, drafted), num_speculated + 1
+                    num_drafted, num_accepted = num_drafted + drafted, num_accepted + kept
+                    num_judged += kept + (kept < drafted)  # judging stops at the first rejection
+                    request.metrics.spec_num_draft_tokens += drafted
+                    request.metrics.spec_num_accepted_tokens += kept
+                    request.metrics.spec_num_steps += 1
+                request.num_computed_tokens += item.num_new_tokens - drafted + accepted.get(request.request_id, 0)
                 request.spec_token_ids = []
                 self.kv_cache.cache_computed_blocks(request)
                 if request.num_computed_tokens >= request.num_prompt_tokens:
                     self.scheduler.release_siblings(request)
-                rows = result.tokens.get(request.request_id)
-                if not rows:
-                    continue
-                for row in rows:
+                for row in tokens.get(request.request_id, ()):
                     self._append_token(request, row, now)
+                    num_emitted += 1
                     if request.is_finished:
                         break
-                touched.append(request)
-            if self.spec_decoder is not None:
-                self.spec_decoder.after_step(sched)
+                if request.request_id in tokens:
+                    touched.append(request)
+                if drafted and not request.is_finished:
+                    # Rejected drafts' K/V lies past num_computed_tokens: overwritten later,
+                    # never read; blocks wholly past it go back.
+                    self.kv_cache.truncate(request, request.num_computed_tokens)
+                    self.proposer.commit(request)
         self.stats.num_steps += 1
         self._update_gauges()
-        return self._outputs(touched)
+        outputs = self._outputs(touched)
+        if sched.scheduled:
+            self._record(StepRecord(started, time.perf_counter() - started, len(sched.scheduled), num_decoding,
+                                    num_prefill, k_asked, k, num_speculated, num_drafted, num_accepted, num_judged,
+                                    num_emitted))
+        return outputs
 
-    def _execute(self, sched: SchedulerOutput) -> StepResult:
-        if self.spec_decoder is not None:
-            return self.spec_decoder.execute(sched)
+    def _propose(self) -> int:
+        """Drafts for the coming step, before the scheduler counts them; the k adaptive k asked for."""
+        scheduler = self.scheduler
+        running = scheduler.running
+        if not running or scheduler.can_admit():
+            return 0  # a prompt may be admitted: its first token must not wait for draft work
+        k = self.controller.step_k(len(running))
+        if k == 0 and not self.fixed_k:
+            return 0
+        k_max = self.config.speculative_config.num_speculative_tokens
+        plan: list[tuple[Request, int]] = []
+        for request in running:
+            # Decoding, its first token delivered (a draft's prefill never delays a first token).
+            if request.num_output_tokens and request.num_computed_tokens == request.num_tokens - 1:
+                cap = self._draft_cap(request, k_max if request.request_id in self.fixed_k else k)
+                if cap > 0:
+                    plan.append((request, cap))
+        if plan:
+            self.proposer.propose(plan)
+        return k
+
+    def _draft_cap(self, request: Request, k: int) -> int:
+        """Drafts worth verifying: never past max_tokens or max_model_len."""
+        max_tokens = request.sampling_params.max_tokens
+        if max_tokens is not None:
+            k = min(k, max_tokens - request.num_output_tokens - 1)
+        return min(k, self.max_model_len - request.num_tokens - 1)
+
+    def _execute(self, sched: SchedulerOutput) -> tuple[dict[str, list[SampledRow]], dict[str, int]]:
+        """One forward; the tokens each request appends (several where drafts were accepted) and,
+        for speculated requests, how many drafts were accepted."""
         output = self.model_runner.execute(sched)
         for request_id in output.inputs.prompt_rows:
             request = next(i.request for i in sched.scheduled if i.request.request_id == request_id)
             self._add_prompt_logprobs(request, self.model_runner.prompt_logprobs(output, request))
-        to_sample = [item.request for item in sched.scheduled if item.completes_sequence]
-        sampled = self.model_runner.sample(output, to_sample)
-        return StepResult(tokens={rid: [row] for rid, row in sampled.items()})
+        plain: list[Request] = []
+        speculated = []
+        for item in sched.scheduled:
+            if item.num_spec_tokens:
+                speculated.append(item)
+            elif item.completes_sequence:
+                plain.append(item.request)
+        tokens = {rid: [row] for rid, row in self.model_runner.sample(output, plain).items()}
+        accepted: dict[str, int] = {}
+        if speculated:
+            verdicts = verify_step(output, speculated, self.model_runner.sampler, self.proposer.draft_probs)
+            for item, (rows, num_accepted) in zip(speculated, verdicts):
+                tokens[item.request.request_id] = rows
+                accepted[item.request.request_id] = num_accepted
+        return tokens, accepted
+
+    def _record(self, record: StepRecord) -> None:
+        self.last_step = record
+        if record.num_drafted:
+            self.stats.spec_draft_tokens += record.num_drafted
+            self.stats.spec_accepted_tokens += record.num_accepted
+            self.stats.spec_emitted_tokens += record.num_accepted + record.num_speculated
+        if self.controller is not None:
+            self.controller.record(record)
+        if self.trace is not None:
+            self.trace.write(record)
 
     def _add_prompt_logprobs(self, request: Request, rows: list[SampledRow]) -> None:
         for row in rows:
@@ -325,8 +403,13 @@ class LLMEngine:
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish_request(request, status)
-        if self.spec_decoder is not None:
-            self.spec_decoder.free(request)
+        self._forget(request)
+
+    def _forget(self, request: Request) -> None:
+        """A request left for good: nothing of it stays with the proposer."""
+        self.fixed_k.discard(request.request_id)
+        if self.proposer is not None:
+            self.proposer.free(request)
 
     def _update_gauges(self) -> None:
         self.stats.num_running = self.scheduler.num_running

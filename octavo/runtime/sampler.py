@@ -24,6 +24,38 @@ class SampledRow:
     top_logprobs: list[tuple[int, float]] | None = None  # (token id, logprob), best first
 
 
+class Lookahead:
+    """A request as it would stand with `extra` tokens appended: what penalties and min_tokens
+    see at a draft position (speculative decoding), for the draft's distribution and the
+    target's alike."""
+
+    __slots__ = ("request", "extra")
+
+    def __init__(self, request: Request, extra: list[int]) -> None:
+        self.request = request
+        self.extra = extra
+
+    @property
+    def sampling_params(self):
+        return self.request.sampling_params
+
+    @property
+    def generator(self):
+        return self.request.generator
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.request.all_token_ids + self.extra if self.extra else self.request.all_token_ids
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.request.output_token_ids + self.extra if self.extra else self.request.output_token_ids
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.request.num_output_tokens + len(self.extra)
+
+
 def needs_penalties(request: Request) -> bool:
     params = request.sampling_params
     return (params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
@@ -102,14 +134,16 @@ class Sampler:
                 noise[row].exponential_(generator=request.generator)
         return noise
 
-    def choose(self, processed: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+    def choose(self, processed: torch.Tensor, requests: list[Request],
+               probs: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy rows take the argmax; others sample by the exponential race
-        (argmax of p / E with E ~ Exp(1), which draws from p)."""
+        (argmax of p / E with E ~ Exp(1), which draws from p). `probs`: processed's softmax, if
+        the caller has it."""
         greedy = torch.tensor([r.sampling_params.greedy for r in requests], device=processed.device)
         argmax = processed.argmax(dim=-1)
         if bool(greedy.all()):
             return argmax
-        probs = processed.softmax(dim=-1)
+        probs = processed.softmax(dim=-1) if probs is None else probs
         sampled = (probs / self.random_noise(tuple(probs.shape), requests)).argmax(dim=-1)
         return torch.where(greedy, argmax, sampled)
 

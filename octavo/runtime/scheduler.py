@@ -100,6 +100,11 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
+    def can_admit(self) -> bool:
+        """Whether a waiting request may start now: the one admission test (the engine asks it
+        too, so that a step that can admit a prompt carries no draft work)."""
+        return bool(self.waiting) and len(self.running) < self.config.max_num_seqs
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.held_siblings)
 
@@ -144,8 +149,7 @@ class Scheduler:
             budget -= num_new
             index += 1
 
-        while (self.waiting and budget > 0 and not out.preempted
-               and len(self.running) < self.config.max_num_seqs):
+        while self.can_admit() and budget > 0 and not out.preempted:
             request = self.waiting[0]
             if not request.block_ids:
                 num_cached = self.kv_cache.lookup_prefix(request)

@@ -8,25 +8,24 @@ from pathlib import Path
 import torch
 
 from octavo import LLM
-from octavo.runtime.spec_policy import SpecCostModel
 
-# What adaptive k would believe of a GPU with a small draft: speculation pays at small batches.
-CHEAP_DRAFT = SpecCostModel(draft_cost_ratio=0.05, knee_tokens=256.0)
+# What adaptive k's prior would believe of a GPU with a small draft: speculation pays at small batches.
+CHEAP_DRAFT = 0.05
 
 
-def make_llm(target, draft=None, k: int = 3, adaptive: bool = False, cost: SpecCostModel | None = CHEAP_DRAFT,
-             **kwargs) -> LLM:
-    """An LLM on the tiny target, speculating with `draft` (fixed k unless adaptive; adaptive k
-    with the `cost` model given, a cheap draft unless None: the tiny pair's own cost model)."""
+def make_llm(target, draft=None, k: int = 3, adaptive: bool = False, draft_cost_ratio: float | None = CHEAP_DRAFT,
+             knee: float = 256.0, **kwargs) -> LLM:
+    """An LLM on the tiny target, speculating with `draft` (fixed k unless adaptive; adaptive k's
+    prior with the draft cost given, a cheap draft unless None: the tiny pair's own weights)."""
     options = dict(dtype="float32", num_gpu_blocks=256, max_num_seqs=16)
     options.update(kwargs)
     if draft is not None:
-        options.update(speculative_model=str(draft), num_speculative_tokens=k)
+        options["speculative_config"] = {"model": str(draft), "num_speculative_tokens": k, "adaptive": adaptive,
+                                         **options.get("speculative_config", {})}
     llm = LLM(str(target), **options)
-    if draft is not None:
-        llm.llm_engine.spec_decoder.adaptive = adaptive
-        if cost is not None:
-            llm.llm_engine.spec_decoder.set_cost_model(cost)
+    if draft is not None and draft_cost_ratio is not None:
+        llm.llm_engine.controller.draft_cost_ratio = draft_cost_ratio
+        llm.llm_engine.controller.knee = knee
     return llm
 
 

@@ -45,7 +45,7 @@ def test_prefix_cache_shared_prompts(pair):
     rest = llm.generate(prompts[1:], GREEDY, use_tqdm=False)
     assert token_ids(first + rest) == alone
     assert llm.llm_engine.kv_cache.prefix_hits > 0
-    assert llm.llm_engine.spec_decoder.draft_kv.prefix_hits > 0
+    assert llm.llm_engine.proposer.kv.prefix_hits > 0
 
 
 def test_draft_equal_to_target_accepts_everything(exact_pair):
@@ -121,16 +121,15 @@ def test_logprobs_are_the_targets(pair):
 
 def record_proposals(llm) -> list[dict[str, list[int]]]:
     """Every step's proposals, per request (propose patched on the instance)."""
-    spec = llm.llm_engine.spec_decoder
+    proposer = llm.llm_engine.proposer
     log: list[dict[str, list[int]]] = []
-    original = spec.propose
+    original = proposer.propose
 
-    def recorded():
-        original()
-        log.append({r.request_id: list(r.spec_token_ids) for r in llm.llm_engine.scheduler.running
-                    if r.spec_token_ids})
+    def recorded(plan):
+        original(plan)
+        log.append({r.request_id: list(r.spec_token_ids) for r, _ in plan if r.spec_token_ids})
 
-    spec.propose = recorded
+    proposer.propose = recorded
     return log
 
 
@@ -144,16 +143,16 @@ def test_drafts_chained_on_the_device_equal_the_host_loop(pair):
     runs = []
     for on_device in (True, False):
         llm = make_llm(target, draft, k=4)
-        spec = llm.llm_engine.spec_decoder
-        spec.draft_on_device = on_device
+        proposer = llm.llm_engine.proposer
+        proposer.on_device = on_device
         chained = [0]
-        chain = spec._draft_argmax_on_device
+        chain = proposer._argmax_on_device
 
         def counted(*args, chain=chain, chained=chained):
             chained[0] += 1
             return chain(*args)
 
-        spec._draft_argmax_on_device = counted
+        proposer._argmax_on_device = counted
         log = record_proposals(llm)
         outputs = llm.generate(prompts, params, use_tqdm=False)
         runs.append((token_ids(outputs), log, chained[0], spec_totals(llm)))

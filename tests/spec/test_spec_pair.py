@@ -38,7 +38,7 @@ def test_dummy_engine_pair_agreement_follows_the_scale(spec_pair, tmp_path):
                                              num_speculative_tokens=3, workdir=tmp_path / str(scale), seed=0,
                                              dtype="float32", num_gpu_blocks=64).llm
         engine = llm.llm_engine
-        target, draft = engine.model_runner.model, engine.spec_decoder.draft_runner.model
+        target, draft = engine.model_runner.model, engine.proposer.runner.model
         assert torch.equal(draft.lm_head.weight, target.lm_head.weight)
         assert torch.equal(draft.model.layers[0].mlp.down_proj.weight, target.model.layers[0].mlp.down_proj.weight)
         rates[scale] = spec_pair.measure_acceptance(llm, num_prompts=2, prompt_len=8, max_tokens=16)

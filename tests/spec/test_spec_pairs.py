@@ -42,7 +42,7 @@ def test_dict_form_of_the_arguments(pair):
     target, draft = pair
     llm = LLM(str(target), dtype="float32", num_gpu_blocks=64,
               speculative_config={"model": str(draft), "num_speculative_tokens": 2})
-    assert llm.llm_engine.spec_decoder.k_max == 2
+    assert llm.llm_engine.config.speculative_config.num_speculative_tokens == 2
 
 
 @pytest.mark.parametrize("padded_side", ["draft", "target"])

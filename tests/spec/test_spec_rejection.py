@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from octavo.runtime.spec_verify import VerifyResult, greedy_verify, rejection_sample
+from octavo.runtime.spec.verify import VerifyResult, greedy_verify, rejection_sample
 
 NUM_SAMPLES = 40_000
 ALPHA = 1e-3  # a correct sampler passes at this level; the broken ones fail by far more
@@ -143,3 +143,22 @@ def test_greedy_verify_accepts_while_argmax_agrees():
     result = greedy_verify(target_argmax, drafts, num_draft=torch.tensor([3, 3, 2]))
     assert result.num_accepted.tolist() == [3, 1, 0]
     assert result.output_tokens.tolist() == [[5, 6, 7, 8], [5, 6, -1, -1], [5, -1, -1, -1]]
+
+
+def test_point_mass_drafts_need_no_distribution_and_stay_exact():
+    """An n-gram guess is a point mass: draft_probs=None means q(x) = 1 at the drafted token. The
+    verdicts equal those with explicit one-hot q, and the emitted tokens follow p."""
+    p, _ = distributions(torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(2)
+    k, vocab = 2, p.shape[1]
+    guess = torch.tensor([int(p[0].argmax()), 3])
+    draft_tokens = guess.expand(NUM_SAMPLES, -1)
+    uniform = torch.rand(NUM_SAMPLES, k, generator=generator)
+    recovery = torch.empty(NUM_SAMPLES, vocab).exponential_(generator=generator)
+    target = p.expand(NUM_SAMPLES, -1, -1)
+    implicit = rejection_sample(target, None, draft_tokens, uniform, recovery)
+    one_hot = torch.nn.functional.one_hot(draft_tokens, vocab).float()
+    explicit = rejection_sample(target, one_hot, draft_tokens, uniform, recovery)
+    assert torch.equal(implicit.output_tokens, explicit.output_tokens)
+    assert p_value(implicit.output_tokens[:, 0], p[0]) > ALPHA
+    assert abs((implicit.num_accepted >= 1).double().mean().item() - p[0, guess[0]].item()) < 0.01

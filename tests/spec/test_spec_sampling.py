@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-import octavo.runtime.spec_decode as spec_decode
+import octavo.runtime.spec.verify as verify
 from spec_helpers import make_llm, spec_totals, token_ids
 from octavo import SamplingParams
 
@@ -16,8 +16,8 @@ PROMPT = [1, 5, 9, 13]
 NUM_SAMPLES = 600
 
 
-def exact_marginals(model_dir) -> list[torch.Tensor]:
-    """The target's marginal distribution of output tokens 1, 2 and 3 after PROMPT, enumerating
+def exact_marginals(model_dir, prompt: list[int] = PROMPT) -> list[torch.Tensor]:
+    """The target's marginal distribution of output tokens 1, 2 and 3 after the prompt, enumerating
     every prefix (24 and 24^2 of them) with transformers."""
     from transformers import AutoModelForCausalLM
 
@@ -28,17 +28,17 @@ def exact_marginals(model_dir) -> list[torch.Tensor]:
         with torch.no_grad():
             return model(torch.tensor(prefixes)).logits[:, -1].double().softmax(dim=-1)
 
-    p1 = next_probs([PROMPT])[0]
-    p2 = next_probs([PROMPT + [a] for a in range(vocab)])
-    p3 = next_probs([PROMPT + [a, b] for a in range(vocab) for b in range(vocab)]).view(vocab, vocab, vocab)
+    p1 = next_probs([prompt])[0]
+    p2 = next_probs([prompt + [a] for a in range(vocab)])
+    p3 = next_probs([prompt + [a, b] for a in range(vocab) for b in range(vocab)]).view(vocab, vocab, vocab)
     joint12 = p1[:, None] * p2
     return [p1, p1 @ p2, torch.einsum("ab,abc->c", joint12, p3)]
 
 
-def sample_tokens(llm) -> torch.Tensor:
+def sample_tokens(llm, prompt: list[int] = PROMPT) -> torch.Tensor:
     # Four tokens, so the first verification (k = 2) covers output tokens 2 and 3 (and a bonus).
     params = SamplingParams(temperature=1.0, max_tokens=4, ignore_eos=True, detokenize=False)
-    outputs = llm.generate([{"prompt_token_ids": PROMPT}] * NUM_SAMPLES, params, use_tqdm=False)
+    outputs = llm.generate([{"prompt_token_ids": prompt}] * NUM_SAMPLES, params, use_tqdm=False)
     return torch.tensor(token_ids(outputs))
 
 
@@ -75,13 +75,13 @@ def test_engine_samples_from_the_target_distribution(tiny_vocab_pair, marginals)
 
 def test_a_wrong_acceptance_rule_fails_the_same_test(tiny_vocab_pair, marginals, monkeypatch):
     """The test has power: accepting every draft (a plausible bug) is rejected by it."""
-    right = spec_decode.rejection_sample
+    right = verify.rejection_sample
 
     def accept_everything(target_probs, draft_probs, draft_tokens, uniform_noise, recovery_noise, num_draft=None):
         return right(target_probs, draft_probs, draft_tokens,
                                             torch.zeros_like(uniform_noise), recovery_noise, num_draft)
 
-    monkeypatch.setattr(spec_decode, "rejection_sample", accept_everything)
+    monkeypatch.setattr(verify, "rejection_sample", accept_everything)
     tokens = sample_tokens(distribution_llm(tiny_vocab_pair))
     values = p_values(tokens, marginals)
     assert values[0] > 1e-3  # the first token comes from the target's prefill, untouched
@@ -127,3 +127,17 @@ def test_parallel_samples_share_the_prompt(pair):
     assert len({tuple(c.token_ids) for c in first.outputs}) == 3
     assert all(len(c.token_ids) == 12 for c in first.outputs)
     assert spec_totals(llm)[0] > 0
+
+
+def test_ngram_guesses_keep_the_target_distribution(tiny_vocab_pair):
+    """Point-mass guesses from prompt lookup (a repeating prompt: a request has a guess when its
+    first token repeats the prompt's; the strong check is test_spec_rejection's)."""
+    prompt = [5, 9, 5, 9, 5]
+    target = tiny_vocab_pair[0]
+    llm = make_llm(target, num_gpu_blocks=NUM_SAMPLES + 64, max_num_seqs=NUM_SAMPLES, seed=7,
+                   speculative_config={"method": "ngram", "num_speculative_tokens": 2, "adaptive": False})
+    tokens = sample_tokens(llm, prompt)
+    drafted, accepted, _ = spec_totals(llm)
+    assert drafted >= 50 and 0 < accepted < drafted
+    values = p_values(tokens, exact_marginals(target, prompt))
+    assert min(values) > 1e-3, values

@@ -75,11 +75,10 @@ def test_speculative_pair_under_tp(tmp_path_factory, llama_dir, draft_tp):
     target, draft = _controlled_pair(tmp_path_factory.mktemp("pair"), llama_dir)
     with make_llm(target, 1) as llm:
         alone = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
-    with make_llm(target, 2, speculative_model=str(draft), num_speculative_tokens=3,
-                  speculative_draft_tensor_parallel_size=draft_tp) as llm:
-        spec = llm.llm_engine.spec_decoder
-        spec.adaptive = False  # always draft k tokens: verification runs every step
-        assert spec.draft_runner.parallel.group.size == draft_tp
+    # Fixed k: every step drafts k tokens and verifies them.
+    with make_llm(target, 2, speculative_config={"model": str(draft), "num_speculative_tokens": 3, "adaptive": False,
+                                                 "draft_tensor_parallel_size": draft_tp}) as llm:
+        assert llm.llm_engine.proposer.runner.parallel.group.size == draft_tp
         outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
         assert llm.llm_engine.stats.spec_accepted_tokens > 0
     assert token_ids(outputs) == token_ids(alone)

@@ -1,0 +1,51 @@
+"""What a proposer is: the one interface the engine drafts through.
+
+A proposer guesses the next tokens of running requests; the target verifies every guess in its
+next forward (spec/verify.py), so a proposer can be wrong at no cost to correctness, only to
+speed. The engine calls, per step and request:
+
+  propose(plan)      before scheduling: fill `request.spec_token_ids` (at most k ids each; fewer
+                     or none where it has no guess)
+  draft_probs(r)     the distributions the guesses were drawn from (sampled requests), or None
+                     for guesses that are point masses (greedy drafts, n-gram lookups)
+  commit(r)          after the step: the request's tokens are final up to `all_token_ids`;
+                     anything the proposer holds past the first rejected guess is stale
+  free(r)            the request finished, was aborted or preempted
+"""
+
+from __future__ import annotations
+
+import torch
+
+from octavo.runtime.request import Request
+
+
+class Proposer:
+    # The adaptive-k controller's prior for what one draft token costs, relative to a target
+    # forward (a draft model: its streamed weights over the target's; a lookup: nothing).
+    draft_cost_ratio: float = 0.0
+
+    def kv_bytes_per_block(self) -> int:
+        """KV-cache bytes the proposer needs per target block (sized together with the target's)."""
+        return 0
+
+    def initialize(self, num_blocks: int) -> None:
+        """Called once the target's KV cache has `num_blocks` blocks."""
+
+    def propose(self, plan: list[tuple[Request, int]]) -> None:
+        raise NotImplementedError
+
+    def draft_probs(self, request: Request) -> torch.Tensor | None:
+        return None
+
+    def commit(self, request: Request) -> None:
+        """The request's tokens are final: drop whatever stale state the proposer holds for it."""
+
+    def free(self, request: Request) -> None:
+        """The request left the running batch."""
+
+    def shutdown(self) -> None:
+        """Release device resources (CUDA graphs) before the engine's workers leave."""
+
+    def check_no_leaks(self) -> None:
+        """Tests: raise if state is left for requests that are gone."""

@@ -1,0 +1,192 @@
+"""Verification of speculative drafts: which proposals the target accepts, and the token it adds.
+
+`rejection_sample` and `greedy_verify` are pure tensor functions over a batch, shared by the engine
+and the sampling tests. Sampled rows go through exact rejection sampling, so the emitted tokens
+are distributed as the target's own; greedy rows accept while the draft matches the target's
+argmax. `verify_step` applies them to one engine step's logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from octavo.runtime.model_runner import RunnerOutput
+from octavo.runtime.request import Request
+from octavo.runtime.sampler import Lookahead, SampledRow, Sampler, needs_penalties
+from octavo.runtime.scheduler import ScheduledRequest
+
+
+@dataclass
+class VerifyResult:
+    output_tokens: torch.Tensor  # [B, K + 1] int64: accepted drafts, then the target's token; -1 after
+    num_accepted: torch.Tensor  # [B] int64: accepted drafts per row (the row emits num_accepted + 1)
+
+
+def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of True per row."""
+    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
+
+
+def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+    batch, k = draft_tokens.shape
+    positions = torch.arange(k, device=draft_tokens.device)
+    out = torch.full((batch, k + 1), -1, dtype=torch.int64, device=draft_tokens.device)
+    out[:, :k] = torch.where(positions[None, :] < num_accepted[:, None], draft_tokens.long(), -1)
+    out[torch.arange(batch, device=out.device), num_accepted] = final.long()
+    return out
+
+
+def _num_draft(draft_tokens: torch.Tensor, num_draft: torch.Tensor | None) -> torch.Tensor:
+    if num_draft is None:
+        return torch.full((draft_tokens.shape[0],), draft_tokens.shape[1], dtype=torch.int64,
+                          device=draft_tokens.device)
+    return num_draft.to(device=draft_tokens.device, dtype=torch.int64)
+
+
+def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | None, draft_tokens: torch.Tensor,
+                     uniform_noise: torch.Tensor, recovery_noise: torch.Tensor,
+                     num_draft: torch.Tensor | None = None) -> VerifyResult:
+    """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023), batched.
+
+    target_probs [B, K+1, V]: the target's distribution at each draft position and one past.
+    draft_probs [B, K, V]: the distribution each draft token was drawn from; None where every
+    draft is a point mass (an n-gram lookup): q(x) = 1 at the drafted token.
+    draft_tokens [B, K]; num_draft [B]: how many of a row's K drafts are real (the rest padding).
+    uniform_noise [B, K] ~ U[0, 1); recovery_noise [B, V] ~ Exp(1).
+
+    Draft token x at position i is accepted with probability min(1, p(x) / q(x)); at the first
+    rejection the row ends with a token drawn from norm(max(0, p - q)), and if every draft is
+    accepted with a bonus token drawn from p at position K. Each emitted token is then distributed
+    exactly as p given the tokens before it. The final draw is an exponential race,
+    argmax(w / E) with E ~ Exp(1), which picks index i with probability w_i / sum(w): no
+    normalisation needed.
+    """
+    batch, k = draft_tokens.shape
+    num_draft = _num_draft(draft_tokens, num_draft)
+    rows = torch.arange(batch, device=draft_tokens.device)
+    if k == 0:
+        final = (target_probs[:, 0] / recovery_noise).argmax(dim=-1)
+        return VerifyResult(_assemble(draft_tokens, torch.zeros_like(num_draft), final), torch.zeros_like(num_draft))
+    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
+    index = draft_tokens.long().clamp(min=0)[..., None]
+    p_draft = target_probs[:, :k].gather(-1, index).squeeze(-1)
+    q_draft = draft_probs.gather(-1, index).squeeze(-1) if draft_probs is not None else torch.ones_like(p_draft)
+    # u < p/q written without the division: q > 0 for any token the draft could have drawn.
+    accept = (uniform_noise * q_draft < p_draft) & valid
+    num_accepted = _accepted_prefix(accept)
+    p_final = target_probs[rows, num_accepted]
+    rejected = (num_accepted < num_draft).to(target_probs.dtype)
+    at = num_accepted.clamp(max=k - 1)
+    if draft_probs is not None:
+        q_final = draft_probs[rows, at] * rejected[:, None]
+    else:
+        q_final = torch.zeros_like(p_final)
+        q_final[rows, index[rows, at, 0]] = rejected
+    residual = (p_final - q_final).clamp_min(0.0)
+    # In exact arithmetic a rejection implies residual mass > 0; rounding can leave none.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, p_final)
+    final = (residual / recovery_noise).argmax(dim=-1)
+    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
+
+
+def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor,
+                  num_draft: torch.Tensor | None = None) -> VerifyResult:
+    """Greedy requests: accept drafts while they equal the target's argmax, then emit the target's
+    argmax at the first disagreement (or one past the last draft). The output is the target's
+    greedy sequence token for token."""
+    batch, k = draft_tokens.shape
+    num_draft = _num_draft(draft_tokens, num_draft)
+    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
+    num_accepted = _accepted_prefix((target_argmax[:, :k] == draft_tokens) & valid)
+    final = target_argmax[torch.arange(batch, device=draft_tokens.device), num_accepted]
+    return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
+
+
+# ---- one engine step ----------------------------------------------------------------------------
+def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sampler,
+                draft_probs: Callable[[Request], torch.Tensor | None]) -> list[tuple[list[SampledRow], int]]:
+    """Each speculated request's emitted tokens (accepted drafts, then one of the target's) with
+    their raw log-probabilities, and how many drafts it accepted. `output` holds the target's
+    logits at a request's k drafted positions and one past (output.inputs.sample_rows)."""
+    device = output.logits.device
+    requests = [item.request for item in items]
+    counts = [item.num_spec_tokens for item in items]
+    k = max(counts)
+    row_index = [r for item in items for r in output.inputs.sample_rows[item.request.request_id]]
+    raw = output.logits.index_select(0, torch.tensor(row_index).to(device, non_blocking=True))
+    # Penalties and min_tokens at draft position i see the drafts before it.
+    views = [Lookahead(request, request.spec_token_ids[:i]) for request, n in zip(requests, counts)
+             for i in range(n + 1)]
+    if all(v.sampling_params.greedy and not needs_penalties(v) for v in views):
+        processed = raw
+    else:
+        processed = sampler.processed_logits(raw, views)
+    starts = [0]
+    for n in counts:
+        starts.append(starts[-1] + n + 1)
+    draft_tokens = torch.full((len(items), k), -1, dtype=torch.int64)
+    for b, (request, n) in enumerate(zip(requests, counts)):
+        draft_tokens[b, :n] = torch.tensor(request.spec_token_ids[:n])
+    draft_tokens = draft_tokens.to(device, non_blocking=True)
+    num_draft = torch.tensor(counts).to(device, non_blocking=True)
+    num_accepted = [0] * len(items)
+    emitted: list[list[int]] = [[] for _ in items]
+
+    def collect(verdict: VerifyResult, rows: list[int]) -> None:
+        accepted, tokens = verdict.num_accepted.tolist(), verdict.output_tokens.tolist()
+        for i, b in enumerate(rows):
+            num_accepted[b], emitted[b] = accepted[i], tokens[i][: accepted[i] + 1]
+
+    greedy_rows = [b for b, r in enumerate(requests) if r.sampling_params.greedy]
+    if greedy_rows:
+        # Row b's k + 1 argmaxes in one gather; past its own count it repeats its last row.
+        gather = torch.tensor([[starts[b] + min(i, counts[b]) for i in range(k + 1)] for b in greedy_rows])
+        target_argmax = processed.argmax(dim=-1)[gather.to(device, non_blocking=True)]
+        index = torch.tensor(greedy_rows).to(device, non_blocking=True)
+        collect(greedy_verify(target_argmax, draft_tokens[index], num_draft[index]), greedy_rows)
+    sampled_rows = [b for b, r in enumerate(requests) if not r.sampling_params.greedy]
+    if sampled_rows:
+        vocab = processed.shape[-1]
+        target_probs = torch.zeros((len(sampled_rows), k + 1, vocab), device=device)
+        drafts = [draft_probs(requests[b]) for b in sampled_rows]
+        q = None if all(d is None for d in drafts) else torch.zeros((len(sampled_rows), k, vocab), device=device)
+        for i, b in enumerate(sampled_rows):
+            n = counts[b]
+            target_probs[i, : n + 1] = processed[starts[b] : starts[b + 1]].softmax(dim=-1)
+            if q is not None:
+                q[i, :n] = drafts[i][:n] if drafts[i] is not None else torch.nn.functional.one_hot(
+                    draft_tokens[b, :n], vocab).to(q.dtype)
+        uniform, recovery = _noise(sampler, [requests[b] for b in sampled_rows], k, vocab, device)
+        index = torch.tensor(sampled_rows, device=device)
+        collect(rejection_sample(target_probs, q, draft_tokens[index], uniform, recovery, num_draft[index]),
+                sampled_rows)
+
+    # Log-probabilities are the target's raw ones at each emitted position, as without drafts.
+    if all(r.sampling_params.logprobs is None for r in requests):
+        described = [SampledRow(token_id=t) for tokens in emitted for t in tokens]
+    else:
+        owners = [requests[b] for b, tokens in enumerate(emitted) for _ in tokens]
+        rows = [starts[b] + i for b, tokens in enumerate(emitted) for i in range(len(tokens))]
+        chosen = torch.tensor([t for tokens in emitted for t in tokens], device=device)
+        described = Sampler.describe(raw.index_select(0, torch.tensor(rows, device=device)), chosen, owners)
+    results, at = [], 0
+    for b in range(len(items)):
+        results.append((described[at : at + len(emitted[b])], num_accepted[b]))
+        at += len(emitted[b])
+    return results
+
+
+def _noise(sampler: Sampler, requests: list[Request], k: int, vocab: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Acceptance uniforms and the final token's exponential race noise; a seeded request's
+    rows come from its own generator."""
+    uniform = torch.rand((len(requests), k), generator=sampler.generator, device=device)
+    recovery = torch.empty((len(requests), vocab), device=device).exponential_(generator=sampler.generator)
+    for row, request in enumerate(requests):
+        if request.generator is not None:
+            uniform[row].uniform_(0.0, 1.0, generator=request.generator)
+            recovery[row].exponential_(generator=request.generator)
+    return uniform, recovery
