@@ -97,7 +97,6 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
 
 
-SPEC_METHODS = ("draft_model", "ngram")
 DEFAULT_NUM_SPECULATIVE_TOKENS = 4  # the cap on k when none is given (adaptive k picks below it)
 
 
@@ -105,7 +104,7 @@ DEFAULT_NUM_SPECULATIVE_TOKENS = 4  # the cap on k when none is given (adaptive 
 class SpeculativeConfig:
     """What proposes draft tokens and how adaptive k chooses how many.
 
-    `method` names the proposer (a module of octavo.runtime.spec); `num_speculative_tokens` is
+    `method` names the proposer (a module of octavo.runtime.spec.proposers); `num_speculative_tokens` is
     the most a step drafts. The rest are adaptive k's knobs (spec/controller.py says why each)."""
 
     method: str
@@ -326,13 +325,16 @@ class EngineArgs:
             if settings:
                 raise ValueError("speculative_config needs a 'model' (a draft model) or 'method': 'ngram'")
             return None
-        if method not in SPEC_METHODS:
-            raise ValueError(f"speculative method must be one of {', '.join(SPEC_METHODS)}; got {method!r}")
+        from octavo.runtime.spec import methods
+
+        if method not in methods():
+            raise ValueError(f"speculative method must be one of {', '.join(methods())}; got {method!r}")
         settings["method"] = method
         settings["model"] = model if method == "draft_model" else None
         if method == "draft_model" and not model:
             raise ValueError("speculative method 'draft_model' needs a draft model (speculative_config['model'])")
-        k = settings.get("num_speculative_tokens") or self.num_speculative_tokens or DEFAULT_NUM_SPECULATIVE_TOKENS
+        k = next((v for v in (settings.get("num_speculative_tokens"), self.num_speculative_tokens) if v is not None),
+                 DEFAULT_NUM_SPECULATIVE_TOKENS)
         if not 1 <= int(k) <= 16:
             raise ValueError(f"num_speculative_tokens must be in 1..16, got {k!r}")
         settings["num_speculative_tokens"] = int(k)
@@ -342,7 +344,8 @@ class EngineArgs:
                           ("prompt_lookup_min", self.ngram_prompt_lookup_min)):
             if flat is not None:
                 settings.setdefault(key, flat)
-        low, high = settings.get("prompt_lookup_min", 1), settings.get("prompt_lookup_max", 4)
+        low = settings.get("prompt_lookup_min", SpeculativeConfig.prompt_lookup_min)
+        high = settings.get("prompt_lookup_max", SpeculativeConfig.prompt_lookup_max)
         if not 1 <= low <= high:
             raise ValueError(f"prompt_lookup_min ({low}) and prompt_lookup_max ({high}) must satisfy 1 <= min <= max")
         return settings

@@ -8,7 +8,7 @@ import pytest
 
 from spec_helpers import make_llm, spec_totals, token_ids
 from octavo import LLM, SamplingParams
-from octavo.runtime.spec.ngram import lookup
+from octavo.runtime.spec.proposers.ngram import lookup
 
 
 def test_lookup_takes_what_followed_the_latest_longest_match():
