@@ -110,8 +110,8 @@ def command_line(args: Any = None) -> str:
         if value == action.default or value is None:
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        if value is True:
-            words.append(flag)
+        if isinstance(value, bool):  # a store_true flag, or --x / --no-x
+            words.append(action.option_strings[0] if value else action.option_strings[-1])
         else:
             words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return shlex.join(words)

@@ -100,25 +100,14 @@ def resolve_model(model: str | None, config: str | None, load_format: str | None
     return ModelSpec(os.path.abspath(model), label, load_format or "auto", {}, os.path.join(model, "config.json"))
 
 
-def engine_kwargs(args: Any, spec: ModelSpec) -> dict:
-    """EngineArgs fields from the bench flags (only those given, so engine defaults stay)."""
-    kwargs: dict[str, Any] = {"load_format": spec.load_format, "dtype": args.dtype, "seed": args.seed}
-    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-                 "num_gpu_blocks_override", "block_size", "device"):
-        value = getattr(args, name, None)
-        if value is not None:
-            kwargs[name] = value
-    if getattr(args, "enforce_eager", False):
-        kwargs["enforce_eager"] = True
-    if getattr(args, "no_enable_prefix_caching", False):
-        kwargs["enable_prefix_caching"] = False
-    return kwargs
-
-
-def build_llm(args: Any, spec: ModelSpec):
+def build_llm(args: Any, spec: ModelSpec, **overrides: Any):
+    """The octavo engine for the model, from the engine flags (only those given: engine defaults
+    stay) and `overrides` (None drops a flag)."""
+    from octavo.bench.cli import engine_kwargs
     from octavo.runtime.llm import LLM
 
-    return LLM(spec.path, **engine_kwargs(args, spec))
+    kwargs = {**engine_kwargs(args), "load_format": spec.load_format, **overrides}
+    return LLM(spec.path, **{name: value for name, value in kwargs.items() if value is not None})
 
 
 def model_facts(llm: Any) -> dict:

@@ -84,6 +84,8 @@ def test_bad_flags_name_the_fix(bench, capsys):
     code, _, _ = bench("serve", "--config", "llama-3.2-1b")
     assert code == 2
     assert "--launch" in capsys.readouterr().err
+    code, _, _ = bench("spec", "--pair", "demo,sweep")
+    assert code == 2 and "demo, controlled, paths" in capsys.readouterr().err
 
 
 def test_synthetic_tokenizer_decodes_every_id(tmp_path):
