@@ -1,4 +1,4 @@
-"""`octavo bench`: latency, throughput, serve, spec and report subcommands, with flags named
+"""`octavo bench`: latency, throughput, serve, spec, kernels and report subcommands, with flags named
 after vLLM's benchmark scripts. Nothing heavy is imported until a subcommand runs."""
 
 from __future__ import annotations
@@ -200,6 +200,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _spec_flags(spec)
     _report_flags(spec, anchors=False)
 
+    kernels = sub.add_parser("kernels", help="attention kernels: decode GB/s and prefill TFLOP/s vs the device",
+                             description="Paged decode attention against copy bandwidth and prefill attention "
+                                         "against the matmul peak (CUDA), each checked against its reference.")
+    kernels.add_argument("--quick", action="store_true", help="fewer points")
+    kernels.add_argument("--device", default="cuda")
+    _report_flags(kernels, anchors=False)
+
     report = sub.add_parser("report", help="Markdown (and combined sweep charts) from result JSON files",
                             description="Render result JSON files as Markdown; two or more serve results "
                                         "also give sweep charts with one line per result.")
@@ -215,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     command = getattr(args, "bench_command", None)
     if command is None:
-        print("usage: octavo bench {latency,throughput,serve,spec,report} ... (see octavo bench MODE --help)",
+        print("usage: octavo bench {latency,throughput,serve,spec,kernels,report} ... (see octavo bench MODE --help)",
               file=sys.stderr)
         return 2
     from octavo.bench import report

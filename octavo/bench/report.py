@@ -120,7 +120,7 @@ def markdown(result: dict) -> str:
         body = throughput_markdown(result)
     elif kind == "serve":
         body = serve_markdown(result)
-    elif kind == "spec":
+    elif kind in ("spec", "kernels"):
         from importlib import import_module
 
         body = import_module(f"octavo.bench.{kind}").markdown(result)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 ENGINE = ["--max-model-len", "64", "--max-num-seqs", "8"]
 
@@ -86,6 +87,9 @@ def test_bad_flags_name_the_fix(bench, capsys):
     assert "--launch" in capsys.readouterr().err
     code, _, _ = bench("spec", "--pair", "demo,sweep")
     assert code == 2 and "demo, controlled, paths" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        code, _, _ = bench("kernels")
+        assert code == 2 and "CUDA" in capsys.readouterr().err
 
 
 def test_synthetic_tokenizer_decodes_every_id(tmp_path):
