@@ -90,8 +90,9 @@ SPEC_SCHEMA: dict[str, Any] = {
             "required": ["draftModel"],
             "properties": {
                 "draftModel": _model_ref("draft model"),
-                "numSpeculativeTokens": _integer("Tokens the draft proposes per step.",
-                                                 minimum=1, maximum=16, default=5),
+                "numSpeculativeTokens": _integer("Most tokens the draft proposes per step "
+                                                 "(adaptive k picks up to it).",
+                                                 minimum=1, maximum=16, default=4),
             },
         },
         "replicas": _integer("Serving pods (ignored while autoscaling is set).", minimum=0,

@@ -106,25 +106,13 @@ def endpoint(body: dict[str, Any], spec: LLMServiceSpec) -> str:
 
 
 def serve_args(spec: LLMServiceSpec) -> list[str]:
-    """The `octavo serve` command line for this spec."""
-    args = [
-        "octavo", "serve", spec.model_source,
-        "--host", "0.0.0.0",
-        "--port", str(CONTAINER_PORT),
-        "--served-model-name", spec.model.served_name,
-        "--dtype", spec.dtype,
-        "--max-num-seqs", str(spec.max_num_seqs),
-        "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
-        "--tensor-parallel-size", str(spec.tensor_parallel_size),
-        "--shutdown-timeout", str(spec.shutdown_timeout_seconds),
-        "--download-dir", spec.cache_mount,
-    ]
-    if spec.max_model_len:
-        args += ["--max-model-len", str(spec.max_model_len)]
-    if spec.draft is not None:
-        args += ["--speculative-model", spec.draft_source or "",
-                 "--num-speculative-tokens", str(spec.num_speculative_tokens)]
-    return args
+    """The `octavo serve` command line for this spec: the engine's flags from EngineArgs, then
+    the server's own options."""
+    return ["octavo", "serve", *spec.engine_args().to_cli_args(),
+            "--host", "0.0.0.0",
+            "--port", str(CONTAINER_PORT),
+            "--served-model-name", spec.model.served_name,
+            "--shutdown-timeout", str(spec.shutdown_timeout_seconds)]
 
 
 def check_pair_args(spec: LLMServiceSpec) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from octavo import __version__
 from octavo.operator import crd
+from octavo.runtime.config import EngineArgs
 
 # Where the runtime image keeps writable scratch space (its root filesystem is read-only) and
 # where model weights go when there is no model cache claim.
@@ -57,11 +58,24 @@ class ModelRef:
         return posixpath.basename((self.path or "").rstrip("/")) or "model"
 
 
+# The spec's engine settings: CRD key (dotted below spec) -> the EngineArgs field it sets, which
+# is also the LLMServiceSpec attribute that holds it. `engine_args()` reads them through this
+# table; a test holds each CRD default to the engine's.
+ENGINE_SETTINGS = {
+    "tensorParallelSize": "tensor_parallel_size",
+    "dtype": "dtype",
+    "maxNumSeqs": "max_num_seqs",
+    "maxModelLen": "max_model_len",
+    "gpuMemoryUtilization": "gpu_memory_utilization",
+    "speculative.numSpeculativeTokens": "num_speculative_tokens",
+}
+
+
 @dataclass(frozen=True)
 class LLMServiceSpec:
     model: ModelRef
     draft: ModelRef | None
-    num_speculative_tokens: int
+    num_speculative_tokens: int | None  # None without a draft
     replicas: int
     tensor_parallel_size: int
     dtype: str
@@ -94,7 +108,7 @@ class LLMServiceSpec:
         return cls(
             model=ModelRef.from_dict(data.get("model")) or ModelRef(),
             draft=ModelRef.from_dict(speculative.get("draftModel")),
-            num_speculative_tokens=int(speculative.get("numSpeculativeTokens", 5)),
+            num_speculative_tokens=int(speculative["numSpeculativeTokens"]) if speculative else None,
             replicas=int(data["replicas"]),
             tensor_parallel_size=tp,
             dtype=str(data["dtype"]),
@@ -132,6 +146,13 @@ class LLMServiceSpec:
     @property
     def draft_source(self) -> str | None:
         return self.draft.source(self.cache_mount) if self.draft else None
+
+    def engine_args(self) -> EngineArgs:
+        """What the serving pods' engine runs: the one mapping from a spec to `octavo serve`'s
+        engine flags (`EngineArgs.to_cli_args()`), so no flag the server lacks can appear."""
+        return EngineArgs(model=self.model_source, revision=self.model.revision, download_dir=self.cache_mount,
+                          speculative_model=self.draft_source,
+                          **{name: getattr(self, name) for name in ENGINE_SETTINGS.values()})
 
     def pair_hash(self) -> str | None:
         """A digest of (target, draft) including revisions: the validation Job's identity.

@@ -2,38 +2,50 @@
 
 EngineArgs is what users write; `EngineArgs.create_config()` resolves it against the model's
 config.json and the device into an EngineConfig, failing early with errors that name the fix.
+
+torch is imported only where a config is resolved: the operator, which has no torch, builds
+`octavo serve` command lines from EngineArgs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("octavo")
 
+# dtype names -> the torch dtype each means (by attribute name, so that naming them needs no torch)
 _DTYPES = {
-    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": "float32", "float": "float32", "fp32": "float32",
+    "float16": "float16", "half": "float16", "fp16": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
 }
+DTYPES = ("auto", *_DTYPES)
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 
 def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.device) -> torch.dtype:
     """"auto" takes the checkpoint's dtype; half precision on a CPU becomes float32 (CPU matmuls
     in fp16 are slow or missing)."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype != "auto":
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}")
-        return _DTYPES[dtype]
+        return getattr(torch, _DTYPES[dtype])
     if isinstance(config_dtype, str):
-        config_dtype = _DTYPES.get(config_dtype, torch.float32)
+        config_dtype = getattr(torch, _DTYPES.get(config_dtype, "float32"))
     chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
     if device.type == "cpu" and chosen == torch.float16:
         logger.info("dtype auto: the checkpoint is float16; using float32 on the CPU")
@@ -123,48 +135,149 @@ class EngineConfig:
     disable_log_stats: bool = True
 
 
+FLAG_TYPES = (bool, int, float, str, dict)  # what a flag can hold; a dict is written as JSON
+
+
+@dataclass(frozen=True)
+class EngineFlag:
+    """An EngineArgs field as a command-line flag: vLLM's `--kebab-case` of its name. A bool is
+    `--name` / `--no-name`; a dict is one JSON argument."""
+
+    name: str
+    type: type  # one of FLAG_TYPES
+    default: Any
+    help: str
+    choices: tuple | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def argv(self, value: Any) -> list[str]:
+        """The arguments that set this flag to `value`."""
+        if self.type is bool:
+            return [self.option if value else "--no-" + self.option[2:]]
+        if value is None:
+            raise ValueError(f"{self.name}=None cannot be written as a flag (its default is {self.default!r})")
+        if self.type is dict:
+            return [self.option, json.dumps(value)]
+        return [self.option, str(value)]
+
+
+def _flag_type(hint: Any) -> Any:
+    """`int | None` -> int; `dict[str, Any]` -> dict; anything else as it is."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = args[0] if len(args) == 1 else hint
+    return typing.get_origin(hint) or hint
+
+
+def _arg(default: Any, help: str, **flag: Any) -> Any:
+    """An EngineArgs field: its default and its flag's help (with `choices`, `aliases`, or
+    `cli=False` for a field that is no flag)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
 @dataclass
 class EngineArgs:
     """Arguments with vLLM's names. Unknown vLLM arguments that mean nothing here are accepted
-    where listed in `_ACCEPTED_NOOPS` and logged."""
+    where listed in `_ACCEPTED_NOOPS` and logged. Each public field is a command-line flag of the
+    same name (`cli_flags()`), unless its metadata says `cli=False`."""
 
-    model: str | None = None
-    tokenizer: str | None = None
-    revision: str | None = None
-    tokenizer_revision: str | None = None
-    served_model_name: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    max_model_len: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int | None = None
-    enable_chunked_prefill: bool = True
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.90
-    num_gpu_blocks_override: int | None = None
-    kv_cache_memory_bytes: int | None = None
-    enable_prefix_caching: bool = True
-    load_format: str = "auto"
-    download_dir: str | None = None
-    device: str = "auto"
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = False
-    speculative_model: str | None = None
-    num_speculative_tokens: int | None = None
-    speculative_draft_tensor_parallel_size: int | None = None
-    speculative_config: dict | None = None
-    ngram_prompt_lookup_max: int | None = None
-    ngram_prompt_lookup_min: int | None = None
-    trust_remote_code: bool = False
-    use_v2_block_manager: bool = True
-    disable_log_stats: bool = True
-    extra: dict = field(default_factory=dict)
+    model: str | None = _arg(None, "model directory, demo name or hub id; unset: the embedded demo model")
+    tokenizer: str | None = _arg(None, "tokenizer directory or hub id; unset: the model's")
+    revision: str | None = _arg(None, "hub revision of the model (branch, tag or commit); "
+                                "unset: the default branch")
+    tokenizer_revision: str | None = _arg(None, "hub revision of the tokenizer; unset: the default branch")
+    # Not a flag: `octavo serve --served-model-name` takes several names and gives the engine the first.
+    served_model_name: str | None = _arg(None, "the model's name in outputs; octavo serve sets it from "
+                                         "--served-model-name", cli=False)
+    dtype: str = _arg("auto", "weight and activation dtype; auto: the checkpoint's (float32 on a CPU for a "
+                      "float16 checkpoint)", choices=DTYPES)
+    seed: int = _arg(0, "seed of the generator that requests without a seed of their own share")
+    max_model_len: int | None = _arg(None, "context length in tokens; unset: the model's maximum")
+    max_num_seqs: int = _arg(256, "most sequences in one step's batch")
+    max_num_batched_tokens: int | None = _arg(None, "most tokens in one step; unset: 8192 with chunked prefill, "
+                                              "else max_model_len (at least 2048)")
+    enable_chunked_prefill: bool = _arg(True, "cut long prompts into chunks that share steps with decodes")
+    block_size: int = _arg(16, "tokens per KV cache block", choices=BLOCK_SIZES)
+    gpu_memory_utilization: float = _arg(0.90, "fraction of GPU memory for weights, activations and the KV cache")
+    num_gpu_blocks_override: int | None = _arg(None, "KV cache blocks; unset: sized from free memory")
+    kv_cache_memory_bytes: int | None = _arg(None, "KV cache bytes; unset: sized from free memory")
+    enable_prefix_caching: bool = _arg(True, "reuse the KV blocks of prompt prefixes already computed")
+    load_format: str = _arg("auto", "how weights load; dummy: random weights of the model's shapes",
+                            choices=LOAD_FORMATS)
+    download_dir: str | None = _arg(None, "where hub downloads are cached; unset: the hub's cache")
+    device: str = _arg("auto", "auto, cuda, cuda:N or cpu; auto: cuda if there is one")
+    tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
+    enforce_eager: bool = _arg(False, "never capture CUDA graphs")
+    speculative_model: str | None = _arg(None, "draft model for speculative decoding (directory, demo name or hub "
+                                         "id), or [ngram] for prompt lookup; unset: no speculation")
+    num_speculative_tokens: int | None = _arg(None, "most tokens a step drafts (adaptive k picks up to it); "
+                                              f"unset: {DEFAULT_NUM_SPECULATIVE_TOKENS}")
+    speculative_draft_tensor_parallel_size: int | None = _arg(None, "GPUs the draft model is sharded over; unset: 1")
+    speculative_config: dict | None = _arg(None, "speculative decoding as JSON, vLLM's form, e.g. "
+                                           '\'{"model": "DRAFT", "num_speculative_tokens": 4}\' or '
+                                           '\'{"method": "ngram"}\'; its keys win over the flags above; unset: '
+                                           'the flags alone')
+    ngram_prompt_lookup_max: int | None = _arg(None, "n-gram proposer: longest suffix matched; "
+                                               f"unset: {SpeculativeConfig.prompt_lookup_max}")
+    ngram_prompt_lookup_min: int | None = _arg(None, "n-gram proposer: shortest suffix matched; "
+                                               f"unset: {SpeculativeConfig.prompt_lookup_min}")
+    trust_remote_code: bool = _arg(False, "vLLM's; accepted, but octavo runs no remote code (only built-in "
+                                   "architectures load)")
+    use_v2_block_manager: bool = _arg(True, "vLLM's; accepted, octavo has one block manager")
+    disable_log_stats: bool = _arg(True, "vLLM's; accepted, changes nothing (statistics are on /metrics)")
+    # Not a flag: free-form settings for code that builds EngineArgs (the engine reads none).
+    extra: dict = field(default_factory=dict, metadata={"help": "free-form settings for code", "cli": False})
 
     # vLLM arguments accepted for compatibility; they change nothing here.
     _ACCEPTED_NOOPS = {
         "trust_remote_code": "octavo never executes remote code; only built-in architectures load",
         "use_v2_block_manager": "octavo has one block manager (paged, prefix-caching)",
     }
+
+    @classmethod
+    def cli_flags(cls) -> list[EngineFlag]:
+        """The fields that are flags: every public field whose metadata does not say `cli=False`.
+        A flag field must have help text and a type in FLAG_TYPES."""
+        hints = typing.get_type_hints(cls)
+        flags = []
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or f.metadata.get("cli", True) is False:
+                continue
+            kind = _flag_type(hints[f.name])
+            if kind not in FLAG_TYPES:
+                raise TypeError(f"{cls.__name__}.{f.name}: a flag holds one of "
+                                f"{', '.join(t.__name__ for t in FLAG_TYPES)}, not {hints[f.name]}; "
+                                "change its type or give it metadata cli=False")
+            if not f.metadata.get("help"):
+                raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with "
+                                "field(default=..., metadata={'help': ...})")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            flags.append(EngineFlag(f.name, kind, default, f.metadata["help"], f.metadata.get("choices"),
+                                    tuple(f.metadata.get("aliases", ()))))
+        return flags
+
+    def to_cli_args(self) -> list[str]:
+        """The flags that reproduce these arguments, non-default values only (what the operator
+        and the bench launcher pass to `octavo serve`); `engine_flags.engine_args_from_namespace`
+        of them parsed gives these arguments back. A non-flag field away from its default is
+        an error rather than a silent loss."""
+        defaults = type(self)()
+        argv: list[str] = []
+        flags = type(self).cli_flags()
+        for flag in flags:
+            value = getattr(self, flag.name)
+            if value != getattr(defaults, flag.name):
+                argv += flag.argv(value)
+        named = {flag.name for flag in flags}
+        for f in dataclasses.fields(self):
+            if f.name not in named and getattr(self, f.name) != getattr(defaults, f.name):
+                raise ValueError(f"{f.name} is no flag ({f.metadata.get('help', 'private')}): leave it unset "
+                                 "in arguments meant for a command line")
+        return argv
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
@@ -178,6 +291,8 @@ class EngineArgs:
         return cls(**known)
 
     def _resolve_device(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -240,8 +355,8 @@ class EngineArgs:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.block_size not in (8, 16, 32, 64, 128):
-            raise ValueError(f"block_size must be one of 8, 16, 32, 64, 128; got {self.block_size}")
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}; got {self.block_size}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.tensor_parallel_size < 1:
@@ -333,4 +448,4 @@ def derive_max_model_len(hf_config: Any) -> int:
 class AsyncEngineArgs(EngineArgs):
     """EngineArgs for AsyncLLMEngine (same fields, vLLM's name)."""
 
-    disable_log_requests: bool = True
+    disable_log_requests: bool = _arg(True, "vLLM's; accepted, changes nothing")

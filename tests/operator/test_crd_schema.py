@@ -12,6 +12,8 @@ import yaml
 from operator_helpers import EXAMPLES, K8S_VERSION, REPO, load_example
 
 from octavo.operator import crd
+from octavo.operator.spec import ENGINE_SETTINGS
+from octavo.runtime.config import DEFAULT_NUM_SPECULATIVE_TOKENS, DTYPES, EngineArgs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,9 +87,57 @@ def test_defaults_fill_a_minimal_spec():
     assert spec["replicas"] == 1 and spec["tensorParallelSize"] == 1
     assert spec["dtype"] == "auto" and spec["maxNumSeqs"] == 256
     assert spec["gpuMemoryUtilization"] == 0.9 and spec["shutdownTimeoutSeconds"] == 30
-    assert spec["speculative"]["numSpeculativeTokens"] == 5
+    assert spec["speculative"]["numSpeculativeTokens"] == 4
     assert spec["service"] == {"type": "ClusterIP", "port": 8000}
     assert spec["resources"] == {}  # gpusPerReplica defaults to tensorParallelSize in the operator
+
+
+# Spec properties that are not engine settings (the operator's own, or mapped another way:
+# model -> model/revision, modelCache -> download_dir). Anything else must be in ENGINE_SETTINGS.
+NOT_ENGINE_SETTINGS = {"model", "speculative", "speculative.draftModel", "replicas", "shutdownTimeoutSeconds",
+                       "resources", "image", "imagePullPolicy", "env", "apiKeySecretRef", "modelCache",
+                       "autoscaling", "service"}
+
+
+def _spec_keys(schema, prefix=""):
+    for key, sub in schema.get("properties", {}).items():
+        yield prefix + key
+        if key == "speculative":
+            yield from _spec_keys(sub, f"{key}.")
+
+
+def _node(dotted):
+    node = crd.SPEC_SCHEMA
+    for key in dotted.split("."):
+        node = node["properties"][key]
+    return node
+
+
+def test_every_engine_setting_the_crd_exposes_is_mapped():
+    assert set(_spec_keys(crd.SPEC_SCHEMA)) == set(ENGINE_SETTINGS) | NOT_ENGINE_SETTINGS
+    assert not set(ENGINE_SETTINGS) & NOT_ENGINE_SETTINGS
+    assert set(ENGINE_SETTINGS.values()) <= {flag.name for flag in EngineArgs.cli_flags()}
+
+
+@pytest.mark.parametrize("key", sorted(ENGINE_SETTINGS))
+def test_crd_defaults_are_the_engines(key):
+    """A spec that leaves a setting out runs what `octavo serve` would without the flag."""
+    name = ENGINE_SETTINGS[key]
+    if name == "num_speculative_tokens":  # the engine's default is a cap applied when a draft is set
+        engine_default = EngineArgs(speculative_model="d").speculative_settings()[name]
+        assert engine_default == DEFAULT_NUM_SPECULATIVE_TOKENS
+    else:
+        engine_default = getattr(EngineArgs(), name)
+    assert _node(key).get("default") == engine_default
+
+
+def test_crd_bounds_are_within_what_the_engine_takes():
+    assert set(crd.DTYPES) <= set(DTYPES)
+    k = _node("speculative.numSpeculativeTokens")
+    assert k["minimum"] == 1
+    EngineArgs(speculative_model="d", num_speculative_tokens=k["maximum"]).speculative_settings()
+    with pytest.raises(ValueError, match="num_speculative_tokens must be in"):
+        EngineArgs(speculative_model="d", num_speculative_tokens=k["maximum"] + 1).speculative_settings()
 
 
 @pytest.mark.parametrize("path, value", [

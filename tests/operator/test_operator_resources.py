@@ -4,12 +4,14 @@ Kubernetes schemas (kubernetes-validate, strict: unknown fields fail too)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
-from operator_helpers import EXAMPLES, K8S_VERSION, as_stored, load_example
+from operator_helpers import EXAMPLES, K8S_VERSION, REPO, as_stored, load_example
 
-from octavo.operator import resources
+from octavo.operator import crd, resources
 from octavo.operator.spec import LLMServiceSpec
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,14 +72,15 @@ def test_speculative_deployment():
     c = container_of(deployment)
     assert c["command"] == ["octavo", "serve"]
     args = c["args"]
-    assert args[0] == "meta-llama/Meta-Llama-3.1-70B-Instruct"
+    assert flag(args, "--model") == "meta-llama/Meta-Llama-3.1-70B-Instruct"
     assert flag(args, "--speculative-model") == "meta-llama/Meta-Llama-3.1-8B-Instruct"
     assert flag(args, "--num-speculative-tokens") == "5"
     assert flag(args, "--tensor-parallel-size") == "4"
     assert flag(args, "--max-num-seqs") == "8"
     assert flag(args, "--dtype") == "half"
     assert flag(args, "--max-model-len") == "8192"
-    assert flag(args, "--gpu-memory-utilization") == "0.9"
+    assert "--gpu-memory-utilization" not in args  # 0.9 is the engine's default: only changes are flags
+    assert "--revision" not in args  # no revision pinned
     assert flag(args, "--served-model-name") == "meta-llama/Meta-Llama-3.1-70B-Instruct"
     assert flag(args, "--shutdown-timeout") == "60"
     assert flag(args, "--download-dir") == "/models"
@@ -141,7 +144,7 @@ def test_basic_example_on_one_gpu():
     body, spec = build("llmservice.yaml")
     deployment = resources.deployment(body, spec)
     c = container_of(deployment)
-    assert c["args"][0] == "bigscience/bloomz-560m"
+    assert flag(c["args"], "--model") == "bigscience/bloomz-560m"
     assert "--speculative-model" not in c["args"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert deployment["spec"]["replicas"] == 1
@@ -156,7 +159,7 @@ def test_basic_example_on_one_gpu():
 def test_demo_examples_run_on_cpu(name, draft):
     body, spec = build(name)
     c = container_of(resources.deployment(body, spec))
-    assert c["args"][0] == "octavo-demo"
+    assert flag(c["args"], "--model") == "octavo-demo"
     assert flag(c["args"], "--served-model-name") == "octavo-demo"
     assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
     assert c["imagePullPolicy"] == "IfNotPresent"
@@ -217,9 +220,67 @@ def test_paths_resolve_under_the_model_cache():
                                               "readOnly": True}}})
     spec = LLMServiceSpec.from_dict(body["spec"])
     c = container_of(resources.deployment(body, spec))
-    assert c["args"][0] == "/data/llama-70b"
+    assert flag(c["args"], "--model") == "/data/llama-70b"
     assert flag(c["args"], "--served-model-name") == "llama-70b"
     assert flag(c["args"], "--speculative-model") == "/weights/llama-8b"
     assert {"name": "model-cache", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
     job_command = container_of(resources.validation_job(body, spec))["command"]
     assert flag(job_command, "--download-dir") == "/tmp/hf"  # the cache is read-only
+
+
+def _variants():
+    """Specs across what the CRD lets a user set that reaches the serve command."""
+    base = {"model": {"name": "org/model"}}
+    yield "minimal", base
+    for dtype in crd.DTYPES:
+        yield f"dtype-{dtype}", {**base, "dtype": dtype}
+    yield "everything", {"model": {"path": "weights/target", "revision": "v2"},
+                         "speculative": {"draftModel": {"path": "/abs/draft"}, "numSpeculativeTokens": 16},
+                         "tensorParallelSize": 8, "maxNumSeqs": 1, "maxModelLen": 131072,
+                         "gpuMemoryUtilization": 0.55, "shutdownTimeoutSeconds": 0,
+                         "modelCache": {"claimName": "c", "mountPath": "/cache", "readOnly": True}}
+    yield "default-k", {**base, "speculative": {"draftModel": {"name": "org/draft"}}}
+    yield "tiny-memory-fraction", {**base, "gpuMemoryUtilization": 0.0001}
+    for name in EXAMPLE_FILES:
+        yield name, load_example(name)["spec"]
+
+
+@pytest.mark.parametrize("name, spec_dict", list(_variants()), ids=[name for name, _ in _variants()])
+def test_every_serve_command_parses_with_the_servers_parser(name, spec_dict):
+    """The operator's command line, read by `octavo serve`'s own parser, means the spec."""
+    import dataclasses
+
+    from octavo.cli import build_parser
+    from octavo.runtime.server import cli as serve_cli
+
+    spec = LLMServiceSpec.from_dict(spec_dict)
+    argv = resources.serve_args(spec)
+    assert argv[:2] == ["octavo", "serve"]
+    args = build_parser().parse_args(argv[1:])
+    assert serve_cli._check(args) is None
+    served = serve_cli.engine_args(args)
+    wanted = spec.engine_args()
+    assert {f.name: getattr(served, f.name) for f in dataclasses.fields(wanted)} == \
+        dataclasses.asdict(dataclasses.replace(wanted, served_model_name=spec.model.served_name))
+    assert (args.host, args.port, args.shutdown_timeout) == ("0.0.0.0", resources.CONTAINER_PORT,
+                                                             spec.shutdown_timeout_seconds)
+    assert serve_cli.served_names(args) == [spec.model.served_name]
+    if spec.draft is not None:
+        settings = served.speculative_settings()
+        assert (settings["model"], settings["num_speculative_tokens"]) == (spec.draft_source,
+                                                                          spec.num_speculative_tokens)
+
+
+def test_the_operator_imports_no_torch():
+    """The operator image has no torch; building a Deployment goes through EngineArgs."""
+    code = ("import sys\n"
+            "import octavo.operator.main\n"
+            "from octavo.operator import resources\n"
+            "from octavo.operator.spec import LLMServiceSpec\n"
+            "spec = LLMServiceSpec.from_dict({'model': {'name': 'm'}, 'maxNumSeqs': 8,\n"
+            "                                 'speculative': {'draftModel': {'name': 'd'}}})\n"
+            "assert '--max-num-seqs' in resources.serve_args(spec)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=60, cwd=REPO)
+    assert out.stdout.strip() == "False"

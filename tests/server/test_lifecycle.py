@@ -217,4 +217,56 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
     assert server_settings(demo).api_key == "from-env"
     named = build_parser().parse_args(["serve", "m", "--served-model-name", "a", "b"])
     assert served_names(named) == ["a", "b"] and engine_args(named).served_model_name == "a"
-    assert _check(build_parser().parse_args(["serve", "--speculative-model", "d"]))  # needs k
+
+
+def test_cli_engine_flags_come_from_engine_args():
+    """Flags the hand-written parser lacked exist because EngineArgs has them; vLLM's spellings
+    (--model, underscores) work; k defaults to the engine's cap instead of being required."""
+    from octavo.cli import build_parser
+    from octavo.runtime.config import DEFAULT_NUM_SPECULATIVE_TOKENS
+    from octavo.runtime.server.cli import _check, engine_args, served_names
+
+    args = build_parser().parse_args([
+        "serve", "--model", "some/model", "--trust-remote-code", "--no-enable-chunked-prefill",
+        "--speculative-config", '{"method": "ngram"}', "--ngram-prompt-lookup-max", "3",
+        "--ngram-prompt-lookup-min", "2", "--gpu_memory_utilization", "0.7", "--max_num_seqs=4"])
+    assert _check(args) is None
+    ea = engine_args(args)
+    assert (ea.model, ea.trust_remote_code, ea.enable_chunked_prefill) == ("some/model", True, False)
+    assert (ea.speculative_config, ea.ngram_prompt_lookup_max, ea.ngram_prompt_lookup_min) == ({"method": "ngram"}, 3, 2)
+    assert (ea.gpu_memory_utilization, ea.max_num_seqs) == (0.7, 4)
+    assert served_names(args) == ["some/model"] and ea.served_model_name == "some/model"
+
+    # --speculative-model alone is accepted: the engine caps k at its default.
+    draft_only = build_parser().parse_args(["serve", "--speculative-model", "d"])
+    assert _check(draft_only) is None
+    assert engine_args(draft_only).speculative_settings()["num_speculative_tokens"] == DEFAULT_NUM_SPECULATIVE_TOKENS
+    # What the engine would refuse after the port opened is a usage error before it.
+    assert "not supported" in _check(build_parser().parse_args(["serve", "--speculative-config", '{"k": 4}']))
+    assert "two models" in _check(build_parser().parse_args(["serve", "a", "--model", "b"]))
+    assert _check(build_parser().parse_args(["serve", "a", "--model", "a"])) is None
+
+
+def test_cli_help_shows_server_and_engine_flags_with_defaults():
+    import argparse
+
+    from octavo.runtime.server import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    for shown in ("--port PORT", "--served-model-name", "--trust-remote-code, --no-trust-remote-code",
+                  "--enable-chunked-prefill, --no-enable-chunked-prefill", "--speculative-config JSON",
+                  "most sequences in one step's batch (default: 256)", "(default: auto)"):
+        assert shown in text
+
+
+def test_cli_bad_engine_flag_exits_2(capsys):
+    from octavo.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--speculative-config", "{model: d}"])
+    assert exc.value.code == 2
+    assert "--speculative-config: not valid JSON" in capsys.readouterr().err
+    assert main(["serve", "--speculative-config", '{"method": "beam"}', "--log-level", "critical"]) == 2
+    assert "speculative method must be one of" in capsys.readouterr().err

@@ -4,21 +4,26 @@ With no MODEL the embedded demo model is served as `octavo-demo`. The port opens
 answers 503 (/health too) while the model loads, so probes see "starting" rather than
 "refused"; a model that fails to load ends the process with exit code 1.
 
-`add_arguments` imports nothing heavy; `run` does the imports.
+Engine flags are EngineArgs' fields (engine_flags.py); only the server's own options are
+declared here. `add_arguments` imports nothing heavy (no torch); `run` does the imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+
+from octavo.runtime.config import AsyncEngineArgs
+from octavo.runtime.engine_flags import add_engine_args, engine_args_from_namespace
 
 API_KEY_ENV = "OCTAVO_API_KEY"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", default=None,
-                        help="model directory, demo name or hub id (default: the embedded demo model)")
+    parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
+                        help="model directory, demo name or hub id, or --model (default: the embedded demo model)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=8000)
@@ -31,26 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="on SIGTERM, seconds in-flight requests get to finish (default: 30)")
     server.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--tokenizer", default=None, help="tokenizer directory or hub id (default: MODEL's)")
-    engine.add_argument("--revision", default=None)
-    engine.add_argument("--download-dir", default=None, help="where hub downloads are cached")
-    engine.add_argument("--load-format", choices=("auto", "safetensors", "dummy"), default="auto")
-    engine.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    engine.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    engine.add_argument("--seed", type=int, default=0)
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--max-num-seqs", type=int, default=256)
-    engine.add_argument("--max-num-batched-tokens", type=int, default=None)
-    engine.add_argument("--block-size", type=int, default=16)
-    engine.add_argument("--gpu-memory-utilization", type=float, default=0.90)
-    engine.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    engine.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
-    engine.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-    engine.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs")
-    engine.add_argument("--speculative-model", default=None, help="draft model for speculative decoding")
-    engine.add_argument("--num-speculative-tokens", type=int, default=None)
+    add_engine_args(parser, AsyncEngineArgs)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -60,19 +46,28 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--max-queue-len must be >= 1, got {args.max_queue_len}"
     if args.shutdown_timeout < 0:
         return f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}"
-    if args.speculative_model and not args.num_speculative_tokens:
-        return "--speculative-model needs --num-speculative-tokens (e.g. 4)"
+    if args.model_tag and args.model and args.model_tag != args.model:
+        return f"two models given ({args.model_tag!r} and --model {args.model!r}): give one"
+    try:  # before the port opens: a speculative setting the engine would refuse is a usage error
+        engine_args(args).speculative_settings()
+    except ValueError as exc:
+        return str(exc)
     return None
+
+
+def model_arg(args: argparse.Namespace) -> str | None:
+    """MODEL, vLLM's positional spelling, or --model."""
+    return args.model_tag or args.model
 
 
 def served_names(args: argparse.Namespace) -> list[str]:
     if args.served_model_name:
         return list(args.served_model_name)
-    if args.model is None:
+    if model_arg(args) is None:
         from octavo.runtime.demo import DEMO_TARGET_NAME
 
         return [DEMO_TARGET_NAME]
-    return [args.model]
+    return [model_arg(args)]
 
 
 def server_settings(args: argparse.Namespace):
@@ -83,18 +78,9 @@ def server_settings(args: argparse.Namespace):
                           max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout)
 
 
-def engine_args(args: argparse.Namespace):
-    from octavo.runtime.config import AsyncEngineArgs
-
-    return AsyncEngineArgs(
-        model=args.model, tokenizer=args.tokenizer, revision=args.revision, download_dir=args.download_dir,
-        served_model_name=served_names(args)[0], load_format=args.load_format, dtype=args.dtype,
-        device=args.device, seed=args.seed, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-        gpu_memory_utilization=args.gpu_memory_utilization, num_gpu_blocks_override=args.num_gpu_blocks_override,
-        enable_prefix_caching=args.enable_prefix_caching, tensor_parallel_size=args.tensor_parallel_size,
-        enforce_eager=args.enforce_eager, speculative_model=args.speculative_model,
-        num_speculative_tokens=args.num_speculative_tokens)
+def engine_args(args: argparse.Namespace) -> AsyncEngineArgs:
+    return dataclasses.replace(engine_args_from_namespace(args, AsyncEngineArgs), model=model_arg(args),
+                               served_model_name=served_names(args)[0])
 
 
 def run(args: argparse.Namespace) -> int:
