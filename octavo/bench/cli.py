@@ -4,48 +4,19 @@ after vLLM's benchmark scripts. Nothing heavy is imported until a subcommand run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import sys
+from typing import Any
 
-# The engine flags of every mode that builds an engine or launches a server: EngineArgs fields,
-# spelled as `octavo serve` spells them, None when not given (the engine's default holds).
-# Hand-written here, in one place, until octavo/runtime/engine_flags.py generates them from EngineArgs.
-ENGINE_FLAGS = {"dtype": str, "seed": int, "device": str, "load_format": str, "max_model_len": int,
-                "max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
-                "gpu_memory_utilization": float, "num_gpu_blocks_override": int, "tensor_parallel_size": int,
-                "enforce_eager": "store_true", "enable_prefix_caching": argparse.BooleanOptionalAction,
-                "speculative_model": str, "num_speculative_tokens": int}
-ENGINE_DEFAULTS = {"dtype": "auto", "seed": 0, "device": "auto"}  # the bench reads these itself
+from octavo.runtime.engine_flags import add_engine_args, engine_args_from_namespace
 
 
-def add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine (EngineArgs, for the engine built or the server launched)")
-    for name, kind in ENGINE_FLAGS.items():
-        flag = "--" + name.replace("_", "-")
-        if kind == "store_true":
-            group.add_argument(flag, action="store_true", default=None)
-        elif kind is argparse.BooleanOptionalAction:
-            group.add_argument(flag, action=kind, default=None)
-        else:
-            group.add_argument(flag, type=kind, default=ENGINE_DEFAULTS.get(name))
-
-
-def engine_kwargs(args: argparse.Namespace) -> dict:
-    """The EngineArgs fields given on the command line."""
-    return {name: getattr(args, name) for name in ENGINE_FLAGS if getattr(args, name, None) is not None}
-
-
-def engine_cli_args(kwargs: dict) -> list[str]:
-    """EngineArgs fields as `octavo serve` flags."""
-    words: list[str] = []
-    for name, value in kwargs.items():
-        flag = name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(f"--{flag}" if value else f"--no-{flag}")
-        elif value is not None:
-            words += [f"--{flag}", str(value)]
-    return words
+def engine_args(args: argparse.Namespace, **changes: Any):
+    """The EngineArgs that the engine flags describe, with `changes`. Every mode that builds an
+    engine or launches a server takes exactly `octavo serve`'s engine flags (add_engine_args)."""
+    return dataclasses.replace(engine_args_from_namespace(args), **changes)
 
 
 def int_list(text: str) -> list[int]:
@@ -63,12 +34,11 @@ def name_list(text: str) -> list[str]:
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", help="local model directory (config.json, weights unless --load-format dummy)")
+    add_engine_args(parser)  # --model DIR among them
+    group = parser.add_argument_group("model (instead of --model)")
     group.add_argument("--config", help="a config in bench/configs (llama-3.1-8b, llama-3.2-1b, ...) or a path to "
                                         "a config.json; random weights")
     group.add_argument("--hf-overrides", help="JSON object of config.json fields to override (implies dummy)")
-    add_engine_flags(parser)
 
 
 def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None:
@@ -84,7 +54,7 @@ def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None
 
 
 def _spec_flags(spec: argparse.ArgumentParser) -> None:
-    add_engine_flags(spec)
+    add_engine_args(spec)  # every server's (the pair names the model and the draft)
     group = spec.add_argument_group("pairs")
     group.add_argument("--pair", type=name_list, default=["demo"],
                        help="comma list of demo (the shipped pair on held-out Shakespeare), controlled (a "

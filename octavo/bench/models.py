@@ -10,6 +10,7 @@ smoke test, say); it implies dummy weights.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
 import json
 import logging
@@ -81,15 +82,18 @@ def resolve_model(model: str | None, config: str | None, load_format: str | None
         source = config_file(config)
         with open(source) as f:
             data = json.load(f)
-        if load_format not in (None, "dummy"):
+        if load_format not in (None, "auto", "dummy"):
             raise ValueError(f"--config has no weights: use --load-format dummy (got {load_format!r})")
         data.update(overrides)
         return ModelSpec(materialize_config(data), source.stem, "dummy", overrides, str(source), temporary=True)
+    from octavo.runtime.demo import resolve_demo
+
+    model = str(resolve_demo(model) or model)  # octavo-demo, octavo-demo-draft
     if not os.path.isfile(os.path.join(model, "config.json")):
         raise ValueError(f"--model {model!r} is not a directory holding config.json")
     label = Path(model).resolve().name
     if overrides:
-        if load_format not in (None, "dummy"):
+        if load_format not in (None, "auto", "dummy"):
             raise ValueError("--hf-overrides changes the model's shape, so its weights cannot load: "
                              "add --load-format dummy")
         with open(os.path.join(model, "config.json")) as f:
@@ -100,14 +104,13 @@ def resolve_model(model: str | None, config: str | None, load_format: str | None
     return ModelSpec(os.path.abspath(model), label, load_format or "auto", {}, os.path.join(model, "config.json"))
 
 
-def build_llm(args: Any, spec: ModelSpec, **overrides: Any):
-    """The octavo engine for the model, from the engine flags (only those given: engine defaults
-    stay) and `overrides` (None drops a flag)."""
-    from octavo.bench.cli import engine_kwargs
+def build_llm(args: Any, spec: ModelSpec, **changes: Any):
+    """The octavo engine for the model from the engine flags, with `changes` (EngineArgs fields)."""
+    from octavo.bench.cli import engine_args
     from octavo.runtime.llm import LLM
 
-    kwargs = {**engine_kwargs(args), "load_format": spec.load_format, **overrides}
-    return LLM(spec.path, **{name: value for name, value in kwargs.items() if value is not None})
+    settings = dataclasses.asdict(engine_args(args, model=spec.path, load_format=spec.load_format, **changes))
+    return LLM(**settings)
 
 
 def model_facts(llm: Any) -> dict:

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,14 +235,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_command(model_path: str, engine: dict, extra: str = "") -> list[str]:
-    """`octavo serve MODEL` with the flags of these EngineArgs fields, then `extra` (a string of
-    more `octavo serve` arguments). -P: the server imports octavo from its PYTHONPATH (python_env),
-    never from the working directory."""
-    from octavo.bench.cli import engine_cli_args
-
-    return [sys.executable, "-P", "-m", "octavo.cli", "serve", model_path, *engine_cli_args(engine),
-            *shlex.split(extra or "")]
+def serve_command(model_path: str, engine: Any, extra: str = "") -> list[str]:
+    """`octavo serve MODEL` with the flags of these EngineArgs (those away from their defaults),
+    then `extra` (a string of more `octavo serve` arguments). -P: the server imports octavo from its
+    PYTHONPATH (python_env), never from the working directory."""
+    flags = dataclasses.replace(engine, model=None).to_cli_args()
+    return [sys.executable, "-P", "-m", "octavo.cli", "serve", model_path, *flags, *shlex.split(extra or "")]
 
 
 def python_env(pythonpath: str | None = None, **variables: str) -> dict:
@@ -502,7 +501,7 @@ def local_device_and_dtype(args: Any, config: dict):
 
 
 def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
-    from octavo.bench.cli import engine_kwargs
+    from octavo.bench.cli import engine_args
 
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     if not args.launch and not args.base_url:
@@ -558,8 +557,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
                 settings["synthetic_tokenizer"] = True
             os.makedirs(args.out, exist_ok=True)
             log_path = os.path.join(args.out, file_stem(result) + "-server.log")
-            command = serve_command(spec.path, {**engine_kwargs(args), "load_format": spec.load_format},
-                                    args.server_args)
+            command = serve_command(spec.path, engine_args(args, load_format=spec.load_format), args.server_args)
             base_url, command = stack.enter_context(launched_server(command, log_path, args.launch_timeout))
             settings.update(base_url=base_url, server_command=shlex.join(command))
         model = result["model"]["served_name"] = args.served_model_name or served_model_name(base_url, spec.path)

@@ -28,6 +28,7 @@ server and summarises each arm's timed steps by batch size and kind of step (tra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -145,7 +146,7 @@ def level_stats(runs: list[dict], instances: int) -> dict:
 # ---- the runs (I/O) --------------------------------------------------------------------------------
 class SpecBench:
     def __init__(self, args: Any, save_partial) -> None:
-        from octavo.bench.cli import engine_kwargs
+        from octavo.bench.cli import engine_args
 
         self.args, self.save_partial = args, save_partial
         self.started = time.monotonic()
@@ -162,7 +163,8 @@ class SpecBench:
                          "requests_per_user": args.requests_per_user, "input_len": args.input_len,
                          "output_len": args.output_len, "num_warmups": args.num_warmups,
                          "temperature": args.temperature, "num_speculative_tokens": self.k,
-                         "engine": engine_kwargs(args), "server_args": args.server_args,
+                         "engine_flags": shlex.join(engine_args(args).to_cli_args()),
+                         "server_args": args.server_args,
                          "time_budget_s": args.time_budget, "confidence": CONFIDENCE, "trace": args.trace},
             "pairs": [], "total_errors": 0, "total_seconds": None,
         }
@@ -261,7 +263,7 @@ class SpecBench:
                load: Workload) -> dict[tuple[int, int], tuple[str, str]]:
         """Every server of the pair, one after another (each sizes its KV cache from the memory
         free when it starts), warmed up; returns (base URL, model name) by (arm, instance)."""
-        from octavo.bench.cli import engine_kwargs
+        from octavo.bench.cli import engine_args
 
         args = self.args
         order = round_order(0, args.instances)
@@ -271,12 +273,11 @@ class SpecBench:
         servers = {}
         for index, (arm_index, instance) in enumerate(order):
             arm = self.arms[arm_index]
-            engine = engine_kwargs(args)
-            if arm.draft:
-                engine.update(speculative_model=draft, num_speculative_tokens=self.k)
+            engine = engine_args(args, **({"speculative_model": draft, "num_speculative_tokens": self.k}
+                                          if arm.draft else {}))
             if self.cuda and not sized:
-                share = (args.gpu_memory_utilization or 0.9) * (index + 1) / len(order)
-                engine["gpu_memory_utilization"] = round(share, 4)
+                share = args.gpu_memory_utilization * (index + 1) / len(order)
+                engine = dataclasses.replace(engine, gpu_memory_utilization=round(share, 4))
             stem = f"{file_stem(self.doc)}-{entry['name']}-{arm.name}-{instance}"
             steps = self.out / f"{stem}-steps.jsonl"
             steps.unlink(missing_ok=True)
@@ -329,9 +330,9 @@ class SpecBench:
 
 
 def benchmark(args: Any, save_partial) -> dict:
-    if args.speculative_model:
-        raise ValueError("the pair names the draft: give --pair (and --target/--draft with --pair paths), "
-                         "not --speculative-model")
+    if args.model or args.speculative_model or args.speculative_config:
+        raise ValueError("the pair names the model and the draft: give --pair (and --target/--draft with --pair "
+                         "paths), not --model or --speculative-model/--speculative-config")
     unknown = sorted(set(args.pair) - set(PAIRS))
     if unknown or not args.pair:
         raise ValueError(f"--pair takes a comma list of {', '.join(PAIRS)}; got {','.join(args.pair)}")

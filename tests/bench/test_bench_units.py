@@ -107,7 +107,8 @@ def test_text_requests_are_windows_after_bos():
 
 
 def test_engine_flags_reach_the_server_command():
-    """The engine flags given (and only those) become `octavo serve` flags, the draft's included."""
+    """The engine flags given (only those away from EngineArgs' defaults) become `octavo serve`
+    flags, the draft's included; the model goes first, as octavo serve's positional argument."""
     import argparse
 
     from octavo.bench import cli
@@ -116,12 +117,15 @@ def test_engine_flags_reach_the_server_command():
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["serve", "--model", "m", "--launch", "--speculative-model", "d", "--num-speculative-tokens",
-                              "4", "--no-enable-prefix-caching", "--enforce-eager", "--tensor-parallel-size", "2"])
-    command = serve_command("m", cli.engine_kwargs(args), "--max-num-seqs 8")
+                              "4", "--no-enable-prefix-caching", "--enforce-eager", "-tp", "2"])
+    command = serve_command("/models/m", cli.engine_args(args), "--max-num-seqs 8")
+    assert command[1:6] == ["-P", "-m", "octavo.cli", "serve", "/models/m"] and "m" not in command
     assert command[command.index("--speculative-model") + 1] == "d"
     assert command[command.index("--num-speculative-tokens") + 1] == "4"
     assert command[command.index("--tensor-parallel-size") + 1] == "2"
     assert "--no-enable-prefix-caching" in command and "--enforce-eager" in command
-    assert command[-2:] == ["--max-num-seqs", "8"] and command[1:4] == ["-P", "-m", "octavo.cli"]
-    plain = cli.engine_kwargs(parser.parse_args(["serve", "--model", "m", "--launch"]))
-    assert plain == {"dtype": "auto", "seed": 0, "device": "auto"}
+    assert command[-2:] == ["--max-num-seqs", "8"]
+    plain = serve_command("m", cli.engine_args(parser.parse_args(["serve", "--model", "m", "--launch"])))
+    assert plain[6:] == []
+    spec = parser.parse_args(["spec", "--max-num-seqs", "64", "--a-args", "--enforce-eager --seed 3"])
+    assert cli.engine_args(spec).max_num_seqs == 64 and spec.a_args == "--enforce-eager --seed 3"
