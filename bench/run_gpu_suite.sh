@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite, sized for one device-tool call (10-minute limit per command).
+# The device suites: each phase is one device-tool call (under its 10-minute limit), all through
+# `octavo bench` or pytest, results (JSON, Markdown, PNG, server logs, suite-PHASE.log) in $OUT.
 #
-#   bash bench/run_gpu_suite.sh offline   # roofline + latency (bs 1/8/32/128) + offline throughput,
-#                                         # each beside HF transformers; about 6-8 minutes on an H100
-#   bash bench/run_gpu_suite.sh serve     # serving sweep, concurrency 1..64, launching `octavo serve`
-#                                         # (needs fastapi, uvicorn and pydantic: carry them as wheels)
+#   bash bench/run_gpu_suite.sh offline    # llama-3.1-8b: roofline, latency bs 1/8/32/128, 1000-request
+#                                          # throughput, each beside HF transformers (6-8 min on an H100)
+#   bash bench/run_gpu_suite.sh serve      # serving sweep c = 1..64, launched server, HF and latency anchors
+#   bash bench/run_gpu_suite.sh spec       # spec vs no-spec A/B: the demo pair at c = 1..64
+#   bash bench/run_gpu_suite.sh controlled # spec vs no-spec A/B: the controlled 8B pair at c = 1 and 64
+#   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
+#   bash bench/run_gpu_suite.sh kernels    # attention kernels: decode GB/s, prefill TFLOP/s vs the device
+#   bash bench/run_gpu_suite.sh tests      # the engine's tests on CUDA: runtime, models, spec, kernels
+#   bash bench/run_gpu_suite.sh tp         # 2+ GPUs (nvidia-h200-x2): TP tests, 70B and 8B at TP 2
 #
-# Model: llama-3.1-8b config (bench/configs), dummy weights, bf16. Results (JSON, Markdown, PNG and a
-# log) go to $OUT (the device tool's output folder) or bench/results/suite. Each step runs under a
-# timeout and saves <stem>.partial.json as it goes, so a step cut short still leaves what it measured.
-# The device machine has no network: octavo runs from this checkout through PYTHONPATH.
+# Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
+# --a-draft --a-name old --b-name new` (bench/README.md). The device machine has no network: octavo
+# runs from this checkout through PYTHONPATH, and wheels carried in .whl (fastapi, uvicorn, pydantic
+# for the phases that serve) are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PHASE="${1:-offline}"
+shift || true
 OUT="${OUT:-bench/results/suite}"
 PY="${PYTHON:-python3}"
-MODEL=(--config llama-3.1-8b --dtype bfloat16)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # no NVLink multicast
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec > >(tee -a "$OUT/suite-$PHASE.log") 2>&1
 
-# Wheels carried in .whl (the device tool's `carry`) for packages the device image lacks.
 if compgen -G ".whl/*.whl" > /dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:$PYTHONPATH" || { echo "wheel install failed"; exit 3; }
@@ -30,46 +36,61 @@ fi
 
 start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - start ))s] $*"; }
-run_step() {  # run_step SECONDS NAME ARGS...: one bench command under a hard time limit
-  local limit=$1 name=$2; shift 2
-  stamp "$name (limit ${limit}s): octavo bench $*"
-  timeout -k 15 --signal=INT "$limit" "$PY" -m octavo.bench "$@" --out "$OUT"
+status=0
+run() {  # run SECONDS CMD...: one command under a hard limit (SIGINT first: results so far are written)
+  local limit=$1; shift
+  stamp "(limit ${limit}s) $*"
+  timeout -k 15 --signal=INT "$limit" "$@"
   local rc=$?
-  stamp "$name finished with exit code $rc"
-  return $rc
+  stamp "exit code $rc"
+  (( rc == 0 )) || status=1
+}
+bench() { local limit=$1; shift; run "$limit" "$PY" -m octavo.bench "$@" --out "$OUT"; }
+needs() {
+  "$PY" -c "import $1" 2>/dev/null && return 0
+  echo "phase '$PHASE' needs $2: carry their wheels in .whl (bench/README.md)"
+  exit 3
 }
 
-stamp "suite '$PHASE' on $(hostname)"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit --format=csv || true
-"$PY" - <<'PY'
-import importlib.metadata as m, torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
-for name in ("triton", "transformers", "tqdm", "matplotlib", "httpx", "fastapi", "uvicorn", "pydantic"):
-    try:
-        print(name, m.version(name))
-    except m.PackageNotFoundError:
-        print(name, "MISSING")
-PY
-
-status=0
+stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
+LLAMA=(--config llama-3.1-8b --dtype bfloat16)
 case "$PHASE" in
   offline)
-    run_step 230 latency latency "${MODEL[@]}" --batch-size 1,8,32,128 --input-len 128 --output-len 128 \
-      --num-iters 3 --num-iters-warmup 1 --baseline hf --hf-num-iters 1 --roofline || status=1
-    run_step 270 throughput throughput "${MODEL[@]}" --num-prompts 1000 --input-len-range 256:768 \
-      --output-len-range 128:384 --seed 0 --baseline hf --hf-batch-size 128 --hf-num-prompts 128 --roofline || status=1
-    ;;
+    bench 230 latency "${LLAMA[@]}" --batch-size 1,8,32,128 --num-iters 3 --baseline hf --roofline "$@"
+    bench 270 throughput "${LLAMA[@]}" --num-prompts 1000 --baseline hf --hf-num-prompts 128 --roofline "$@" ;;
   serve)
-    if ! "$PY" -c "import fastapi, uvicorn, pydantic" 2>/dev/null; then
-      echo "serve needs fastapi, uvicorn and pydantic: download their wheels into .whl (see bench/README.md)"
-      echo "and name .whl in the device tool's carry"
-      exit 3
-    fi
-    run_step 540 serve serve "${MODEL[@]}" --launch --launch-timeout 240 --concurrency 1,2,4,8,16,32,64 \
-      --input-len 128 --output-len 128 --latency-anchor --baseline hf --roofline || status=1
-    ;;
+    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
+    bench 560 serve "${LLAMA[@]}" --launch --launch-timeout 240 --latency-anchor --baseline hf --roofline "$@" ;;
+  spec)
+    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
+    bench 580 spec --pair demo --rounds 4 --time-budget 500 "$@" ;;
+  controlled)  # SPEC_SCALE= (empty) calibrates s to 70% acceptance first (about 2 more minutes)
+    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
+    bench 580 spec --pair controlled --controlled-scale "${SPEC_SCALE-0.01408}" --concurrency 1,64 --rounds 4 \
+      --num-warmups 8 --time-budget 470 "$@" ;;
+  families)
+    for model in gpt2-xl bloomz-560m; do
+      bench 120 latency --config "$model" --dtype float16 --batch-size 1,8,32 --baseline hf "$@"
+      bench 150 throughput --config "$model" --dtype float16 --num-prompts 200 --input-len-range 128:512 \
+        --output-len-range 64:256 --baseline hf --hf-batch-size 32 --hf-num-prompts 64 "$@"
+    done ;;
+  kernels)
+    bench 400 kernels "$@" ;;
+  tests)
+    needs pytest pytest
+    OCTAVO_KERNEL_TESTS_DEVICE=cuda run 570 "$PY" -m pytest -q -ra -p no:cacheprovider tests/runtime tests/models \
+      tests/spec tests/kernels --junitxml "$OUT/pytest-cuda.xml" "$@" ;;
+  tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
+    needs pytest pytest
+    run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
+    bench 200 latency --config llama-3.1-70b --dtype bfloat16 --tensor-parallel-size 2 --batch-size 1,8 \
+      --num-iters 2 --roofline --tag tp2 "$@"
+    for tp in 1 2; do
+      bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
+    done ;;
   *)
-    echo "usage: $0 [offline|serve]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|families|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

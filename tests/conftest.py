@@ -4,17 +4,15 @@ after every test on every engine the test created."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_models import build_checkpoint  # noqa: E402
+from tiny_models import build_checkpoint  # noqa: E402  (after the environment defaults)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""Reference outputs from transformers (fp32) for the token-exact checks: the CPU tests, and the
-device scripts in bench/ (which pass a device and, where it matters, an attention implementation).
+"""Reference outputs from transformers (fp32) for the token-exact checks: on the CPU by default, on
+the device for the CUDA-only tests (which pass a device and, where it matters, an attention
+implementation).
 
 One copy on purpose: a reference run with other generation settings than the engine's (say,
 `min_new_tokens`, which forbids EOS where the engine under ignore_eos emits it) reports a mismatch

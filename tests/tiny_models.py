@@ -97,3 +97,26 @@ def build_checkpoint(root: Path, family: str, seed: int = 0, max_shard_size: str
     model.save_pretrained(path, safe_serialization=True, **kwargs)
     tokenizer.save_pretrained(path)
     return path
+
+
+def controlled_pair(target_dir: Path, out: Path, draft_layers: int, scale: float) -> tuple[Path, Path]:
+    """octavo/bench/pairs.py's controlled pair made from a saved checkpoint (read into memory: small
+    models only): out/target and out/draft with weights, config and the target's tokenizer."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from octavo.bench.pairs import controlled_state_dicts, write_pair_dirs
+
+    state: dict = {}
+    for file in sorted(Path(target_dir).glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    dirs = write_pair_dirs(json.loads((Path(target_dir) / "config.json").read_text()), out, draft_layers)
+    for directory, weights in zip(dirs, controlled_state_dicts(state, draft_layers, scale)):
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / "model.safetensors"),
+                  metadata={"format": "pt"})
+        for file in Path(target_dir).iterdir():
+            if file.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "generation")):
+                shutil.copy(file, directory / file.name)
+    return dirs

@@ -1,11 +1,22 @@
-"""`octavo bench`: latency, throughput, serve and report subcommands, with flags named after
-vLLM's benchmark scripts. Nothing heavy is imported until a subcommand runs."""
+"""`octavo bench`: latency, throughput, serve, spec, kernels and report subcommands, with flags named
+after vLLM's benchmark scripts. Nothing heavy is imported until a subcommand runs."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import logging
 import sys
+from typing import Any
+
+from octavo.runtime.engine_flags import add_engine_args, engine_args_from_namespace
+
+
+def engine_args(args: argparse.Namespace, **changes: Any):
+    """The EngineArgs that the engine flags describe, with `changes`. Every mode that builds an
+    engine or launches a server takes exactly `octavo serve`'s engine flags (add_engine_args)."""
+    return dataclasses.replace(engine_args_from_namespace(args), **changes)
 
 
 def int_list(text: str) -> list[int]:
@@ -15,40 +26,80 @@ def int_list(text: str) -> list[int]:
         values = []
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 1,8,32), got {text!r}")
-    return values
+    return sorted(set(values))
+
+
+def name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model and engine")
-    group.add_argument("--model", help="local model directory (config.json, weights unless --load-format dummy)")
+    add_engine_args(parser)  # --model DIR among them
+    group = parser.add_argument_group("model (instead of --model)")
     group.add_argument("--config", help="a config in bench/configs (llama-3.1-8b, llama-3.2-1b, ...) or a path to "
                                         "a config.json; random weights")
-    group.add_argument("--load-format", choices=["auto", "safetensors", "dummy"], default=None,
-                       help="dummy: random weights from config.json alone (implied by --config)")
     group.add_argument("--hf-overrides", help="JSON object of config.json fields to override (implies dummy)")
-    group.add_argument("--dtype", default="auto", help="auto, bfloat16, float16, float32")
-    group.add_argument("--seed", type=int, default=0, help="seed for requests and weights")
-    group.add_argument("--device", default="auto", help="auto, cuda, cpu")
-    group.add_argument("--max-model-len", type=int)
-    group.add_argument("--max-num-seqs", type=int)
-    group.add_argument("--max-num-batched-tokens", type=int)
-    group.add_argument("--gpu-memory-utilization", type=float)
-    group.add_argument("--num-gpu-blocks-override", type=int)
-    group.add_argument("--block-size", type=int)
-    group.add_argument("--enforce-eager", action="store_true")
-    group.add_argument("--no-enable-prefix-caching", action="store_true")
 
 
-def _report_flags(parser: argparse.ArgumentParser, with_baseline: bool = True) -> None:
+def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None:
     group = parser.add_argument_group("anchors and output")
-    if with_baseline:
+    if anchors:
         group.add_argument("--baseline", choices=["hf"], default=None,
                            help="hf: also run HF transformers generate on the same shape and requests")
         group.add_argument("--hf-batch-size", type=int, default=128, help="HF static batch size (throughput)")
-    group.add_argument("--roofline", action="store_true",
-                       help="measure copy bandwidth and matmul peak on the device and report floors")
+        group.add_argument("--roofline", action="store_true",
+                           help="measure copy bandwidth and matmul peak on the device and report floors")
     group.add_argument("--out", default="bench/results", help="directory for the JSON, Markdown and PNG files")
     group.add_argument("--tag", help="appended to file names; the configuration's label in charts")
+
+
+def _spec_flags(spec: argparse.ArgumentParser) -> None:
+    add_engine_args(spec)  # every server's (the pair names the model and the draft)
+    group = spec.add_argument_group("pairs")
+    group.add_argument("--pair", type=name_list, default=["demo"],
+                       help="comma list of demo (the shipped pair on held-out Shakespeare), controlled (a "
+                            "llama-3.1-8b-shaped dummy pair of calibrated acceptance) and paths (--target, --draft)")
+    group.add_argument("--target", help="with --pair paths: the target's directory")
+    group.add_argument("--draft", help="with --pair paths: the draft's directory")
+    group.add_argument("--prompt-text", help="a UTF-8 file whose windows are the prompts (default: the demo pair: "
+                                             "held-out Shakespeare; others: random token ids)")
+    group.add_argument("--controlled-config", default="llama-3.1-8b", help="the controlled pair's target shape")
+    group.add_argument("--draft-layers", type=int, default=2, help="the controlled draft's depth")
+    group.add_argument("--controlled-scale", type=float, help="the later layers' scale s (default: calibrated)")
+    group.add_argument("--target-acceptance", type=float, default=0.7, help="what s is calibrated to (greedy)")
+    group.add_argument("--calibration-prompts", type=int, default=16)
+    group.add_argument("--calibration-evals", type=int, default=7, help="most acceptance measurements")
+    group.add_argument("--calibration-timeout", type=float, default=400.0, help="seconds to build and export the pair")
+    group.add_argument("--controlled-workdir", default="/tmp/octavo-bench-controlled",
+                       help="where the pair's checkpoints go (and are reused from when made alike)")
+    arms = spec.add_argument_group("arms (A: no draft, B: the draft, unless told otherwise)")
+    for arm, draft in (("a", False), ("b", True)):
+        upper = arm.upper()
+        arms.add_argument(f"--{arm}-name", help=f"arm {upper}'s label (default: {'spec' if draft else 'no-spec'})")
+        arms.add_argument(f"--{arm}-draft", action=argparse.BooleanOptionalAction, default=draft,
+                          help=f"serve arm {upper} with the pair's draft")
+        arms.add_argument(f"--{arm}-args", default="", help=f"extra `octavo serve` arguments of arm {upper}")
+        arms.add_argument(f"--{arm}-pythonpath", help=f"put first on arm {upper}'s servers' PYTHONPATH (a directory "
+                                                      "holding another version's `octavo` package)")
+    runs = spec.add_argument_group("rounds")
+    runs.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    runs.add_argument("--rounds", type=int, default=4, help="rounds per level")
+    runs.add_argument("--instances", type=int, default=1, help="servers per arm")
+    runs.add_argument("--min-requests", type=int, default=32, help="timed requests per run = max(this, "
+                                                                    "--requests-per-user x c)")
+    runs.add_argument("--requests-per-user", type=int, default=4)
+    runs.add_argument("--input-len", type=int, default=128)
+    runs.add_argument("--output-len", type=int, default=128)
+    runs.add_argument("--num-warmups", type=int, help="requests when a server starts (default: 2 alone, then 2x "
+                                                      "the largest c at it)")
+    runs.add_argument("--temperature", type=float, default=0.0)
+    runs.add_argument("--time-budget", type=float, default=540.0,
+                      help="seconds: no round starts once the run has used this (shared by the pairs)")
+    runs.add_argument("--launch-timeout", type=float, default=300.0)
+    runs.add_argument("--request-timeout", type=float, default=300.0)
+    runs.add_argument("--server-args", default="", help="extra `octavo serve` arguments of every server")
+    runs.add_argument("--trace", action="store_true", help="OCTAVO_STEP_TRACE for every server; summarise each "
+                                                           "arm's timed steps by batch size and kind")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +115,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     latency.add_argument("--num-iters-warmup", type=int, default=1)
     latency.add_argument("--hf-num-iters", type=int, default=1, help="timed HF runs per batch size")
     _report_flags(latency)
-    latency.set_defaults(_bench_parser=latency)
 
     throughput = sub.add_parser("throughput", help="offline: N requests of seeded random lengths",
                                 description="Offline throughput over N requests of seeded random lengths.")
@@ -79,7 +129,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     throughput.add_argument("--hf-num-prompts", type=int,
                             help="run HF on the first K requests only and extrapolate (default: one HF batch)")
     _report_flags(throughput)
-    throughput.set_defaults(_bench_parser=throughput)
 
     serve = sub.add_parser("serve", help="streaming OpenAI client at fixed concurrency levels",
                            description="Drive an OpenAI-compatible /v1/completions endpoint with streaming "
@@ -108,14 +157,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="one untimed round (c requests) just before each level, after the warm-up")
     serve.add_argument("--time-budget", type=float,
                        help="seconds: start no level once the sweep (warm-up included) has run this long")
-    serve.add_argument("--speculative-model", help="with --launch: the server's draft model")
-    serve.add_argument("--num-speculative-tokens", type=int, help="with --speculative-model: k (the maximum "
-                                                                   "when the server adapts k)")
     serve.add_argument("--latency-anchor", action="store_true",
                        help="with --launch: time octavo's batch-1 decode step in process after the sweep")
     serve.add_argument("--anchor-iters", type=int, default=3)
     _report_flags(serve)
-    serve.set_defaults(_bench_parser=serve)
+
+    spec = sub.add_parser("spec", help="paired, interleaved A/B of two live servers (default: without and with "
+                                       "a draft) with a 90%% interval",
+                          description="Paired, interleaved, repeated A/B of two live servers: by default the "
+                                      "target alone (A) and with its draft (B); per-arm flags and PYTHONPATH "
+                                      "compare any two configurations or versions of octavo.")
+    _spec_flags(spec)
+    _report_flags(spec, anchors=False)
+
+    kernels = sub.add_parser("kernels", help="attention kernels: decode GB/s and prefill TFLOP/s vs the device",
+                             description="Paged decode attention against copy bandwidth and prefill attention "
+                                         "against the matmul peak (CUDA), each checked against its reference.")
+    kernels.add_argument("--quick", action="store_true", help="fewer points")
+    kernels.add_argument("--device", default="cuda")
+    _report_flags(kernels, anchors=False)
 
     report = sub.add_parser("report", help="Markdown (and combined sweep charts) from result JSON files",
                             description="Render result JSON files as Markdown; two or more serve results "
@@ -123,6 +183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_argument("files", nargs="+", help="result .json files")
     report.add_argument("--out", help="directory for combined charts")
     report.add_argument("--stem", default="serve-comparison", help="file name stem of the combined charts")
+    for mode in sub.choices.values():
+        mode.set_defaults(_bench_parser=mode)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                         stream=sys.stderr)
     command = getattr(args, "bench_command", None)
     if command is None:
-        print("usage: octavo bench {latency,throughput,serve,report} ... (see octavo bench MODE --help)",
+        print("usage: octavo bench {latency,throughput,serve,spec,kernels,report} ... (see octavo bench MODE --help)",
               file=sys.stderr)
         return 2
     from octavo.bench import report
@@ -143,19 +205,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"wrote {path}")
             return 0
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-        save_partial = report.partial_writer(args.out)
-        if command == "latency":
-            from octavo.bench import latency as mode
-
-            result = mode.benchmark(args, save_partial)
-        elif command == "throughput":
-            from octavo.bench import throughput as mode
-
-            result = mode.benchmark(args, save_partial)
-        else:
-            from octavo.bench import serve as mode
-
-            result = mode.benchmark(args, args.out, save_partial)
+        mode = importlib.import_module(f"octavo.bench.{command}")
+        result = mode.benchmark(args, report.partial_writer(args.out))
     except ValueError as exc:
         print(f"octavo bench {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -163,6 +214,6 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown(result))
     for path in paths:
         print(f"wrote {path}")
-    if result["kind"] == "serve" and result["total_errors"]:
-        return 1
-    return 0
+    failed = result.get("total_errors") or result.get("interrupted") or any(
+        entry.get("error") for entry in result.get("pairs", [])) or result.get("failed")
+    return 1 if failed else 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import re
@@ -104,16 +106,17 @@ def command_line(args: Any = None) -> str:
         return shlex.join([Path(argv[0]).name] + argv[1:]) if argv else "octavo bench"
     words = ["octavo", "bench", mode]
     for action in parser._actions:  # argparse keeps no public list of a parser's options
-        if not action.option_strings or action.dest in ("help",):
+        if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS:
             continue
         value = getattr(args, action.dest, None)
         if value == action.default or value is None:
             continue
         flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        if value is True:
-            words.append(flag)
+        if isinstance(value, bool):  # a store_true flag, or --x / --no-x
+            words.append(action.option_strings[0] if value else action.option_strings[-1])
         else:
-            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else
+                      json.dumps(value) if isinstance(value, dict) else str(value)]
     return shlex.join(words)
 
 

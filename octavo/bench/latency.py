@@ -124,8 +124,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
     save = save_partial or (lambda result: None)
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     batch_sizes = sorted(set(args.batch_size))
-    if args.max_num_seqs is None:
-        args.max_num_seqs = max(256, max(batch_sizes))
+    args.max_num_seqs = max(args.max_num_seqs, max(batch_sizes))  # each batch runs as one
     result: dict = {"kind": "latency", "tag": args.tag, "env": environment(args.device, args)}
     roofline = roofline_mod.measure(args.device) if args.roofline else None
 

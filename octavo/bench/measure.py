@@ -1,8 +1,10 @@
-"""Clocks that wait for the device, percentile summaries, and progress bars."""
+"""Clocks that wait for the device, percentile summaries, progress bars, and the statistics of
+paired ratios over repeated rounds (a geometric mean with a t interval)."""
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -61,3 +63,54 @@ def progress(total: int | None, desc: str, unit: str = "it"):
     interactive = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
                 mininterval=0.5 if interactive else 10.0)
+
+
+# ---- paired ratios over rounds ---------------------------------------------------------------------
+CONFIDENCE = 0.90
+# Student's t, 95th percentile by degrees of freedom: the factor of a two-sided 90% interval.
+T_95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,
+        12: 1.782, 15: 1.753, 20: 1.725, 30: 1.697, 60: 1.671, 120: 1.658}
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """The mean of ratios that treats 2x and 0.5x as opposite and equal."""
+    if not values or min(values) <= 0:
+        raise ValueError(f"a geometric mean needs positive values, got {list(values)}")
+    return math.exp(math.fsum(math.log(v) for v in values) / len(values))
+
+
+def t_interval(ratios: Sequence[float]) -> tuple[float, float] | None:
+    """90% interval of the geometric mean of paired ratios (one per round): Student's t on the
+    log-ratios, mean +- t(n - 1) x standard error. None below 2 ratios. Why not a percentile
+    bootstrap: at 4-8 rounds its 90% interval covered only 74-82% (simulated on normal
+    log-ratios); t's is exact for normal log-ratios at any n. Between rows of the table the
+    next lower degrees of freedom are used (slightly wide, never narrow)."""
+    if len(ratios) < 2:
+        return None
+    if min(ratios) <= 0:
+        raise ValueError(f"ratios must be positive, got {list(ratios)}")
+    logs = [math.log(r) for r in ratios]
+    n = len(logs)
+    factor = T_95[max(d for d in T_95 if d <= n - 1)] if n - 1 <= 120 else 1.645
+    mean, half = math.fsum(logs) / n, factor * statistics.stdev(logs) / math.sqrt(n)
+    return math.exp(mean - half), math.exp(mean + half)
+
+
+def verdict(interval: Sequence[float] | None, higher_is_better: bool = True) -> str:
+    """What an interval of B / A says about B: "better", "worse" or "no difference measured" (only
+    a whole interval on one side of 1 is a finding)."""
+    if interval is None:
+        return "too few rounds"
+    if interval[0] > 1.0 or interval[1] < 1.0:
+        return "better" if (interval[0] > 1.0) == higher_is_better else "worse"
+    return "no difference measured"
+
+
+def spread(values: Sequence[float]) -> dict | None:
+    """Repeated measurements of one thing: n, median, min, max and the coefficient of variation."""
+    if not values:
+        return None
+    mean = math.fsum(values) / len(values)
+    cv = statistics.stdev(values) / mean if len(values) >= 2 and mean else None
+    return {"n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values),
+            "cv": cv}

@@ -10,6 +10,7 @@ smoke test, say); it implies dummy weights.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
 import json
 import logging
@@ -81,15 +82,18 @@ def resolve_model(model: str | None, config: str | None, load_format: str | None
         source = config_file(config)
         with open(source) as f:
             data = json.load(f)
-        if load_format not in (None, "dummy"):
+        if load_format not in (None, "auto", "dummy"):
             raise ValueError(f"--config has no weights: use --load-format dummy (got {load_format!r})")
         data.update(overrides)
         return ModelSpec(materialize_config(data), source.stem, "dummy", overrides, str(source), temporary=True)
+    from octavo.runtime.demo import resolve_demo
+
+    model = str(resolve_demo(model) or model)  # octavo-demo, octavo-demo-draft
     if not os.path.isfile(os.path.join(model, "config.json")):
         raise ValueError(f"--model {model!r} is not a directory holding config.json")
     label = Path(model).resolve().name
     if overrides:
-        if load_format not in (None, "dummy"):
+        if load_format not in (None, "auto", "dummy"):
             raise ValueError("--hf-overrides changes the model's shape, so its weights cannot load: "
                              "add --load-format dummy")
         with open(os.path.join(model, "config.json")) as f:
@@ -100,25 +104,13 @@ def resolve_model(model: str | None, config: str | None, load_format: str | None
     return ModelSpec(os.path.abspath(model), label, load_format or "auto", {}, os.path.join(model, "config.json"))
 
 
-def engine_kwargs(args: Any, spec: ModelSpec) -> dict:
-    """EngineArgs fields from the bench flags (only those given, so engine defaults stay)."""
-    kwargs: dict[str, Any] = {"load_format": spec.load_format, "dtype": args.dtype, "seed": args.seed}
-    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-                 "num_gpu_blocks_override", "block_size", "device"):
-        value = getattr(args, name, None)
-        if value is not None:
-            kwargs[name] = value
-    if getattr(args, "enforce_eager", False):
-        kwargs["enforce_eager"] = True
-    if getattr(args, "no_enable_prefix_caching", False):
-        kwargs["enable_prefix_caching"] = False
-    return kwargs
-
-
-def build_llm(args: Any, spec: ModelSpec):
+def build_llm(args: Any, spec: ModelSpec, **changes: Any):
+    """The octavo engine for the model from the engine flags, with `changes` (EngineArgs fields)."""
+    from octavo.bench.cli import engine_args
     from octavo.runtime.llm import LLM
 
-    return LLM(spec.path, **engine_kwargs(args, spec))
+    settings = dataclasses.asdict(engine_args(args, model=spec.path, load_format=spec.load_format, **changes))
+    return LLM(**settings)
 
 
 def model_facts(llm: Any) -> dict:

@@ -17,12 +17,11 @@ GOAL_TPS_VS_HF = 25.0
 GOAL_TPOT_C1_OVER_STEP = 1.15
 
 
-def file_stem(kind: str, model: str, env: dict, tag: str | None) -> str:
+def file_stem(result: dict) -> str:
     """<date>-<kind>-<model>-<device>[-<tag>], e.g. 2026-11-22-throughput-llama-3.1-8b-h100."""
-    parts = [env["date"], kind, model, device_slug(env["device"])]
-    if tag:
-        parts.append(tag)
-    return "-".join(p.replace("/", "_").replace(" ", "_") for p in parts)
+    env = result["env"]
+    parts = [env["date"], result["kind"], result["model"]["name"], device_slug(env["device"]), result.get("tag")]
+    return "-".join(p.replace("/", "_").replace(" ", "_") for p in parts if p)
 
 
 def partial_writer(out_dir: str):
@@ -30,8 +29,7 @@ def partial_writer(out_dir: str):
     limit still leaves what it measured; write_all removes it."""
     def save(result: dict) -> None:
         os.makedirs(out_dir, exist_ok=True)
-        stem = file_stem(result["kind"], result["model"]["name"], result["env"], result.get("tag"))
-        path = os.path.join(out_dir, f"{stem}.partial.json")
+        path = os.path.join(out_dir, f"{file_stem(result)}.partial.json")
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=1, default=_jsonable)
         os.replace(path + ".tmp", path)
@@ -42,7 +40,7 @@ def partial_writer(out_dir: str):
 def write_all(result: dict, out_dir: str, stem: str | None = None) -> list[str]:
     """JSON + Markdown (+ PNG for sweeps) under out_dir; returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = stem or file_stem(result["kind"], result["model"]["name"], result["env"], result.get("tag"))
+    stem = stem or file_stem(result)
     partial = os.path.join(out_dir, f"{stem}.partial.json")
     if os.path.exists(partial):
         os.remove(partial)
@@ -93,9 +91,9 @@ def header(result: dict, title: str) -> str:
     versions = env.get("versions", {})
     device = env["device"]
     commit = (env.get("git_commit") or "unknown")[:12] + (" (dirty)" if env.get("git_dirty") else "")
+    what = f" ({model['dtype']}, {model.get('load_format')} weights)" if model.get("dtype") else ""
     lines = [
-        f"## {title}: {model['name']} ({model.get('dtype', '?')}, {model.get('load_format')} weights) "
-        f"on {device.get('name')}",
+        f"## {title}: {model['name']}{what} on {device.get('name')}",
         "",
         f"`{env['command']}`",
         "",
@@ -122,6 +120,10 @@ def markdown(result: dict) -> str:
         body = throughput_markdown(result)
     elif kind == "serve":
         body = serve_markdown(result)
+    elif kind in ("spec", "kernels"):
+        from importlib import import_module
+
+        body = import_module(f"octavo.bench.{kind}").markdown(result)
     else:
         raise ValueError(f"unknown result kind {kind!r}")
     checks = goals(result)

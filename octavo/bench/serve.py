@@ -15,6 +15,7 @@ batch-1 step time, in process) then run on the freed device.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from octavo.bench import roofline as roofline_mod
@@ -205,7 +209,8 @@ def spec_summary(deltas: dict[str, float] | None) -> dict | None:
     number of verified request-steps is emitted - accepted. acceptance_rate = accepted / drafted;
     tokens_per_verification = emitted / verified request-steps (the mean accepted length + 1, k = 0
     rows of a verification step included); drafts_per_verification = the mean k chosen;
-    verified_fraction = share of all generated tokens that came out of verification steps."""
+    verified_fraction = share of all generated tokens that came out of verification steps;
+    accepted_fraction = share of all generated tokens that were accepted drafts."""
     if not deltas or "spec_decode_num_draft_tokens" not in deltas:
         return None
     drafted = deltas.get("spec_decode_num_draft_tokens", 0.0)
@@ -219,6 +224,7 @@ def spec_summary(deltas: dict[str, float] | None) -> dict | None:
         "tokens_per_verification": emitted / steps if steps else None,
         "drafts_per_verification": drafted / steps if steps else None,
         "verified_fraction": emitted / generated if generated else None,
+        "accepted_fraction": accepted / generated if generated else None,
     }
 
 
@@ -229,22 +235,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(args: Any, spec: ModelSpec, port: int) -> list[str]:
-    command = [sys.executable, "-m", "octavo.cli", "serve", spec.path, "--host", "127.0.0.1", "--port", str(port),
-               "--load-format", spec.load_format, "--dtype", args.dtype, "--seed", str(args.seed)]
-    for flag in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-                 "num_gpu_blocks_override", "block_size"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            command += [f"--{flag.replace('_', '-')}", str(value)]
-    if getattr(args, "enforce_eager", False):
-        command.append("--enforce-eager")
-    if getattr(args, "no_enable_prefix_caching", False):
-        command.append("--no-enable-prefix-caching")
-    if getattr(args, "speculative_model", None):
-        command += ["--speculative-model", args.speculative_model,
-                    "--num-speculative-tokens", str(args.num_speculative_tokens)]
-    return command + shlex.split(args.server_args or "")
+def serve_command(model_path: str, engine: Any, extra: str = "") -> list[str]:
+    """`octavo serve MODEL` with the flags of these EngineArgs (those away from their defaults),
+    then `extra` (a string of more `octavo serve` arguments). -P: the server imports octavo from its
+    PYTHONPATH (python_env), never from the working directory."""
+    flags = dataclasses.replace(engine, model=None).to_cli_args()
+    return [sys.executable, "-P", "-m", "octavo.cli", "serve", model_path, *flags, *shlex.split(extra or "")]
+
+
+def python_env(pythonpath: str | None = None, **variables: str) -> dict:
+    """This process's environment for a child Python (a server): `pythonpath` first (another
+    version of octavo, say), then the checkout this process imported octavo from, then the
+    inherited PYTHONPATH; plus `variables`."""
+    import octavo
+
+    root = Path(octavo.__file__).resolve().parents[1]
+    paths = [pythonpath, str(root) if (root / "pyproject.toml").is_file() else None, os.environ.get("PYTHONPATH")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p), PYTHONUNBUFFERED="1", **variables)
+
+
+def imported_octavo(env: dict) -> str:
+    """The octavo package a server started with `env` imports (its __init__.py's path)."""
+    done = subprocess.run([sys.executable, "-P", "-c", "import octavo; print(octavo.__file__)"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() or f"(import failed: {done.stderr.strip()[-300:]})"
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float, log_path: str) -> None:
@@ -289,17 +303,17 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def launched_server(args: Any, spec: ModelSpec, log_path: str):
-    """`octavo serve` on a free loopback port; yields (base_url, command)."""
+def launched_server(command: list[str], log_path: str, timeout_s: float, env: dict | None = None):
+    """`command` (serve_command's) on a free loopback port, its output in log_path; yields
+    (base_url, the full command) once /health answers, and stops the server after."""
     port = free_port()
-    command = server_command(args, spec, port)
+    command = [*command, "--host", "127.0.0.1", "--port", str(port)]
     base_url = f"http://127.0.0.1:{port}"
     logger.info("launching: %s (log: %s)", shlex.join(command), log_path)
     with open(log_path, "w") as log:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or python_env())
     try:
-        wait_ready(base_url, process, args.launch_timeout, log_path)
+        wait_ready(base_url, process, timeout_s, log_path)
         yield base_url, command
     finally:
         stop(process)
@@ -319,97 +333,125 @@ def served_model_name(base_url: str, fallback: str) -> str:
 
 
 # ---- the sweep -----------------------------------------------------------------------------------
-def level_requests(args: Any, concurrency: int, vocab_size: int, count: int | None = None,
-                   seed: int | None = None) -> list[BenchRequest]:
-    """The requests of one level (fixed lengths, or uniform over the ranges), seeded by level."""
-    count = count or args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
-    seed = args.seed + 1000 * concurrency if seed is None else seed
+@dataclass
+class Workload:
+    """What the client sends: prompts of random token ids, or windows of a text in the model's
+    tokens (a draft's acceptance depends on the text it continues); their lengths (fixed, or uniform
+    over the ranges); the sampling temperature and the per-request timeout."""
+
+    vocab_size: int
+    input_range: tuple[int, int]
+    output_range: tuple[int, int]
+    temperature: float = 0.0
+    timeout_s: float = 600.0
+    corpus_ids: list[int] | None = None
+    bos_token_id: int | None = None
+
+    def use_text(self, path: str, model_dir: str) -> None:
+        """Prompts from now on are windows of the UTF-8 file `path` in the model's tokens (its own
+        tokenizer, no special tokens; each prompt starts with BOS when the tokenizer has one)."""
+        from transformers import AutoTokenizer
+
+        if not has_tokenizer(model_dir):
+            raise ValueError(f"prompts from a text need the model's tokenizer, and {model_dir} has none")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        text = Path(path).read_text(encoding="utf-8")
+        self.corpus_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        self.bos_token_id = tokenizer.bos_token_id
+        if len(self.corpus_ids) < 2 * self.input_range[1]:
+            raise ValueError(f"{path} is {len(self.corpus_ids)} tokens long: give at least twice the longest "
+                             f"prompt ({self.input_range[1]} tokens)")
+
+    def requests(self, count: int, seed: int) -> list[BenchRequest]:
+        if self.corpus_ids:
+            return text_requests(self.corpus_ids, count, self.input_range, self.output_range, seed, self.bos_token_id)
+        return random_requests(count, self.input_range, self.output_range, self.vocab_size, seed)
+
+    def run(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
+            desc: str) -> tuple[list[dict], float]:
+        return asyncio.run(run_level(base_url, model, requests, concurrency, self.timeout_s, desc, self.temperature))
+
+    def measure(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
+                desc: str) -> tuple[dict, list[dict]]:
+        """One timed level between two /metrics scrapes: its summary, with the server's counter
+        deltas, speculation's and the perf_counter window it ran in, and its records."""
+        before = scrape_counters(base_url)
+        start = time.perf_counter()
+        records, wall = self.run(base_url, model, requests, concurrency, desc)
+        summary = summarize_level(concurrency, records, wall)
+        summary["window"] = [start, time.perf_counter()]
+        summary["server_counters"] = deltas = counter_deltas(before, scrape_counters(base_url))
+        summary["spec"] = spec_summary(deltas)
+        for record in records:
+            record["concurrency"] = concurrency
+        return summary, records
+
+    def warm(self, base_url: str, model: str, concurrency: int, count: int, seed: int) -> None:
+        """`count` untimed requests at `concurrency`; any failure stops the benchmark."""
+        records, _ = self.run(base_url, model, self.requests(count, seed), concurrency,
+                              f"warm-up at concurrency {concurrency}")
+        failed = [r["error"] for r in records if r["error"]]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
+
+    def warm_up(self, base_url: str, model: str, largest: int, num_warmups: int | None, seed: int) -> None:
+        """Before anything is timed: by default two requests alone, then twice the largest
+        concurrency at it, so that kernels the server compiles or tunes on first use (single
+        prefills, mixed prefill/decode steps, every context length) are ready."""
+        if num_warmups is None:
+            plan = [(1, 2), (largest, 2 * largest)]
+        else:
+            plan = [(min(num_warmups, largest), num_warmups)] if num_warmups > 0 else []
+        for index, (concurrency, count) in enumerate(plan):
+            self.warm(base_url, model, concurrency, count, seed - 1 - index)
+
+
+def workload(args: Any, vocab_size: int) -> Workload:
+    """The serve mode's workload from its flags (a range wins over a fixed length)."""
     input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
     output_range = parse_range(args.output_len_range) if args.output_len_range else (args.output_len, args.output_len)
-    corpus = getattr(args, "prompt_corpus_ids", None)
-    if corpus:  # --prompt-text: windows of real text
-        return text_requests(corpus, count, input_range, output_range, seed, getattr(args, "prompt_bos_id", None))
-    return random_requests(count, input_range, output_range, vocab_size, seed)
+    return Workload(vocab_size, input_range, output_range, args.temperature, args.request_timeout)
 
 
-def warm_up(args: Any, base_url: str, model: str, vocab_size: int) -> None:
-    """Requests of the sweep's lengths, outside the measurements: by default two alone, then twice
-    the largest concurrency at that concurrency, so that kernels the server compiles or tunes on
-    first use (single prefills, mixed prefill/decode steps, every context length) are ready before
-    the first level is timed."""
-    largest = max(args.concurrency)
-    if args.num_warmups is None:
-        plan = [(1, 2), (largest, 2 * largest)]
-    elif args.num_warmups > 0:
-        plan = [(min(args.num_warmups, largest), args.num_warmups)]
-    else:
-        plan = []
-    for index, (concurrency, count) in enumerate(plan):
-        warm_level(args, base_url, model, vocab_size, concurrency, count, args.seed - 1 - index)
-
-
-def warm_level(args: Any, base_url: str, model: str, vocab_size: int, concurrency: int, count: int,
-               seed: int) -> None:
-    """`count` untimed requests at `concurrency`; any failure stops the benchmark."""
-    requests = level_requests(args, concurrency, vocab_size, count=count, seed=seed)
-    records, _ = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
-                                       f"warm-up at concurrency {concurrency}", getattr(args, "temperature", 0.0)))
-    failed = [r["error"] for r in records if r["error"]]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
-
-
-def sweep(args: Any, base_url: str, model: str, vocab_size: int, levels: list[dict], records: list[dict],
+def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dict], records: list[dict],
           save: Callable[[], None]) -> list[int]:
     """Warm up, then run every concurrency level, appending summaries and records as they come.
     With --warmup-each-level, one untimed round (c requests) runs just before each level. With
     --time-budget, no level starts once the sweep has run that long; returns the levels skipped.
-    Each level records the server's counter deltas over it (/metrics), speculative acceptance
-    included."""
+    Each level records the server's counter deltas over it (/metrics), speculation's included."""
     start = time.monotonic()
-    budget = getattr(args, "time_budget", None)
-    temperature = getattr(args, "temperature", 0.0)
-    warm_up(args, base_url, model, vocab_size)
+    load.warm_up(base_url, model, max(args.concurrency), args.num_warmups, args.seed)
     skipped: list[int] = []
     for concurrency in sorted(set(args.concurrency)):
-        if budget is not None and time.monotonic() - start > budget:
+        if args.time_budget is not None and time.monotonic() - start > args.time_budget:
             skipped.append(concurrency)
             logger.warning("concurrency %d skipped: the sweep has run %.0f s of its %.0f s budget", concurrency,
-                           time.monotonic() - start, budget)
+                           time.monotonic() - start, args.time_budget)
             continue
-        if getattr(args, "warmup_each_level", False):
-            warm_level(args, base_url, model, vocab_size, concurrency, concurrency, args.seed - 500 - concurrency)
-        requests = level_requests(args, concurrency, vocab_size)
-        before = scrape_counters(base_url)
-        level_records, wall = asyncio.run(run_level(base_url, model, requests, concurrency, args.request_timeout,
-                                                    f"concurrency {concurrency}", temperature))
-        deltas = counter_deltas(before, scrape_counters(base_url))
-        for record in level_records:
-            record["concurrency"] = concurrency
-        summary = summarize_level(concurrency, level_records, wall)
-        summary["server_counters"] = deltas
-        summary["spec"] = spec_summary(deltas)
+        if args.warmup_each_level:
+            load.warm(base_url, model, concurrency, concurrency, args.seed - 500 - concurrency)
+        count = args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
+        summary, level_records = load.measure(base_url, model, load.requests(count, args.seed + 1000 * concurrency),
+                                              concurrency, f"concurrency {concurrency}")
         levels.append(summary)
         records.extend(level_records)
         spec = summary["spec"]
         logger.info("concurrency %d: %.0f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms, %d errors%s", concurrency,
                     summary["output_tokens_per_s"], summary["ttft_ms"]["p50"], summary["tpot_ms"]["p50"],
-                    summary["num_errors"],
-                    f", acceptance {spec['acceptance_rate']:.3f} ({spec['tokens_per_verification']:.2f} tokens per "
-                    f"verification, mean k {spec['drafts_per_verification']:.2f})"
-                    if spec and spec["acceptance_rate"] is not None else "")
+                    summary["num_errors"], f", acceptance {spec['acceptance_rate']:.3f}, mean k "
+                    f"{spec['drafts_per_verification']:.2f}" if spec and spec["acceptance_rate"] is not None else "")
         save()
     return skipped
 
 
-def hf_levels(args: Any, spec: ModelSpec, vocab_size: int, dtype: Any, device: Any) -> list[dict]:
+def hf_levels(args: Any, load: Workload, spec: ModelSpec, dtype: Any, device: Any) -> list[dict]:
     """One static batch of the level's first c requests per concurrency level."""
     from octavo.bench import hf_baseline
 
     model = hf_baseline.HFModel(spec.path, dtype, device, args.seed)
     levels = []
     for concurrency in sorted(set(args.concurrency)):
-        batch = level_requests(args, concurrency, vocab_size)[:concurrency]
+        batch = load.requests(concurrency, args.seed + 1000 * concurrency)
         timing = hf_baseline.latency(model, batch, 1)[0]
         step = percentile(timing.step_ms, 50) if timing.step_ms else 0.0
         output_tokens = sum(r.output_len for r in batch)
@@ -429,11 +471,12 @@ def hf_levels(args: Any, spec: ModelSpec, vocab_size: int, dtype: Any, device: A
 
 
 def latency_anchor(args: Any, spec: ModelSpec) -> dict:
-    """octavo's batch-1 decode step time on this device, in process (the server is stopped)."""
+    """octavo's batch-1 decode step time on this device, in process (the server is stopped), without
+    a draft."""
     from octavo.bench.latency import octavo_row
     from octavo.bench.models import build_llm
 
-    llm = build_llm(args, spec)
+    llm = build_llm(args, spec, speculative_model=None, num_speculative_tokens=None)
     row = octavo_row(llm, 1, args.input_len, args.output_len, num_iters=args.anchor_iters, num_warmup=1,
                      seed=args.seed)
     del llm
@@ -443,28 +486,8 @@ def latency_anchor(args: Any, spec: ModelSpec) -> dict:
             "decode_step_ms": row["decode_step_ms"]}
 
 
-def load_prompt_corpus(args: Any, spec: ModelSpec) -> None:
-    """--prompt-text FILE: the file's text in the model's token ids (its own tokenizer, no special
-    tokens), kept on args for level_requests, which cuts prompts out of it at seeded offsets (each
-    after the tokenizer's BOS, when it has one)."""
-    from transformers import AutoTokenizer
-
-    if not has_tokenizer(spec.path):
-        raise ValueError(f"--prompt-text needs the model's tokenizer, and {spec.path} has none")
-    with open(args.prompt_text, encoding="utf-8") as f:
-        text = f.read()
-    tokenizer = AutoTokenizer.from_pretrained(spec.path)
-    args.prompt_corpus_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    args.prompt_bos_id = tokenizer.bos_token_id
-    longest = parse_range(args.input_len_range)[1] if args.input_len_range else args.input_len
-    if len(args.prompt_corpus_ids) < 2 * longest:
-        raise ValueError(f"--prompt-text {args.prompt_text} is {len(args.prompt_corpus_ids)} tokens long: give at "
-                         f"least twice the longest prompt ({longest} tokens)")
-
-
 def model_config(spec: ModelSpec) -> dict:
-    with open(os.path.join(spec.path, "config.json")) as f:
-        return json.load(f)
+    return json.loads(Path(spec.path, "config.json").read_text())
 
 
 def local_device_and_dtype(args: Any, config: dict):
@@ -472,32 +495,27 @@ def local_device_and_dtype(args: Any, config: dict):
 
     from octavo.runtime.config import resolve_dtype
 
-    if args.device in (None, "auto"):
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto")
+                          else args.device)
     return device, resolve_dtype(args.dtype, config.get("torch_dtype") or config.get("dtype"), device)
 
 
-def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dict], None] | None = None) -> dict:
+def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
+    from octavo.bench.cli import engine_args
+
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     if not args.launch and not args.base_url:
         raise ValueError("give --base-url of a running server, or --launch to start `octavo serve` here")
-    if not args.launch and (args.baseline == "hf" or args.latency_anchor):
-        raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server "
-                         "stops: use them with --launch")
-    speculative_model = getattr(args, "speculative_model", None)
-    if speculative_model and not args.launch:
-        raise ValueError("--speculative-model is a flag for the server this benchmark launches: use it with "
-                         "--launch (a running server was started with its own draft)")
-    if speculative_model and not getattr(args, "num_speculative_tokens", None):
-        raise ValueError("--speculative-model needs --num-speculative-tokens (e.g. 4)")
+    if not args.launch and (args.baseline == "hf" or args.latency_anchor or args.speculative_model):
+        raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server stops, "
+                         "and --speculative-model is for the server this benchmark starts: use them with --launch")
     config = model_config(spec)
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
         raise ValueError(f"{spec.path}/config.json names no vocab_size; token-id prompts need one")
-    if getattr(args, "prompt_text", None):
-        load_prompt_corpus(args, spec)
+    load = workload(args, vocab_size)
+    if args.prompt_text:
+        load.use_text(args.prompt_text, spec.path)
     device, dtype = local_device_and_dtype(args, config)
     levels: list[dict] = []
     records: list[dict] = []
@@ -512,13 +530,12 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
                      "prompts_per_user": args.prompts_per_user, "min_prompts_per_level": args.min_prompts_per_level,
                      "num_warmups": args.num_warmups, "seed": args.seed, "base_url": args.base_url,
                      "launched": bool(args.launch), "server_command": None, "synthetic_tokenizer": False,
-                     "baseline": args.baseline, "temperature": getattr(args, "temperature", 0.0),
-                     "speculative_model": speculative_model,
-                     "num_speculative_tokens": getattr(args, "num_speculative_tokens", None),
-                     "prompt_text": getattr(args, "prompt_text", None),
-                     "prompt_corpus_tokens": len(getattr(args, "prompt_corpus_ids", None) or []) or None,
-                     "warmup_each_level": bool(getattr(args, "warmup_each_level", False)),
-                     "time_budget": getattr(args, "time_budget", None), "skipped_levels": []},
+                     "baseline": args.baseline, "temperature": args.temperature,
+                     "speculative_model": args.speculative_model,
+                     "num_speculative_tokens": args.num_speculative_tokens, "prompt_text": args.prompt_text,
+                     "prompt_corpus_tokens": len(load.corpus_ids or []) or None,
+                     "warmup_each_level": args.warmup_each_level, "time_budget": args.time_budget,
+                     "skipped_levels": []},
         "roofline": roofline_mod.measure(args.device) if args.roofline else None,
         "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0,
         "records": records,
@@ -527,28 +544,24 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
 
     def save() -> None:
         result["total_errors"] = sum(level["num_errors"] for level in levels)
-        if save_partial is not None:
-            save_partial(result)
+        save_partial(result)
 
-    if args.launch:
-        from octavo.bench.report import file_stem
+    with contextlib.ExitStack() as stack:
+        base_url = (args.base_url or "").rstrip("/")
+        if args.launch:
+            from octavo.bench.report import file_stem
 
-        if spec.temporary and not has_tokenizer(spec.path):
-            eos = config.get("eos_token_id")
-            write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
-            settings["synthetic_tokenizer"] = True
-        os.makedirs(out_dir or ".", exist_ok=True)
-        log_path = os.path.join(out_dir or ".", file_stem("serve", spec.label, result["env"], args.tag) + "-server.log")
-        with launched_server(args, spec, log_path) as (base_url, command):
+            if spec.temporary and not has_tokenizer(spec.path):
+                eos = config.get("eos_token_id")
+                write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
+                settings["synthetic_tokenizer"] = True
+            os.makedirs(args.out, exist_ok=True)
+            log_path = os.path.join(args.out, file_stem(result) + "-server.log")
+            command = serve_command(spec.path, engine_args(args, load_format=spec.load_format), args.server_args)
+            base_url, command = stack.enter_context(launched_server(command, log_path, args.launch_timeout))
             settings.update(base_url=base_url, server_command=shlex.join(command))
-            model = args.served_model_name or served_model_name(base_url, spec.path)
-            result["model"]["served_name"] = model
-            settings["skipped_levels"] = sweep(args, base_url, model, vocab_size, levels, records, save)
-    else:
-        base_url = args.base_url.rstrip("/")
-        model = args.served_model_name or served_model_name(base_url, spec.path)
-        result["model"]["served_name"] = model
-        settings["skipped_levels"] = sweep(args, base_url, model, vocab_size, levels, records, save)
+        model = result["model"]["served_name"] = args.served_model_name or served_model_name(base_url, spec.path)
+        settings["skipped_levels"] = sweep(args, load, base_url, model, levels, records, save)
 
     ratios = result["ratios"]
     if args.latency_anchor:
@@ -558,7 +571,7 @@ def benchmark(args: Any, out_dir: str | None = None, save_partial: Callable[[dic
             ratios["tpot_c1_over_latency_bs1_step"] = first["tpot_ms"]["p50"] / anchor["decode_ms_per_step"]
         save()
     if args.baseline == "hf":
-        hf = result["hf_levels"] = hf_levels(args, spec, vocab_size, dtype, device)
+        hf = result["hf_levels"] = hf_levels(args, load, spec, dtype, device)
         ratios["output_tps_vs_hf"] = {str(o["concurrency"]): o["output_tokens_per_s"] / h["output_tokens_per_s"]
                                       for o, h in zip(levels, hf)}
     save()

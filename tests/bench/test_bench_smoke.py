@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+import torch
 
 ENGINE = ["--max-model-len", "64", "--max-num-seqs", "8"]
 
@@ -84,6 +85,11 @@ def test_bad_flags_name_the_fix(bench, capsys):
     code, _, _ = bench("serve", "--config", "llama-3.2-1b")
     assert code == 2
     assert "--launch" in capsys.readouterr().err
+    code, _, _ = bench("spec", "--pair", "demo,sweep")
+    assert code == 2 and "demo, controlled, paths" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        code, _, _ = bench("kernels")
+        assert code == 2 and "CUDA" in capsys.readouterr().err
 
 
 def test_synthetic_tokenizer_decodes_every_id(tmp_path):

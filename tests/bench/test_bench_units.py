@@ -10,7 +10,7 @@ import pytest
 from octavo.bench import report
 from octavo.bench.measure import percentile, summarize
 from octavo.bench.serve import carries_tokens, summarize_level, token_record
-from octavo.bench.workload import BenchRequest, batches, fixed_requests, parse_range, random_requests
+from octavo.bench.workload import BenchRequest, batches, fixed_requests, parse_range, random_requests, text_requests
 
 
 def test_parse_range():
@@ -80,8 +80,10 @@ def test_level_summary_totals_are_consistent():
 
 def test_report_file_stem_and_goals():
     env = {"date": "2026-11-22", "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}}
-    assert report.file_stem("throughput", "llama-3.1-8b", env, None) == "2026-11-22-throughput-llama-3.1-8b-h100"
-    assert report.file_stem("serve", "m", {"date": "d", "device": {"type": "cpu"}}, "spec") == "d-serve-m-cpu-spec"
+    assert report.file_stem({"kind": "throughput", "model": {"name": "llama-3.1-8b"}, "env": env}) == \
+        "2026-11-22-throughput-llama-3.1-8b-h100"
+    assert report.file_stem({"kind": "serve", "model": {"name": "m"}, "env": {"date": "d", "device": {"type": "cpu"}},
+                             "tag": "spec"}) == "d-serve-m-cpu-spec"
     result = {"kind": "throughput", "model": {"name": "llama-3.1-8b", "hf_overrides": {}}, "env": env,
               "octavo": {"output_tokens_per_s": 13000.0}, "ratios": {"output_tps_vs_hf": 20.0}}
     checks = {c["name"]: c["met"] for c in report.goals(result)}
@@ -89,3 +91,41 @@ def test_report_file_stem_and_goals():
     result["env"] = {"date": "d", "device": {"type": "cpu"}}
     assert report.goals(result) == []  # goals are judged only on the run they were set for
     assert json.loads(json.dumps(checks))
+
+
+def test_text_requests_are_windows_after_bos():
+    corpus = list(range(100, 400))
+    first = text_requests(corpus, 20, (16, 16), (8, 8), seed=3, bos_token_id=1)
+    assert first == text_requests(corpus, 20, (16, 16), (8, 8), seed=3, bos_token_id=1)
+    for request in first:
+        ids = request.prompt_token_ids
+        assert len(ids) == 16 and ids[0] == 1 and request.output_len == 8
+        assert ids[1:] == list(range(ids[1], ids[1] + 15))  # a contiguous window of the text
+    assert len({r.prompt_token_ids[1] for r in first}) > 10
+    with pytest.raises(ValueError, match="fewer than"):
+        text_requests(corpus[:10], 1, (16, 16), (8, 8), seed=0)
+
+
+def test_engine_flags_reach_the_server_command():
+    """The engine flags given (only those away from EngineArgs' defaults) become `octavo serve`
+    flags, the draft's included; the model goes first, as octavo serve's positional argument."""
+    import argparse
+
+    from octavo.bench import cli
+    from octavo.bench.serve import serve_command
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["serve", "--model", "m", "--launch", "--speculative-model", "d", "--num-speculative-tokens",
+                              "4", "--no-enable-prefix-caching", "--enforce-eager", "-tp", "2"])
+    command = serve_command("/models/m", cli.engine_args(args), "--max-num-seqs 8")
+    assert command[1:6] == ["-P", "-m", "octavo.cli", "serve", "/models/m"] and "m" not in command
+    assert command[command.index("--speculative-model") + 1] == "d"
+    assert command[command.index("--num-speculative-tokens") + 1] == "4"
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+    assert "--no-enable-prefix-caching" in command and "--enforce-eager" in command
+    assert command[-2:] == ["--max-num-seqs", "8"]
+    plain = serve_command("m", cli.engine_args(parser.parse_args(["serve", "--model", "m", "--launch"])))
+    assert plain[6:] == []
+    spec = parser.parse_args(["spec", "--max-num-seqs", "64", "--a-args", "--enforce-eager --seed 3"])
+    assert cli.engine_args(spec).max_num_seqs == 64 and spec.a_args == "--enforce-eager --seed 3"

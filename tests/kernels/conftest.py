@@ -9,6 +9,10 @@ set in the child's environment alone.
 
 To debug in one process: TRITON_INTERPRET=1 OCTAVO_KERNEL_TESTS_CHILD=1 pytest tests/kernels
 
+On a GPU, OCTAVO_KERNEL_TESTS_DEVICE=cuda runs the same tests compiled on the device instead: the
+child does not interpret, and every kernel call moves its tensor arguments to CUDA (views keep
+their strides), runs there, and copies the results (and whatever the kernel wrote in place) back.
+
 Every buffer the kernels allocate with torch.empty / empty_like is NaN-filled (integers: a large
 sentinel), so an output element or partial result that a kernel forgets to write shows up.
 """
@@ -32,6 +36,7 @@ ROOT = HERE.parents[1]
 KERNEL_DIR = ROOT / "octavo" / "kernels"
 KERNEL_MODULES = ("attention", "cache", "norm", "rotary", "activation")
 IN_CHILD = os.environ.get("OCTAVO_KERNEL_TESTS_CHILD") == "1"
+ON_CUDA = os.environ.get("OCTAVO_KERNEL_TESTS_DEVICE") == "cuda"
 
 
 # ------------------------------------------------------------------------------------------
@@ -49,7 +54,7 @@ def pytest_collection_modifyitems(session, config, items):
 def _run_child() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
-        env = {**os.environ, "TRITON_INTERPRET": "1", "OCTAVO_KERNEL_TESTS_CHILD": "1"}
+        env = {**os.environ, "OCTAVO_KERNEL_TESTS_CHILD": "1", **({} if ON_CUDA else {"TRITON_INTERPRET": "1"})}
         args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 f"--junitxml={report}", *[item.nodeid for item in _selected]]
         proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -81,7 +86,8 @@ def pytest_pyfunc_call(pyfuncitem):
     if outcome == "missing":
         pytest.fail(f"the interpreted child run has no result for {pyfuncitem.nodeid}:\n"
                     + _child["log"], pytrace=False)
-    pytest.fail(f"failed under TRITON_INTERPRET=1 (child process):\n{detail}", pytrace=False)
+    how = "on CUDA" if ON_CUDA else "under TRITON_INTERPRET=1"
+    pytest.fail(f"failed {how} (child process):\n{detail}", pytrace=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -171,6 +177,11 @@ def kernels():
         return
     undo = None
     try:
+        if ON_CUDA:
+            modules = {name: _OnCuda(_load_interpreted(name)) for name in KERNEL_MODULES}
+            yield types.SimpleNamespace(**modules, relative_error=relative_error, tolerance=TOLERANCE,
+                                        bfloat16_dot=True)
+            return
         if not _interpreter_dots_bfloat16():
             undo = _upcast_bfloat16_dots()
         modules = {name: _load_interpreted(name) for name in KERNEL_MODULES}
@@ -179,6 +190,44 @@ def kernels():
     finally:
         if undo is not None:
             undo()
+
+
+class _OnCuda:
+    """A kernel module whose functions take the tests' CPU tensors: each call runs on CUDA on copies
+    (a view is copied with its base, so its strides stay), then writes the copies back (the kernels
+    write some arguments in place) and returns its results on the CPU."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self._module = module
+
+    def __getattr__(self, name):
+        value = getattr(self._module, name)
+        return self._wrap(value) if callable(value) and not isinstance(value, type) else value
+
+    @staticmethod
+    def _to_cuda(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t._base is None:
+            return t.to("cuda")
+        return t._base.to("cuda").as_strided(t.size(), t.stride(), t.storage_offset())
+
+    @staticmethod
+    def _to_cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.cpu()
+        return type(value)(_OnCuda._to_cpu(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+    def _wrap(self, fn):
+        def on_cuda(*args, **kwargs):
+            moved = [self._to_cuda(a) for a in args]
+            moved_kwargs = {k: self._to_cuda(v) for k, v in kwargs.items()}
+            result = fn(*moved, **moved_kwargs)
+            for original, copy in [*zip(args, moved), *((kwargs[k], moved_kwargs[k]) for k in kwargs)]:
+                if isinstance(original, torch.Tensor):
+                    original.copy_(copy.cpu())
+            return self._to_cpu(result)
+        return on_cuda
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

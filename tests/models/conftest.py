@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from family_checkpoints import build_family_checkpoint  # noqa: E402
+from family_checkpoints import build_family_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,12 @@ unique module name: every test folder has a conftest)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from operator_helpers import RESOURCES  # noqa: E402
-from operator_vocab_models import make_models  # noqa: E402
+from operator_helpers import RESOURCES
+from operator_vocab_models import make_models
 
 
 @pytest.fixture(autouse=True)

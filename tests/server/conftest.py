@@ -9,7 +9,6 @@ fixture checks that after each test, so a leaked request or block fails the test
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import build_checkpoint
 
-from tiny_models import build_checkpoint  # noqa: E402
-
-from server_testing import (MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, LiveServer,  # noqa: E402
+from server_testing import (MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS, LiveServer,
                             engine_is_idle, wait_until)
 
 

@@ -1,26 +1,17 @@
 """Fixtures for the speculative decoding tests: controlled target/draft pairs built from the tiny
-checkpoints (bench/spec_pair.py's construction), a tiny-vocabulary pair for distribution tests,
+checkpoints (octavo/bench/pairs.py's construction), a tiny-vocabulary pair for distribution tests,
 and helpers to build engines with and without a draft."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from tiny_models import build_checkpoint
+from tiny_models import build_checkpoint, controlled_pair
 
-REPO = Path(__file__).resolve().parents[2]
 PAIR_SCALE = 0.12  # later-layer scale of the default pair: about half of greedy drafts accepted
-
-
-def load_spec_pair():
-    spec = importlib.util.spec_from_file_location("spec_pair", REPO / "bench" / "spec_pair.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -33,27 +24,22 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def spec_pair():
-    return load_spec_pair()
-
-
-@pytest.fixture(scope="session")
 def spec_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("spec")
 
 
 @pytest.fixture(scope="session")
-def pair(spec_root, spec_pair) -> tuple[Path, Path]:
+def pair(spec_root) -> tuple[Path, Path]:
     """(target, draft): a 2-layer tiny Llama and its 1-layer controlled draft."""
     base = build_checkpoint(spec_root, "llama", seed=0)
-    return spec_pair.write_controlled_checkpoints(base, spec_root / "pair", 1, PAIR_SCALE)
+    return controlled_pair(base, spec_root / "pair", 1, PAIR_SCALE)
 
 
 @pytest.fixture(scope="session")
-def exact_pair(spec_root, spec_pair) -> tuple[Path, Path]:
+def exact_pair(spec_root) -> tuple[Path, Path]:
     """Scale 0: the target computes the draft's function, so every draft is accepted."""
     base = build_checkpoint(spec_root, "llama", seed=0)
-    return spec_pair.write_controlled_checkpoints(base, spec_root / "exact", 1, 0.0)
+    return controlled_pair(base, spec_root / "exact", 1, 0.0)
 
 
 # ---- a tiny-vocabulary pair ---------------------------------------------------------------------

@@ -4,22 +4,20 @@ name their fix before any process starts, and a worker that dies mid-generation.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from octavo import EngineArgs, SamplingParams
 from octavo.runtime.distributed import WorkerDiedError
+from tiny_models import controlled_pair
 from tp_helpers import make_llm, token_ids
 
-REPO = Path(__file__).resolve().parents[2]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 PROMPTS = ["Machine learning is", "The quick brown fox jumps over", "def add(a, b):"]
 
@@ -62,17 +60,10 @@ def test_dummy_weights_tp2_smoke_and_drop(tmp_path, llama_dir):
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
 
 
-def _controlled_pair(root: Path, base: Path) -> tuple[Path, Path]:
-    spec = importlib.util.spec_from_file_location("spec_pair", REPO / "bench" / "spec_pair.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_controlled_checkpoints(base, root / "pair", 1, 0.12)
-
-
 @pytest.mark.parametrize("draft_tp", [1, 2])
 def test_speculative_pair_under_tp(tmp_path_factory, llama_dir, draft_tp):
     """Target at TP 2, draft at TP 1 (on rank 0 alone) or 2: greedy output is the target's."""
-    target, draft = _controlled_pair(tmp_path_factory.mktemp("pair"), llama_dir)
+    target, draft = controlled_pair(llama_dir, tmp_path_factory.mktemp("pair") / "pair", 1, 0.12)
     with make_llm(target, 1) as llm:
         alone = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     # Fixed k: every step drafts k tokens and verifies them.

@@ -1,0 +1,433 @@
+"""`octavo bench spec`: two live servers, arm A and arm B, compared as a paired, interleaved,
+repeated A/B with a 90% t interval.
+
+By default A serves the target alone and B the target with its draft (adaptive k): does speculation
+pay? Per-arm `octavo serve` arguments (--a-args), draft or not (--a-draft, --no-b-draft) and a
+PYTHONPATH entry put first in the arm's servers' environment (--a-pythonpath) make an arm any
+configuration or version of octavo: an old commit's `octavo` package copied to /tmp/old against this
+checkout, both with the draft, is `--a-draft --a-pythonpath /tmp/old --a-name old --b-name new`.
+
+Why this method: sweeps of one commit, one server after the other, differed by up to 26% in the
+demo pair's no-spec server alone, so their ratio could not say whether speculation costs throughput.
+Here every server is launched once and stays up (an idle engine waits on an event and disturbs
+nothing). Per concurrency c, R rounds; in each, every server runs once in ABBA order (even rounds A
+first, odd rounds B first: a drift weighs both alike), all on the round's requests: one untimed round
+of c, then max(--min-requests, --requests-per-user x c) timed requests with c in flight. Each round
+gives a paired ratio B / A of output tok/s, TTFT p50 and TPOT p50 (of each arm's mean over its
+--instances); a level reports their geometric mean with a 90% interval over rounds
+(measure.t_interval), each arm's median and spread over rounds, and from each arm's /metrics
+counters the acceptance, mean k and share of output tokens that were accepted drafts.
+
+Pairs (--pair, a comma list, served one after another, sharing the time budget by weight): `demo`,
+`controlled` (pairs.py says how each is made) and `paths` (--target DIR, --draft DIR). The servers
+share the device: the i-th of M gets --gpu-memory-utilization U x (i + 1) / M (octavo's share caps the
+whole device's use) unless the flags size the KV cache. --trace sets OCTAVO_STEP_TRACE for every
+server and summarises each arm's timed steps by batch size and kind of step (trace.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from octavo.bench import pairs, trace
+from octavo.bench.env import environment
+from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
+from octavo.bench.report import file_stem, header, table
+from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
+                                served_model_name, spec_summary)
+
+logger = logging.getLogger("octavo")
+
+LEVELS = [1, 2, 4, 8, 16, 32, 64]
+PAIRS = ("demo", "controlled", "paths")
+PAIR_WEIGHTS = {"controlled": 1.5}  # shares of the time budget (an 8B pair starts and runs longer); others 1
+# The compared metrics, and whether a higher value is better (throughput) or worse (latency).
+METRICS = {"output_tokens_per_s": True, "ttft_ms_p50": False, "tpot_ms_p50": False}
+DEFAULT_K = 4
+
+
+@dataclass
+class Arm:
+    """One side: its label, whether its servers get the pair's draft, extra `octavo serve`
+    arguments, and a PYTHONPATH entry put first in its servers' environment."""
+
+    name: str
+    draft: bool
+    server_args: str = ""
+    pythonpath: str | None = None
+
+
+def arms_from(args: Any) -> list[Arm]:
+    drafts = (args.a_draft, args.b_draft)
+    names = [given or ("spec" if draft else "no-spec") for given, draft in zip((args.a_name, args.b_name), drafts)]
+    if names[0] == names[1]:
+        names = [f"{names[0]}-A", f"{names[1]}-B"]
+    return [Arm(names[0], drafts[0], args.a_args, args.a_pythonpath),
+            Arm(names[1], drafts[1], args.b_args, args.b_pythonpath)]
+
+
+# ---- the schedule and the statistics (pure) --------------------------------------------------------
+def round_order(round_index: int, instances: int) -> list[tuple[int, int]]:
+    """(arm, instance) in the order they run in a round: even rounds every A server then every B
+    server, odd rounds the mirror image (ABBA), so a linear drift over two rounds weighs each alike."""
+    forward = [(arm, instance) for arm in (0, 1) for instance in range(instances)]
+    return forward if round_index % 2 == 0 else forward[::-1]
+
+
+def request_seed(base: int, concurrency: int, round_index: int, untimed: bool = False) -> int:
+    """One seed per (level, round, untimed or timed), the same for every server of the round."""
+    return base + 100_000 * (round_index + 1) + 1000 * concurrency + (500 if untimed else 0)
+
+
+def metric_value(run: dict, metric: str) -> float | None:
+    """A run's value of a compared metric; None when no request of it succeeded."""
+    summary = run["summary"]
+    if summary["num_requests"] <= summary["num_errors"]:
+        return None
+    if metric == "output_tokens_per_s":
+        return summary["output_tokens_per_s"]
+    latency = summary[metric.removesuffix("_p50")]
+    return latency["p50"] if latency["count"] else None
+
+
+def round_values(runs: list[dict], metric: str, instances: int) -> list[dict]:
+    """Per complete round (every server ran and measured something): each arm's mean over its
+    instances and the paired ratio B / A."""
+    rounds: dict[int, tuple[list, list]] = {}
+    for run in runs:
+        rounds.setdefault(run["round"], ([], []))[run["arm"]].append(metric_value(run, metric))
+    rows = []
+    for index, values in sorted(rounds.items()):
+        if any(len(v) != instances or any(x is None or x <= 0 for x in v) for v in values):
+            continue
+        a, b = (math.fsum(v) / instances for v in values)
+        rows.append({"round": index, "a": a, "b": b, "ratio": b / a})
+    return rows
+
+
+def ratio_stats(rows: list[dict], higher_is_better: bool) -> dict:
+    ratios = [row["ratio"] for row in rows]
+    interval = t_interval(ratios)
+    return {"rounds": len(ratios), "per_round": rows, "geomean": geometric_mean(ratios) if ratios else None,
+            "interval": list(interval) if interval else None, "min": min(ratios, default=None),
+            "max": max(ratios, default=None), "verdict": verdict(interval, higher_is_better)}
+
+
+def summed_counters(deltas: list[dict | None]) -> dict[str, float] | None:
+    """Counter deltas of several runs added up (None when no run has counters)."""
+    total: dict[str, float] = {}
+    for delta in filter(None, deltas):
+        for name, value in delta.items():
+            total[name] = total.get(name, 0.0) + value
+    return total or None
+
+
+def level_stats(runs: list[dict], instances: int) -> dict:
+    """Everything the report says about one level, from its runs."""
+    stats: dict[str, Any] = {metric: ratio_stats(round_values(runs, metric, instances), better)
+                             for metric, better in METRICS.items()}
+    stats["arms"] = [{metric: spread([row[("a", "b")[arm]] for row in stats[metric]["per_round"]]) for metric in METRICS}
+                     | {"speculation": spec_summary(summed_counters([r["server_counters"] for r in runs
+                                                                      if r["arm"] == arm]))}
+                     for arm in (0, 1)]
+    stats["num_errors"] = sum(run["summary"]["num_errors"] + run["untimed"]["num_errors"] for run in runs)
+    return stats
+
+
+# ---- the runs (I/O) --------------------------------------------------------------------------------
+class SpecBench:
+    def __init__(self, args: Any, save_partial) -> None:
+        from octavo.bench.cli import engine_args
+
+        self.args, self.save_partial = args, save_partial
+        self.started = time.monotonic()
+        self.arms = arms_from(args)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        env = environment(args.device, args)
+        self.cuda = env["device"].get("type") == "cuda"
+        self.doc: dict = {
+            "kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
+            "arms": [asdict(arm) for arm in self.arms],
+            "settings": {"pairs": args.pair, "concurrency": args.concurrency, "rounds": args.rounds,
+                         "instances": args.instances, "min_requests": args.min_requests,
+                         "requests_per_user": args.requests_per_user, "input_len": args.input_len,
+                         "output_len": args.output_len, "num_warmups": args.num_warmups,
+                         "temperature": args.temperature, "num_speculative_tokens": self.k,
+                         "engine_flags": shlex.join(engine_args(args).to_cli_args()),
+                         "server_args": args.server_args,
+                         "time_budget_s": args.time_budget, "confidence": CONFIDENCE, "trace": args.trace},
+            "pairs": [], "total_errors": 0, "total_seconds": None,
+        }
+
+    @property
+    def k(self) -> int:
+        return self.args.num_speculative_tokens or DEFAULT_K
+
+    def save(self) -> None:
+        self.doc["total_seconds"] = time.monotonic() - self.started
+        self.doc["total_errors"] = sum(level["stats"]["num_errors"] for entry in self.doc["pairs"]
+                                       for level in entry["levels"] if level.get("stats"))
+        self.save_partial(self.doc)
+
+    def run(self) -> dict:
+        names = self.args.pair
+        for index, name in enumerate(names):
+            entry: dict = {"name": name, "servers": [], "levels": [], "error": None}
+            self.doc["pairs"].append(entry)
+            weights = [PAIR_WEIGHTS.get(n, 1.0) for n in names[index:]]
+            left = self.args.time_budget - (time.monotonic() - self.started)
+            try:
+                self.run_pair(entry, time.monotonic() + left * weights[0] / sum(weights))
+            except Exception as exc:  # a server that did not start, say: the other pairs still run
+                logger.exception("pair %s failed", name)
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            self.save()
+        return self.doc
+
+    def pair(self, entry: dict) -> tuple[str, str, str | None]:
+        """(target, draft, prompt text or None) of the entry's pair; notes how it was made."""
+        args = self.args
+        if entry["name"] == "demo":
+            from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
+
+            entry["construction"] = (
+                "The shipped demo pair: octavo-demo (4.2M parameters, 4 layers) verifies octavo-demo-draft (0.9M, "
+                "2 layers), trained on 40 of Shakespeare's works (octavo/runtime/demo/DATA_CARD.md); prompts are "
+                "windows of held-out text (Julius Caesar and Twelfth Night, the pair's validation plays) after BOS.")
+            return str(DEMO_TARGET_DIR), str(DEMO_DRAFT_DIR), args.prompt_text or str(pairs.HELD_OUT_TEXT)
+        if entry["name"] == "controlled":
+            request = {"config": args.controlled_config, "draft_layers": args.draft_layers,
+                       "scale": args.controlled_scale, "target_acceptance": args.target_acceptance, "tolerance": 0.03,
+                       "scale_high": 0.1, "max_evals": args.calibration_evals, "k": self.k, "dtype": args.dtype,
+                       "device": args.device, "seed": args.seed, "prompt_len": args.input_len,
+                       "output_len": args.output_len, "prompts": args.calibration_prompts}
+            made = entry["calibration"] = pairs.controlled_pair(request, Path(args.controlled_workdir),
+                                                                args.calibration_timeout, python_env())
+            entry["construction"] = pairs.construction_text(made)
+            return made["target_dir"], made["draft_dir"], args.prompt_text
+        if not (args.target and args.draft):
+            raise ValueError("--pair paths needs --target DIR and --draft DIR")
+        entry["construction"] = f"Target {args.target}, draft {args.draft}."
+        return str(Path(args.target).resolve()), str(Path(args.draft).resolve()), args.prompt_text
+
+    def run_pair(self, entry: dict, deadline: float) -> None:
+        args = self.args
+        target, draft, text = self.pair(entry)
+        vocab_size = pairs.load_config(os.path.join(target, "config.json"))["vocab_size"]
+        load = Workload(vocab_size, (args.input_len,) * 2, (args.output_len,) * 2, args.temperature,
+                        args.request_timeout)
+        if text:
+            load.use_text(text, target)
+        entry.update(target=target, draft=draft, prompt_text=text)
+        with contextlib.ExitStack() as stack:
+            servers = self.launch(stack, entry, target, draft, load)
+            for concurrency in args.concurrency:
+                count = max(args.min_requests, args.requests_per_user * concurrency)
+                level = {"concurrency": concurrency, "rounds_planned": args.rounds, "requests_per_run": count,
+                         "runs": [], "stats": None}
+                entry["levels"].append(level)
+                try:
+                    for index in range(args.rounds):
+                        if time.monotonic() >= deadline:
+                            logger.warning("%s pair, c = %d: no round %d (time budget spent)", entry["name"],
+                                           concurrency, index)
+                            break
+                        untimed = load.requests(concurrency, request_seed(args.seed, concurrency, index, True))
+                        timed = load.requests(count, request_seed(args.seed, concurrency, index))
+                        for position, (arm, instance) in enumerate(round_order(index, args.instances)):
+                            run = self.run_server(servers[arm, instance], load, concurrency, untimed, timed,
+                                                  f"{self.arms[arm].name} #{instance} c={concurrency} round {index}")
+                            run.update(round=index, arm=arm, instance=instance, position=position)
+                            level["runs"].append(run)
+                finally:
+                    level["rounds_run"] = len({run["round"] for run in level["runs"]})
+                    level["stats"] = level_stats(level["runs"], args.instances)
+                    self.save()
+                tps = level["stats"]["output_tokens_per_s"]
+                logger.info("%s pair, c = %d: %s / %s tok/s %s over %d rounds: %s", entry["name"], concurrency,
+                            self.arms[1].name, self.arms[0].name, ratio_cell(tps), tps["rounds"], tps["verdict"])
+        if args.trace:
+            entry["trace"] = self.trace_summary(entry)
+
+    def launch(self, stack: contextlib.ExitStack, entry: dict, target: str, draft: str,
+               load: Workload) -> dict[tuple[int, int], tuple[str, str]]:
+        """Every server of the pair, one after another (each sizes its KV cache from the memory
+        free when it starts), warmed up; returns (base URL, model name) by (arm, instance)."""
+        from octavo.bench.cli import engine_args
+
+        args = self.args
+        order = round_order(0, args.instances)
+        words = shlex.split(" ".join([args.server_args or ""] + [arm.server_args or "" for arm in self.arms]))
+        sized = args.num_gpu_blocks_override or any(w.split("=")[0] in ("--gpu-memory-utilization",
+                                                                          "--num-gpu-blocks-override") for w in words)
+        servers = {}
+        for index, (arm_index, instance) in enumerate(order):
+            arm = self.arms[arm_index]
+            engine = engine_args(args, **({"speculative_model": draft, "num_speculative_tokens": self.k}
+                                          if arm.draft else {}))
+            if self.cuda and not sized:
+                share = args.gpu_memory_utilization * (index + 1) / len(order)
+                engine = dataclasses.replace(engine, gpu_memory_utilization=round(share, 4))
+            stem = f"{file_stem(self.doc)}-{entry['name']}-{arm.name}-{instance}"
+            steps = self.out / f"{stem}-steps.jsonl"
+            steps.unlink(missing_ok=True)
+            env = python_env(arm.pythonpath, **({"OCTAVO_STEP_TRACE": str(steps)} if args.trace else {}))
+            command = serve_command(target, engine, f"{args.server_args or ''} {arm.server_args or ''}")
+            began = time.monotonic()
+            base_url, command = stack.enter_context(launched_server(command, str(self.out / f"{stem}-server.log"),
+                                                                    args.launch_timeout, env))
+            launched = time.monotonic() - began
+            model = served_model_name(base_url, target)
+            load.warm_up(base_url, model, max(args.concurrency), args.num_warmups, args.seed)
+            servers[arm_index, instance] = (base_url, model)
+            entry["servers"].append({"arm": arm.name, "instance": instance, "command": shlex.join(command),
+                                     "octavo": imported_octavo(env), "log": f"{stem}-server.log",
+                                     "trace": steps.name if args.trace else None, "launch_s": launched,
+                                     "warm_up_s": time.monotonic() - began - launched})
+            logger.info("%s #%d up in %.1f s, octavo from %s", arm.name, instance, launched,
+                        entry["servers"][-1]["octavo"])
+            self.save()
+        return servers
+
+    def run_server(self, server: tuple[str, str], load: Workload, concurrency: int, untimed: list, timed: list,
+                   label: str) -> dict:
+        """One run: the untimed round, then the timed requests between two /metrics scrapes; the
+        timed part's perf_counter window selects its engine steps from a trace."""
+        warm, _ = load.run(*server, untimed, concurrency, f"{label} untimed")
+        summary, records = load.measure(*server, timed, concurrency, label)
+        errors = [r["error"] for r in warm + records if r["error"]]
+        logger.info("%s: %.0f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms%s", label, summary["output_tokens_per_s"],
+                    summary["ttft_ms"]["p50"], summary["tpot_ms"]["p50"],
+                    f", {len(errors)} errors (first: {errors[0]})" if errors else "")
+        return {"concurrency": concurrency, "window": summary.pop("window"), "summary": summary,
+                "server_counters": summary.pop("server_counters"),
+                "untimed": {"num_requests": len(warm), "num_errors": sum(1 for r in warm if r["error"])},
+                "errors": errors[:3]}
+
+    def trace_summary(self, entry: dict) -> dict:
+        """Per arm: its servers' steps inside their timed windows, by batch size and kind."""
+        summary = {}
+        for arm_index, arm in enumerate(self.arms):
+            steps, read = [], 0
+            for server in (s for s in entry["servers"] if s["arm"] == arm.name):
+                found = trace.read_steps(self.out / server["trace"])
+                read += len(found)
+                windows = [run["window"] for level in entry["levels"] for run in level["runs"]
+                           if run["arm"] == arm_index and run["instance"] == server["instance"]]
+                steps += trace.in_windows(found, windows)
+            summary[arm.name] = {"steps_read": read, "steps_timed": len(steps), "rows": trace.summarize(steps)}
+        return summary
+
+
+def benchmark(args: Any, save_partial) -> dict:
+    if args.model or args.speculative_model or args.speculative_config:
+        raise ValueError("the pair names the model and the draft: give --pair (and --target/--draft with --pair "
+                         "paths), not --model or --speculative-model/--speculative-config")
+    unknown = sorted(set(args.pair) - set(PAIRS))
+    if unknown or not args.pair:
+        raise ValueError(f"--pair takes a comma list of {', '.join(PAIRS)}; got {','.join(args.pair)}")
+    if args.rounds < 1 or args.instances < 1:
+        raise ValueError("--rounds and --instances must be >= 1")
+    bench = SpecBench(args, save_partial)
+    try:
+        bench.run()
+    except KeyboardInterrupt:  # e.g. `timeout --signal=INT`: report what was measured
+        logger.warning("interrupted: writing what was measured")
+        bench.doc["interrupted"] = True
+    bench.save()
+    return bench.doc
+
+
+# ---- Markdown --------------------------------------------------------------------------------------
+def number(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def ratio_cell(stats: dict) -> str:
+    """"1.030x [0.980–1.070]": the geometric mean of the paired ratios and its interval."""
+    if stats["geomean"] is None:
+        return "—"
+    interval = stats["interval"]
+    return f"{stats['geomean']:.3f}x" + (f" [{interval[0]:.3f}–{interval[1]:.3f}]" if interval else "")
+
+
+def arm_text(arm: dict, k: int) -> str:
+    return (f"**{arm['name']}**: " + (f"the pair's draft, adaptive k <= {k}" if arm["draft"] else "no draft")
+            + (f", server args `{arm['server_args']}`" if arm.get("server_args") else "")
+            + (f", `{arm['pythonpath']}` first on PYTHONPATH" if arm.get("pythonpath") else ""))
+
+
+def markdown(doc: dict) -> str:
+    settings = doc["settings"]
+    a, b = (arm["name"] for arm in doc["arms"])
+    confidence = round(100 * settings["confidence"])
+    lines = [header(doc, f"Speculative A/B, {a} vs {b}").rstrip("\n"), "",
+             f"Arms: A = {arm_text(doc['arms'][0], settings['num_speculative_tokens'])}; "
+             f"B = {arm_text(doc['arms'][1], settings['num_speculative_tokens'])}.", "",
+             f"Method (octavo/bench/spec.py): {settings['instances']} server(s) per arm, all kept up; per "
+             f"concurrency c up to {settings['rounds']} rounds, each server once per round in ABBA order on the "
+             f"round's requests: c untimed, then max({settings['min_requests']}, {settings['requests_per_user']} x c) "
+             f"timed with c in flight ({settings['input_len']} tokens in, {settings['output_len']} out, temperature "
+             f"{settings['temperature']}). Per arm: medians over rounds, tok/s coefficient of variation, and its "
+             "/metrics counters (acceptance = accepted / drafted, mean k = drafted / verified request-steps). B / A: "
+             f"geometric mean of the per-round paired ratios, {confidence}% interval over rounds (Student's t on "
+             "log-ratios); a difference is named only when the whole interval lies on one side of 1.", ""]
+    if doc.get("interrupted"):
+        lines += ["**Interrupted**: the run was stopped before the end; what it measured is below.", ""]
+    for entry in doc["pairs"]:
+        lines += [f"### {entry['name']} pair", "", entry.get("construction") or "", ""]
+        if entry.get("error"):
+            lines += [f"**Failed**: {entry['error']}", ""]
+        rows, ratios = [], []
+        for level in entry["levels"]:
+            stats, c = level["stats"], str(level["concurrency"])
+            for name, arm in zip((a, b), stats["arms"]):
+                speculation = arm["speculation"] or {}
+                tps = arm["output_tokens_per_s"] or {}
+                rows.append([c, name, f"{stats['output_tokens_per_s']['rounds']}/{level['rounds_planned']}",
+                             f"{number(tps.get('median'))} [{number(tps.get('min'))}–{number(tps.get('max'))}]",
+                             percent(tps.get("cv")), number((arm["ttft_ms_p50"] or {}).get("median"), 1),
+                             number((arm["tpot_ms_p50"] or {}).get("median"), 2),
+                             number(speculation.get("acceptance_rate"), 3),
+                             number(speculation.get("drafts_per_verification"), 2),
+                             percent(speculation.get("accepted_fraction"))])
+            ratios.append([c] + [ratio_cell(stats[m]) + (f", {b} {stats[m]['verdict']}" if stats[m]["verdict"] in
+                                                         ("better", "worse") else "") for m in METRICS])
+        if rows:
+            lines += [table(["c", "arm", "rounds", "output tok/s median [min–max]", "tok/s CV", "TTFT p50 ms",
+                             "TPOT p50 ms", "acceptance", "mean k", "tokens from accepted drafts"], rows),
+                      table(["c", f"tok/s {b} / {a} [{confidence}% CI]", f"TTFT p50 {b} / {a}",
+                             f"TPOT p50 {b} / {a}"], ratios)]
+        errors = sum(level["stats"]["num_errors"] for level in entry["levels"])
+        if errors:
+            lines += [f"**{errors} requests failed** (see `errors` in the runs of the JSON).", ""]
+        if entry.get("trace"):
+            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind; share: of "
+                      "the arm's traced step time.", ""]
+            body = [[name, str(row["batch_size"]), row["kind"], f"{row['steps']:,}", f"{row['seconds']:.2f}",
+                     percent(row["share"]), f"{row['step_ms_p50']:.3f}", f"{row['tokens_per_step']:.2f}",
+                     number(row["acceptance_rate"], 3)]
+                    for name, arm in entry["trace"].items() for row in arm["rows"]]
+            missing = [name for name, arm in entry["trace"].items() if not arm["steps_read"]]
+            lines += [table(["arm", "batch", "kind", "steps", "seconds", "share", "ms/step p50", "tokens/step",
+                             "acceptance"], body)] if body else []
+            lines += [f"No trace from {', '.join(missing)} (an engine that does not write OCTAVO_STEP_TRACE).",
+                      ""] if missing else []
+        lines += [f"- {s['arm']} #{s['instance']}: octavo from `{s['octavo']}`, up in {s['launch_s']:.0f} s, log "
+                  f"`{s['log']}`: `{s['command']}`" for s in entry["servers"]] + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
