@@ -117,7 +117,7 @@ class SpeculativeConfig:
     adaptive: bool = True  # False: always draft num_speculative_tokens
     min_gain: float = 0.05  # speculate only where predicted to beat plain decoding by this much
     decide_every: int = 16  # steps a decision holds
-    window: int = 16  # step-time samples kept per batch-size bucket and k
+    window: int = 64  # step-time samples kept per batch-size bucket and k (a low quantile needs a burst to pass)
     plain_quantile: float = 0.1  # plain step times are read low (noise only adds time)
     spec_quantile: float = 0.5  # speculative ones at the median (so noise errs towards plain)
     probe_steps: int = 4  # steps of a probe of the arm not chosen (the first is no sample)

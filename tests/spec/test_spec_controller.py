@@ -158,3 +158,47 @@ def test_while_speculating_plain_steps_are_timed_again_now_and_then():
 def test_fixed_k_when_not_adaptive():
     ctl = controller(k=3, adaptive=False)
     assert [ctl.step_k(b) for b in (1, 64, 512)] == [3, 3, 3]
+
+
+def replay(ctl: AdaptiveK, steps: int, plain_seconds, spec_step, batch: int = 1) -> float:
+    """Drive a controller with step times drawn from a workload (plain_seconds(i) for the i-th
+    plain step; spec_step(i) -> (seconds, accepted of 4) for a speculative one); its tokens per
+    second over always-plain decoding's."""
+    import itertools
+
+    clock = tokens = 0.0
+    plain_i, spec_i = itertools.count(), itertools.count()
+    for _ in range(steps):
+        k = ctl.step_k(batch)
+        if k:
+            seconds, accepted = spec_step(next(spec_i))
+            emitted = accepted + 1
+            ctl.record(StepRecord(clock, 0.0, batch, batch, 0, k, k, batch, k * batch, accepted, accepted + (accepted < k),
+                                  emitted))
+        else:
+            seconds, emitted = plain_seconds(next(plain_i)), 1
+            ctl.record(StepRecord(clock, 0.0, batch, batch, 0, 0, 0, 0, 0, 0, 0, emitted))
+        clock += seconds
+        tokens += emitted
+    mean_plain = sum(plain_seconds(i) for i in range(steps)) / steps
+    return tokens / clock * mean_plain
+
+
+def test_a_burst_of_slow_plain_steps_does_not_talk_a_losing_draft_into_speculating():
+    """A launch-bound pair as the H100 showed it (demo pair at c = 1, 2026-12-06): plain steps
+    0.45 ms, in bursts of 1 ms for a few dozen steps; a k = 4 step 2.1 ms for about 2.3 tokens.
+    Speculation loses by 20%; adaptive k must stay within its probe budget of plain decoding.
+    With 16 samples a window, a burst filled the plain window and the controller speculated."""
+    import random
+
+    rng = random.Random(0)
+    bursts = {i for start in range(300, 20_000, 700) for i in range(start, start + 40)}
+
+    def plain(i):
+        return (0.0010 if i in bursts else 0.00045) * (1 + 0.05 * rng.random())
+
+    def spec(i):
+        accepted = sum(1 for _ in range(4) if rng.random() < 0.55)
+        return 0.0021 * (1 + 0.05 * rng.random()), accepted
+
+    assert replay(controller(draft_cost_ratio=0.5), 20_000, plain, spec) > 0.98
