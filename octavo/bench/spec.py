@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from octavo.bench import pairs, trace
-from octavo.bench.env import environment
+from octavo.bench.env import environment, settings
 from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
 from octavo.bench.report import file_stem, header, table
 from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
@@ -158,14 +158,8 @@ class SpecBench:
         self.doc: dict = {
             "kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
             "arms": [asdict(arm) for arm in self.arms],
-            "settings": {"pairs": args.pair, "concurrency": args.concurrency, "rounds": args.rounds,
-                         "instances": args.instances, "min_requests": args.min_requests,
-                         "requests_per_user": args.requests_per_user, "input_len": args.input_len,
-                         "output_len": args.output_len, "num_warmups": args.num_warmups,
-                         "temperature": args.temperature, "num_speculative_tokens": self.k,
-                         "engine_flags": shlex.join(engine_args(args).to_cli_args()),
-                         "server_args": args.server_args,
-                         "time_budget_s": args.time_budget, "confidence": CONFIDENCE, "trace": args.trace},
+            "settings": settings(args, num_speculative_tokens=self.k, confidence=CONFIDENCE,
+                                 engine_flags=shlex.join(engine_args(args).to_cli_args())),
             "pairs": [], "total_errors": 0, "total_seconds": None,
         }
 
