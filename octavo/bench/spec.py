@@ -71,8 +71,8 @@ def arms_from(args: Any) -> list[Arm]:
     names = [given or ("spec" if draft else "no-spec") for given, draft in zip((args.a_name, args.b_name), drafts)]
     if names[0] == names[1]:
         names = [f"{names[0]}-A", f"{names[1]}-B"]
-    return [Arm(names[0], drafts[0], args.a_args, args.a_pythonpath),
-            Arm(names[1], drafts[1], args.b_args, args.b_pythonpath)]
+    paths = [os.path.abspath(p) if p else None for p in (args.a_pythonpath, args.b_pythonpath)]
+    return [Arm(names[0], drafts[0], args.a_args, paths[0]), Arm(names[1], drafts[1], args.b_args, paths[1])]
 
 
 # ---- the schedule and the statistics (pure) --------------------------------------------------------
@@ -224,6 +224,8 @@ class SpecBench:
             load.use_text(text, target)
         entry.update(target=target, draft=draft, prompt_text=text)
         with contextlib.ExitStack() as stack:
+            if args.trace:  # after the servers stop (their last lines written), however the runs end
+                stack.callback(lambda: entry.update(trace=self.trace_summary(entry)))
             servers = self.launch(stack, entry, target, draft, load)
             for concurrency in args.concurrency:
                 count = max(args.min_requests, args.requests_per_user * concurrency)
@@ -250,8 +252,6 @@ class SpecBench:
                 tps = level["stats"]["output_tokens_per_s"]
                 logger.info("%s pair, c = %d: %s / %s tok/s %s over %d rounds: %s", entry["name"], concurrency,
                             self.arms[1].name, self.arms[0].name, ratio_cell(tps), tps["rounds"], tps["verdict"])
-        if args.trace:
-            entry["trace"] = self.trace_summary(entry)
 
     def launch(self, stack: contextlib.ExitStack, entry: dict, target: str, draft: str,
                load: Workload) -> dict[tuple[int, int], tuple[str, str]]:
