@@ -410,12 +410,14 @@ def markdown(doc: dict) -> str:
         if errors:
             lines += [f"**{errors} requests failed** (see `errors` in the runs of the JSON).", ""]
         if entry.get("trace"):
-            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind; share: of "
-                      "the arm's traced step time.", ""]
+            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind of step, "
+                      "those over 1% of the arm's traced step time (share), then all batch sizes (the JSON has "
+                      "every row).", ""]
             body = [[name, str(row["batch_size"]), row["kind"], f"{row['steps']:,}", f"{row['seconds']:.2f}",
                      percent(row["share"]), f"{row['step_ms_p50']:.3f}", f"{row['tokens_per_step']:.2f}",
                      number(row["acceptance_rate"], 3)]
-                    for name, arm in entry["trace"].items() for row in arm["rows"]]
+                    for name, arm in entry["trace"].items() for row in arm["rows"]
+                    if row["share"] >= 0.01 or row["batch_size"] == "all"]
             missing = [name for name, arm in entry["trace"].items() if not arm["steps_read"]]
             lines += [table(["arm", "batch", "kind", "steps", "seconds", "share", "ms/step p50", "tokens/step",
                              "acceptance"], body)] if body else []
