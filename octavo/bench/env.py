@@ -135,3 +135,8 @@ def environment(device: str | None = None, args: Any = None) -> dict:
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in ("octavo", "torch", "triton", "transformers", "httpx")},
     }
+
+
+def settings(args: Any, **more: Any) -> dict:
+    """Every flag of the run as parsed (the engine's included), then `more`."""
+    return {**{k: v for k, v in vars(args).items() if not k.startswith("_") and k != "bench_command"}, **more}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from octavo.bench import roofline as roofline_mod
-from octavo.bench.env import environment
+from octavo.bench.env import environment, settings
 from octavo.bench.measure import DeviceClock, percentile, progress, summarize
 from octavo.bench.models import build_llm, model_facts, release, resolve_model
 from octavo.bench.workload import BenchRequest, fixed_requests
@@ -138,10 +138,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
     result.update({
         "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
                   "hf_overrides": spec.overrides, **facts},
-        "settings": {"batch_sizes": batch_sizes, "input_len": args.input_len, "output_len": args.output_len,
-                     "num_iters": args.num_iters, "num_iters_warmup": args.num_iters_warmup,
-                     "hf_num_iters": args.hf_num_iters if args.baseline == "hf" else None,
-                     "baseline": args.baseline, "seed": args.seed, "torch_threads": torch.get_num_threads()},
+        "settings": settings(args, batch_sizes=batch_sizes, torch_threads=torch.get_num_threads()),
         "roofline": roofline,
         "rows": rows,
     })

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from octavo.bench import roofline as roofline_mod
-from octavo.bench.env import environment
+from octavo.bench.env import environment, settings
 from octavo.bench.measure import percentile, progress, summarize
 from octavo.bench.models import ModelSpec, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
 from octavo.bench.workload import BenchRequest, parse_range, random_requests, text_requests
@@ -524,23 +524,13 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
         "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
                   "hf_overrides": spec.overrides, "vocab_size": vocab_size,
                   "dtype": str(dtype).replace("torch.", "") if args.launch else args.dtype},
-        "settings": {"concurrency": sorted(set(args.concurrency)), "input_len": args.input_len,
-                     "output_len": args.output_len, "input_len_range": args.input_len_range,
-                     "output_len_range": args.output_len_range, "num_prompts": args.num_prompts,
-                     "prompts_per_user": args.prompts_per_user, "min_prompts_per_level": args.min_prompts_per_level,
-                     "num_warmups": args.num_warmups, "seed": args.seed, "base_url": args.base_url,
-                     "launched": bool(args.launch), "server_command": None, "synthetic_tokenizer": False,
-                     "baseline": args.baseline, "temperature": args.temperature,
-                     "speculative_model": args.speculative_model,
-                     "num_speculative_tokens": args.num_speculative_tokens, "prompt_text": args.prompt_text,
-                     "prompt_corpus_tokens": len(load.corpus_ids or []) or None,
-                     "warmup_each_level": args.warmup_each_level, "time_budget": args.time_budget,
-                     "skipped_levels": []},
+        "settings": settings(args, launched=bool(args.launch), server_command=None, synthetic_tokenizer=False,
+                             prompt_corpus_tokens=len(load.corpus_ids or []) or None, skipped_levels=[]),
         "roofline": roofline_mod.measure(args.device) if args.roofline else None,
         "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0,
         "records": records,
     }
-    settings = result["settings"]
+    recorded = result["settings"]
 
     def save() -> None:
         result["total_errors"] = sum(level["num_errors"] for level in levels)
@@ -554,14 +544,14 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
             if spec.temporary and not has_tokenizer(spec.path):
                 eos = config.get("eos_token_id")
                 write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
-                settings["synthetic_tokenizer"] = True
+                recorded["synthetic_tokenizer"] = True
             os.makedirs(args.out, exist_ok=True)
             log_path = os.path.join(args.out, file_stem(result) + "-server.log")
             command = serve_command(spec.path, engine_args(args, load_format=spec.load_format), args.server_args)
             base_url, command = stack.enter_context(launched_server(command, log_path, args.launch_timeout))
-            settings.update(base_url=base_url, server_command=shlex.join(command))
+            recorded.update(base_url=base_url, server_command=shlex.join(command))
         model = result["model"]["served_name"] = args.served_model_name or served_model_name(base_url, spec.path)
-        settings["skipped_levels"] = sweep(args, load, base_url, model, levels, records, save)
+        recorded["skipped_levels"] = sweep(args, load, base_url, model, levels, records, save)
 
     ratios = result["ratios"]
     if args.latency_anchor:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from octavo.bench import pairs, trace
-from octavo.bench.env import environment
+from octavo.bench.env import environment, settings
 from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
 from octavo.bench.report import file_stem, header, table
 from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
@@ -71,8 +71,8 @@ def arms_from(args: Any) -> list[Arm]:
     names = [given or ("spec" if draft else "no-spec") for given, draft in zip((args.a_name, args.b_name), drafts)]
     if names[0] == names[1]:
         names = [f"{names[0]}-A", f"{names[1]}-B"]
-    return [Arm(names[0], drafts[0], args.a_args, args.a_pythonpath),
-            Arm(names[1], drafts[1], args.b_args, args.b_pythonpath)]
+    paths = [os.path.abspath(p) if p else None for p in (args.a_pythonpath, args.b_pythonpath)]
+    return [Arm(names[0], drafts[0], args.a_args, paths[0]), Arm(names[1], drafts[1], args.b_args, paths[1])]
 
 
 # ---- the schedule and the statistics (pure) --------------------------------------------------------
@@ -158,14 +158,8 @@ class SpecBench:
         self.doc: dict = {
             "kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
             "arms": [asdict(arm) for arm in self.arms],
-            "settings": {"pairs": args.pair, "concurrency": args.concurrency, "rounds": args.rounds,
-                         "instances": args.instances, "min_requests": args.min_requests,
-                         "requests_per_user": args.requests_per_user, "input_len": args.input_len,
-                         "output_len": args.output_len, "num_warmups": args.num_warmups,
-                         "temperature": args.temperature, "num_speculative_tokens": self.k,
-                         "engine_flags": shlex.join(engine_args(args).to_cli_args()),
-                         "server_args": args.server_args,
-                         "time_budget_s": args.time_budget, "confidence": CONFIDENCE, "trace": args.trace},
+            "settings": settings(args, num_speculative_tokens=self.k, confidence=CONFIDENCE,
+                                 engine_flags=shlex.join(engine_args(args).to_cli_args())),
             "pairs": [], "total_errors": 0, "total_seconds": None,
         }
 
@@ -230,6 +224,8 @@ class SpecBench:
             load.use_text(text, target)
         entry.update(target=target, draft=draft, prompt_text=text)
         with contextlib.ExitStack() as stack:
+            if args.trace:  # after the servers stop (their last lines written), however the runs end
+                stack.callback(lambda: entry.update(trace=self.trace_summary(entry)))
             servers = self.launch(stack, entry, target, draft, load)
             for concurrency in args.concurrency:
                 count = max(args.min_requests, args.requests_per_user * concurrency)
@@ -256,8 +252,6 @@ class SpecBench:
                 tps = level["stats"]["output_tokens_per_s"]
                 logger.info("%s pair, c = %d: %s / %s tok/s %s over %d rounds: %s", entry["name"], concurrency,
                             self.arms[1].name, self.arms[0].name, ratio_cell(tps), tps["rounds"], tps["verdict"])
-        if args.trace:
-            entry["trace"] = self.trace_summary(entry)
 
     def launch(self, stack: contextlib.ExitStack, entry: dict, target: str, draft: str,
                load: Workload) -> dict[tuple[int, int], tuple[str, str]]:
@@ -416,12 +410,14 @@ def markdown(doc: dict) -> str:
         if errors:
             lines += [f"**{errors} requests failed** (see `errors` in the runs of the JSON).", ""]
         if entry.get("trace"):
-            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind; share: of "
-                      "the arm's traced step time.", ""]
+            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind of step, "
+                      "those over 1% of the arm's traced step time (share), then all batch sizes (the JSON has "
+                      "every row).", ""]
             body = [[name, str(row["batch_size"]), row["kind"], f"{row['steps']:,}", f"{row['seconds']:.2f}",
                      percent(row["share"]), f"{row['step_ms_p50']:.3f}", f"{row['tokens_per_step']:.2f}",
                      number(row["acceptance_rate"], 3)]
-                    for name, arm in entry["trace"].items() for row in arm["rows"]]
+                    for name, arm in entry["trace"].items() for row in arm["rows"]
+                    if row["share"] >= 0.01 or row["batch_size"] == "all"]
             missing = [name for name, arm in entry["trace"].items() if not arm["steps_read"]]
             lines += [table(["arm", "batch", "kind", "steps", "seconds", "share", "ms/step p50", "tokens/step",
                              "acceptance"], body)] if body else []

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from octavo.bench import roofline as roofline_mod
-from octavo.bench.env import environment
+from octavo.bench.env import environment, settings
 from octavo.bench.measure import DeviceClock, summarize
 from octavo.bench.models import build_llm, model_facts, release, resolve_model
 from octavo.bench.workload import BenchRequest, parse_range, random_requests
@@ -109,9 +109,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
     result.update({
         "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
                   "hf_overrides": spec.overrides, **facts},
-        "settings": {"num_prompts": args.num_prompts, "num_warmups": args.num_warmups,
-                     "input_len_range": list(input_range), "output_len_range": list(output_range),
-                     "seed": args.seed, "baseline": args.baseline, "hf_batch_size": None, "hf_num_prompts": None},
+        "settings": settings(args, input_len_range=list(input_range), output_len_range=list(output_range)),
         "roofline": roofline,
         "octavo": ours,
         "hf": None,
@@ -136,7 +134,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
         hf["extrapolated"] = subset_size < len(requests)
         hf["extrapolated_elapsed_s_all_requests"] = ours["output_tokens"] / hf["output_tokens_per_s"]
         result["hf"] = hf
-        result["settings"].update(hf_batch_size=args.hf_batch_size, hf_num_prompts=subset_size)
+        result["settings"]["hf_num_prompts"] = subset_size
         result["ratios"].update(output_tps_vs_hf=ours["output_tokens_per_s"] / hf["output_tokens_per_s"],
                                 total_tps_vs_hf=ours["total_tokens_per_s"] / hf["total_tokens_per_s"],
                                 requests_per_s_vs_hf=ours["requests_per_s"] / hf["requests_per_s"])

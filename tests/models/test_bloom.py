@@ -61,7 +61,10 @@ def test_residual_after_layernorm_matches_transformers(family_root):
 
 @pytest.mark.parametrize("num_heads", list(range(1, 65)) + [80, 96, 112, 128])
 def test_alibi_slopes_match_transformers(num_heads):
-    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+    if not hasattr(bloom, "_get_alibi_slopes"):  # private, and absent from some releases (5.17)
+        pytest.skip("this transformers has no _get_alibi_slopes")
+    _get_alibi_slopes = bloom._get_alibi_slopes
 
     expected = _get_alibi_slopes(num_heads, torch.device("cpu"))
     ours = alibi_slopes(num_heads)
@@ -88,7 +91,7 @@ def test_interleaved_qkv_is_reordered_on_load(bloom_dir):
     name = next(n for n in tensors if n.endswith("h.0.self_attention.query_key_value.weight"))
     checkpoint = tensors[name].reshape(6, 3, 16, 96)  # heads, (q, k, v), head_dim, hidden
     llm = LLM(model=str(bloom_dir), dtype="float32", num_gpu_blocks=16)
-    ours = llm.llm_engine.model_runner.model.transformer.h[0].self_attention.qkv_proj.weight
+    ours = llm.llm_engine.model_runner.model.transformer.h[0].self_attention.qkv_proj.weight.cpu()  # on CUDA too
     q, k, v = ours.reshape(3, 6, 16, 96)
     assert torch.equal(q, checkpoint[:, 0]) and torch.equal(k, checkpoint[:, 1]) and torch.equal(v, checkpoint[:, 2])
 
