@@ -59,7 +59,8 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
         if var_name in seen:
             errors.append(f"spec.env sets {var_name} twice: keep one")
         seen.add(var_name)
-        if var_name in _RESERVED_ENV and s.api_key_secret is not None:
-            errors.append(f"spec.env sets {var_name}, which apiKeySecretRef already provides: "
-                          "remove one of them")
+        if var_name in _RESERVED_ENV:
+            errors.append(f"spec.env sets {var_name}, which the operator sets from the API key "
+                          "Secret: remove it, and name your Secret in spec.apiKeySecretRef (or "
+                          "leave that out and the operator generates a key)")
     return errors

@@ -72,5 +72,8 @@ def test_env_conflicts():
                                         {"name": "OCTAVO_API_KEY", "value": "k"}],
                                    apiKeySecretRef={"name": "key"}))
     assert errors == ["spec.env sets A twice: keep one",
-                      "spec.env sets OCTAVO_API_KEY, which apiKeySecretRef already provides: "
-                      "remove one of them"]
+                      "spec.env sets OCTAVO_API_KEY, which the operator sets from the API key "
+                      "Secret: remove it, and name your Secret in spec.apiKeySecretRef (or "
+                      "leave that out and the operator generates a key)"]
+    # Without apiKeySecretRef too: a spec cannot blank the generated key.
+    assert len(check_llmservice(spec(env=[{"name": "OCTAVO_API_KEY", "value": ""}]))) == 1

@@ -110,6 +110,7 @@ def test_rbac_is_least_privilege(helm):
                                                       "delete"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list"},
+        ("", "secrets"): {"create"},  # the generated API key; never read
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }
