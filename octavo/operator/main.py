@@ -3,7 +3,8 @@
 Run with `octavo operator` or `kopf run -m octavo.operator.main`.
 
 - create / update / resume of an LLMService reconcile it.
-- Events of the objects it owns (Deployment, Service, PodDisruptionBudget, HPA, Job) reconcile
+- Events of the objects it owns (Deployment, Service, PodDisruptionBudget, HPA, Job,
+  NetworkPolicy) reconcile
   their owner: a finished Job rolls out at once, a ready Deployment turns the phase Ready, and an
   edited or deleted owned object is repaired. This replaces a periodic kopf timer, which would
   add a finalizer to every LLMService; with owner references and no finalizer, deleting an
@@ -14,8 +15,9 @@ Run with `octavo operator` or `kopf run -m octavo.operator.main`.
   handler (where a failed Job is usually seen), and a create handler sleeping on one is not
   woken sooner. After an operator restart the resume handlers reconcile every LLMService, and
   the schedule comes back from what status holds (nextRetryTime, the Job's creation time).
-- A validating webhook (path /validate-llmservice) runs admission.check_llmservice() when
-  OCTAVO_WEBHOOK_PORT is set; the reconcile runs the same checks either way.
+- A validating webhook (path /validate-llmservice) runs admission.check_llmservice() and the
+  cluster's policy (allowed images, Secrets, claims) when OCTAVO_WEBHOOK_PORT is set; the
+  reconcile runs the same checks either way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ OWNED = [
     ("policy", "v1", "poddisruptionbudgets"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("batch", "v1", "jobs"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 ]
 
 
@@ -208,9 +211,11 @@ for _group, _version, _plural in OWNED:
 
 
 def validate_llmservice(spec: Any, name: str | None, body: Any, **_: Any) -> None:
-    """The validating webhook: admission.check_llmservice(), rejected with every reason."""
+    """The validating webhook: admission.check_llmservice() and the cluster's policy
+    (admission.check_policy, from the operator's environment), rejected with every reason."""
     errors = admission.check_llmservice(dict(spec or {}),
                                         name or (body.get("metadata") or {}).get("name"))
+    errors += admission.check_policy(dict(spec or {}), admission.Policy.from_env())
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
 

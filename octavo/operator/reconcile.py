@@ -3,7 +3,8 @@
 Every kopf handler (create, update, resume, and events of the objects it owns) ends up here.
 It can run any number of times, concurrently with itself or after a crash, and converge:
 
-1. Admission checks (admission.py). A spec that cannot be deployed is reported, not deployed.
+1. Admission checks and the cluster's policy (admission.py). A spec that cannot or may not be
+   deployed is reported, not deployed (an existing Deployment keeps the previous spec).
 2. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
    hash so a repeated reconcile finds it. Until it says compatible, the Deployment is not
    touched: an existing one keeps serving the previous spec.
@@ -117,10 +118,12 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
         new_status["observedGeneration"] = generation
 
     errors = admission.check_llmservice(body.get("spec"), meta.get("name"))
-    if errors:
-        message = "; ".join(errors)
-        conditions.append(st.condition(st.SPEC_VALID, False, "InvalidSpec", message, generation))
-        events.append(("Warning", "InvalidSpec", message))
+    forbidden = admission.check_policy(body.get("spec"), admission.Policy.from_env())
+    if errors or forbidden:
+        message = "; ".join(errors + forbidden)
+        reason = "InvalidSpec" if errors else "Forbidden"
+        conditions.append(st.condition(st.SPEC_VALID, False, reason, message, generation))
+        events.append(("Warning", reason, message))
         _observe_existing(kube, body, None, new_status, conditions, generation,
                           blocked=f"invalid spec: {message}")
         return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
@@ -128,6 +131,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     conditions.append(st.condition(st.SPEC_VALID, True, "Valid", "the spec passed admission "
                                    "checks", generation))
     spec = LLMServiceSpec.from_dict(body.get("spec"))
+    # Before any pod exists (the validation Job's included), so none runs unconfined.
+    _ensure_network_policy(kube, body, network_policy_settings())
 
     if spec.draft is not None:
         pair = _validate_pair(kube, body, spec, old_status.get("pair"), now, generation)
@@ -418,6 +423,31 @@ def _ensure_api_key(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
                        f"{secret} (key {key}); name your own Secret in spec.apiKeySecretRef "
                        "instead to choose it"))
     return {"secretName": secret, "key": key, "generated": True}
+
+
+NETWORK_POLICY_ENV = "OCTAVO_NETWORK_POLICY"
+
+
+def network_policy_settings(environ: Any = os.environ) -> resources.NetworkPolicySettings | None:
+    """The chart's `networkPolicy` values, as JSON in OCTAVO_NETWORK_POLICY
+    ({"ingressFrom": [...], "egress": [...]}); None (unset): the operator makes none."""
+    value = environ.get(NETWORK_POLICY_ENV)
+    if not value:
+        return None
+    settings = json.loads(value)
+    egress = settings.get("egress")
+    return resources.NetworkPolicySettings(
+        ingress_from=tuple(settings.get("ingressFrom") or ()),
+        egress=None if egress is None else tuple(egress))
+
+
+def _ensure_network_policy(kube: Kube, body: dict[str, Any],
+                           settings: resources.NetworkPolicySettings | None) -> None:
+    if settings is not None:
+        ensure(kube, resources.network_policy(body, settings))
+    else:  # switched off: remove the one made before
+        _delete_owned(kube, body, "networking.k8s.io/v1", "NetworkPolicy",
+                      body["metadata"]["name"])
 
 
 def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:

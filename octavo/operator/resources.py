@@ -8,6 +8,7 @@ check the manifests field by field and validate them against the Kubernetes sche
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 from octavo.operator import crd
@@ -414,6 +415,45 @@ def horizontal_pod_autoscaler(body: dict[str, Any], spec: LLMServiceSpec) -> dic
                 "scaleDown": {"stabilizationWindowSeconds": 600,
                               "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
             },
+        },
+    }
+
+
+# Egress of an LLMService's pods under the default NetworkPolicy: DNS, and HTTPS anywhere (the
+# hub, for weights and tokenizers). Nothing else: the pods talk to no other workload.
+DEFAULT_EGRESS: list[dict[str, Any]] = [
+    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    {"ports": [{"protocol": "TCP", "port": 443}]},
+]
+
+
+@dataclass(frozen=True)
+class NetworkPolicySettings:
+    """The NetworkPolicy the operator gives every LLMService (the chart's `networkPolicy`).
+    ingress_from: NetworkPolicyPeers allowed to reach the serving port (empty: any source, that
+    port only). egress: NetworkPolicyEgressRules (None: DEFAULT_EGRESS; [] denies all)."""
+
+    ingress_from: tuple[dict[str, Any], ...] = ()
+    egress: tuple[dict[str, Any], ...] | None = None
+
+
+def network_policy(body: dict[str, Any], settings: NetworkPolicySettings) -> dict[str, Any]:
+    """Selects the LLMService's serving and validation pods: in, only the serving port (named
+    `http`, so validation pods, which listen on nothing, get no ingress); out, `egress`."""
+    name, _ = _meta(body)
+    ingress: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": "http"}]}
+    if settings.ingress_from:
+        ingress["from"] = [dict(peer) for peer in settings.ingress_from]
+    egress = DEFAULT_EGRESS if settings.egress is None else settings.egress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _object_meta(body, name),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_NAME: "octavo", LABEL_INSTANCE: name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [ingress],
+            "egress": copy.deepcopy([dict(rule) for rule in egress]),
         },
     }
 

@@ -183,9 +183,11 @@ def admission_review(spec, uid="review-1"):
         "dryRun": False}}
 
 
-async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port):
+async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port, monkeypatch):
     """kopf's webhook server routes /validate-llmservice (the chart's path) to the admission
-    checks."""
+    checks and the cluster's policy (from the operator's environment, as the chart sets it)."""
+    monkeypatch.setenv("OCTAVO_ALLOWED_IMAGES", "registry.local/octavo-runtime")
+    monkeypatch.setenv("OCTAVO_ALLOWED_SECRETS", "hf-token")
     import aiohttp
     import kopf
 
@@ -223,6 +225,18 @@ async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port):
         assert "must be a multiple of tensorParallelSize (4)" in bad["status"]["message"]
         good = await review({"model": {"name": "org/m"}})
         assert good["allowed"] is True
+        forbidden = await review({"model": {"name": "org/m"}, "image": "evil.example/x:1",
+                                  "env": [{"name": "K", "valueFrom": {"secretKeyRef": {
+                                      "name": "payments", "key": "k"}}}]})
+        assert forbidden["allowed"] is False
+        assert "spec.image 'evil.example/x:1' is not an allowed image" in \
+            forbidden["status"]["message"]
+        assert "names Secret 'payments'" in forbidden["status"]["message"]
+        allowed = await review({"model": {"name": "org/m"},
+                                "image": "registry.local/octavo-runtime:3",
+                                "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                                    "name": "hf-token", "key": "token"}}}]})
+        assert allowed["allowed"] is True
 
 
 @pytest.mark.parametrize("entry", ["kopf", "octavo"])

@@ -351,3 +351,23 @@ def test_default_resources_when_the_spec_names_none(spec_patch, requests, limits
     """Every serving container has CPU, memory and ephemeral-storage requests and limits."""
     spec = LLMServiceSpec.from_dict({"model": {"name": "org/m"}, **spec_patch})
     assert resources.serving_resources(spec) == {"requests": requests, "limits": limits}
+
+
+def test_network_policy_confines_the_services_pods():
+    body, spec = build("speculative.yaml")
+    policy = resources.network_policy(body, resources.NetworkPolicySettings())
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    serving_labels = resources.deployment(body, spec)["spec"]["template"]["metadata"]["labels"]
+    job_labels = resources.validation_job(body, spec)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= serving_labels.items() and selector.items() <= job_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "http"}]}]
+    assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+
+    peers = ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},)
+    narrow = resources.network_policy(body, resources.NetworkPolicySettings(ingress_from=peers,
+                                                                            egress=()))
+    kubernetes_validate.validate(narrow, K8S_VERSION, strict=True)
+    assert narrow["spec"]["ingress"][0]["from"] == list(peers)
+    assert narrow["spec"]["egress"] == []  # no egress at all

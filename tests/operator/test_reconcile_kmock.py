@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import shutil
 
 import jsonschema
@@ -28,6 +29,7 @@ LLMS = "serving.octavo.dev/v1alpha1/llmservices"
 DEPLOYMENTS = "apps/v1/deployments"
 JOBS = "batch/v1/jobs"
 SECRETS = "v1/secrets"
+NETWORK_POLICIES = "networking.k8s.io/v1/networkpolicies"
 
 
 def put_service(k8s, name, spec, generation=1, uid="uid-1"):
@@ -391,6 +393,62 @@ async def test_invalid_spec_is_reported_not_deployed(k8s, kube, vocab_models):
     assert "must be a multiple of tensorParallelSize (4)" in cond["message"]
     assert events(k8s, "InvalidSpec")[0]["type"] == "Warning"
     assert obj(k8s, DEPLOYMENTS, NS, "svc") is None and objs(k8s, JOBS, NS) == []
+
+
+async def test_a_spec_the_policy_forbids_is_not_deployed(k8s, kube, vocab_models, tmp_path,
+                                                         monkeypatch):
+    """Without a webhook (or with one that failed open) the reconcile enforces the policy: a
+    forbidden image or Secret never reaches a pod, and a running service keeps its previous,
+    allowed spec."""
+    monkeypatch.setenv("OCTAVO_ALLOWED_IMAGES", "registry.local/octavo-runtime")
+    monkeypatch.setenv("OCTAVO_ALLOWED_SECRETS", "hf-*")
+    await deploy_ready(k8s, kube, tmp_path, "svc", local_spec(vocab_models))
+    before = obj(k8s, DEPLOYMENTS, NS, "svc")
+
+    steal = [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]
+    put_service(k8s, "svc", local_spec(vocab_models, image="evil.example/miner:1", env=steal),
+                generation=2)
+    outcome = await reconcile_once(kube, "svc")
+    assert outcome.phase == "Blocked"
+    cond = condition(k8s, "svc", "SpecValid")
+    assert (cond["status"], cond["reason"]) == ("False", "Forbidden")
+    assert "spec.image 'evil.example/miner:1' is not an allowed image" in cond["message"]
+    assert "names Secret 'db'" in cond["message"]
+    assert events(k8s, "Forbidden")[0]["type"] == "Warning"
+    assert obj(k8s, DEPLOYMENTS, NS, "svc") == before  # still the allowed spec, serving
+    assert condition(k8s, "svc", "Available")["status"] == "True"
+
+    # Within the policy: deployed.
+    allowed = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                    "key": "token"}}}]
+    put_service(k8s, "svc", local_spec(vocab_models, image="registry.local/octavo-runtime:2",
+                                       env=allowed), generation=3)
+    # (the emulator runs no Deployment controller: its status still reads ready)
+    assert (await reconcile_once(kube, "svc")).phase in ("Deploying", "Ready")
+    assert condition(k8s, "svc", "SpecValid")["status"] == "True"
+    container = obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.local/octavo-runtime:2"
+
+
+async def test_network_policy_follows_the_operators_settings(k8s, kube, vocab_models,
+                                                             monkeypatch):
+    monkeypatch.setenv(reconcile.NETWORK_POLICY_ENV, json.dumps({"ingressFrom": [
+        {"podSelector": {"matchLabels": {"app": "gateway"}}}]}))
+    put_service(k8s, "svc", local_spec(vocab_models, "draft-same"))
+    await reconcile_once(kube, "svc")
+    policy = obj(k8s, NETWORK_POLICIES, NS, "svc")
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
+        "app": "gateway"}}}]
+    # Made before the validation Job's pod can run.
+    requests = [r.resource.plural for r in list(k8s) if r.resource is not None
+                and r.method.value in ("POST", "PATCH")
+                and r.resource.plural in ("networkpolicies", "jobs")]
+    assert requests.index("networkpolicies") < requests.index("jobs")
+
+    monkeypatch.delenv(reconcile.NETWORK_POLICY_ENV)
+    await reconcile_once(kube, "svc")
+    assert obj(k8s, NETWORK_POLICIES, NS, "svc") is None
 
 
 async def test_autoscaling_and_dropping_the_draft(k8s, kube, vocab_models, tmp_path):
