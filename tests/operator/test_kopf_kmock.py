@@ -378,3 +378,29 @@ async def test_deleting_a_service_mid_validation_leaves_nothing_behind(k8s, oper
     assert objs(k8s, "batch/v1/jobs", NS) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_pending_retry_survives_an_operator_restart(k8s, kubeconfig, vocab_models,
+                                                            tmp_path, monkeypatch):
+    """The requeue is in memory; what survives is status (nextRetryTime), from which the resume
+    handler of the next operator process schedules the retry again."""
+    from octavo.operator.kube import Kube
+
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "5")  # time enough to stop the first operator
+    reconcile._locks.clear()
+    kube = Kube()
+    spec = {"model": {"path": str(vocab_models["target"])},
+            "speculative": {"draftModel": {"path": str(vocab_models["broken"])}},
+            "resources": {"gpusPerReplica": 0}}
+    async with OperatorThread(kube):
+        await asyncio.to_thread(kube.create, service_body("restarted", spec))
+        job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="attempt 1")
+        assert await run_validation_job(kube, job[0], tmp_path) == 2
+        await eventually(lambda: (obj(k8s, LLMS, NS, "restarted")["status"].get("pair") or {})
+                         .get("failures") == 1, what="failure 1 recorded")
+        await eventually(lambda: not objs(k8s, "batch/v1/jobs", NS), what="attempt 1 deleted")
+    # Stopped before the retry was due: nothing ran it.
+    assert objs(k8s, "batch/v1/jobs", NS) == []
+    async with OperatorThread(kube):
+        job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="attempt 2")
+        assert obj(k8s, LLMS, NS, "restarted")["status"]["pair"]["attempt"] == 2
