@@ -189,7 +189,6 @@ def _validate_pair(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
                                                "draft": old.get("draftVocab")}),
                         {**old, **record}, generation, announce=False)
 
-
     failures = int((old or {}).get("failures", 0))
     job = kube.get("batch/v1", "Job", namespace, job_name)
     if job is not None and job["metadata"].get("uid") and \

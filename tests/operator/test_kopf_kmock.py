@@ -404,3 +404,19 @@ async def test_a_pending_retry_survives_an_operator_restart(k8s, kubeconfig, voc
     async with OperatorThread(kube):
         job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="attempt 2")
         assert obj(k8s, LLMS, NS, "restarted")["status"]["pair"]["attempt"] == 2
+
+
+async def test_requeues_keep_the_earliest_and_run_the_reconcile(monkeypatch):
+    from octavo.operator import main
+
+    ran = []
+    monkeypatch.setattr(reconcile, "reconcile", lambda kube, ns, name: ran.append((ns, name)))
+    requeues = main.Requeues(asyncio.get_running_loop(), kube=None)
+    requeues.later(NS, "a", 30)
+    requeues.after(reconcile.Outcome("Blocked", requeue_after=0.2), NS, "a")
+    requeues.after(reconcile.Outcome("Validating", requeue_after=10), NS, "a")  # later: ignored
+    requeues.after(reconcile.Outcome("Ready"), NS, "b")  # nothing asked for
+    await eventually(lambda: requeues.due_in(NS, "a") is not None, what="scheduled")
+    assert requeues.due_in(NS, "a") <= 0.2 and requeues.due_in(NS, "b") is None
+    await eventually(lambda: ran and requeues.idle(), timeout=5, what="the requeued reconcile")
+    assert ran == [(NS, "a")]  # it returned None (gone): nothing scheduled again
