@@ -29,6 +29,13 @@ CHART_DIR = REPO_ROOT / "charts" / "octavo-operator"
 EXAMPLES = REPO_ROOT / "examples"
 OPERATOR_NAMESPACE = "octavo-system"
 OPERATOR_RELEASE = "octavo"
+# The chart's policy for every scenario (test_abuse.py probes it), and a short validation backoff
+# (2 s, 4 s, ...) so that a retry shows within a test's patience.
+ALLOWED_IMAGE_PREFIX = "registry.e2e.invalid/allowed/"
+ALLOWED_SECRETS = ("hf-token", "e2e-allowed-*")
+OPERATOR_VALUES = ["--set", f"policy.allowedImages={{{ALLOWED_IMAGE_PREFIX}*}}",
+                   "--set", f"policy.allowedSecrets={{{','.join(ALLOWED_SECRETS)}}}",
+                   "--set", "validation.retryBaseSeconds=2", "--set", "validation.retryMaxSeconds=8"]
 
 _binaries: dict[str, Path | BaseException] = {}
 
@@ -218,7 +225,8 @@ def operator(cluster: Cluster) -> dict:
             "annotations": {"meta.helm.sh/release-name": OPERATOR_RELEASE,
                             "meta.helm.sh/release-namespace": OPERATOR_NAMESPACE}}})
     cluster.helm("install", OPERATOR_RELEASE, str(CHART_DIR), "--namespace", OPERATOR_NAMESPACE,
-                 "--set", "webhook.enabled=true", "--wait", "--timeout", "5m", timeout_s=330)
+                 "--set", "webhook.enabled=true", *OPERATOR_VALUES, "--wait", "--timeout", "5m",
+                 timeout_s=330)
     pods = cluster.pods(OPERATOR_NAMESPACE)
     assert pods, "the chart created no operator pod"
     return {"namespace": OPERATOR_NAMESPACE, "release": OPERATOR_RELEASE, "pod": pods[0]}

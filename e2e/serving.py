@@ -3,6 +3,7 @@ the runtime through the Service's cluster IP (the node agent proxies it to ready
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import threading
@@ -93,31 +94,49 @@ def service_url(cluster, namespace: str, llms: dict) -> str:
     return f"http://{spec['clusterIP']}:{port['port']}"
 
 
-def post_json(url: str, body: dict, timeout_s: float = 120) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def api_key(cluster, namespace: str, llms: dict) -> str:
+    """The key clients of this LLMService send: from the Secret its status names (the one the
+    operator generated when the spec names none), read as cluster admin."""
+    ref = (get(cluster, namespace, llms["metadata"]["name"]).get("status") or {}).get("apiKey")
+    assert ref, "the LLMService's status names no API key Secret"
+    secret = cluster.kube.get(resource_path("v1", "secrets", namespace, ref["secretName"]))
+    return base64.b64decode(secret["data"][ref["key"]]).decode()
+
+
+def _headers(api_key: str | None, **extra: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", **extra}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def post_json(url: str, body: dict, timeout_s: float = 120, api_key: str | None = None) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=_headers(api_key))
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return json.loads(response.read())
 
 
-def served_model(base_url: str) -> str:
-    with urllib.request.urlopen(f"{base_url}/v1/models", timeout=30) as response:
+def served_model(base_url: str, api_key: str | None = None) -> str:
+    request = urllib.request.Request(f"{base_url}/v1/models", headers=_headers(api_key))
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"][0]["id"]
 
 
-def complete(base_url: str, model: str, prompt: str = "Hello, my name is", max_tokens: int = 8) -> dict:
+def complete(base_url: str, model: str, prompt: str = "Hello, my name is", max_tokens: int = 8,
+             api_key: str | None = None) -> dict:
     return post_json(f"{base_url}/v1/completions",
-                     {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+                     {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
+                     api_key=api_key)
 
 
-def stream_completion(base_url: str, model: str, prompt: str = "Once upon a time", max_tokens: int = 12
-                      ) -> list[dict]:
+def stream_completion(base_url: str, model: str, prompt: str = "Once upon a time", max_tokens: int = 12,
+                      api_key: str | None = None) -> list[dict]:
     """The server-sent events of a streamed completion, up to and excluding [DONE] (asserted)."""
     request = urllib.request.Request(
         f"{base_url}/v1/completions",
         data=json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True,
                          "temperature": 0}).encode(),
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        headers=_headers(api_key, Accept="text/event-stream"))
     events, done = [], False
     with urllib.request.urlopen(request, timeout=120) as response:
         assert response.headers.get("Content-Type", "").startswith("text/event-stream")
@@ -141,6 +160,7 @@ class RequestStream:
 
     base_url: str
     model: str
+    api_key: str | None = None
     interval_s: float = 0.2
     successes: int = 0
     failures: list[str] = field(default_factory=list)
@@ -161,7 +181,7 @@ class RequestStream:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                result = complete(self.base_url, self.model, max_tokens=4)
+                result = complete(self.base_url, self.model, max_tokens=4, api_key=self.api_key)
                 if not result.get("choices"):
                     raise ValueError(f"no choices in {result}")
                 self.successes += 1

@@ -24,12 +24,13 @@ def test_rolling_update_under_load_fails_no_request(cluster, operator, runtime_a
     old_pods = {p["metadata"]["name"] for p in cluster.pods(namespace)}
 
     base_url = serving.service_url(cluster, namespace, llms)
-    model = serving.served_model(base_url)
+    key = serving.api_key(cluster, namespace, llms)
+    model = serving.served_model(base_url, key)
     # A spec change that changes the pod template, so the Deployment rolls.
     max_num_seqs = int(document["spec"].get("maxNumSeqs", 8))
     update = serving.with_spec(document, maxNumSeqs=max_num_seqs + 1)
 
-    with serving.RequestStream(base_url, model) as stream:
+    with serving.RequestStream(base_url, model, key) as stream:
         stream.wait_for_successes(5, 120)
         serving.apply(cluster, namespace, update)
         deployment_name = before["metadata"]["name"]

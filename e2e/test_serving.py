@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,15 @@ def test_demo_llmservice_serves_completions(cluster, operator, runtime_available
     assert name in table and "Ready" in table
 
     base_url = serving.service_url(cluster, namespace, llms)
-    model = serving.served_model(base_url)
-    result = serving.complete(base_url, model)
+    # Not open by default: the operator generated a key, and the server wants it.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        serving.served_model(base_url)
+    assert refused.value.code == 401
+    key = serving.api_key(cluster, namespace, llms)
+    secret = cluster.kube.get(f"/api/v1/namespaces/{namespace}/secrets/{name}-api-key")
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == llms["metadata"]["uid"]
+    model = serving.served_model(base_url, key)
+    result = serving.complete(base_url, model, api_key=key)
     text = result["choices"][0]["text"]
     assert isinstance(text, str) and text, f"no text in {result}"
     assert result["usage"]["completion_tokens"] >= 1
@@ -76,8 +84,9 @@ def test_speculative_pair_is_validated_and_streams(cluster, operator, runtime_av
     assert draft in argv, f"the runtime is not started with the draft {draft!r}: {argv}"
 
     base_url = serving.service_url(cluster, namespace, llms)
-    model = serving.served_model(base_url)
-    events = serving.stream_completion(base_url, model)
+    key = serving.api_key(cluster, namespace, llms)
+    model = serving.served_model(base_url, key)
+    events = serving.stream_completion(base_url, model, api_key=key)
     assert len(events) >= 2, f"expected several streamed chunks, got {events}"
     assert "".join(e["choices"][0].get("text", "") for e in events), "the stream carried no text"
 
@@ -109,13 +118,14 @@ def test_incompatible_update_is_blocked_and_old_deployment_keeps_serving(
     before = serving.owned_deployment(cluster, namespace, llms)
 
     base_url = serving.service_url(cluster, namespace, llms)
-    model = serving.served_model(base_url)
+    key = serving.api_key(cluster, namespace, llms)
+    model = serving.served_model(base_url, key)
     # Not under /tmp: the validation pod mounts an emptyDir there.
     draft_dir = mismatched_draft(cluster.cp.bin_dir.parent / "fixtures" / "mismatched-draft")
     update = serving.with_spec(compatible, speculative={
         **compatible["spec"]["speculative"], "draftModel": {"path": str(draft_dir)}})
 
-    with serving.RequestStream(base_url, model) as stream:
+    with serving.RequestStream(base_url, model, key) as stream:
         stream.wait_for_successes(3, 120)
         serving.apply(cluster, namespace, update)
         blocked = serving.wait_phase(cluster, namespace, name, "Blocked", 300)

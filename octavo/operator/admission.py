@@ -1,16 +1,26 @@
-"""Checks on an LLMService that its OpenAPI schema cannot express.
+"""Checks on an LLMService that its OpenAPI schema cannot express, and the cluster's policy.
 
-One pure function serves two callers: the validating webhook (rejects the object before it is
+Pure functions serve two callers: the validating webhook (rejects the object before it is
 stored) and the reconcile handler (when no webhook is configured, it refuses to deploy and says
 why in a condition and an Event). Each message names the fix.
+
+`check_llmservice` is about the spec making sense; `check_policy` about what cluster admins
+allow a namespace user to make the operator run: which images, which Secrets its pods may read
+(env valueFrom.secretKeyRef, apiKeySecretRef), which PersistentVolumeClaims they may mount.
+Whoever may create an LLMService gets pods the operator makes for them, so without a policy
+they could run any image with any Secret of the namespace. The Helm chart sets the policy from
+its `policy` values, here and in a ValidatingAdmissionPolicy (the same rules in CEL).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from octavo.operator.spec import LLMServiceSpec
+from octavo.operator.spec import LLMServiceSpec, runtime_image_default
 
 # Services need an RFC 1035 label: the LLMService's name becomes the Service's.
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -59,7 +69,105 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
         if var_name in seen:
             errors.append(f"spec.env sets {var_name} twice: keep one")
         seen.add(var_name)
-        if var_name in _RESERVED_ENV and s.api_key_secret is not None:
-            errors.append(f"spec.env sets {var_name}, which apiKeySecretRef already provides: "
-                          "remove one of them")
+        if var_name in _RESERVED_ENV:
+            errors.append(f"spec.env sets {var_name}, which the operator sets from the API key "
+                          "Secret: remove it, and name your Secret in spec.apiKeySecretRef (or "
+                          "leave that out and the operator generates a key)")
     return errors
+
+
+# --- policy ----------------------------------------------------------------------------------
+
+ALLOWED_IMAGES_ENV = "OCTAVO_ALLOWED_IMAGES"
+ALLOWED_SECRETS_ENV = "OCTAVO_ALLOWED_SECRETS"
+ALLOWED_CLAIMS_ENV = "OCTAVO_ALLOWED_CLAIMS"
+_FIX = "or ask a cluster admin to add it to the octavo-operator chart value"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What an LLMService may name; None for a kind means anything.
+
+    images: a repository (any tag or digest of it: `ghcr.io/org/runtime`), a repository with a
+    tag (`ghcr.io/org/runtime:1.2`), a prefix (`registry.local/ml/*`), or `*`. The operator's
+    default runtime image is always allowed. secrets, claims: names, `*` matching any run of
+    characters (`hf-*`). An empty tuple allows none."""
+
+    images: tuple[str, ...] | None = None
+    secrets: tuple[str, ...] | None = None
+    claims: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Policy:
+        """From the operator's environment (comma-separated; unset: unrestricted, set and
+        empty: nothing allowed)."""
+        def read(name: str) -> tuple[str, ...] | None:
+            value = environ.get(name)
+            if value is None:
+                return None
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return cls(images=read(ALLOWED_IMAGES_ENV), secrets=read(ALLOWED_SECRETS_ENV),
+                   claims=read(ALLOWED_CLAIMS_ENV))
+
+
+def image_allowed(image: str, allowed: tuple[str, ...] | None) -> bool:
+    if allowed is None or "*" in allowed or image == runtime_image_default():
+        return True
+    for entry in allowed:
+        if entry.endswith("/*"):
+            if image.startswith(entry[:-1]):
+                return True
+        elif image == entry or image.startswith(entry + ":") or image.startswith(entry + "@"):
+            return True
+    return False
+
+
+def name_allowed(name: str, allowed: tuple[str, ...] | None) -> bool:
+    """`*` matches any run of characters; nothing else is special (the chart's CEL turns each
+    pattern into the same regular expression)."""
+    if allowed is None:
+        return True
+    return any(re.fullmatch(name_pattern(entry), name) for entry in allowed)
+
+
+def name_pattern(entry: str) -> str:
+    return re.escape(entry).replace(r"\*", ".*")
+
+
+def secret_refs(spec: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(where, Secret name) for every Secret the spec makes its pods read."""
+    refs: list[tuple[str, str]] = []
+    for i, var in enumerate((spec or {}).get("env") or []):
+        ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef")
+        if isinstance(ref, Mapping):
+            refs.append((f"spec.env[{i}] ({var.get('name', '')}) valueFrom.secretKeyRef",
+                         str(ref.get("name") or "")))
+    key_ref = (spec or {}).get("apiKeySecretRef")
+    if isinstance(key_ref, Mapping):
+        refs.append(("spec.apiKeySecretRef", str(key_ref.get("name") or "")))
+    return refs
+
+
+def check_policy(spec: Mapping[str, Any] | None, policy: Policy) -> list[str]:
+    """What this spec names that the policy does not allow, empty when nothing."""
+    errors: list[str] = []
+    image = (spec or {}).get("image")
+    if image and not image_allowed(str(image), policy.images):
+        errors.append(f"spec.image {image!r} is not an allowed image "
+                      f"({_listed(policy.images)}): leave spec.image out to run the default "
+                      f"runtime image, {_FIX} policy.allowedImages")
+    for where, name in secret_refs(spec):
+        if not name_allowed(name, policy.secrets):
+            errors.append(f"{where} names Secret {name!r}, which LLMServices may not read "
+                          f"({_listed(policy.secrets)}): remove the reference, {_FIX} "
+                          "policy.allowedSecrets")
+    claim = ((spec or {}).get("modelCache") or {}).get("claimName")
+    if claim and not name_allowed(str(claim), policy.claims):
+        errors.append(f"spec.modelCache.claimName {claim!r} is not an allowed claim "
+                      f"({_listed(policy.claims)}): {_FIX.replace('or ', '', 1)} "
+                      "policy.allowedClaims")
+    return errors
+
+
+def _listed(allowed: tuple[str, ...] | None) -> str:
+    return "allowed: " + ", ".join(allowed) if allowed else "none is allowed"

@@ -23,6 +23,7 @@ SHORT_NAMES = ["llms"]
 PHASES = ["Validating", "Deploying", "Ready", "Degraded", "Blocked"]
 DTYPES = ["auto", "half", "float16", "bfloat16", "float", "float32"]
 
+DEFAULT_VALIDATION_TIMEOUT_SECONDS = 600
 _QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"  # the API server's own quantity regex
 
 
@@ -93,6 +94,11 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "numSpeculativeTokens": _integer("Most tokens the draft proposes per step "
                                                  "(adaptive k picks up to it).",
                                                  minimum=1, maximum=16, default=4),
+                "validationTimeoutSeconds": _integer(
+                    "How long one validation Job may run (it reads config and tokenizer files "
+                    "only) before it counts as failed and is retried with backoff.",
+                    minimum=30, maximum=86400,
+                    default=DEFAULT_VALIDATION_TIMEOUT_SECONDS),
             },
         },
         "replicas": _integer("Serving pods (ignored while autoscaling is set).", minimum=0,
@@ -116,8 +122,15 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "gpusPerReplica": _integer("nvidia.com/gpu per pod (default: "
                                            "tensorParallelSize; 0 runs on CPU).", minimum=0,
                                            maximum=64),
-                "memory": _string("Memory request and limit per pod.", pattern=_QUANTITY),
-                "cpu": _string("CPU request per pod.", pattern=_QUANTITY),
+                "memory": _string("Memory request and limit per pod (default: 32Gi per GPU, "
+                                  "8Gi without GPUs).", pattern=_QUANTITY),
+                "cpu": _string("CPU request and limit per pod (default: 4 per GPU, 2 without "
+                               "GPUs).", pattern=_QUANTITY),
+                "ephemeralStorage": _string("Ephemeral storage request and limit per pod "
+                                            "(default: request 10Gi; limit 20Gi with a "
+                                            "modelCache, else 200Gi, since the weights are "
+                                            "then downloaded into the pod).",
+                                            pattern=_QUANTITY),
                 "nodeSelector": {"type": "object",
                                  "additionalProperties": {"type": "string"}},
                 "tolerations": {"type": "array", "items": _TOLERATION},
@@ -130,7 +143,10 @@ SPEC_SCHEMA: dict[str, Any] = {
         "apiKeySecretRef": {
             "type": "object",
             "description": "Secret key holding the API key clients must send (env "
-                           "OCTAVO_API_KEY).",
+                           "OCTAVO_API_KEY). Without it the operator creates a Secret "
+                           "<name>-api-key (key api-key) with a random key, owned by the "
+                           "LLMService and never overwritten: no LLMService serves without a "
+                           "key.",
             "required": ["name"],
             "properties": {
                 "name": _string("Secret name.", minLength=1),
@@ -209,6 +225,13 @@ STATUS_SCHEMA: dict[str, Any] = {
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
+        "apiKey": {
+            "type": "object",
+            "description": "Where the key clients send as 'Authorization: Bearer <key>' is: "
+                           "the Secret apiKeySecretRef names, or the one the operator made.",
+            "properties": {"secretName": {"type": "string"}, "key": {"type": "string"},
+                           "generated": {"type": "boolean"}},
+        },
         "replicas": {"type": "integer", "format": "int32"},
         "readyReplicas": {"type": "integer", "format": "int32"},
         "selector": {"type": "string"},
@@ -236,7 +259,11 @@ STATUS_SCHEMA: dict[str, Any] = {
                 "targetVocab": _SIDE,
                 "draftVocab": _SIDE,
                 "failures": {"type": "integer"},
+                "attempt": {"type": "integer", "description": "The attempt running (Validating) "
+                            "or the next one (after a failure)."},
                 "lastFailureTime": {"type": "string", "format": "date-time"},
+                "nextRetryTime": {"type": "string", "format": "date-time"},
+                "startedAt": {"type": "string", "format": "date-time"},
                 "failedJobUid": {"type": "string"},
                 "checkedAt": {"type": "string", "format": "date-time"},
             },

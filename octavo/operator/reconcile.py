@@ -3,15 +3,19 @@
 Every kopf handler (create, update, resume, and events of the objects it owns) ends up here.
 It can run any number of times, concurrently with itself or after a crash, and converge:
 
-1. Admission checks (admission.py). A spec that cannot be deployed is reported, not deployed.
+1. Admission checks and the cluster's policy (admission.py). A spec that cannot or may not be
+   deployed is reported, not deployed (an existing Deployment keeps the previous spec).
 2. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
    hash so a repeated reconcile finds it. Until it says compatible, the Deployment is not
    touched: an existing one keeps serving the previous spec.
-   The Job's own events (main.py watches owned Jobs) bring the next reconcile; only a failed
-   validation asks to be called again, after a backoff.
-3. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
+   The Job's own events (main.py watches owned Jobs) bring the next reconcile; the outcome also
+   asks to be called again at the Job's deadline (a Job that never finishes counts as failed
+   then) and, after a failure, when the backoff ends (a new Job under the same name).
+3. The API key: the Secret the spec names, else one the operator creates once (never
+   overwritten; create is the only right it has on Secrets).
+4. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
    the live object has drifted from the desired one.
-4. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
+5. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
+import secrets
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,9 +37,17 @@ from octavo.operator.validation import PairVerdict
 
 log = logging.getLogger("octavo.operator")
 
-# A failed validation (a model could not be read) is retried after 30s, 60s, ... up to 10 min.
-RETRY_BASE_SECONDS = 30.0
-RETRY_MAX_SECONDS = 600.0
+# A failed validation (a model could not be read, a crash, the deadline) is retried after 30s,
+# 60s, ... up to 10 min; the operator's environment (the chart's `validation` values) can change
+# both.
+RETRY_BASE_ENV = "OCTAVO_VALIDATION_RETRY_BASE_SECONDS"
+RETRY_MAX_ENV = "OCTAVO_VALIDATION_RETRY_MAX_SECONDS"
+DEFAULT_RETRY_BASE_SECONDS = 30.0
+DEFAULT_RETRY_MAX_SECONDS = 600.0
+# The Job controller fails a validation Job at its activeDeadlineSeconds; past that and this
+# margin the operator counts a Job still running as failed itself (a stuck or suspended Job, a
+# Job controller that is down).
+DEADLINE_GRACE_SECONDS = 30.0
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -59,8 +73,24 @@ class _PairState:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return max(0.1, float(value)) if value else default
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %s", name, value, default)
+        return default
+
+
 def retry_delay(failures: int) -> float:
-    return min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, failures - 1))
+    """Seconds between the `failures`-th failed validation and the next attempt."""
+    base = _seconds_from_env(RETRY_BASE_ENV, DEFAULT_RETRY_BASE_SECONDS)
+    cap = max(base, _seconds_from_env(RETRY_MAX_ENV, DEFAULT_RETRY_MAX_SECONDS))
+    return min(cap, base * 2 ** max(0, failures - 1))
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def reconcile(kube: Kube, namespace: str, name: str,
@@ -79,7 +109,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     meta = body["metadata"]
     generation = meta.get("generation")
     old_status = body.get("status") or {}
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = _stamp(now)
     conditions: list[dict[str, Any]] = []
     drop: tuple[str, ...] = ()
     events: list[tuple[str, str, str]] = []
@@ -88,10 +118,12 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
         new_status["observedGeneration"] = generation
 
     errors = admission.check_llmservice(body.get("spec"), meta.get("name"))
-    if errors:
-        message = "; ".join(errors)
-        conditions.append(st.condition(st.SPEC_VALID, False, "InvalidSpec", message, generation))
-        events.append(("Warning", "InvalidSpec", message))
+    forbidden = admission.check_policy(body.get("spec"), admission.Policy.from_env())
+    if errors or forbidden:
+        message = "; ".join(errors + forbidden)
+        reason = "InvalidSpec" if errors else "Forbidden"
+        conditions.append(st.condition(st.SPEC_VALID, False, reason, message, generation))
+        events.append(("Warning", reason, message))
         _observe_existing(kube, body, None, new_status, conditions, generation,
                           blocked=f"invalid spec: {message}")
         return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
@@ -99,6 +131,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     conditions.append(st.condition(st.SPEC_VALID, True, "Valid", "the spec passed admission "
                                    "checks", generation))
     spec = LLMServiceSpec.from_dict(body.get("spec"))
+    # Before any pod exists (the validation Job's included), so none runs unconfined.
+    _ensure_network_policy(kube, body, network_policy_settings())
 
     if spec.draft is not None:
         pair = _validate_pair(kube, body, spec, old_status.get("pair"), now, generation)
@@ -116,6 +150,7 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
         new_status["pair"] = None  # merge patch: remove a verdict about a draft now gone
         drop = (st.PAIR_COMPATIBLE,)
 
+    new_status["apiKey"] = _ensure_api_key(kube, body, spec, events)
     deployment = None
     for desired in resources.serving_objects(body, spec):
         live = ensure(kube, desired)
@@ -161,66 +196,91 @@ def _validate_pair(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
         job = None  # the failed attempt already counted; it is being deleted
     if job is None:
         if failures:
-            last = st.parse_time((old or {}).get("lastFailureTime"))
-            wait = retry_delay(failures) - ((now - last).total_seconds() if last else 1e9)
-            if wait > 0:
-                return _failed(record, old or {}, generation, wait, announce=False)
+            retry_at = (st.parse_time((old or {}).get("nextRetryTime"))
+                        or now + datetime.timedelta(seconds=retry_delay(failures)))
+            if retry_at > now:
+                return _failed(record, old or {}, generation, retry_at, now, announce=False)
         try:
             kube.create(resources.validation_job(body, spec))
         except ApiError as exc:
             if exc.status != 409:  # 409: created meanwhile, which is what we want
                 raise
-        return _pending(record, failures, spec, job_name, generation, created=True)
+        return _pending(record, old, failures, spec, job_name, generation, started=now, now=now,
+                        created=True)
 
     state = _job_state(job)
     if state == "running":
-        return _pending(record, failures, spec, job_name, generation, created=False)
-    verdict = _read_verdict(kube, job)
-    if verdict is not None and verdict.verdict != "error":
-        return _settled(verdict, {**record, "checkedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
-                        generation, announce=True)
-
-    # The check itself failed: a model could not be read, or the Job died without a verdict.
-    if verdict is not None:
-        message = verdict.message
-    elif state == "succeeded":
-        message = "the validation Job finished without a verdict in its termination message"
+        started = (st.parse_time(job["metadata"].get("creationTimestamp"))
+                   or st.parse_time((old or {}).get("startedAt")) or now)
+        if now < started + _deadline(spec):
+            return _pending(record, old, failures, spec, job_name, generation, started=started,
+                            now=now, created=False)
+        message = (f"the validation Job ran past spec.speculative.validationTimeoutSeconds "
+                   f"({spec.validation_timeout_seconds}s) without a verdict")
     else:
-        message = _job_failure_message(job)
+        verdict = _read_verdict(kube, job)
+        if verdict is not None and verdict.verdict != "error":
+            return _settled(verdict, {**record, "checkedAt": _stamp(now)}, generation,
+                            announce=True)
+        # The check itself failed: a model could not be read, or the Job died without a verdict.
+        if verdict is not None:
+            message = verdict.message
+        elif state == "succeeded":
+            message = "the validation Job finished without a verdict in its termination message"
+        else:
+            message = _job_failure_message(job)
     failures += 1
+    retry_at = now + datetime.timedelta(seconds=retry_delay(failures))
     failed = {**record, "verdict": "error", "compatible": False, "reason": "ValidationFailed",
-              "message": message, "failures": failures,
-              "lastFailureTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "failedJobUid": job["metadata"].get("uid", "")}
-    # Make room for the retry under the same deterministic name.
+              "message": message, "failures": failures, "lastFailureTime": _stamp(now),
+              "nextRetryTime": _stamp(retry_at), "failedJobUid": job["metadata"].get("uid", "")}
+    # Make room for the retry under the same deterministic name (its pods go with it).
     kube.delete("batch/v1", "Job", namespace, job_name)
-    return _failed(record, failed, generation, retry_delay(failures), announce=True)
+    return _failed(record, failed, generation, retry_at, now, announce=True)
 
 
-def _pending(record: dict[str, Any], failures: int, spec: LLMServiceSpec, job_name: str,
-             generation: int | None, created: bool) -> _PairState:
+def _deadline(spec: LLMServiceSpec) -> datetime.timedelta:
+    """How long after its creation a validation Job still running counts as failed."""
+    return datetime.timedelta(seconds=spec.validation_timeout_seconds + DEADLINE_GRACE_SECONDS)
+
+
+def _pending(record: dict[str, Any], old: dict[str, Any] | None, failures: int,
+             spec: LLMServiceSpec, job_name: str, generation: int | None,
+             started: datetime.datetime, now: datetime.datetime, created: bool) -> _PairState:
     assert spec.draft is not None
-    message = (f"validation Job {job_name} is checking that {spec.draft.display} shares "
+    attempt = f" (attempt {failures + 1})" if failures else ""
+    message = (f"validation Job {job_name}{attempt} is checking that {spec.draft.display} shares "
                f"{spec.model.display}'s vocabulary")
     events = [("Normal", "Validating", message)] if created else []
-    return _PairState(False, False, {**record, "failures": failures} if failures else record,
+    rec = {**record, "attempt": failures + 1, "startedAt": _stamp(started)}
+    if failures:
+        rec["failures"] = failures
+        rec["lastFailureTime"] = (old or {}).get("lastFailureTime")
+    # Called again at the deadline: a Job that never finishes must not keep it Validating.
+    wake = max(1.0, (started + _deadline(spec) - now).total_seconds())
+    return _PairState(False, False, {k: v for k, v in rec.items() if v is not None},
                       st.condition(st.PAIR_COMPATIBLE, None, "Validating", message, generation),
-                      phase=st.VALIDATING, events=events)
+                      phase=st.VALIDATING, requeue_after=wake, events=events)
 
 
 def _failed(record: dict[str, Any], failed: dict[str, Any], generation: int | None,
-            wait: float, announce: bool) -> _PairState:
+            retry_at: datetime.datetime, now: datetime.datetime, announce: bool) -> _PairState:
     failures = int(failed.get("failures", 1))
-    message = (f"validation failed (attempt {failures}): {failed.get('message', '')}; "
-               f"retrying in {int(wait)}s")
+    wait = (retry_at - now).total_seconds()
+    # The condition names the retry's time, not a countdown: it stays the same until it happens.
+    message = (f"validation attempt {failures} failed: {failed.get('message', '')}; attempt "
+               f"{failures + 1} at {_stamp(retry_at)}")
     rec = {**record, **{k: failed[k] for k in ("verdict", "compatible", "reason", "message",
                                                "failures", "lastFailureTime", "failedJobUid")
-                        if k in failed}}
-    events = [("Warning", "ValidationFailed", message)] if announce else []
+                        if k in failed},
+           "attempt": failures + 1, "nextRetryTime": _stamp(retry_at)}
+    events = [("Warning", "ValidationFailed",
+               f"validation attempt {failures} failed: {failed.get('message', '')}; retrying in "
+               f"{max(0, round(wait))}s")] if announce else []
     return _PairState(False, False, rec,
                       st.condition(st.PAIR_COMPATIBLE, None, "ValidationFailed", message,
                                    generation),
-                      phase=st.BLOCKED, requeue_after=max(1.0, wait), events=events)
+                      phase=st.BLOCKED, requeue_after=max(0.5, wait), events=events)
 
 
 def _settled(verdict: PairVerdict, record: dict[str, Any], generation: int | None,
@@ -228,7 +288,8 @@ def _settled(verdict: PairVerdict, record: dict[str, Any], generation: int | Non
     rec = {**record, "verdict": verdict.verdict, "compatible": verdict.compatible,
            "message": verdict.message, "differences": list(verdict.differences[:10]),
            "targetVocab": _side(verdict.target), "draftVocab": _side(verdict.draft)}
-    for stale in ("failures", "lastFailureTime", "failedJobUid"):
+    for stale in ("failures", "lastFailureTime", "failedJobUid", "attempt", "nextRetryTime",
+                  "startedAt"):
         rec.pop(stale, None)
     if verdict.compatible:
         rec["reason"] = "CompatibleWithPadding" if verdict.verdict == "compatible-with-padding" \
@@ -337,6 +398,57 @@ def ensure(kube: Kube, desired: dict[str, Any]) -> dict[str, Any]:
     return kube.apply(desired)
 
 
+def _ensure_api_key(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
+                    events: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """The API key's Secret for status; creates the generated one when the spec names none.
+
+    Create-only: a Secret of that name that exists (made earlier, or by someone who wanted their
+    own key there) is kept as it is, so a key is never overwritten, and the operator needs no
+    right to read Secrets. Creating on every reconcile (409 when it exists) also brings back a
+    deleted one: deleting it and restarting the pods rotates the key."""
+    name = body["metadata"]["name"]
+    secret, key = resources.api_key_ref(name, spec)
+    if spec.api_key_ref is not None:
+        return {"secretName": secret, "key": key, "generated": False}
+    try:
+        kube.create(resources.api_key_secret(body, secrets.token_urlsafe(32)))
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+    else:
+        log.info("created API key Secret %s/%s", body["metadata"].get("namespace"), secret)
+        events.append(("Normal", "APIKeyCreated",
+                       f"clients must send 'Authorization: Bearer <key>' with the key in Secret "
+                       f"{secret} (key {key}); name your own Secret in spec.apiKeySecretRef "
+                       "instead to choose it"))
+    return {"secretName": secret, "key": key, "generated": True}
+
+
+NETWORK_POLICY_ENV = "OCTAVO_NETWORK_POLICY"
+
+
+def network_policy_settings(environ: Any = os.environ) -> resources.NetworkPolicySettings | None:
+    """The chart's `networkPolicy` values, as JSON in OCTAVO_NETWORK_POLICY
+    ({"ingressFrom": [...], "egress": [...]}); None (unset): the operator makes none."""
+    value = environ.get(NETWORK_POLICY_ENV)
+    if not value:
+        return None
+    settings = json.loads(value)
+    egress = settings.get("egress")
+    return resources.NetworkPolicySettings(
+        ingress_from=tuple(settings.get("ingressFrom") or ()),
+        egress=None if egress is None else tuple(egress))
+
+
+def _ensure_network_policy(kube: Kube, body: dict[str, Any],
+                           settings: resources.NetworkPolicySettings | None) -> None:
+    if settings is not None:
+        ensure(kube, resources.network_policy(body, settings))
+    else:  # switched off: remove the one made before
+        _delete_owned(kube, body, "networking.k8s.io/v1", "NetworkPolicy",
+                      body["metadata"]["name"])
+
+
 def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
     uid = body["metadata"].get("uid")
     return any(ref.get("uid") == uid and ref.get("kind") == crd.KIND
@@ -435,7 +547,7 @@ def _finish(kube: Kube, body: dict[str, Any], old_status: dict[str, Any],
                       for c in new_status["conditions"]}
     changed = old_conditions != new_conditions or old_status.get("phase") != outcome.phase
     for type_, reason, message in events:
-        if changed or reason in ("ValidationFailed",):
+        if changed or reason in ("ValidationFailed", "APIKeyCreated"):
             try:
                 kube.post_event(body, type_, reason, message, stamp)
             except ApiError as exc:  # an Event is a courtesy; never fail the reconcile on it

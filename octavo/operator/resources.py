@@ -7,6 +7,8 @@ check the manifests field by field and validate them against the Kubernetes sche
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 from octavo.operator import crd
@@ -39,12 +41,32 @@ STARTUP_PROBE_FAILURES = 180  # 30 minutes
 
 QUEUE_METRIC = "octavo:num_requests_waiting"
 
-# Validation Job: exit 1 (incompatible) is a verdict, not a flake, so it fails the Job at once;
-# exit 2 (a model could not be read) is retried by the Job controller with its own backoff.
+# Validation Job: one pod, no retries inside the Job. Exit 1 (incompatible) is a verdict; exit 2
+# (a model could not be read), a crash or the deadline (spec.speculative.validationTimeoutSeconds)
+# fail the Job, and the operator retries with its own backoff, shown in status.
 EXIT_INCOMPATIBLE = 1
-JOB_BACKOFF_LIMIT = 2
-JOB_DEADLINE_SECONDS = 1800
+JOB_BACKOFF_LIMIT = 0
 JOB_TTL_SECONDS = 86400
+# A validation pod reads config and tokenizer files only; of the spec's secret-sourced env it
+# gets the hub credentials and nothing else (plain values pass: they are no secrets).
+CHECK_PAIR_SECRET_ENV = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+CHECK_PAIR_RESOURCES = {"requests": {"cpu": "250m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+                        "limits": {"cpu": "1", "memory": "4Gi", "ephemeral-storage": "10Gi"}}
+
+# Serving pods' resources when the spec names none: requests equal limits (Guaranteed QoS for
+# CPU and memory). Without a model cache claim the weights are downloaded into the pod's
+# ephemeral storage, so its limit must hold them.
+DEFAULT_CPU_PER_GPU = 4
+DEFAULT_MEMORY_GI_PER_GPU = 32
+DEFAULT_CPU_WITHOUT_GPU = "2"
+DEFAULT_MEMORY_WITHOUT_GPU = "8Gi"
+DEFAULT_EPHEMERAL_REQUEST = "10Gi"
+DEFAULT_EPHEMERAL_LIMIT_WITH_CACHE = "20Gi"
+DEFAULT_EPHEMERAL_LIMIT_WITHOUT_CACHE = "200Gi"
+
+# The API key Secret the operator makes when the spec names none.
+API_KEY_ENV = "OCTAVO_API_KEY"
+API_KEY_KEY = "api-key"
 
 
 def _meta(body: dict[str, Any]) -> tuple[str, str]:
@@ -129,20 +151,64 @@ def check_pair_args(spec: LLMServiceSpec) -> list[str]:
     return args
 
 
-def _env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+def api_key_secret_name(service_name: str) -> str:
+    """The Secret the operator generates for an LLMService that names none."""
+    return f"{service_name}-api-key"
+
+
+def api_key_ref(service_name: str, spec: LLMServiceSpec) -> tuple[str, str]:
+    """(Secret name, key) of the serving pods' API key: the spec's, else the generated one."""
+    return spec.api_key_ref or (api_key_secret_name(service_name), API_KEY_KEY)
+
+
+def api_key_secret(body: dict[str, Any], token: str) -> dict[str, Any]:
+    """The generated API key Secret (created once, never overwritten: the operator only ever
+    creates it, so it needs no right to read Secrets). Owned by the LLMService, so garbage
+    collection removes it with the service."""
+    name, _ = _meta(body)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _object_meta(body, api_key_secret_name(name), component="api-key"),
+        "type": "Opaque",
+        "stringData": {API_KEY_KEY: token},
+    }
+
+
+def _base_env() -> list[dict[str, Any]]:
     # The root filesystem is read-only: every library that caches (hub, Triton, pip) writes
     # under /tmp, an emptyDir.
-    env: list[dict[str, Any]] = [
+    return [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
         {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
     ]
-    if spec.api_key_secret is not None:
-        env.append({"name": "OCTAVO_API_KEY", "valueFrom": {"secretKeyRef": {
-            "name": spec.api_key_secret["name"], "key": spec.api_key_secret.get("key", "api-key")}}})
-    user_names = {var.get("name") for var in spec.env}
-    return [var for var in env if var["name"] not in user_names] + [dict(v) for v in spec.env]
+
+
+def _with_user_env(env: list[dict[str, Any]],
+                   user_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    user_names = {var.get("name") for var in user_env}
+    return [var for var in env if var["name"] not in user_names] + [dict(v) for v in user_env]
+
+
+def _env(service_name: str, spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """The serving container's environment: scratch paths, the API key, the spec's env."""
+    secret, key = api_key_ref(service_name, spec)
+    env = _base_env() + [{"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {
+        "name": secret, "key": key}}}]
+    # Admission refuses a spec that sets the key itself; dropping it here too means no spec can
+    # serve without one.
+    return _with_user_env(env, [var for var in spec.env if var.get("name") != API_KEY_ENV])
+
+
+def _check_pair_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """The validation pod's environment: no API key, and of the spec's secret-sourced variables
+    only the hub credentials it may need to read a gated tokenizer."""
+    def needed(var: dict[str, Any]) -> bool:
+        source = var.get("valueFrom") or {}
+        return "secretKeyRef" not in source or var.get("name") in CHECK_PAIR_SECRET_ENV
+    return _with_user_env(_base_env(), [var for var in spec.env if needed(var)])
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:
@@ -180,22 +246,26 @@ def _cache_volume(spec: LLMServiceSpec) -> dict[str, Any]:
     return {"name": "model-cache", "emptyDir": {}}
 
 
-def _resources(spec: LLMServiceSpec) -> dict[str, Any]:
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    if spec.gpus_per_replica > 0:
+def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
+    """The serving container's requests and limits: the spec's, else defaults that scale with the
+    GPUs. CPU and memory requests equal their limits; ephemeral storage is bounded too (a pod
+    without limits can starve its node)."""
+    gpus = spec.gpus_per_replica
+    cpu = spec.cpu or (str(DEFAULT_CPU_PER_GPU * gpus) if gpus else DEFAULT_CPU_WITHOUT_GPU)
+    memory = spec.memory or (f"{DEFAULT_MEMORY_GI_PER_GPU * gpus}Gi" if gpus
+                             else DEFAULT_MEMORY_WITHOUT_GPU)
+    if spec.ephemeral_storage:
+        ephemeral_request = ephemeral_limit = spec.ephemeral_storage
+    else:
+        ephemeral_request = DEFAULT_EPHEMERAL_REQUEST
+        ephemeral_limit = (DEFAULT_EPHEMERAL_LIMIT_WITH_CACHE if spec.model_cache is not None
+                           else DEFAULT_EPHEMERAL_LIMIT_WITHOUT_CACHE)
+    requests = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_request}
+    limits = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_limit}
+    if gpus > 0:
         # Extended resources are requested through limits (requests default to them).
-        limits["nvidia.com/gpu"] = str(spec.gpus_per_replica)
-    if spec.memory:
-        requests["memory"] = limits["memory"] = spec.memory
-    if spec.cpu:
-        requests["cpu"] = spec.cpu
-    out: dict[str, Any] = {}
-    if requests:
-        out["requests"] = requests
-    if limits:
-        out["limits"] = limits
-    return out
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {"requests": requests, "limits": limits}
 
 
 def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
@@ -222,8 +292,8 @@ def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         "command": serve_args(spec)[:2],
         "args": serve_args(spec)[2:],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
-        "env": _env(spec),
-        "resources": _resources(spec),
+        "env": _env(name, spec),
+        "resources": serving_resources(spec),
         "volumeMounts": mounts,
         "startupProbe": {"httpGet": http_get, "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
                          "failureThreshold": STARTUP_PROBE_FAILURES, "timeoutSeconds": 5},
@@ -349,6 +419,45 @@ def horizontal_pod_autoscaler(body: dict[str, Any], spec: LLMServiceSpec) -> dic
     }
 
 
+# Egress of an LLMService's pods under the default NetworkPolicy: DNS, and HTTPS anywhere (the
+# hub, for weights and tokenizers). Nothing else: the pods talk to no other workload.
+DEFAULT_EGRESS: list[dict[str, Any]] = [
+    {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    {"ports": [{"protocol": "TCP", "port": 443}]},
+]
+
+
+@dataclass(frozen=True)
+class NetworkPolicySettings:
+    """The NetworkPolicy the operator gives every LLMService (the chart's `networkPolicy`).
+    ingress_from: NetworkPolicyPeers allowed to reach the serving port (empty: any source, that
+    port only). egress: NetworkPolicyEgressRules (None: DEFAULT_EGRESS; [] denies all)."""
+
+    ingress_from: tuple[dict[str, Any], ...] = ()
+    egress: tuple[dict[str, Any], ...] | None = None
+
+
+def network_policy(body: dict[str, Any], settings: NetworkPolicySettings) -> dict[str, Any]:
+    """Selects the LLMService's serving and validation pods: in, only the serving port (named
+    `http`, so validation pods, which listen on nothing, get no ingress); out, `egress`."""
+    name, _ = _meta(body)
+    ingress: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": "http"}]}
+    if settings.ingress_from:
+        ingress["from"] = [dict(peer) for peer in settings.ingress_from]
+    egress = DEFAULT_EGRESS if settings.egress is None else settings.egress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _object_meta(body, name),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_NAME: "octavo", LABEL_INSTANCE: name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [ingress],
+            "egress": copy.deepcopy([dict(rule) for rule in egress]),
+        },
+    }
+
+
 def validation_job_name(service_name: str, pair_hash: str) -> str:
     """Deterministic from the pair, so a repeated reconcile finds the Job it made before.
     Fits a label value (63 characters): the Job controller labels its pods with it."""
@@ -367,9 +476,8 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "name": CHECK_CONTAINER,
         "image": spec.image,
         "command": check_pair_args(spec),
-        "env": _env(spec),
-        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"},
-                      "limits": {"memory": "4Gi"}},
+        "env": _check_pair_env(spec),
+        "resources": copy.deepcopy(CHECK_PAIR_RESOURCES),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "model-cache", "mountPath": spec.cache_mount,
@@ -397,7 +505,7 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "metadata": _object_meta(body, name, component="validation", extra_labels=job_labels),
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
-            "activeDeadlineSeconds": JOB_DEADLINE_SECONDS,
+            "activeDeadlineSeconds": spec.validation_timeout_seconds,
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "podFailurePolicy": {"rules": [{
                 "action": "FailJob",

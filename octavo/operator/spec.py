@@ -76,6 +76,7 @@ class LLMServiceSpec:
     model: ModelRef
     draft: ModelRef | None
     num_speculative_tokens: int | None  # None without a draft
+    validation_timeout_seconds: int
     replicas: int
     tensor_parallel_size: int
     dtype: str
@@ -86,6 +87,7 @@ class LLMServiceSpec:
     gpus_per_replica: int
     memory: str | None
     cpu: str | None
+    ephemeral_storage: str | None
     node_selector: dict[str, str]
     tolerations: list[dict[str, Any]]
     image: str
@@ -109,6 +111,8 @@ class LLMServiceSpec:
             model=ModelRef.from_dict(data.get("model")) or ModelRef(),
             draft=ModelRef.from_dict(speculative.get("draftModel")),
             num_speculative_tokens=int(speculative["numSpeculativeTokens"]) if speculative else None,
+            validation_timeout_seconds=int(speculative.get(
+                "validationTimeoutSeconds", crd.DEFAULT_VALIDATION_TIMEOUT_SECONDS)),
             replicas=int(data["replicas"]),
             tensor_parallel_size=tp,
             dtype=str(data["dtype"]),
@@ -119,6 +123,7 @@ class LLMServiceSpec:
             gpus_per_replica=int(gpus) if gpus is not None else tp,
             memory=resources.get("memory"),
             cpu=resources.get("cpu"),
+            ephemeral_storage=resources.get("ephemeralStorage"),
             node_selector=dict(resources.get("nodeSelector") or {}),
             tolerations=list(resources.get("tolerations") or []),
             image=data.get("image") or runtime_image_default(),
@@ -130,6 +135,13 @@ class LLMServiceSpec:
             service_type=str(service.get("type", "ClusterIP")),
             service_port=int(service.get("port", 8000)),
         )
+
+    @property
+    def api_key_ref(self) -> tuple[str, str] | None:
+        """(Secret name, key) the user named for the API key; None: the operator generates one."""
+        if self.api_key_secret is None:
+            return None
+        return self.api_key_secret["name"], self.api_key_secret.get("key", "api-key")
 
     @property
     def cache_mount(self) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", ["status", "scale"]),
     "v1/services": ("Service", ["status"]),
     "v1/pods": ("Pod", ["status"]),
+    "v1/secrets": ("Secret", []),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", []),
     "v1/events": ("Event", []),
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", ["status"]),
@@ -104,11 +107,12 @@ async def run_validation_job(kube, job: dict[str, Any], tmp_path: Path) -> int:
 async def set_job_result(kube, job: dict[str, Any], exit_code: int, message: str) -> None:
     meta = job["metadata"]
     namespace = meta["namespace"]
+    suffix = uuid.uuid4().hex[:5]  # a retried Job (same name) gets pods of its own
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{meta['name']}-x{exit_code}", "namespace": namespace,
-                     "uid": f"pod-{meta['name']}",
+        "metadata": {"name": f"{meta['name']}-{suffix}", "namespace": namespace,
+                     "uid": f"pod-{meta['name']}-{suffix}",
                      "labels": {"job-name": meta["name"],
                                 "batch.kubernetes.io/job-name": meta["name"],
                                 "batch.kubernetes.io/controller-uid": meta.get("uid", "")}},

@@ -72,5 +72,85 @@ def test_env_conflicts():
                                         {"name": "OCTAVO_API_KEY", "value": "k"}],
                                    apiKeySecretRef={"name": "key"}))
     assert errors == ["spec.env sets A twice: keep one",
-                      "spec.env sets OCTAVO_API_KEY, which apiKeySecretRef already provides: "
-                      "remove one of them"]
+                      "spec.env sets OCTAVO_API_KEY, which the operator sets from the API key "
+                      "Secret: remove it, and name your Secret in spec.apiKeySecretRef (or "
+                      "leave that out and the operator generates a key)"]
+    # Without apiKeySecretRef too: a spec cannot blank the generated key.
+    assert len(check_llmservice(spec(env=[{"name": "OCTAVO_API_KEY", "value": ""}]))) == 1
+
+
+# --- the cluster's policy ----------------------------------------------------------------------
+
+from octavo.operator.admission import Policy, check_policy, image_allowed, name_allowed  # noqa: E402
+
+
+def test_policy_from_the_environment():
+    assert Policy.from_env({}) == Policy(None, None, None)  # a bare operator: unrestricted
+    policy = Policy.from_env({"OCTAVO_ALLOWED_IMAGES": "ghcr.io/a/rt, registry.local/ml/*",
+                              "OCTAVO_ALLOWED_SECRETS": "", "OCTAVO_ALLOWED_CLAIMS": "*"})
+    assert policy == Policy(("ghcr.io/a/rt", "registry.local/ml/*"), (), ("*",))
+
+
+@pytest.mark.parametrize("image, allowed", [
+    ("ghcr.io/a/rt", True), ("ghcr.io/a/rt:1.2", True), ("ghcr.io/a/rt@sha256:ab", True),
+    ("ghcr.io/a/rt:1.2@sha256:ab", True), ("ghcr.io/a/rt-evil:1", False),
+    ("ghcr.io/a/rtx", False), ("ghcr.io/a/other:1", False),
+    ("registry.local/ml/x:1", True), ("registry.local/ml/team/y", True),
+    ("registry.local/mlx/y", False), ("registry.local/ml", False),
+    ("docker.io/library/python:3.12", False),
+])
+def test_image_allow_list(image, allowed):
+    assert image_allowed(image, ("ghcr.io/a/rt", "registry.local/ml/*")) is allowed
+    assert image_allowed(image, None) and image_allowed(image, ("*",))
+
+
+def test_the_default_runtime_image_is_always_allowed(monkeypatch):
+    monkeypatch.setenv("OCTAVO_RUNTIME_IMAGE", "registry.local/octavo-runtime:7")
+    assert image_allowed("registry.local/octavo-runtime:7", ())
+    assert not image_allowed("registry.local/octavo-runtime:8", ())
+
+
+@pytest.mark.parametrize("name, allowed", [
+    ("hf-token", True), ("hf-", True), ("hf", False), ("team-key", True), ("team-key2", False),
+    ("db-password", False), ("hf.token", False), ("xhf-token", False),
+])
+def test_name_allow_list(name, allowed):
+    assert name_allowed(name, ("hf-*", "team-key")) is allowed
+    assert name_allowed(name, None) and name_allowed(name, ("*",))
+    assert not name_allowed(name, ())
+
+
+def test_policy_names_every_forbidden_reference():
+    spec = {"model": {"name": "m"}, "image": "evil.example/miner:latest",
+            "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                         "key": "token"}}},
+                    {"name": "DB", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
+                    {"name": "CM", "valueFrom": {"configMapKeyRef": {"name": "db", "key": "x"}}},
+                    {"name": "PLAIN", "value": "1"}],
+            "apiKeySecretRef": {"name": "payments-key"},
+            "modelCache": {"claimName": "finance-data"}}
+    policy = Policy(images=("ghcr.io/octavo-dev/octavo-runtime",), secrets=("hf-*",),
+                    claims=("model-*",))
+    errors = check_policy(spec, policy)
+    assert len(errors) == 4, errors
+    assert errors[0].startswith("spec.image 'evil.example/miner:latest' is not an allowed image "
+                                "(allowed: ghcr.io/octavo-dev/octavo-runtime)")
+    assert errors[1].startswith("spec.env[1] (DB) valueFrom.secretKeyRef names Secret 'db'")
+    assert "policy.allowedSecrets" in errors[1]
+    assert errors[2].startswith("spec.apiKeySecretRef names Secret 'payments-key'")
+    assert errors[3].startswith("spec.modelCache.claimName 'finance-data' is not an allowed claim")
+    assert check_policy(spec, Policy()) == []
+
+
+def test_the_charts_default_policy_and_the_examples():
+    """The chart's defaults: the runtime repository, no Secrets, any claim. The examples that
+    name Secrets need them allowed (the chart README says how)."""
+    chart_default = Policy(images=("ghcr.io/octavo-dev/octavo-runtime",), secrets=(),
+                           claims=("*",))
+    for name in ("demo.yaml", "demo-speculative.yaml", "llmservice.yaml"):
+        assert check_policy(load_example(name)["spec"], chart_default) == []
+    errors = check_policy(load_example("speculative.yaml")["spec"], chart_default)
+    assert [e.split(" names ")[1].split(",")[0] for e in errors] == \
+        ["Secret 'hf-token'", "Secret 'llama-70b-key'"]
+    allowing = Policy(chart_default.images, ("hf-token", "*-key"), ("*",))
+    assert check_policy(load_example("speculative.yaml")["spec"], allowing) == []

@@ -88,13 +88,15 @@ def test_defaults_fill_a_minimal_spec():
     assert spec["dtype"] == "auto" and spec["maxNumSeqs"] == 256
     assert spec["gpuMemoryUtilization"] == 0.9 and spec["shutdownTimeoutSeconds"] == 30
     assert spec["speculative"]["numSpeculativeTokens"] == 4
+    assert spec["speculative"]["validationTimeoutSeconds"] == 600  # was a fixed 1800 s
     assert spec["service"] == {"type": "ClusterIP", "port": 8000}
     assert spec["resources"] == {}  # gpusPerReplica defaults to tensorParallelSize in the operator
 
 
 # Spec properties that are not engine settings (the operator's own, or mapped another way:
 # model -> model/revision, modelCache -> download_dir). Anything else must be in ENGINE_SETTINGS.
-NOT_ENGINE_SETTINGS = {"model", "speculative", "speculative.draftModel", "replicas", "shutdownTimeoutSeconds",
+NOT_ENGINE_SETTINGS = {"model", "speculative", "speculative.draftModel", "speculative.validationTimeoutSeconds",
+                       "replicas", "shutdownTimeoutSeconds",
                        "resources", "image", "imagePullPolicy", "env", "apiKeySecretRef", "modelCache",
                        "autoscaling", "service"}
 
@@ -154,6 +156,8 @@ def test_crd_bounds_are_within_what_the_engine_takes():
     (("resources", "gpusPerReplica"), -1),
     (("autoscaling", "targetQueueDepth"), 0),
     (("modelCache", "mountPath"), "relative/path"),
+    (("speculative", "validationTimeoutSeconds"), 5),
+    (("resources", "ephemeralStorage"), "a lot"),
 ])
 def test_schema_rejects(path, value):
     example = copy.deepcopy(load_example("speculative.yaml"))

@@ -7,8 +7,10 @@ first run on a machine compiles it, which takes minutes.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -27,18 +29,31 @@ VALUE_SETS = {
     "namespaced+webhook": ["--set", "watchNamespaces={ml,staging}", "--set", "webhook.enabled=true"],
     "debug": ["--set", "logLevel=debug", "--set", "image.tag=dev", "--set",
               "runtimeImage.repository=registry.local/octavo-runtime"],
+    "policy": ["--set", "policy.allowedImages={registry.local/ml/*,ghcr.io/org/runtime}",
+               "--set", "policy.allowedSecrets={hf-token,team-*}",
+               "--set", "policy.allowedClaims={model-*}",
+               "--set", "validation.retryBaseSeconds=5", "--set", "validation.retryMaxSeconds=60",
+               "--set-json", 'networkPolicy.ingressFrom=[{"namespaceSelector": {"matchLabels": '
+               '{"kubernetes.io/metadata.name": "gateway"}}}]'],
+    "open": ["--set", "networkPolicy.enabled=false", "--set",
+             "policy.validatingAdmissionPolicy=false", "--set", "userRoles.create=false"],
 }
 
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    out = subprocess.run([str(REPO / "tools" / "install_helm.sh")], capture_output=True,
-                         text=True, timeout=BUILD_TIMEOUT)
+    return go_tool("install_helm.sh", "helm")
+
+
+def go_tool(script: str, name: str) -> str:
+    """A tool built from the Go module proxy by tools/<script> (cached after the first build)."""
+    out = subprocess.run([str(REPO / "tools" / script)], capture_output=True, text=True,
+                         timeout=BUILD_TIMEOUT)
     if out.returncode != 0:
-        if shutil.which("go") is None:
-            pytest.skip("helm is not cached and there is no 'go' to build it "
-                        "(tools/install_helm.sh)")
-        pytest.fail(f"tools/install_helm.sh failed:\n{out.stderr[-2000:]}")
+        if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+            pytest.skip(f"{name} is not cached and there is no 'go' to build it "
+                        f"(tools/{script})")
+        pytest.fail(f"tools/{script} failed:\n{out.stderr[-2000:]}")
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -48,10 +63,13 @@ def run_helm(helm, *args) -> str:
     return out.stdout
 
 
-def render(helm, values) -> list[dict]:
-    text = run_helm(helm, "template", "octavo", str(CHART), "--namespace", "octavo-system",
+def render_text(helm, values) -> str:
+    return run_helm(helm, "template", "octavo", str(CHART), "--namespace", "octavo-system",
                     "--include-crds", *values)
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(helm, values) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(render_text(helm, values)) if doc]
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -97,7 +115,8 @@ def test_defaults_watch_every_namespace(helm):
 
 def test_rbac_is_least_privilege(helm):
     docs = render(helm, VALUE_SETS["namespaced+webhook"])
-    role, = by_kind(docs, "ClusterRole")
+    role, = [r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith(
+        ("-llmservice-editor", "-llmservice-viewer"))]
     verbs = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
              for group in rule["apiGroups"] for resource in rule["resources"]}
     assert verbs == {
@@ -110,6 +129,9 @@ def test_rbac_is_least_privilege(helm):
                                                       "delete"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list"},
+        ("", "secrets"): {"create"},  # the generated API key; never read
+        ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch",
+                                                   "delete"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
     }
@@ -142,3 +164,96 @@ def test_webhook_wiring(helm):
     assert env["OCTAVO_WEBHOOK_CERT"] == "/webhook-tls/tls.crt"
     assert {"name": "webhook-tls", "secret": {"secretName": secret["metadata"]["name"]}} in \
         pod["volumes"]
+
+
+def operator_env(docs) -> dict[str, str]:
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_default_policy_and_settings_reach_the_operator(helm):
+    from octavo.operator import admission, reconcile, resources
+
+    env = operator_env(render(helm, []))
+    policy = admission.Policy.from_env(env)
+    # Secure by default: the runtime repository only, no Secrets, any claim.
+    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",))
+    assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("30", "600")
+    assert reconcile.network_policy_settings(env) == resources.NetworkPolicySettings()
+
+
+def test_policy_values_reach_the_operator(helm):
+    from octavo.operator import admission, reconcile, resources
+
+    env = operator_env(render(helm, VALUE_SETS["policy"]))
+    assert admission.Policy.from_env(env) == admission.Policy(
+        ("ghcr.io/octavo-dev/octavo-runtime", "registry.local/ml/*", "ghcr.io/org/runtime"),
+        ("hf-token", "team-*"), ("model-*",))
+    assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("5", "60")
+    settings = reconcile.network_policy_settings(env)
+    assert settings == resources.NetworkPolicySettings(ingress_from=({"namespaceSelector": {
+        "matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},))
+
+    off = operator_env(render(helm, VALUE_SETS["open"]))
+    assert reconcile.network_policy_settings(off) is None
+
+
+def test_validating_admission_policy_mirrors_the_operators_policy(helm):
+    """The CEL sees the same lists as the operator; the API server evaluates it (e2e)."""
+    docs = render(helm, VALUE_SETS["policy"] + ["--set", "watchNamespaces={ml}"])
+    policy, = by_kind(docs, "ValidatingAdmissionPolicy")
+    binding, = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables["imageRepos"]) == ["ghcr.io/octavo-dev/octavo-runtime",
+                                                   "ghcr.io/org/runtime"]
+    assert json.loads(variables["imagePrefixes"]) == ["registry.local/ml/"]
+    from octavo.operator.admission import name_pattern
+    import re
+    for patterns, names in ((variables["secretPatterns"], ["hf-token", "team-*"]),
+                            (variables["claimPatterns"], ["model-*"])):
+        # Go's regexp.QuoteMeta and Python's re.escape differ in form, not in what matches.
+        for cel, name in zip(json.loads(patterns), names, strict=True):
+            for probe in ("hf-token", "team-a", "team-", "model-x", "model", "xhf-token"):
+                assert bool(re.fullmatch(cel, probe)) == bool(re.fullmatch(name_pattern(name),
+                                                                           probe)), (cel, probe)
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["llmservices"]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0][
+        "values"] == ["ml"]
+    assert by_kind(render(helm, VALUE_SETS["open"]), "ValidatingAdmissionPolicy") == []
+
+
+@pytest.mark.parametrize("name, port", [("defaults", "liveness"), ("namespaced+webhook", "webhook")])
+def test_operator_readiness_probe(helm, name, port):
+    container = by_kind(render(helm, VALUE_SETS[name]), "Deployment")[0]["spec"]["template"][
+        "spec"]["containers"][0]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": port}
+    assert container["readinessProbe"] != container["livenessProbe"]
+    limits = container["resources"]["limits"]
+    assert {"cpu", "memory", "ephemeral-storage"} <= set(limits)
+
+
+def test_operator_network_policy(helm):
+    docs = render(helm, VALUE_SETS["namespaced+webhook"])
+    policy, = by_kind(docs, "NetworkPolicy")
+    pod_labels = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "webhook"}]}]
+    egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443, 6443}
+    defaults, = by_kind(render(helm, []), "NetworkPolicy")
+    assert defaults["spec"]["ingress"] == []  # no webhook: nothing comes in
+    assert by_kind(render(helm, VALUE_SETS["open"]), "NetworkPolicy") == []
+
+
+def test_user_roles(helm):
+    roles = {r["metadata"]["name"]: r for r in by_kind(render(helm, []), "ClusterRole")}
+    editor = roles["octavo-octavo-operator-llmservice-editor"]
+    viewer = roles["octavo-octavo-operator-llmservice-viewer"]
+    # The editor may manage LLMServices and nothing they run.
+    assert {res for rule in editor["rules"] for res in rule["resources"]} == \
+        {"llmservices", "llmservices/status", "llmservices/scale"}
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in viewer["rules"])

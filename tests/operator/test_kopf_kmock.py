@@ -9,6 +9,7 @@ conditions with a deadline, never a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 import logging
@@ -76,9 +77,10 @@ class OperatorThread:
         self.ready_flag = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="kopf-operator", daemon=True)
+        self.memo = kopf.Memo(kube=kube)
         self._operator = functools.partial(
             kopf.operator, registry=kopf.get_default_registry(), standalone=True,
-            namespaces=[NS], memo=kopf.Memo(kube=kube),
+            namespaces=[NS], memo=self.memo,
             stop_flag=self.stop_flag, ready_flag=self.ready_flag)
 
     def _run(self):
@@ -108,7 +110,8 @@ async def operator(k8s, kubeconfig, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     reconcile._locks.clear()
     kube = Kube()  # from the kubeconfig, as configure() would make it
-    async with OperatorThread(kube):
+    async with OperatorThread(kube) as running:
+        kube.memo = running.memo  # the tests look at the operator's requeues through it
         yield kube
 
 
@@ -180,9 +183,11 @@ def admission_review(spec, uid="review-1"):
         "dryRun": False}}
 
 
-async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port):
+async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port, monkeypatch):
     """kopf's webhook server routes /validate-llmservice (the chart's path) to the admission
-    checks."""
+    checks and the cluster's policy (from the operator's environment, as the chart sets it)."""
+    monkeypatch.setenv("OCTAVO_ALLOWED_IMAGES", "registry.local/octavo-runtime")
+    monkeypatch.setenv("OCTAVO_ALLOWED_SECRETS", "hf-token")
     import aiohttp
     import kopf
 
@@ -220,6 +225,18 @@ async def test_validating_webhook(k8s, kubeconfig, unused_tcp_port):
         assert "must be a multiple of tensorParallelSize (4)" in bad["status"]["message"]
         good = await review({"model": {"name": "org/m"}})
         assert good["allowed"] is True
+        forbidden = await review({"model": {"name": "org/m"}, "image": "evil.example/x:1",
+                                  "env": [{"name": "K", "valueFrom": {"secretKeyRef": {
+                                      "name": "payments", "key": "k"}}}]})
+        assert forbidden["allowed"] is False
+        assert "spec.image 'evil.example/x:1' is not an allowed image" in \
+            forbidden["status"]["message"]
+        assert "names Secret 'payments'" in forbidden["status"]["message"]
+        allowed = await review({"model": {"name": "org/m"},
+                                "image": "registry.local/octavo-runtime:3",
+                                "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                                    "name": "hf-token", "key": "token"}}}]})
+        assert allowed["allowed"] is True
 
 
 @pytest.mark.parametrize("entry", ["kopf", "octavo"])
@@ -271,3 +288,135 @@ async def test_entry_points_run_the_operator(k8s, kubeconfig, vocab_models, unus
                 await process.wait()
     stderr = (await process.stderr.read()).decode(errors="replace")
     assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def job_named(k8s, name):
+    return next((j for j in objs(k8s, "batch/v1/jobs", NS) if j["metadata"]["name"] == name), None)
+
+
+async def test_failed_validation_is_retried_until_the_draft_is_fixed(k8s, operator, vocab_models,
+                                                                     tmp_path, monkeypatch):
+    """The failure is seen by the owned-Job handler (kopf cannot retry an event handler): the
+    operator's own requeue brings attempt 2, 3, ... with a growing backoff, and once the draft is
+    fixed where it lives (the spec untouched) the pair validates and rolls out."""
+    import shutil
+
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "1")  # read at each failure
+    kube = operator
+    draft_dir = tmp_path / "draft-being-uploaded"
+    shutil.copytree(vocab_models["broken"], draft_dir)
+    spec = {"model": {"path": str(vocab_models["target"])},
+            "speculative": {"draftModel": {"path": str(draft_dir)}},
+            "resources": {"gpusPerReplica": 0}}
+    await asyncio.to_thread(kube.create, service_body("retry", spec))
+    # kopf has handled the creation for good (it records that in an annotation; until then an
+    # event may run the create handler again): from here on only the operator's requeues retry.
+    await eventually(lambda: "serving.octavo.dev/last-handled-configuration" in
+                     (obj(k8s, LLMS, NS, "retry")["metadata"].get("annotations") or {})
+                     and phase(k8s, "retry") == "Validating", what="the creation handled")
+
+    job_name = None
+    for attempt in (1, 2):
+        job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what=f"attempt {attempt}")
+        job_name = job[0]["metadata"]["name"]
+        assert await run_validation_job(kube, job[0], tmp_path) == 2
+        await eventually(lambda: (obj(k8s, LLMS, NS, "retry")["status"].get("pair") or {})
+                         .get("failures") == attempt, what=f"failure {attempt} recorded")
+        pair = obj(k8s, LLMS, NS, "retry")["status"]["pair"]
+        assert pair["attempt"] == attempt + 1
+        gap = (datetime.datetime.fromisoformat(pair["nextRetryTime"].replace("Z", "+00:00"))
+               - datetime.datetime.fromisoformat(pair["lastFailureTime"].replace("Z", "+00:00")))
+        assert gap.total_seconds() == reconcile.retry_delay(attempt) == attempt  # 1 s, then 2 s
+        assert phase(k8s, "retry") == "Blocked"
+
+    # Fixed upstream, nothing edited: attempt 3 (same Job name) passes.
+    for f in vocab_models["draft-same"].iterdir():
+        shutil.copy(f, draft_dir / f.name)
+    job = await eventually(lambda: job_named(k8s, job_name), timeout=15, what="attempt 3")
+    assert await run_validation_job(kube, job, tmp_path) == 0
+    await eventually(lambda: phase(k8s, "retry") == "Deploying", what="Deploying")
+    assert obj(k8s, DEPLOYMENTS, NS, "retry") is not None
+    body = obj(k8s, LLMS, NS, "retry")
+    assert body["metadata"]["generation"] == 1 and body["status"]["pair"]["verdict"] == "compatible"
+    assert "finalizers" not in body["metadata"]
+
+
+async def test_deleting_a_service_mid_validation_leaves_nothing_behind(k8s, operator, vocab_models,
+                                                                       tmp_path, monkeypatch,
+                                                                       caplog):
+    """Deleted while a retry is pending: no finalizer holds it, the pending requeue finds it gone
+    and makes no new Job, and nothing fails."""
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "1")
+    kube = operator
+    spec = {"model": {"path": str(vocab_models["target"])},
+            "speculative": {"draftModel": {"path": str(vocab_models["broken"])}},
+            "resources": {"gpusPerReplica": 0}}
+    await asyncio.to_thread(kube.create, service_body("gone", spec))
+    job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="the validation Job")
+    assert await run_validation_job(kube, job[0], tmp_path) == 2
+    await eventually(lambda: (obj(k8s, LLMS, NS, "gone")["status"].get("pair") or {})
+                     .get("failures") == 1, what="the failure recorded")
+    assert "finalizers" not in obj(k8s, LLMS, NS, "gone")["metadata"]
+
+    requeues = kube.memo.requeues
+    assert requeues.due_in(NS, "gone") is not None  # the retry is pending
+    await asyncio.to_thread(kube.delete, "serving.octavo.dev/v1alpha1", "LLMService", NS, "gone")
+    assert obj(k8s, LLMS, NS, "gone") is None  # nothing waits on the operator
+    deleted_at = len(list(k8s))
+
+    # The pending retry fires, reads the LLMService (gone) and stops: no Job, no new requeue.
+    def looked_and_stopped():
+        looked = any(r.resource is not None and r.resource.plural == "llmservices"
+                     and r.name == "gone" and r.method.value == "GET"
+                     for r in list(k8s)[deleted_at:])
+        return looked and requeues.idle()
+    await eventually(looked_and_stopped, timeout=10, what="the requeued reconcile to run")
+    # (kopf itself may try to patch its annotations on the gone object: a 404 it ignores.)
+    assert not [r for r in list(k8s)[deleted_at:] if r.resource is not None and (
+        (r.method.value == "POST" and r.resource.plural == "jobs")
+        or (r.method.value == "PATCH" and r.subresource == "status"))]
+    assert objs(k8s, "batch/v1/jobs", NS) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_pending_retry_survives_an_operator_restart(k8s, kubeconfig, vocab_models,
+                                                            tmp_path, monkeypatch):
+    """The requeue is in memory; what survives is status (nextRetryTime), from which the resume
+    handler of the next operator process schedules the retry again."""
+    from octavo.operator.kube import Kube
+
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "5")  # time enough to stop the first operator
+    reconcile._locks.clear()
+    kube = Kube()
+    spec = {"model": {"path": str(vocab_models["target"])},
+            "speculative": {"draftModel": {"path": str(vocab_models["broken"])}},
+            "resources": {"gpusPerReplica": 0}}
+    async with OperatorThread(kube):
+        await asyncio.to_thread(kube.create, service_body("restarted", spec))
+        job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="attempt 1")
+        assert await run_validation_job(kube, job[0], tmp_path) == 2
+        await eventually(lambda: (obj(k8s, LLMS, NS, "restarted")["status"].get("pair") or {})
+                         .get("failures") == 1, what="failure 1 recorded")
+        await eventually(lambda: not objs(k8s, "batch/v1/jobs", NS), what="attempt 1 deleted")
+    # Stopped before the retry was due: nothing ran it.
+    assert objs(k8s, "batch/v1/jobs", NS) == []
+    async with OperatorThread(kube):
+        job = await eventually(lambda: objs(k8s, "batch/v1/jobs", NS), what="attempt 2")
+        assert obj(k8s, LLMS, NS, "restarted")["status"]["pair"]["attempt"] == 2
+
+
+async def test_requeues_keep_the_earliest_and_run_the_reconcile(monkeypatch):
+    from octavo.operator import main
+
+    ran = []
+    monkeypatch.setattr(reconcile, "reconcile", lambda kube, ns, name: ran.append((ns, name)))
+    requeues = main.Requeues(asyncio.get_running_loop(), kube=None)
+    requeues.later(NS, "a", 30)
+    requeues.after(reconcile.Outcome("Blocked", requeue_after=0.2), NS, "a")
+    requeues.after(reconcile.Outcome("Validating", requeue_after=10), NS, "a")  # later: ignored
+    requeues.after(reconcile.Outcome("Ready"), NS, "b")  # nothing asked for
+    await eventually(lambda: requeues.due_in(NS, "a") is not None, what="scheduled")
+    assert requeues.due_in(NS, "a") <= 0.2 and requeues.due_in(NS, "b") is None
+    await eventually(lambda: ran and requeues.idle(), timeout=5, what="the requeued reconcile")
+    assert ran == [(NS, "a")]  # it returned None (gone): nothing scheduled again

@@ -86,8 +86,10 @@ def test_speculative_deployment():
     assert flag(args, "--download-dir") == "/models"
     assert (flag(args, "--host"), flag(args, "--port")) == ("0.0.0.0", "8000")
 
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": "4", "memory": "200Gi"}
-    assert c["resources"]["requests"] == {"memory": "200Gi", "cpu": "16"}
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "4", "memory": "200Gi", "cpu": "16",
+                                        "ephemeral-storage": "20Gi"}
+    assert c["resources"]["requests"] == {"memory": "200Gi", "cpu": "16",
+                                          "ephemeral-storage": "10Gi"}
     pod = deployment["spec"]["template"]["spec"]
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
@@ -186,14 +188,19 @@ def test_validation_job():
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
                                                                 "key": "token"}}} in c["env"]
+    # No API key: the validation pod serves nothing.
+    assert "OCTAVO_API_KEY" not in {e["name"] for e in c["env"]}
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
-    # Incompatible (exit 1) fails the Job at once; errors (exit 2) are retried with backoff.
+    # One pod: a verdict (exit 1) or an error (exit 2) ends the Job; the operator retries errors
+    # with its own backoff, shown in status.
     assert job["spec"]["podFailurePolicy"]["rules"] == [{
         "action": "FailJob", "onExitCodes": {"containerName": "check-pair", "operator": "In",
                                              "values": [1]}}]
-    assert job["spec"]["backoffLimit"] >= 1
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 600  # spec.speculative.validationTimeoutSeconds
     assert "nvidia.com/gpu" not in str(c["resources"])  # tokenizers only
+    assert set(c["resources"]["limits"]) == {"cpu", "memory", "ephemeral-storage"}
 
 
 def test_job_name_follows_the_pair_only():
@@ -284,3 +291,83 @@ def test_the_operator_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          timeout=60, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+def test_validation_job_gets_only_the_secrets_it_needs():
+    """The hub token (a gated tokenizer needs it) and plain values pass; the API key and any other
+    Secret the spec hands the server do not."""
+    body, _ = build("speculative.yaml")
+    body["spec"]["env"] = body["spec"]["env"] + [
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "k"}}},
+        {"name": "HF_HUB_OFFLINE", "value": "0"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    spec = LLMServiceSpec.from_dict(body["spec"])
+    job_env = {e["name"] for e in container_of(resources.validation_job(body, spec))["env"]}
+    assert {"HF_TOKEN", "HF_HUB_OFFLINE", "POD_NAME"} <= job_env
+    assert not {"WANDB_API_KEY", "OCTAVO_API_KEY"} & job_env
+    server_env = {e["name"] for e in container_of(resources.deployment(body, spec))["env"]}
+    assert {"HF_TOKEN", "WANDB_API_KEY", "OCTAVO_API_KEY"} <= server_env
+
+
+def test_a_spec_without_a_key_gets_the_generated_secret():
+    body, _ = build("demo.yaml")
+    spec = LLMServiceSpec.from_dict(body["spec"])
+    assert spec.api_key_ref is None
+    env = {e["name"]: e for e in container_of(resources.deployment(body, spec))["env"]}
+    assert env["OCTAVO_API_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "octavo-demo-api-key",
+                                                                   "key": "api-key"}}
+    secret = resources.api_key_secret(body, "s3cret")
+    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+    assert secret["metadata"]["name"] == resources.api_key_secret_name("octavo-demo")
+    assert secret["stringData"] == {"api-key": "s3cret"} and secret["type"] == "Opaque"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"  # garbage-collected
+
+
+def test_the_spec_cannot_replace_or_blank_the_api_key():
+    body, _ = build("demo.yaml")
+    spec = LLMServiceSpec.from_dict({**body["spec"], "env": [{"name": "OCTAVO_API_KEY",
+                                                              "value": ""}]})
+    env = [e for e in container_of(resources.deployment(body, spec))["env"]
+           if e["name"] == "OCTAVO_API_KEY"]
+    assert env == [{"name": "OCTAVO_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "octavo-demo-api-key", "key": "api-key"}}}]
+
+
+@pytest.mark.parametrize("spec_patch, requests, limits", [
+    ({}, {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "10Gi"},
+     {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "200Gi", "nvidia.com/gpu": "1"}),
+    ({"tensorParallelSize": 2}, {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "10Gi"},
+     {"cpu": "8", "memory": "64Gi", "ephemeral-storage": "200Gi", "nvidia.com/gpu": "2"}),
+    ({"resources": {"gpusPerReplica": 0}}, {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "10Gi"},
+     {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "200Gi"}),
+    ({"resources": {"memory": "12Gi"}, "modelCache": {"claimName": "weights"}},
+     {"cpu": "4", "memory": "12Gi", "ephemeral-storage": "10Gi"},
+     {"cpu": "4", "memory": "12Gi", "ephemeral-storage": "20Gi", "nvidia.com/gpu": "1"}),
+    ({"resources": {"cpu": "500m", "ephemeralStorage": "50Gi"}},
+     {"cpu": "500m", "memory": "32Gi", "ephemeral-storage": "50Gi"},
+     {"cpu": "500m", "memory": "32Gi", "ephemeral-storage": "50Gi", "nvidia.com/gpu": "1"}),
+])
+def test_default_resources_when_the_spec_names_none(spec_patch, requests, limits):
+    """Every serving container has CPU, memory and ephemeral-storage requests and limits."""
+    spec = LLMServiceSpec.from_dict({"model": {"name": "org/m"}, **spec_patch})
+    assert resources.serving_resources(spec) == {"requests": requests, "limits": limits}
+
+
+def test_network_policy_confines_the_services_pods():
+    body, spec = build("speculative.yaml")
+    policy = resources.network_policy(body, resources.NetworkPolicySettings())
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    serving_labels = resources.deployment(body, spec)["spec"]["template"]["metadata"]["labels"]
+    job_labels = resources.validation_job(body, spec)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= serving_labels.items() and selector.items() <= job_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "http"}]}]
+    assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {53, 443}
+
+    peers = ({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},)
+    narrow = resources.network_policy(body, resources.NetworkPolicySettings(ingress_from=peers,
+                                                                            egress=()))
+    kubernetes_validate.validate(narrow, K8S_VERSION, strict=True)
+    assert narrow["spec"]["ingress"][0]["from"] == list(peers)
+    assert narrow["spec"]["egress"] == []  # no egress at all

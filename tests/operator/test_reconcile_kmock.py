@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import shutil
 
 import jsonschema
@@ -27,6 +28,8 @@ NS = "ml"
 LLMS = "serving.octavo.dev/v1alpha1/llmservices"
 DEPLOYMENTS = "apps/v1/deployments"
 JOBS = "batch/v1/jobs"
+SECRETS = "v1/secrets"
+NETWORK_POLICIES = "networking.k8s.io/v1/networkpolicies"
 
 
 def put_service(k8s, name, spec, generation=1, uid="uid-1"):
@@ -112,8 +115,10 @@ async def test_create_validates_then_deploys_and_turns_ready(k8s, kube, vocab_mo
     put_service(k8s, "spec-lm", local_spec(vocab_models, "draft-same"))
 
     outcome = await reconcile_once(kube, "spec-lm")
-    # No polling: the Job's events bring the next reconcile.
-    assert outcome.phase == "Validating" and outcome.requeue_after is None
+    # No polling: the Job's events bring the next reconcile; the one requeue asked for is at the
+    # Job's deadline, when a Job still running counts as failed.
+    assert outcome.phase == "Validating"
+    assert outcome.requeue_after == pytest.approx(600 + reconcile.DEADLINE_GRACE_SECONDS, abs=2)
     job = only_job(k8s)
     spec = LLMServiceSpec.from_dict(obj(k8s, LLMS, NS, "spec-lm")["spec"])
     assert job["metadata"]["name"] == resources.validation_job_name("spec-lm", spec.pair_hash())
@@ -273,32 +278,109 @@ async def test_validation_failure_is_retried_with_backoff(k8s, kube, vocab_model
 
     await reconcile_once(kube, "svc", now)
     job_name = only_job(k8s)["metadata"]["name"]
+    assert status(k8s, "svc")["pair"]["attempt"] == 1
     assert await run_validation_job(kube, only_job(k8s), tmp_path) == 2
     outcome = await reconcile_once(kube, "svc", now)
     assert outcome.phase == "Blocked" and outcome.requeue_after == reconcile.retry_delay(1) == 30
     cond = condition(k8s, "svc", "PairCompatible")
     assert (cond["status"], cond["reason"]) == ("Unknown", "ValidationFailed")
-    assert "has no tokenizer" in cond["message"] and "retrying in 30s" in cond["message"]
+    assert "validation attempt 1 failed" in cond["message"] and "has no tokenizer" in cond["message"]
+    assert cond["message"].endswith("attempt 2 at 2026-01-01T00:00:30Z")
     pair = status(k8s, "svc")["pair"]
     assert (pair["verdict"], pair["reason"], pair["failures"]) == ("error", "ValidationFailed", 1)
+    assert (pair["attempt"], pair["nextRetryTime"]) == (2, "2026-01-01T00:00:30Z")
     assert objs(k8s, JOBS, NS) == []  # deleted to retry under the same name
-    assert len(events(k8s, "ValidationFailed")) == 1
+    warning, = events(k8s, "ValidationFailed")
+    assert warning["type"] == "Warning" and warning["message"].endswith("retrying in 30s")
 
-    # Within the backoff: no new Job.
+    # Within the backoff: no new Job, and the status stays as it was (no countdown to rewrite).
+    status_writes = len(writes(k8s, "llmservices"))
     outcome = await reconcile_once(kube, "svc", now + datetime.timedelta(seconds=10))
     assert outcome.requeue_after == pytest.approx(20)
-    assert objs(k8s, JOBS, NS) == []
+    assert objs(k8s, JOBS, NS) == [] and len(writes(k8s, "llmservices")) == status_writes
+
+    # Attempt 2 fails too: the backoff doubles.
+    retry = now + datetime.timedelta(seconds=30)
+    assert (await reconcile_once(kube, "svc", retry)).phase == "Validating"
+    assert only_job(k8s)["metadata"]["name"] == job_name
+    assert condition(k8s, "svc", "PairCompatible")["message"].startswith(
+        f"validation Job {job_name} (attempt 2)")
+    assert await run_validation_job(kube, only_job(k8s), tmp_path) == 2
+    outcome = await reconcile_once(kube, "svc", retry)
+    assert outcome.requeue_after == reconcile.retry_delay(2) == 60
+    assert status(k8s, "svc")["pair"]["nextRetryTime"] == "2026-01-01T00:01:30Z"
+    assert len(events(k8s, "ValidationFailed")) == 2
 
     # The upload finishes; after the backoff the same Job name runs again and succeeds.
     for f in vocab_models["draft-same"].iterdir():
         shutil.copy(f, draft_dir / f.name)
-    later = now + datetime.timedelta(seconds=31)
+    later = retry + datetime.timedelta(seconds=61)
     assert (await reconcile_once(kube, "svc", later)).phase == "Validating"
     assert only_job(k8s)["metadata"]["name"] == job_name
     assert await run_validation_job(kube, only_job(k8s), tmp_path) == 0
     assert (await reconcile_once(kube, "svc", later)).phase == "Deploying"
     pair = status(k8s, "svc")["pair"]
-    assert pair["verdict"] == "compatible" and "failures" not in pair
+    assert pair["verdict"] == "compatible"
+    assert not {"failures", "attempt", "nextRetryTime", "startedAt"} & set(pair)
+
+
+def test_retry_delay_doubles_up_to_a_cap(monkeypatch):
+    assert [reconcile.retry_delay(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 600, 600]
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "2")
+    monkeypatch.setenv(reconcile.RETRY_MAX_ENV, "10")
+    assert [reconcile.retry_delay(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
+    monkeypatch.setenv(reconcile.RETRY_BASE_ENV, "soon")
+    assert reconcile.retry_delay(1) == reconcile.DEFAULT_RETRY_BASE_SECONDS
+
+
+async def test_a_hung_validation_job_is_bounded_by_the_spec(k8s, kube, vocab_models):
+    """A Job that never finishes (no node for its pod, a Job controller that never fails it)
+    counts as a failed attempt at validationTimeoutSeconds (+ a grace), and is retried."""
+    spec = local_spec(vocab_models, "draft-same")
+    spec["speculative"]["validationTimeoutSeconds"] = 120
+    put_service(k8s, "svc", spec)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    outcome = await reconcile_once(kube, "svc", now)
+    job = only_job(k8s)
+    assert job["spec"]["activeDeadlineSeconds"] == 120  # the Job controller's own bound
+    assert outcome.requeue_after == 120 + reconcile.DEADLINE_GRACE_SECONDS
+
+    # Still running just before the bound: still Validating, woken at the bound.
+    almost = now + datetime.timedelta(seconds=140)
+    outcome = await reconcile_once(kube, "svc", almost)
+    assert outcome.phase == "Validating" and outcome.requeue_after == pytest.approx(10)
+
+    past = now + datetime.timedelta(seconds=151)
+    outcome = await reconcile_once(kube, "svc", past)
+    assert outcome.phase == "Blocked" and outcome.requeue_after == 30
+    cond = condition(k8s, "svc", "PairCompatible")
+    assert cond["reason"] == "ValidationFailed"
+    assert "ran past spec.speculative.validationTimeoutSeconds (120s)" in cond["message"]
+    assert objs(k8s, JOBS, NS) == []  # the hung Job is deleted; a new one runs at the retry
+    outcome = await reconcile_once(kube, "svc", past + datetime.timedelta(seconds=30))
+    assert outcome.phase == "Validating" and len(writes(k8s, "jobs", "POST")) == 2
+
+
+async def test_a_failed_job_is_read_once_while_its_deletion_is_pending(k8s, kube, vocab_models,
+                                                                      tmp_path):
+    """A real API server keeps a deleted Job around until its pods are gone: the reconciles in
+    between must not count the same failure twice."""
+    spec = local_spec(vocab_models)
+    spec["speculative"] = {"draftModel": {"path": str(vocab_models["broken"])}}
+    put_service(k8s, "svc", spec)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    await reconcile_once(kube, "svc", now)
+    job = only_job(k8s)
+    k8s.objects[JOBS, NS, job["metadata"]["name"]].patch({"metadata": {"uid": "job-uid-1"}})
+    assert await run_validation_job(kube, only_job(k8s), tmp_path) == 2
+    await reconcile_once(kube, "svc", now)
+    assert status(k8s, "svc")["pair"]["failedJobUid"] == "job-uid-1"
+    # The Job is back (its deletion has not finished): the same failure, not a new one.
+    k8s.objects[JOBS, NS, job["metadata"]["name"]] = {**job, "metadata": {
+        **job["metadata"], "uid": "job-uid-1"}, "status": {"conditions": [
+            {"type": "Failed", "status": "True"}]}}
+    outcome = await reconcile_once(kube, "svc", now + datetime.timedelta(seconds=5))
+    assert outcome.phase == "Blocked" and status(k8s, "svc")["pair"]["failures"] == 1
 
 
 async def test_invalid_spec_is_reported_not_deployed(k8s, kube, vocab_models):
@@ -311,6 +393,62 @@ async def test_invalid_spec_is_reported_not_deployed(k8s, kube, vocab_models):
     assert "must be a multiple of tensorParallelSize (4)" in cond["message"]
     assert events(k8s, "InvalidSpec")[0]["type"] == "Warning"
     assert obj(k8s, DEPLOYMENTS, NS, "svc") is None and objs(k8s, JOBS, NS) == []
+
+
+async def test_a_spec_the_policy_forbids_is_not_deployed(k8s, kube, vocab_models, tmp_path,
+                                                         monkeypatch):
+    """Without a webhook (or with one that failed open) the reconcile enforces the policy: a
+    forbidden image or Secret never reaches a pod, and a running service keeps its previous,
+    allowed spec."""
+    monkeypatch.setenv("OCTAVO_ALLOWED_IMAGES", "registry.local/octavo-runtime")
+    monkeypatch.setenv("OCTAVO_ALLOWED_SECRETS", "hf-*")
+    await deploy_ready(k8s, kube, tmp_path, "svc", local_spec(vocab_models))
+    before = obj(k8s, DEPLOYMENTS, NS, "svc")
+
+    steal = [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}}]
+    put_service(k8s, "svc", local_spec(vocab_models, image="evil.example/miner:1", env=steal),
+                generation=2)
+    outcome = await reconcile_once(kube, "svc")
+    assert outcome.phase == "Blocked"
+    cond = condition(k8s, "svc", "SpecValid")
+    assert (cond["status"], cond["reason"]) == ("False", "Forbidden")
+    assert "spec.image 'evil.example/miner:1' is not an allowed image" in cond["message"]
+    assert "names Secret 'db'" in cond["message"]
+    assert events(k8s, "Forbidden")[0]["type"] == "Warning"
+    assert obj(k8s, DEPLOYMENTS, NS, "svc") == before  # still the allowed spec, serving
+    assert condition(k8s, "svc", "Available")["status"] == "True"
+
+    # Within the policy: deployed.
+    allowed = [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                    "key": "token"}}}]
+    put_service(k8s, "svc", local_spec(vocab_models, image="registry.local/octavo-runtime:2",
+                                       env=allowed), generation=3)
+    # (the emulator runs no Deployment controller: its status still reads ready)
+    assert (await reconcile_once(kube, "svc")).phase in ("Deploying", "Ready")
+    assert condition(k8s, "svc", "SpecValid")["status"] == "True"
+    container = obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.local/octavo-runtime:2"
+
+
+async def test_network_policy_follows_the_operators_settings(k8s, kube, vocab_models,
+                                                             monkeypatch):
+    monkeypatch.setenv(reconcile.NETWORK_POLICY_ENV, json.dumps({"ingressFrom": [
+        {"podSelector": {"matchLabels": {"app": "gateway"}}}]}))
+    put_service(k8s, "svc", local_spec(vocab_models, "draft-same"))
+    await reconcile_once(kube, "svc")
+    policy = obj(k8s, NETWORK_POLICIES, NS, "svc")
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
+        "app": "gateway"}}}]
+    # Made before the validation Job's pod can run.
+    requests = [r.resource.plural for r in list(k8s) if r.resource is not None
+                and r.method.value in ("POST", "PATCH")
+                and r.resource.plural in ("networkpolicies", "jobs")]
+    assert requests.index("networkpolicies") < requests.index("jobs")
+
+    monkeypatch.delenv(reconcile.NETWORK_POLICY_ENV)
+    await reconcile_once(kube, "svc")
+    assert obj(k8s, NETWORK_POLICIES, NS, "svc") is None
 
 
 async def test_autoscaling_and_dropping_the_draft(k8s, kube, vocab_models, tmp_path):
@@ -336,6 +474,58 @@ async def test_deleted_service_is_left_to_garbage_collection(k8s, kube, vocab_mo
     assert "finalizers" not in obj(k8s, LLMS, NS, "svc")["metadata"]
     k8s.objects[LLMS, NS, "svc"].delete()
     assert await reconcile_once(kube, "svc") is None
+
+
+async def test_a_generated_api_key_is_created_once_and_never_overwritten(k8s, kube, vocab_models,
+                                                                         tmp_path):
+    await deploy_ready(k8s, kube, tmp_path, "svc", local_spec(vocab_models))
+    secret = obj(k8s, SECRETS, NS, "svc-api-key")
+    key = secret["stringData"]["api-key"]
+    assert len(key) >= 32 and secret["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert status(k8s, "svc")["apiKey"] == {"secretName": "svc-api-key", "key": "api-key",
+                                            "generated": True}
+    env = {e["name"]: e for e in obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["OCTAVO_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "svc-api-key",
+                                                                  "key": "api-key"}
+    created, = events(k8s, "APIKeyCreated")
+    assert "Secret svc-api-key" in created["message"]
+
+    # Later reconciles, a restarted operator, a new spec generation: the key stays the same.
+    reconcile._locks.clear()
+    put_service(k8s, "svc", local_spec(vocab_models, maxNumSeqs=16), generation=2)
+    for _ in range(2):
+        await reconcile_once(kube, "svc")
+    assert obj(k8s, SECRETS, NS, "svc-api-key")["stringData"]["api-key"] == key
+    assert [r.method.value for r in writes(k8s, "secrets")] == ["POST"] * 4  # create-only
+    assert len(events(k8s, "APIKeyCreated")) == 1
+
+    # Deleted: the next reconcile makes a new one (rotation is delete + restart the pods).
+    k8s.objects[SECRETS, NS, "svc-api-key"].delete()
+    await reconcile_once(kube, "svc")
+    assert obj(k8s, SECRETS, NS, "svc-api-key")["stringData"]["api-key"] != key
+
+
+async def test_a_named_api_key_secret_is_used_and_nothing_is_generated(k8s, kube, vocab_models,
+                                                                       tmp_path):
+    spec = local_spec(vocab_models, apiKeySecretRef={"name": "team-key", "key": "token"})
+    await deploy_ready(k8s, kube, tmp_path, "svc", spec)
+    assert writes(k8s, "secrets") == []
+    assert status(k8s, "svc")["apiKey"] == {"secretName": "team-key", "key": "token",
+                                            "generated": False}
+    env = {e["name"]: e for e in obj(k8s, DEPLOYMENTS, NS, "svc")["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["OCTAVO_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "team-key",
+                                                                  "key": "token"}
+
+
+async def test_a_secret_made_before_the_service_is_kept(k8s, kube, vocab_models, tmp_path):
+    """A Secret of the generated name that exists (a key chosen in advance) is never replaced."""
+    await asyncio.to_thread(kube.create, {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "svc-api-key", "namespace": NS}, "stringData": {"api-key": "chosen"}})
+    await deploy_ready(k8s, kube, tmp_path, "svc", local_spec(vocab_models))
+    assert obj(k8s, SECRETS, NS, "svc-api-key")["stringData"] == {"api-key": "chosen"}
+    assert events(k8s, "APIKeyCreated") == []
 
 
 def test_is_subset_reads_live_objects_as_the_api_server_writes_them():

@@ -37,3 +37,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "octavo-operator.runtimeImage" -}}
 {{- printf "%s:%s" .Values.runtimeImage.repository (default .Chart.AppVersion .Values.runtimeImage.tag) -}}
 {{- end -}}
+
+{{- /* Images LLMServices may name: the runtime repository, then policy.allowedImages. */ -}}
+{{- define "octavo-operator.allowedImages" -}}
+{{- prepend .Values.policy.allowedImages .Values.runtimeImage.repository | uniq | join "," -}}
+{{- end -}}
