@@ -132,6 +132,7 @@ class EngineConfig:
     parallel_config: ParallelConfig
     device: torch.device
     enforce_eager: bool
+    async_scheduling: bool = False
     speculative_config: SpeculativeConfig | None = None
     disable_log_stats: bool = True
 
@@ -213,6 +214,9 @@ class EngineArgs:
     device: str = _arg("auto", "auto, cuda, cuda:N or cpu; auto: cuda if there is one")
     tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
     enforce_eager: bool = _arg(False, "never capture CUDA graphs")
+    async_scheduling: bool = _arg(False, "schedule and launch each step before the last one's tokens are read "
+                                         "back, so host work overlaps the GPU (not with speculation or tensor "
+                                         "parallelism; off by default until measured on a GPU)")
     speculative_model: str | None = _arg(None, "draft model for speculative decoding (directory, demo name or hub "
                                          "id), or [ngram] for prompt lookup; unset: no speculation")
     num_speculative_tokens: int | None = _arg(None, "most tokens a step drafts (adaptive k picks up to it); "
@@ -405,6 +409,7 @@ class EngineArgs:
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device=device,
             enforce_eager=self.enforce_eager,
+            async_scheduling=self.async_scheduling,
             speculative_config=spec_config,
             disable_log_stats=self.disable_log_stats,
         )

@@ -20,10 +20,10 @@ import torch
 from octavo.runtime import distributed
 from octavo.runtime.config import EngineArgs, EngineConfig
 from octavo.runtime.kv_cache import KVCacheManager
-from octavo.runtime.model_runner import ModelRunner
+from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.runtime.request import Request, RequestStatus
-from octavo.runtime.sampler import SampledRow
+from octavo.runtime.sampler import SampledRow, Sampler, needs_history
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.scheduler import Scheduler, SchedulerOutput
 from octavo.runtime.spec import build_proposer
@@ -50,6 +50,44 @@ class RequestGroup:
     @property
     def finished(self) -> bool:
         return all(c.is_finished for c in self.children)
+
+
+class HostCopy:
+    """A device tensor's copy to the host, started now, read when needed: the one wait for the
+    device per step, and only once the next step is queued behind it."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.event = None
+        if tensor.is_cuda:
+            self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = tensor
+
+    def wait(self) -> list:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
+
+
+@dataclass
+class InFlight:
+    """A launched step whose results are not read back yet."""
+
+    sched: SchedulerOutput
+    output: RunnerOutput
+    sampled: list[Request]  # requests that sampled one token, in row order
+    tokens: torch.Tensor  # their tokens, on the device
+    logits: torch.Tensor  # the rows they were sampled from (for log-probabilities)
+    host_tokens: HostCopy
+    speculated: list  # ScheduledRequests that verified drafts (always read back at once)
+    verdicts: list  # their (emitted rows, accepted count)
+    started: float
+    k_asked: int
+    num_decoding: int
+    num_prefill: int
 
 
 @dataclass
@@ -109,6 +147,12 @@ class LLMEngine:
         # Seeded sampled requests always draft the most k allows: their output depends on k, so
         # their k must depend on nothing else (timings, other requests).
         self.fixed_k: set[str] = set()
+        # Asynchronous scheduling: the next step is launched before this one's tokens are read
+        # back. Not with a proposer (drafts need the tokens) nor across tensor-parallel workers
+        # (they are sent token ids from the host).
+        self.async_scheduling = config.async_scheduling and self.proposer is None and self.workers is None
+        self._inflight: InFlight | None = None
+        self.history_sampled: set[str] = set()  # requests whose penalties read every earlier token
 
     def _build_runners(self, config: EngineConfig) -> None:
         workers = self.workers
@@ -201,6 +245,8 @@ class LLMEngine:
         for child in children:
             if params.seed is not None and not params.greedy:
                 self.fixed_k.add(child.request_id)
+            if needs_history(params):
+                self.history_sampled.add(child.request_id)
             self.scheduler.add_request(child)
 
     def abort_request(self, request_id: str | list[str]) -> None:
@@ -227,10 +273,16 @@ class LLMEngine:
             return self._step()
 
     def _step(self) -> list[RequestOutput]:
+        """Schedule and launch this step; then read back the step launched before it (asynchronous
+        scheduling: its host work runs while the GPU computes this one), or this step's own."""
         started = time.perf_counter()
         k_asked = self._propose() if self.proposer is not None else 0
-        sched = self.scheduler.schedule()
+        prev, self._inflight = self._inflight, None
         touched: list[Request] = []
+        if prev is not None and self.history_sampled:
+            touched += self._resolve(prev)  # penalties read every token before the next one is sampled
+            prev = None
+        sched = self.scheduler.schedule()
         for request in sched.finished:
             self._finish(request, RequestStatus.FINISHED_LENGTH)
             touched.append(request)
@@ -239,52 +291,131 @@ class LLMEngine:
             if self.proposer is not None:
                 for request in sched.preempted:
                     self.proposer.free(request)
-        num_decoding = num_prefill = k = num_speculated = num_drafted = num_accepted = num_judged = num_emitted = 0
         if not sched.is_empty:
-            tokens, accepted = self._execute(sched)
-            now = time.monotonic()
-            for item in sched.scheduled:
-                request = item.request
-                drafted = item.num_spec_tokens
-                if item.num_new_tokens - drafted == 1 and request.num_output_tokens:
-                    num_decoding += 1
-                else:
-                    num_prefill += item.num_new_tokens
-                if request.is_finished:
-                    continue
-                if drafted:
-                    kept = accepted[request.request_id]
-                    k, num_speculated = max(k, drafted), num_speculated + 1
-                    num_drafted, num_accepted = num_drafted + drafted, num_accepted + kept
-                    num_judged += kept + (kept < drafted)  # judging stops at the first rejection
-                    request.metrics.spec_num_draft_tokens += drafted
-                    request.metrics.spec_num_accepted_tokens += kept
-                    request.metrics.spec_num_steps += 1
-                request.num_computed_tokens += item.num_new_tokens - drafted + accepted.get(request.request_id, 0)
-                request.spec_token_ids = []
-                self.kv_cache.cache_computed_blocks(request)
-                if request.num_computed_tokens >= request.num_prompt_tokens:
-                    self.scheduler.release_siblings(request)
-                for row in tokens.get(request.request_id, ()):
-                    self._append_token(request, row, now)
-                    num_emitted += 1
-                    if request.is_finished:
-                        break
-                if request.request_id in tokens:
-                    touched.append(request)
-                if drafted and not request.is_finished:
-                    # Rejected drafts' K/V lies past num_computed_tokens: overwritten later,
-                    # never read; blocks wholly past it go back.
-                    self.kv_cache.truncate(request, request.num_computed_tokens)
-                    self.proposer.commit(request)
+            launched = self._launch(sched, prev, started, k_asked)
+            if self.async_scheduling:
+                self._inflight = launched
+            else:
+                touched += self._resolve(launched)
+        if prev is not None:
+            touched += self._resolve(prev)
         self.stats.num_steps += 1
         self._update_gauges()
-        outputs = self._outputs(touched)
-        if sched.scheduled:
-            self._record(StepRecord(started, time.perf_counter() - started, len(sched.scheduled), num_decoding,
-                                    num_prefill, k_asked, k, num_speculated, num_drafted, num_accepted, num_judged,
-                                    num_emitted))
-        return outputs
+        return self._outputs(touched)
+
+    def _launch(self, sched: SchedulerOutput, prev: "InFlight | None", started: float, k_asked: int) -> "InFlight":
+        """The forward and sampling of a step, queued on the device without waiting for it. A
+        request whose last token is still in flight (sampled by `prev`) gets it on the device.
+        Sampled tokens enter the requests as placeholders (num_computed_tokens moves on now), so
+        the next step can be scheduled before they are read back."""
+        patch = self._patch(sched, prev) if prev is not None else None
+        output = self.model_runner.execute(sched, token_patch=patch)
+        plain: list[Request] = []
+        speculated = []
+        for item in sched.scheduled:
+            if item.num_spec_tokens:
+                speculated.append(item)
+            elif item.completes_sequence:
+                plain.append(item.request)
+        num_decoding = num_prefill = 0
+        for item in sched.scheduled:
+            if item.num_new_tokens - item.num_spec_tokens == 1 and item.request.num_output_tokens:
+                num_decoding += 1
+            else:
+                num_prefill += item.num_new_tokens
+        tokens, logits = self.model_runner.sample_tokens(output, plain)
+        verdicts = (verify_step(output, speculated, self.model_runner.sampler, self.proposer.draft_probs)
+                    if speculated else [])
+        accepted = {item.request.request_id: n for item, (_, n) in zip(speculated, verdicts)}
+        for item in sched.scheduled:
+            request = item.request
+            request.num_computed_tokens += item.num_new_tokens - item.num_spec_tokens + accepted.get(request.request_id, 0)
+        for request in plain:
+            request.push_placeholder()
+            params = request.sampling_params
+            if ((params.max_tokens is not None and request.num_output_tokens >= params.max_tokens)
+                    or request.num_tokens >= self.max_model_len):
+                request.finishing = True  # whatever its token is: the scheduler skips it
+        return InFlight(sched, output, plain, tokens, logits, HostCopy(tokens), speculated, verdicts, started,
+                        k_asked, num_decoding, num_prefill)
+
+    def _patch(self, sched: SchedulerOutput, prev: "InFlight") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows of this step's flat batch, the device tensor of those tokens): requests whose
+        last token `prev` sampled and has not been read back."""
+        rows = {request.request_id: i for i, request in enumerate(prev.sampled)}
+        dst, src = [], []
+        start = 0
+        for item in sched.scheduled:
+            request = item.request
+            at = rows.get(request.request_id)
+            last = request.num_tokens - 1  # the placeholder's position
+            if at is not None and request.num_placeholders and request.num_computed_tokens + item.num_new_tokens > last:
+                dst.append(start + last - request.num_computed_tokens)
+                src.append(at)
+            start += item.num_new_tokens
+        if not dst:
+            return None
+        device = prev.tokens.device
+        return torch.tensor(dst).to(device, non_blocking=True), prev.tokens[torch.tensor(src).to(device, non_blocking=True)]
+
+    def _resolve(self, step: "InFlight") -> list[Request]:
+        """Read a launched step's tokens back and apply them: placeholders take their values,
+        tokens are detokenized and checked against stop conditions, rejected drafts roll back."""
+        sampled = step.host_tokens.wait()
+        rows = None
+        if step.sampled and any(r.logprobs is not None for r in step.sampled):
+            rows = Sampler.describe(step.logits, step.tokens, step.sampled)
+        output = step.output
+        for request_id in output.inputs.prompt_rows:
+            request = next(i.request for i in step.sched.scheduled if i.request.request_id == request_id)
+            if not request.is_finished:
+                self._add_prompt_logprobs(request, self.model_runner.prompt_logprobs(output, request))
+        now = time.monotonic()
+        touched: list[Request] = []
+        num_emitted = 0
+        for i, request in enumerate(step.sampled):
+            if request.is_finished:
+                continue
+            later = request.pop_placeholders()  # the next step's, if launched: back after this token
+            self._append_token(request, rows[i] if rows is not None else SampledRow(sampled[i]), now)
+            num_emitted += 1
+            if not request.is_finished:
+                request.restore_placeholders(later)
+            touched.append(request)
+        k = num_speculated = num_drafted = num_accepted = num_judged = 0
+        for item, (emitted, kept) in zip(step.speculated, step.verdicts):
+            request = item.request
+            if request.is_finished:
+                continue
+            drafted = item.num_spec_tokens
+            k, num_speculated = max(k, drafted), num_speculated + 1
+            num_drafted, num_accepted = num_drafted + drafted, num_accepted + kept
+            num_judged += kept + (kept < drafted)  # judging stops at the first rejection
+            request.metrics.spec_num_draft_tokens += drafted
+            request.metrics.spec_num_accepted_tokens += kept
+            request.metrics.spec_num_steps += 1
+            for row in emitted:
+                self._append_token(request, row, now)
+                num_emitted += 1
+                if request.is_finished:
+                    break
+            touched.append(request)
+            if not request.is_finished:
+                # Rejected drafts' K/V lies past num_computed_tokens: overwritten later, never
+                # read; blocks wholly past it go back.
+                self.kv_cache.truncate(request, request.num_computed_tokens)
+                self.proposer.commit(request)
+        for item in step.sched.scheduled:
+            request = item.request
+            request.spec_token_ids = []
+            if not request.is_finished:
+                self.kv_cache.cache_computed_blocks(request)  # every token it covers is known now
+                if request.num_computed_tokens >= request.num_prompt_tokens:
+                    self.scheduler.release_siblings(request)  # they share the blocks just cached
+        self._record(StepRecord(step.started, time.perf_counter() - step.started, len(step.sched.scheduled),
+                                step.num_decoding, step.num_prefill, step.k_asked, k, num_speculated, num_drafted,
+                                num_accepted, num_judged, num_emitted))
+        return touched
 
     def _propose(self) -> int:
         """Drafts for the coming step, before the scheduler counts them; the k adaptive k asked for."""
@@ -313,29 +444,6 @@ class LLMEngine:
         if max_tokens is not None:
             k = min(k, max_tokens - request.num_output_tokens - 1)
         return min(k, self.max_model_len - request.num_tokens - 1)
-
-    def _execute(self, sched: SchedulerOutput) -> tuple[dict[str, list[SampledRow]], dict[str, int]]:
-        """One forward; the tokens each request appends (several where drafts were accepted) and,
-        for speculated requests, how many drafts were accepted."""
-        output = self.model_runner.execute(sched)
-        for request_id in output.inputs.prompt_rows:
-            request = next(i.request for i in sched.scheduled if i.request.request_id == request_id)
-            self._add_prompt_logprobs(request, self.model_runner.prompt_logprobs(output, request))
-        plain: list[Request] = []
-        speculated = []
-        for item in sched.scheduled:
-            if item.num_spec_tokens:
-                speculated.append(item)
-            elif item.completes_sequence:
-                plain.append(item.request)
-        tokens = {rid: [row] for rid, row in self.model_runner.sample(output, plain).items()}
-        accepted: dict[str, int] = {}
-        if speculated:
-            verdicts = verify_step(output, speculated, self.model_runner.sampler, self.proposer.draft_probs)
-            for item, (rows, num_accepted) in zip(speculated, verdicts):
-                tokens[item.request.request_id] = rows
-                accepted[item.request.request_id] = num_accepted
-        return tokens, accepted
 
     def _record(self, record: StepRecord) -> None:
         self.last_step = record
@@ -408,6 +516,7 @@ class LLMEngine:
     def _forget(self, request: Request) -> None:
         """A request left for good: nothing of it stays with the proposer."""
         self.fixed_k.discard(request.request_id)
+        self.history_sampled.discard(request.request_id)
         if self.proposer is not None:
             self.proposer.free(request)
 
@@ -431,7 +540,7 @@ class LLMEngine:
 
     def _completion(self, request: Request, kind: RequestOutputKind) -> CompletionOutput:
         text = self._visible_text(request)
-        token_ids = request.output_token_ids
+        token_ids = request.known_output_token_ids
         logprobs = request.logprobs
         if kind == RequestOutputKind.DELTA:
             text_offset, token_offset = request.sent_text_offset, request.sent_token_offset

@@ -279,15 +279,20 @@ class ModelRunner:
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
     @inference
-    def execute(self, sched: SchedulerOutput, input_ids: torch.Tensor | None = None) -> RunnerOutput:
-        """One forward over the scheduled tokens. `input_ids`, when given, are the step's token ids
-        already on the device (the draft feeding its own proposals back without waiting for them
-        on the host); the requests' token lists then only need placeholders there."""
+    def execute(self, sched: SchedulerOutput, input_ids: torch.Tensor | None = None,
+                token_patch: tuple[torch.Tensor, torch.Tensor] | None = None) -> RunnerOutput:
+        """One forward over the scheduled tokens. Token ids that exist only on the device (the
+        requests' token lists hold placeholders there) come as `input_ids`, the whole step's (the
+        draft feeding its own proposals back), or as `token_patch`, (rows, ids) of the flat batch
+        (tokens the last step sampled, under asynchronous scheduling)."""
         inputs = self.prepare(sched)
-        if input_ids is not None:
+        if input_ids is not None or token_patch is not None:
             if self.parallel.mirrored:
                 raise ValueError("device-side input_ids need a runner that is not tensor-parallel")
-            inputs.input_ids = input_ids
+            if input_ids is not None:
+                inputs.input_ids = input_ids
+            else:
+                inputs.input_ids.index_copy_(0, *token_patch)
         if not self.parallel.mirrored:
             hidden = self.forward(inputs)
             return RunnerOutput(logits=self.model.compute_logits(hidden[inputs.logits_indices]), inputs=inputs)
@@ -405,6 +410,17 @@ class ModelRunner:
         gc.collect()
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
+
+    @inference
+    def sample_tokens(self, output: RunnerOutput, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token for each request that reached its end this step, left on the device, and the
+        logits rows they came from (no wait for the device)."""
+        rows = [output.inputs.sample_rows[r.request_id][-1] for r in requests]
+        if not rows:
+            empty = torch.empty(0, dtype=torch.long, device=output.logits.device)
+            return empty, output.logits[:0]
+        logits = output.logits.index_select(0, torch.tensor(rows).to(output.logits.device, non_blocking=True))
+        return self.sampler.sample(logits, requests), logits
 
     @inference
     def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:

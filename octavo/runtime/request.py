@@ -16,6 +16,9 @@ from octavo.runtime.outputs import Logprob, RequestMetrics
 from octavo.runtime.sampling_params import SamplingParams
 
 
+PLACEHOLDER = -1  # a sampled token still on the device (asynchronous scheduling)
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -74,6 +77,10 @@ class Request:
             [None] if sampling_params.prompt_logprobs is not None else None)
         # Speculative decoding: draft proposals to verify in the next step.
         self.spec_token_ids: list[int] = []
+        # Asynchronous scheduling: sampled tokens not read back yet stand at the end of the token
+        # lists as placeholders; `finishing` once the request will end whatever they turn out to be.
+        self.num_placeholders = 0
+        self.finishing = False
         self.metrics = RequestMetrics(arrival_time=arrival_time if arrival_time is not None else time.monotonic())
         # Detokenizer state (see tokenizer.IncrementalDetokenizer).
         self.detokenizer = None
@@ -108,6 +115,29 @@ class Request:
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
+
+    def push_placeholder(self) -> None:
+        self.append_token(PLACEHOLDER)
+        self.num_placeholders += 1
+
+    def pop_placeholders(self) -> int:
+        """Take off the placeholders after the oldest one, and the oldest one; how many came after
+        it (they go back with restore_placeholders once its token is in)."""
+        later = self.num_placeholders - 1
+        del self.output_token_ids[-self.num_placeholders:]
+        del self.all_token_ids[-self.num_placeholders:]
+        self.num_placeholders = 0
+        return later
+
+    def restore_placeholders(self, count: int) -> None:
+        for _ in range(count):
+            self.push_placeholder()
+
+    @property
+    def known_output_token_ids(self) -> list[int]:
+        """The output tokens read back so far."""
+        ids = self.output_token_ids
+        return ids[: len(ids) - self.num_placeholders] if self.num_placeholders else ids
 
     def __repr__(self) -> str:
         return (f"Request({self.request_id!r}, status={self.status.value}, prompt={self.num_prompt_tokens}, "

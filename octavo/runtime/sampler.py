@@ -56,6 +56,11 @@ class Lookahead:
         return self.request.num_output_tokens + len(self.extra)
 
 
+def needs_history(params) -> bool:
+    """Whether sampling reads the values of earlier tokens (not just their count)."""
+    return params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
+
+
 def needs_penalties(request: Request) -> bool:
     params = request.sampling_params
     return (params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
@@ -147,12 +152,14 @@ class Sampler:
         sampled = (probs / self.random_noise(tuple(probs.shape), requests)).argmax(dim=-1)
         return torch.where(greedy, argmax, sampled)
 
-    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledRow]:
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """The chosen token ids, on the logits' device."""
         if all(r.sampling_params.greedy and not needs_penalties(r) for r in requests):
-            chosen = logits.argmax(dim=-1)  # filters never drop the best token
-        else:
-            chosen = self.choose(self.processed_logits(logits, requests), requests)
-        return self.describe(logits, chosen, requests)
+            return logits.argmax(dim=-1)  # filters never drop the best token
+        return self.choose(self.processed_logits(logits, requests), requests)
+
+    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledRow]:
+        return self.describe(logits, self.sample(logits, requests), requests)
 
     @staticmethod
     def describe(logits: torch.Tensor, chosen: torch.Tensor, requests: list[Request],

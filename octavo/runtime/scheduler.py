@@ -125,6 +125,9 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            if request.finishing:  # ends once its last token is read back: nothing more to compute
+                index += 1
+                continue
             num_real = request.num_tokens - request.num_computed_tokens
             num_spec = min(len(request.spec_token_ids), max(0, max_len - request.num_tokens))
             num_new = min(num_real + num_spec, budget)

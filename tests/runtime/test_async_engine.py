@@ -11,10 +11,11 @@ from octavo import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 TIMEOUT = 60
 
 
-@pytest.fixture(scope="module")
-def engine(llama_dir):
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async-scheduling"])
+def engine(llama_dir, request):
     engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(llama_dir), dtype="float32",
-                                                             num_gpu_blocks_override=128))
+                                                             num_gpu_blocks_override=128,
+                                                             async_scheduling=request.param))
     yield engine
     engine.shutdown()
 
@@ -113,13 +114,22 @@ async def test_the_step_after_first_tokens_runs_with_a_short_gil_switch_interval
     intervals = []
     step = engine.engine.step
 
+    first_token_step = []
+
     def recording_step():
         intervals.append(sys.getswitchinterval())
-        return step()
+        outputs = step()
+        if any(len(o.outputs[0].token_ids) == 1 for o in outputs):
+            first_token_step.append(len(intervals) - 1)
+        return outputs
 
     monkeypatch.setattr(engine.engine, "step", recording_step)
     params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
     await asyncio.wait_for(collect(engine, "Machine learning is", params, "interval"), TIMEOUT)
-    # The prompt's step (first token), the short one after it, then the default again.
-    assert intervals == [default, 0.0005, default, default]
+    # The step that delivered the first token (the prompt's, or the one after it under
+    # asynchronous scheduling), the short one after it, then the default again.
+    assert len(first_token_step) == 1 and len(intervals) >= first_token_step[0] + 3
+    expected = [default] * len(intervals)
+    expected[first_token_step[0] + 1] = 0.0005
+    assert intervals == expected
     assert sys.getswitchinterval() == default
