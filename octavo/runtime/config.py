@@ -368,7 +368,7 @@ class EngineArgs:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         device = self._resolve_device()
         model_config = self._model_config(self.model, self.tokenizer, self.revision, device)
-        from octavo.runtime.distributed import check_tensor_parallel
+        from octavo.runtime.tp_shapes import check_tensor_parallel
 
         # Before any worker process starts: a shape that cannot split fails here, naming the fix.
         check_tensor_parallel(model_config, self.tensor_parallel_size, device)

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from octavo.runtime.config import EngineConfig, ModelConfig
+    from octavo.runtime.config import EngineConfig
 
 logger = logging.getLogger("octavo")
 
@@ -107,13 +107,6 @@ def building_with(group: TPGroup):
         _BUILDING.reset(token)
 
 
-def divide(total: int, parts: int, what: str) -> int:
-    if total % parts:
-        raise ValueError(f"{what} ({total}) is not divisible by tensor_parallel_size ({parts}): "
-                         f"choose a tensor_parallel_size that divides it")
-    return total // parts
-
-
 # ---- what a model runner needs to be one rank of a group -------------------------------------
 @dataclass
 class RunnerParallel:
@@ -159,32 +152,6 @@ def runner_scope(parallel: RunnerParallel | None):
         yield
     finally:
         _RUNNER_SCOPE.reset(token)
-
-
-# ---- validation (before any process starts) -------------------------------------------------
-def check_tensor_parallel(model_config: "ModelConfig", tp: int, device: torch.device, what: str = "model") -> None:
-    """Refuse a model or device that cannot be split tp ways, naming the fix."""
-    if tp == 1:
-        return
-    from octavo.runtime.models.registry import model_class
-
-    cls = model_class(model_config.architecture)
-    if not getattr(cls, "supports_tensor_parallel", False):
-        raise ValueError(f"{model_config.architecture} ({what}) does not support tensor_parallel_size > 1 "
-                         f"(the Llama family does): use tensor_parallel_size=1")
-    hf = model_config.hf_config
-    heads = hf.num_attention_heads
-    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
-    divide(heads, tp, f"{what}: num_attention_heads")
-    if kv_heads >= tp:
-        divide(kv_heads, tp, f"{what}: num_key_value_heads")
-    elif tp % kv_heads:
-        raise ValueError(f"{what}: tensor_parallel_size ({tp}) must be a multiple of num_key_value_heads "
-                         f"({kv_heads}) when larger, so each KV head is replicated on whole ranks")
-    divide(hf.intermediate_size, tp, f"{what}: intermediate_size")
-    if device.type == "cuda" and torch.cuda.device_count() < tp:
-        raise ValueError(f"tensor_parallel_size={tp} needs {tp} GPUs but {torch.cuda.device_count()} are visible: "
-                         "lower it or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
 
 
 # ---- process groups ---------------------------------------------------------------------------
@@ -263,7 +230,7 @@ def runner_specs(config: "EngineConfig") -> list[RunnerSpec]:
 class WorkerGroup:
     """Ranks 1..N-1 as seen from rank 0: their processes, a pipe to each, and a watchdog."""
 
-    def __init__(self, config: "EngineConfig") -> None:
+    def __init__(self, config: "EngineConfig", runner_class: type) -> None:
         world_size = config.parallel_config.tensor_parallel_size
         if dist.is_initialized():
             raise RuntimeError("torch.distributed is already initialized in this process: one tensor-parallel "
@@ -281,8 +248,8 @@ class WorkerGroup:
         for rank in range(1, world_size):
             parent, child = ctx.Pipe(duplex=True)
             process = ctx.Process(target=worker_main, name=f"octavo-tp{rank}", daemon=True,
-                                  args=(rank, world_size, init_method, self.device_type, self.specs, child,
-                                        os.getpid()))
+                                  args=(rank, world_size, init_method, self.device_type, self.specs, runner_class,
+                                        child, os.getpid()))
             with _main_module_hidden():
                 process.start()
             child.close()
@@ -463,11 +430,13 @@ def _release(processes: list[Any], conns: list[Any], stop: Any, device_type: str
     _leave_process_group(device_type)
 
 
-def launch_workers(config: "EngineConfig") -> WorkerGroup | None:
-    """Start ranks 1..N-1 and join the process group as rank 0 (None at tensor_parallel_size 1)."""
+def launch_workers(config: "EngineConfig", runner_class: type) -> WorkerGroup | None:
+    """Start ranks 1..N-1 and join the process group as rank 0 (None at tensor_parallel_size 1).
+    Each worker builds its shards as `runner_class` (the ModelRunner: passed in, so that this
+    module, which the runner imports, does not import it back)."""
     if config.parallel_config.tensor_parallel_size == 1:
         return None
-    return WorkerGroup(config)
+    return WorkerGroup(config, runner_class)
 
 
 # ---- a worker's side --------------------------------------------------------------------------
@@ -480,15 +449,13 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def worker_main(rank: int, world_size: int, init_method: str, device_type: str, specs: list[RunnerSpec],
-                conn: Any, parent_pid: int) -> None:
+                runner_class: type, conn: Any, parent_pid: int) -> None:
     """Rank `rank`: build a shard of every runner whose group holds this rank, then run what rank
     0 sends until it says shutdown (or goes away)."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         if device_type != "cuda":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-        from octavo.runtime.model_runner import ModelRunner
-
         conn.send(("ready", os.getpid()))
         _init_process_group(rank, world_size, init_method, device_type)
         groups = _groups(specs, rank, world_size)
@@ -497,7 +464,7 @@ def worker_main(rank: int, world_size: int, init_method: str, device_type: str, 
         for spec in specs:
             group = groups.get(spec.role)
             if group is not None:
-                runners[spec.role] = ModelRunner(spec.model_config, spec.cache_config, spec.scheduler_config, device,
+                runners[spec.role] = runner_class(spec.model_config, spec.cache_config, spec.scheduler_config, device,
                                                  enforce_eager=spec.enforce_eager,
                                                  parallel=RunnerParallel(group=group, role=spec.role))
         while True:
@@ -540,5 +507,4 @@ def ping(parallel: RunnerParallel) -> None:
 
 
 __all__ = ["TPGroup", "SINGLE", "RunnerParallel", "WorkerGroup", "WorkerDiedError", "building_with",
-           "current_tp_group", "current_runner_parallel", "runner_scope", "launch_workers",
-           "check_tensor_parallel", "divide"]
+           "current_tp_group", "current_runner_parallel", "runner_scope", "launch_workers"]

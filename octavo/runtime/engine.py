@@ -131,7 +131,7 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(model_config.tokenizer, required=model_config.load_format != "dummy")
         self.eos_token_ids = eos_token_ids(self.tokenizer, model_config.model, model_config.hf_config)
         # Tensor parallel: ranks 1..N-1 as worker processes; this process is rank 0 (None at TP 1).
-        self.workers = distributed.launch_workers(config)
+        self.workers = distributed.launch_workers(config, ModelRunner)
         try:
             self._build_runners(config)
         except BaseException:

@@ -22,7 +22,7 @@ from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building
 from octavo.runtime.inference import inference
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
-from octavo.runtime.models.registry import model_class
+from octavo.runtime.models.registry import model_class, supports_tensor_parallel
 from octavo.runtime.request import Request
 from octavo.runtime.sampler import SampledRow, Sampler
 from octavo.runtime.scheduler import SchedulerOutput
@@ -37,7 +37,7 @@ CPU_KV_CACHE_BYTES = 1 << 30  # default KV budget on a CPU when none is given
 def build_model(model_config: ModelConfig, device: torch.device, tp: TPGroup = SINGLE) -> torch.nn.Module:
     """The model (this rank's shard of it under tensor parallelism), weights loaded."""
     cls = model_class(model_config.architecture)
-    if tp.size > 1 and not getattr(cls, "supports_tensor_parallel", False):
+    if tp.size > 1 and not supports_tensor_parallel(model_config.architecture):
         raise ValueError(f"{model_config.architecture} does not support tensor_parallel_size > 1: use 1")
     # A shard is built straight in the model's dtype (a float32 transient of a 70B shard would not
     # fit beside it); unsplit models keep their float32-then-cast construction.

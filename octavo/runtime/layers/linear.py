@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo.runtime.distributed import TPGroup, current_tp_group, divide
+from octavo.runtime.distributed import TPGroup, current_tp_group
+from octavo.runtime.tp_shapes import divide
 
 
 def checkpoint_shape(loaded: Any) -> tuple[int, ...]:

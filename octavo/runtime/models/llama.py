@@ -137,7 +137,6 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Also serves MistralForCausalLM and Qwen2ForCausalLM."""
 
-    supports_tensor_parallel = True
     # load_weight takes lazy safetensors slices: a tensor-parallel rank reads only its shard.
     loads_lazy_slices = True
 

@@ -14,6 +14,15 @@ _MODELS: dict[str, tuple[str, str]] = {
 }
 
 
+# Architectures whose model class shards its layers (supports_tensor_parallel): known without
+# importing the models, so the config checks a split before anything heavy loads.
+TENSOR_PARALLEL = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}
+
+
+def supports_tensor_parallel(architecture: str) -> bool:
+    return architecture in TENSOR_PARALLEL
+
+
 def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
