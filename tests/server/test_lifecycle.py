@@ -187,8 +187,11 @@ def test_cli_exits_1_when_the_model_cannot_load(tmp_path):
 
 def test_cli_flags_map_to_engine_arguments(monkeypatch):
     from octavo.cli import build_parser
-    from octavo.runtime.server.cli import _check, engine_args, served_names, server_settings
+    from octavo.runtime.server.cli import _check, engine_args, host_arg, served_names, server_settings
 
+    monkeypatch.delenv("OCTAVO_HOST", raising=False)
+    for env in ("VLLM_API_KEY", "OCTAVO_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
     args = build_parser().parse_args([
         "serve", "some/model", "--dtype", "bfloat16", "--max-model-len", "4096", "--max-num-seqs", "8",
         "--max-num-batched-tokens", "2048", "--gpu-memory-utilization", "0.5", "--no-enable-prefix-caching",
@@ -197,7 +200,10 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
         "--enforce-eager", "--device", "cpu", "--download-dir", "/tmp/dl", "--max-queue-len", "5",
         "--shutdown-timeout", "12", "--api-key", "k"])
     assert _check(args) is None
-    assert args.host == "127.0.0.1" and args.port == 8000  # loopback by default
+    assert host_arg(args) == "127.0.0.1" and args.port == 8000  # loopback by default outside the image
+    monkeypatch.setenv("OCTAVO_HOST", "0.0.0.0")  # what the runtime image sets
+    assert host_arg(args) == "0.0.0.0"
+    assert host_arg(build_parser().parse_args(["serve", "--host", "::1"])) == "::1"
     assert served_names(args) == ["some/model"]
     ea = engine_args(args)
     assert (ea.model, ea.dtype, ea.max_model_len, ea.max_num_seqs, ea.max_num_batched_tokens) == (
@@ -208,13 +214,15 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
     assert (ea.num_gpu_blocks_override, ea.enforce_eager, ea.device, ea.download_dir) == (100, True, "cpu", "/tmp/dl")
 
     settings = server_settings(args)
-    assert (settings.api_key, settings.max_queue_len, settings.shutdown_timeout) == ("k", 5, 12.0)
+    assert (settings.api_keys, settings.max_queue_len, settings.shutdown_timeout) == (["k"], 5, 12.0)
 
     demo = build_parser().parse_args(["serve"])
     assert demo.model is None and served_names(demo) == ["octavo-demo"]
-    assert server_settings(demo).api_key is None
+    assert server_settings(demo).api_keys == []
     monkeypatch.setenv("OCTAVO_API_KEY", "from-env")
-    assert server_settings(demo).api_key == "from-env"
+    assert server_settings(demo).api_keys == ["from-env"]
+    monkeypatch.setenv("VLLM_API_KEY", "vllm-env")  # vLLM's variable (production-stack sets it) first
+    assert server_settings(demo).api_keys == ["vllm-env"]
     named = build_parser().parse_args(["serve", "m", "--served-model-name", "a", "b"])
     assert served_names(named) == ["a", "b"] and engine_args(named).served_model_name == "a"
 
