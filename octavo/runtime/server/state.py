@@ -75,7 +75,7 @@ class ServingState:
         # (for 429) until the engine's own waiting gauge can have seen it.
         self._submitted: dict[str, int] = {}
         self._active: set[str] = set()
-        self.metrics = ServerMetrics(self.model_name, self._engine_stats)
+        self.metrics = ServerMetrics(self.model_name, self._engine_stats, settings.metrics_prefix)
         if engine is not None:
             self.attach_engine(engine)
 
@@ -134,10 +134,11 @@ class ServingState:
             return APIError(503, "the engine is not running; see the server log", code="engine_dead")
         return None
 
-    def _engine_stats(self) -> tuple[object, bool] | None:
+    def _engine_stats(self):
+        """(EngineStats, EngineConfig) for /metrics, or None while loading."""
         if self.engine is None:
             return None
-        return self.engine.stats, self.engine.engine.config.speculative_config is not None
+        return self.engine.stats, self.engine.engine.config
 
     # ---- checks before the engine ------------------------------------------------------------
     def admit(self, body: Any) -> str:
@@ -261,7 +262,7 @@ class ServingState:
             self._submitted.pop(request_id, None)
             self._active.discard(request_id)
             if finish_reasons:
-                self.metrics.observe_request(last, num_tokens, finish_reasons)
+                self.metrics.observe_request(last, num_tokens, finish_reasons, params)
         if last is None or not last.finished:
             raise RequestAborted(request_id)
 
