@@ -4,18 +4,15 @@ finishes what is in flight, and exits 0; the command line starts, serves and dra
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 
-from server_testing import MODEL_NAME, LiveServer, engine_is_idle, parse_sse, wait_until
+from server_testing import MODEL_NAME, LiveServer, ServerProcess, engine_is_idle, parse_sse, wait_until
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -115,40 +112,15 @@ def test_drain_grace_period_aborts_stragglers(engine, app, engine_gate):
     assert not server.thread.is_alive()
 
 
-class _Process:
-    """A subprocess whose stderr is collected by a thread (so its pipe never fills)."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def find(self, pattern: str) -> re.Match | None:
-        for line in list(self.lines):
-            match = re.search(pattern, line)
-            if match:
-                return match
-        return None
-
-    def log(self) -> str:
-        return "".join(self.lines[-40:])
-
-
 @pytest.mark.slow
 def test_cli_serves_and_sigterm_drains_to_exit_0(model_dir):
-    process = _Process([sys.executable, "-m", "octavo.runtime.server", str(model_dir), "--port", "0",
-                        "--device", "cpu", "--max-model-len", "512", "--num-gpu-blocks-override", "64",
-                        "--served-model-name", "cli-model", "--shutdown-timeout", "60"])
+    process = ServerProcess([sys.executable, "-m", "octavo.runtime.server", str(model_dir), "--port", "0",
+                             "--device", "cpu", "--max-model-len", "512", "--num-gpu-blocks-override", "64",
+                             "--served-model-name", "cli-model", "--shutdown-timeout", "60"])
     proc = process.proc
     try:
-        match = wait_until(lambda: process.find(r"Uvicorn running on http://127\.0\.0\.1:(\d+)") or proc.poll(),
-                           timeout=120, message="the server to bind")
-        assert proc.poll() is None, process.log()
-        url = f"http://127.0.0.1:{match.group(1)}"
+        url = process.wait_bound()
+        assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=httpx.Timeout(60, connect=10)) as http:
             wait_until(lambda: http.get("/health").status_code == 200, timeout=120, message="the model to load")
             assert process.find(r"curl -s http://127\.0\.0\.1:\d+/v1/completions"), "the log shows a curl line"
@@ -170,9 +142,7 @@ def test_cli_serves_and_sigterm_drains_to_exit_0(model_dir):
         assert events[-2]["usage"]["completion_tokens"] == 480
         assert proc.wait(timeout=60) == 0, process.log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        process.stop()
 
 
 def test_cli_exits_1_when_the_model_cannot_load(tmp_path):
