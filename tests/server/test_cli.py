@@ -186,3 +186,29 @@ def test_runtime_image_serves_on_all_interfaces_and_takes_vllm_arguments():
     assert re.search(r'^ENTRYPOINT \["octavo", "serve"\]$', text, re.M)
     assert not re.search(r"^CMD ", text, re.M)
     assert re.search(r"^\s+OCTAVO_HOST=0\.0\.0\.0 \\$", text, re.M)
+
+
+def test_the_readmes_vllm_command_lines_parse_and_check():
+    """README's drop-in section shows these running; each parses and passes every pre-start check."""
+    import shlex
+
+    from octavo.cli import build_parser, expand_argv
+    from octavo.runtime.server import __main__ as module_entry
+    from octavo.runtime.server.cli import _check
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The server: a drop-in for `vllm serve`"):]
+    block = section[section.index("```bash"):section.index("```", section.index("```bash") + 3)]
+    lines = [line for line in block.splitlines() if line.startswith(("octavo serve", "python -m octavo"))]
+    assert len(lines) >= 7
+    for line in lines:
+        argv = shlex.split(line)
+        if argv[0] == "octavo":
+            args = build_parser().parse_args(expand_argv(argv[1:]))
+        else:
+            parser = argparse.ArgumentParser(prog="python -m octavo.runtime.server")
+            module_entry.cli.add_arguments(parser)
+            args = parser.parse_args(module_entry.cli.expand_argv(argv[3:]))
+        if "--chat-template" in line:  # a file the example assumes
+            args.chat_template = "{{ messages }}"
+        assert _check(args) is None, line
