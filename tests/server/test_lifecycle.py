@@ -191,8 +191,9 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
     assert server_settings(demo).api_keys == []
     monkeypatch.setenv("OCTAVO_API_KEY", "from-env")
     assert server_settings(demo).api_keys == ["from-env"]
-    monkeypatch.setenv("VLLM_API_KEY", "vllm-env")  # vLLM's variable (production-stack sets it) first
-    assert server_settings(demo).api_keys == ["vllm-env"]
+    monkeypatch.setenv("VLLM_API_KEY", "vllm-env")  # vLLM's variable (production-stack sets it) works too
+    assert server_settings(demo).api_keys == ["vllm-env", "from-env"]
+    assert server_settings(build_parser().parse_args(["serve", "--api-key", "a", "b"])).api_keys == ["a", "b"]
     named = build_parser().parse_args(["serve", "m", "--served-model-name", "a", "b"])
     assert served_names(named) == ["a", "b"] and engine_args(named).served_model_name == "a"
 

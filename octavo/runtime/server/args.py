@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from octavo.runtime.config import CliArgs, _arg
 
-API_KEY_ENVS = ("VLLM_API_KEY", "OCTAVO_API_KEY")  # vLLM's first: charts written for vLLM set it
+API_KEY_ENVS = ("VLLM_API_KEY", "OCTAVO_API_KEY")  # charts written for vLLM set the first, the operator the second
 HOST_ENV = "OCTAVO_HOST"  # the runtime image sets 0.0.0.0: a container's loopback is unreachable
 DEFAULT_HOST = "127.0.0.1"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -29,8 +29,8 @@ class ServerArgs(CliArgs):
     port: int = _arg(8000, "TCP port")
     uds: str | None = _arg(None, "listen on this Unix domain socket instead of host and port; unset: TCP")
     api_key: list | None = _arg(None, "require 'Authorization: Bearer KEY' on /v1 and the tokenizer routes; "
-                                "several keys: any one of them; unset: $VLLM_API_KEY or $OCTAVO_API_KEY if set, "
-                                "else no key", metavar="KEY")
+                                "several keys: any one of them; unset: the keys in $VLLM_API_KEY and "
+                                "$OCTAVO_API_KEY, else none", metavar="KEY")
     served_model_name: list | None = _arg(None, "name(s) clients use for the model; the first is reported; "
                                           "unset: MODEL", metavar="NAME")
     chat_template: str | None = _arg(None, "chat template: a file path, or the Jinja template itself; "

@@ -152,13 +152,11 @@ def host_arg(args: argparse.Namespace) -> str:
 
 
 def api_keys(args: argparse.Namespace) -> list[str]:
-    """--api-key (one or several), else $VLLM_API_KEY, else $OCTAVO_API_KEY."""
+    """--api-key (one or several), else the keys in $VLLM_API_KEY and $OCTAVO_API_KEY (either
+    works: charts written for vLLM set the first, the operator's apiKeySecretRef the second)."""
     if args.api_key:
         return list(args.api_key)
-    for env in API_KEY_ENVS:
-        if os.environ.get(env):
-            return [os.environ[env]]
-    return []
+    return [os.environ[env] for env in API_KEY_ENVS if os.environ.get(env)]
 
 
 def server_settings(args: argparse.Namespace):
