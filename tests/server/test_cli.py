@@ -212,3 +212,17 @@ def test_the_readmes_vllm_command_lines_parse_and_check():
         if "--chat-template" in line:  # a file the example assumes
             args.chat_template = "{{ messages }}"
         assert _check(args) is None, line
+
+
+def test_server_flags_reach_uvicorn(tmp_path):
+    from octavo.runtime.server.cli import _check, uvicorn_config
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    args = parse("m", "--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--root-path", "/llm",
+                 "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log", "--host", "::", "--port", "9001")
+    assert _check(args) is None
+    config = uvicorn_config(object(), args)
+    assert (config.ssl_keyfile, config.ssl_certfile) == (str(key), str(cert))
+    assert (config.root_path, config.access_log, config.host, config.port) == ("/llm", False, "::", 9001)
+    assert config.log_level == "warning"
+    assert uvicorn_config(object(), parse("m", "--uds", "/tmp/octavo.sock")).uds == "/tmp/octavo.sock"

@@ -63,6 +63,7 @@ async def test_metrics_after_requests(client, engine):
         ("octavo:iteration_tokens_total_count", ())]
     config_info = next(labels for name, labels in values if name == "octavo:cache_config_info")
     assert ("block_size", "16") in config_info and ("enable_prefix_caching", "True") in config_info
+    assert ("num_gpu_blocks", str(engine.engine.kv_cache.num_blocks)) in config_info
     # The process collector, and no _created series (vLLM's dashboards never read them).
     assert ("process_resident_memory_bytes", ()) in values and ("process_cpu_seconds_total", ()) in values
     assert "_created" not in response.text

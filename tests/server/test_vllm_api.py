@@ -273,3 +273,18 @@ async def test_cors_and_docs(engine, settings):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c", timeout=60) as c:
         assert (await c.get("/openapi.json")).status_code == 404
         assert (await c.get("/docs")).status_code == 404
+
+
+async def test_root_path_keeps_the_api_key_gate(engine, settings):
+    """Behind --root-path the scope's path carries the prefix: the key is still required."""
+    from octavo.runtime.server.app import build_app
+
+    settings.api_keys = ["k"]
+    app = build_app(engine, settings)
+    transport = httpx.ASGITransport(app=app, root_path="/llm")
+    async with httpx.AsyncClient(transport=transport, base_url="http://r", timeout=60) as c:
+        body = {"prompt": "x", "max_tokens": 1}
+        assert (await c.post("/llm/v1/completions", json=body)).status_code == 401
+        assert (await c.post("/llm/tokenize", json={"prompt": "x"})).status_code == 401
+        ok = await c.post("/llm/v1/completions", json=body, headers={"Authorization": "Bearer k"})
+        assert ok.status_code == 200, ok.text

@@ -230,6 +230,10 @@ async def _serve(args: argparse.Namespace) -> int:
     def on_loaded(engine: AsyncLLMEngine) -> None:
         loaded.append(engine)
         state.attach_engine(engine)
+        if args.uds:
+            logger.info("serving %r (max_model_len %d) on the Unix socket %s", state.model_name, state.max_model_len,
+                        args.uds)
+            return
         host = host_arg(args)
         host = f"[{host}]" if ":" in host else host
         port = server.servers[0].sockets[0].getsockname()[1] if getattr(server, "servers", None) else args.port

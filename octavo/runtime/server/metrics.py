@@ -50,7 +50,7 @@ _N_BUCKETS = (1, 2, 5, 10, 20)
 class _EngineCollector(Collector):
     """Gauges, counters and the tokens-per-step histogram, read from the engine at scrape time."""
 
-    def __init__(self, source: Callable[[], tuple[object, object] | None], model_name: str, prefix: str) -> None:
+    def __init__(self, source: Callable[[], tuple[object, object, int] | None], model_name: str, prefix: str) -> None:
         self.source = source
         self.model_name = model_name
         self.prefix = prefix
@@ -59,7 +59,7 @@ class _EngineCollector(Collector):
         found = self.source()
         if found is None:  # still loading: nothing to report yet
             return
-        stats, config = found
+        stats, config, num_blocks = found
         labels = [self.model_name]
         p = self.prefix
 
@@ -92,7 +92,7 @@ class _EngineCollector(Collector):
         yield counter("num_preemptions", "Requests preempted (KV cache full) and recomputed later.",
                       stats.num_preemptions)
         yield self._iteration_tokens(stats, labels)
-        yield self._cache_config(config, labels)
+        yield self._cache_config(config, num_blocks, labels)
         if config.speculative_config is not None:
             drafted, accepted = stats.spec_draft_tokens, stats.spec_accepted_tokens
             yield counter("spec_decode_num_drafts", "Verifications (one per request per speculative step).",
@@ -121,12 +121,12 @@ class _EngineCollector(Collector):
                           sum_value=stats.iteration_tokens_sum)
         return family
 
-    def _cache_config(self, config, labels: list[str]) -> GaugeMetricFamily:
+    def _cache_config(self, config, num_blocks: int, labels: list[str]) -> GaugeMetricFamily:
         cache = config.cache_config
         info = {"block_size": cache.block_size, "cache_dtype": "auto",
                 "enable_prefix_caching": cache.enable_prefix_caching,
                 "gpu_memory_utilization": cache.gpu_memory_utilization,
-                "num_gpu_blocks": cache.num_gpu_blocks, "num_cpu_blocks": 0, "swap_space_bytes": 0}
+                "num_gpu_blocks": num_blocks, "num_cpu_blocks": 0, "swap_space_bytes": 0}
         family = GaugeMetricFamily(f"{self.prefix}:cache_config_info", "Information of the KV cache configuration.",
                                    labels=["model_name", *info])
         family.add_metric([*labels, *(str(v) for v in info.values())], 1)
@@ -134,7 +134,7 @@ class _EngineCollector(Collector):
 
 
 class ServerMetrics:
-    def __init__(self, model_name: str, engine_stats: Callable[[], tuple[object, object] | None],
+    def __init__(self, model_name: str, engine_stats: Callable[[], tuple[object, object, int] | None],
                  prefix: str = "octavo") -> None:
         self.model_name = model_name
         self.prefix = prefix

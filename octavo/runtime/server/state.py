@@ -135,10 +135,11 @@ class ServingState:
         return None
 
     def _engine_stats(self):
-        """(EngineStats, EngineConfig) for /metrics, or None while loading."""
+        """(EngineStats, EngineConfig, KV cache blocks) for /metrics, or None while loading."""
         if self.engine is None:
             return None
-        return self.engine.stats, self.engine.engine.config
+        core = self.engine.engine
+        return self.engine.stats, core.config, core.kv_cache.num_blocks
 
     # ---- checks before the engine ------------------------------------------------------------
     def admit(self, body: Any) -> str:

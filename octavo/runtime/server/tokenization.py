@@ -41,7 +41,8 @@ def detokenize(state: ServingState, body: DetokenizeRequest) -> DetokenizeRespon
 
 def tokenizer_info(state: ServingState) -> dict[str, Any]:
     """The tokenizer's configuration as vLLM reports it: tokenizer_config's fields (paths left
-    out), the class name, the chat template in use, and the special tokens by name."""
+    out), the class name, the chat template in use and the special tokens by name; and, unlike
+    vLLM (which echoes the tokenizer's own, often 1e30), model_max_length is the served context."""
     tokenizer = state.tokenizer
     if tokenizer is None:
         raise bad_request("this model has no tokenizer")
