@@ -56,8 +56,11 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
     for item in items:
         zero_width: set[int] = set()
         if isinstance(item, str):
-            text = item
-            token_ids, zero_width = state.encode_text(item, body.add_special_tokens is not False)
+            text, add_special = item, body.add_special_tokens is not False
+            if body.echo and body.logprobs is not None:
+                token_ids, zero_width = state.encode_text(item, add_special)
+            else:
+                token_ids = state.encode(item, add_special)
         else:
             if not item:
                 raise bad_request("a prompt of token ids is empty", param="prompt")

@@ -158,24 +158,27 @@ class ServingState:
                        f"{', '.join(self.settings.served_model_names)}", param="model", code="model_not_found")
 
     def encode(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
-        return self.encode_text(text, add_special_tokens, param)[0]
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer: send the prompt as token ids", param=param)
+        try:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        except Exception as exc:  # e.g. lone surrogates the tokenizer cannot encode
+            raise bad_request(f"the text cannot be tokenized ({type(exc).__name__})", param=param) from exc
 
     def encode_text(self, text: str, add_special_tokens: bool = True,
                     param: str = "prompt") -> tuple[list[int], set[int]]:
         """Token ids, and the positions of those that take no room in `text` (the BOS the
         tokenizer adds): echoed log-probabilities give them no width, so text_offset indexes
-        the text as returned."""
-        if self.tokenizer is None:
-            raise bad_request("this model has no tokenizer: send the prompt as token ids", param=param)
-        try:
-            if getattr(self.tokenizer, "is_fast", False):
-                encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-                ids = list(encoded["input_ids"])
-                return ids, {i for i, (start, end) in enumerate(encoded["offset_mapping"]) if start == end}
-            ids = list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        the text as returned. Costs character offsets: only for echo with logprobs."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            ids = self.encode(text, add_special_tokens, param)
             return ids, self.special_positions(ids)
-        except Exception as exc:  # e.g. lone surrogates the tokenizer cannot encode
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        except Exception as exc:
             raise bad_request(f"the text cannot be tokenized ({type(exc).__name__})", param=param) from exc
+        return list(encoded["input_ids"]), {i for i, (start, end) in enumerate(encoded["offset_mapping"])
+                                            if start == end}
 
     def special_positions(self, token_ids: list[int]) -> set[int]:
         """Positions of special tokens (what skip_special_tokens leaves out of text)."""
