@@ -35,7 +35,8 @@ BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.device) -> torch.dtype:
     """"auto" takes the checkpoint's dtype; half precision on a CPU becomes float32 (CPU matmuls
-    in fp16 are slow or missing)."""
+    in fp16 are slow or missing). An explicit float16 on a CPU is kept, with a warning that
+    says so (vLLM casts it; octavo runs what was asked and names the faster choice)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -43,7 +44,11 @@ def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.dev
     if dtype != "auto":
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of auto, {', '.join(sorted(_DTYPES))}; got {dtype!r}")
-        return getattr(torch, _DTYPES[dtype])
+        chosen = getattr(torch, _DTYPES[dtype])
+        if device.type == "cpu" and chosen == torch.float16:
+            logger.warning("dtype %s: running float16 on a CPU, where its matmuls are slow and less exact; "
+                           "pass dtype float32 (or auto) for a CPU", dtype)
+        return chosen
     if isinstance(config_dtype, str):
         config_dtype = getattr(torch, _DTYPES.get(config_dtype, "float32"))
     chosen = config_dtype if isinstance(config_dtype, torch.dtype) else torch.float32
@@ -137,13 +142,13 @@ class EngineConfig:
     disable_log_stats: bool = True
 
 
-FLAG_TYPES = (bool, int, float, str, dict)  # what a flag can hold; a dict is written as JSON
+FLAG_TYPES = (bool, int, float, str, dict, list)  # what a flag can hold; a dict is JSON, a list is strings
 
 
 @dataclass(frozen=True)
 class EngineFlag:
-    """An EngineArgs field as a command-line flag: vLLM's `--kebab-case` of its name. A bool is
-    `--name` / `--no-name`; a dict is one JSON argument."""
+    """A dataclass field as a command-line flag: vLLM's `--kebab-case` of its name. A bool is
+    `--name` / `--no-name`; a dict is one JSON argument; a list is one or more strings."""
 
     name: str
     type: type  # one of FLAG_TYPES
@@ -151,6 +156,7 @@ class EngineFlag:
     help: str
     choices: tuple | None = None
     aliases: tuple[str, ...] = ()
+    metavar: str | None = None
 
     @property
     def option(self) -> str:
@@ -164,6 +170,8 @@ class EngineFlag:
             raise ValueError(f"{self.name}=None cannot be written as a flag (its default is {self.default!r})")
         if self.type is dict:
             return [self.option, json.dumps(value)]
+        if self.type is list:
+            return [self.option, *map(str, value)]
         return [self.option, str(value)]
 
 
@@ -176,13 +184,63 @@ def _flag_type(hint: Any) -> Any:
 
 
 def _arg(default: Any, help: str, **flag: Any) -> Any:
-    """An EngineArgs field: its default and its flag's help (with `choices`, `aliases`, or
-    `cli=False` for a field that is no flag)."""
+    """A flag field: its default and its flag's help (with `choices`, `aliases`, `metavar`, or
+    `cli=False` for a field that is no flag). A list default is copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **flag})
     return field(default=default, metadata={"help": help, **flag})
 
 
+class CliArgs:
+    """A dataclass whose public fields are command-line flags of the same name (`cli_flags()`),
+    unless a field's metadata says `cli=False`; `engine_flags.add_engine_args` builds the
+    parser from them and `to_cli_args` writes them back. EngineArgs and the server's own
+    ServerArgs are both, so one generator makes every `octavo serve` flag."""
+
+    @classmethod
+    def cli_flags(cls) -> list[EngineFlag]:
+        """The fields that are flags: every public field whose metadata does not say `cli=False`.
+        A flag field must have help text and a type in FLAG_TYPES."""
+        hints = typing.get_type_hints(cls)
+        flags = []
+        for f in dataclasses.fields(cls):
+            if f.name.startswith("_") or f.metadata.get("cli", True) is False:
+                continue
+            kind = _flag_type(hints[f.name])
+            if kind not in FLAG_TYPES:
+                raise TypeError(f"{cls.__name__}.{f.name}: a flag holds one of "
+                                f"{', '.join(t.__name__ for t in FLAG_TYPES)}, not {hints[f.name]}; "
+                                "change its type or give it metadata cli=False")
+            if not f.metadata.get("help"):
+                raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with "
+                                "field(default=..., metadata={'help': ...})")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            flags.append(EngineFlag(f.name, kind, default, f.metadata["help"], f.metadata.get("choices"),
+                                    tuple(f.metadata.get("aliases", ())), f.metadata.get("metavar")))
+        return flags
+
+    def to_cli_args(self) -> list[str]:
+        """The flags that reproduce these arguments, non-default values only (what the operator
+        and the bench launcher pass to `octavo serve`); `engine_flags.engine_args_from_namespace`
+        of them parsed gives these arguments back. A non-flag field away from its default is
+        an error rather than a silent loss."""
+        defaults = type(self)()
+        argv: list[str] = []
+        flags = type(self).cli_flags()
+        for flag in flags:
+            value = getattr(self, flag.name)
+            if value != getattr(defaults, flag.name):
+                argv += flag.argv(value)
+        named = {flag.name for flag in flags}
+        for f in dataclasses.fields(self):
+            if f.name not in named and getattr(self, f.name) != getattr(defaults, f.name):
+                raise ValueError(f"{f.name} is no flag ({f.metadata.get('help', 'private')}): leave it unset "
+                                 "in arguments meant for a command line")
+        return argv
+
+
 @dataclass
-class EngineArgs:
+class EngineArgs(CliArgs):
     """Arguments with vLLM's names. Unknown vLLM arguments that mean nothing here are accepted
     where listed in `_ACCEPTED_NOOPS` and logged. Each public field is a command-line flag of the
     same name (`cli_flags()`), unless its metadata says `cli=False`."""
@@ -242,47 +300,6 @@ class EngineArgs:
         "trust_remote_code": "octavo never executes remote code; only built-in architectures load",
         "use_v2_block_manager": "octavo has one block manager (paged, prefix-caching)",
     }
-
-    @classmethod
-    def cli_flags(cls) -> list[EngineFlag]:
-        """The fields that are flags: every public field whose metadata does not say `cli=False`.
-        A flag field must have help text and a type in FLAG_TYPES."""
-        hints = typing.get_type_hints(cls)
-        flags = []
-        for f in dataclasses.fields(cls):
-            if f.name.startswith("_") or f.metadata.get("cli", True) is False:
-                continue
-            kind = _flag_type(hints[f.name])
-            if kind not in FLAG_TYPES:
-                raise TypeError(f"{cls.__name__}.{f.name}: a flag holds one of "
-                                f"{', '.join(t.__name__ for t in FLAG_TYPES)}, not {hints[f.name]}; "
-                                "change its type or give it metadata cli=False")
-            if not f.metadata.get("help"):
-                raise TypeError(f"{cls.__name__}.{f.name} has no help text: declare it with "
-                                "field(default=..., metadata={'help': ...})")
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            flags.append(EngineFlag(f.name, kind, default, f.metadata["help"], f.metadata.get("choices"),
-                                    tuple(f.metadata.get("aliases", ()))))
-        return flags
-
-    def to_cli_args(self) -> list[str]:
-        """The flags that reproduce these arguments, non-default values only (what the operator
-        and the bench launcher pass to `octavo serve`); `engine_flags.engine_args_from_namespace`
-        of them parsed gives these arguments back. A non-flag field away from its default is
-        an error rather than a silent loss."""
-        defaults = type(self)()
-        argv: list[str] = []
-        flags = type(self).cli_flags()
-        for flag in flags:
-            value = getattr(self, flag.name)
-            if value != getattr(defaults, flag.name):
-                argv += flag.argv(value)
-        named = {flag.name for flag in flags}
-        for f in dataclasses.fields(self):
-            if f.name not in named and getattr(self, f.name) != getattr(defaults, f.name):
-                raise ValueError(f"{f.name} is no flag ({f.metadata.get('help', 'private')}): leave it unset "
-                                 "in arguments meant for a command line")
-        return argv
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from octavo.runtime.scheduler import Scheduler, SchedulerOutput
 from octavo.runtime.spec import build_proposer
 from octavo.runtime.spec.controller import AdaptiveK
 from octavo.runtime.spec.verify import verify_step
-from octavo.runtime.step_record import StepRecord, StepTrace
+from octavo.runtime.step_record import ITERATION_TOKEN_BUCKETS, StepRecord, StepTrace
 from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
 
 logger = logging.getLogger("octavo")
@@ -94,8 +95,10 @@ class InFlight:
 class EngineStats:
     """Counters since start and gauges of the last step, for /metrics and logs."""
 
-    num_running: int = 0
+    num_running: int = 0  # sequences (n > 1 requests count each sample)
     num_waiting: int = 0
+    num_running_requests: int = 0  # requests, as vLLM's num_requests_running counts them
+    num_waiting_requests: int = 0
     kv_cache_usage: float = 0.0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
@@ -106,6 +109,12 @@ class EngineStats:
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
     spec_emitted_tokens: int = 0
+    spec_num_drafts: int = 0  # verifications: one per request per speculative step
+    spec_accepted_per_pos: list[int] = field(default_factory=list)  # [i]: drafts accepted at position i
+    # Tokens computed per step (prompt + generated), as a histogram: counts per ITERATION_TOKEN_BUCKETS
+    # upper bound (the last slot is +Inf), and their sum.
+    iteration_tokens_buckets: list[int] = field(default_factory=lambda: [0] * (len(ITERATION_TOKEN_BUCKETS) + 1))
+    iteration_tokens_sum: int = 0
 
 
 def parse_prompt(prompt: PromptType, tokenizer: Any) -> tuple[str | None, list[int]]:
@@ -388,6 +397,7 @@ class LLMEngine:
             if request.is_finished:
                 continue
             drafted = item.num_spec_tokens
+            self._count_accepted_positions(kept)
             k, num_speculated = max(k, drafted), num_speculated + 1
             num_drafted, num_accepted = num_drafted + drafted, num_accepted + kept
             num_judged += kept + (kept < drafted)  # judging stops at the first rejection
@@ -445,9 +455,21 @@ class LLMEngine:
             k = min(k, max_tokens - request.num_output_tokens - 1)
         return min(k, self.max_model_len - request.num_tokens - 1)
 
+    def _count_accepted_positions(self, num_accepted: int) -> None:
+        """Drafts accepted at positions 0..num_accepted-1 of one verification (vLLM's
+        spec_decode_num_accepted_tokens_per_pos)."""
+        per_pos = self.stats.spec_accepted_per_pos
+        per_pos.extend([0] * (num_accepted - len(per_pos)))
+        for position in range(num_accepted):
+            per_pos[position] += 1
+
     def _record(self, record: StepRecord) -> None:
         self.last_step = record
+        tokens = record.num_prefill_tokens + record.num_emitted
+        self.stats.iteration_tokens_buckets[bisect_left(ITERATION_TOKEN_BUCKETS, tokens)] += 1
+        self.stats.iteration_tokens_sum += tokens
         if record.num_drafted:
+            self.stats.spec_num_drafts += record.num_speculated
             self.stats.spec_draft_tokens += record.num_drafted
             self.stats.spec_accepted_tokens += record.num_accepted
             self.stats.spec_emitted_tokens += record.num_accepted + record.num_speculated
@@ -473,6 +495,8 @@ class LLMEngine:
         if metrics.first_token_time is None:
             metrics.first_token_time = now
             self.stats.prompt_tokens += request.num_prompt_tokens
+        elif now != metrics.last_token_time:  # one interval per step, however many tokens it appends
+            metrics.inter_token_latencies.append(now - metrics.last_token_time)
         metrics.last_token_time = now
         self.stats.generation_tokens += 1
         if request.logprobs is not None:
@@ -521,8 +545,14 @@ class LLMEngine:
             self.proposer.free(request)
 
     def _update_gauges(self) -> None:
-        self.stats.num_running = self.scheduler.num_running
-        self.stats.num_waiting = self.scheduler.num_waiting
+        scheduler = self.scheduler
+        self.stats.num_running = scheduler.num_running
+        self.stats.num_waiting = scheduler.num_waiting
+        running = {request.parent_id for request in scheduler.running}
+        waiting = {request.parent_id for request in scheduler.waiting}
+        waiting.update(request.parent_id for held in scheduler.held_siblings.values() for request in held)
+        self.stats.num_running_requests = len(running)
+        self.stats.num_waiting_requests = len(waiting - running)
         self.stats.kv_cache_usage = self.kv_cache.usage
         self.stats.prefix_cache_queries = self.kv_cache.prefix_queries
         self.stats.prefix_cache_hits = self.kv_cache.prefix_hits

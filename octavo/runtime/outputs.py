@@ -35,6 +35,8 @@ class RequestMetrics:
     spec_num_draft_tokens: int = 0
     spec_num_accepted_tokens: int = 0
     spec_num_steps: int = 0
+    # Seconds between consecutive steps that gave this request tokens (vLLM's inter-token latency).
+    inter_token_latencies: list[float] = field(default_factory=list)
 
     @property
     def time_in_queue(self) -> float | None:

@@ -12,6 +12,10 @@ import os
 from dataclasses import asdict, dataclass
 
 
+# Upper bounds of the tokens-per-step histogram EngineStats keeps (vLLM's iteration_tokens_total)
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
 @dataclass(slots=True)
 class StepRecord:
     started: float  # time.perf_counter() at the step's start (before any draft work)

@@ -53,16 +53,21 @@ def eos_token_ids(tokenizer: Any, model_path: str, hf_config: Any) -> set[int]:
 
 
 def apply_chat_template(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
-                        chat_template: str | None = None) -> list[int]:
+                        chat_template: str | None = None, tokenize: bool = True, **template_kwargs: Any):
+    """The conversation as the template renders it: token ids, or the text with tokenize=False.
+    `template_kwargs` (continue_final_message, documents, a template's own variables) go to
+    transformers' apply_chat_template."""
     if tokenizer is None:
         raise ValueError("chat needs a tokenizer, and this model has none")
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the model's tokenizer has no chat template; pass chat_template=")
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                        chat_template=chat_template, tokenize=True)
-    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-        ids = ids["input_ids"]
-    return list(ids)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                             chat_template=chat_template, tokenize=tokenize, **template_kwargs)
+    if not tokenize:
+        return rendered
+    if isinstance(rendered, dict) or hasattr(rendered, "keys"):  # transformers 5 returns a BatchEncoding
+        rendered = rendered["input_ids"]
+    return list(rendered)
 
 
 class IncrementalDetokenizer:

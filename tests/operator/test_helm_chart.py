@@ -37,7 +37,12 @@ VALUE_SETS = {
                '{"kubernetes.io/metadata.name": "gateway"}}}]'],
     "open": ["--set", "networkPolicy.enabled=false", "--set",
              "policy.validatingAdmissionPolicy=false", "--set", "userRoles.create=false"],
+    "monitoring": ["--set", "monitoring.grafanaDashboard.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
+                   "--set", "monitoring.serviceMonitor.enabled=true", "--set", "watchNamespaces={ml}",
+                   "--set", "monitoring.podMonitor.labels.release=kube-prometheus-stack"],
 }
+# prometheus-operator's kinds: no schema for them in kubernetes-validate (checked by structure below)
+MONITORING_KINDS = {"PodMonitor", "ServiceMonitor"}
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +87,8 @@ def test_lint(helm, name):
 def test_every_rendered_object_validates(helm, name):
     docs = render(helm, VALUE_SETS[name])
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        if doc["kind"] not in MONITORING_KINDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = {d["kind"] for d in docs}
     assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "Deployment"} <= kinds
     crd_doc = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
@@ -257,3 +263,44 @@ def test_user_roles(helm):
         {"llmservices", "llmservices/status", "llmservices/scale"}
     assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in viewer["rules"])
+
+
+def test_monitoring_is_off_by_default(helm):
+    kinds = {d["kind"] for d in render(helm, [])}
+    assert not kinds & MONITORING_KINDS and "ConfigMap" not in kinds
+
+
+def test_monitors_select_the_serving_pods_the_operator_creates(helm):
+    """The PodMonitor and ServiceMonitor select what resources.py builds, in the watched
+    namespaces, on the port named http at /metrics."""
+    import json
+
+    from operator_helpers import as_stored, load_example
+
+    from octavo.operator import resources
+    from octavo.operator.spec import LLMServiceSpec
+
+    docs = render(helm, VALUE_SETS["monitoring"])
+    body = as_stored(load_example("llmservice.yaml"))
+    spec = LLMServiceSpec.from_dict(body["spec"])
+    pod = resources.deployment(body, spec)["spec"]["template"]
+    service = resources.service(body, spec)
+    pod_monitor, = by_kind(docs, "PodMonitor")
+    service_monitor, = by_kind(docs, "ServiceMonitor")
+    for monitor, target in ((pod_monitor, pod), (service_monitor, service)):
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml"]}
+        selected = monitor["spec"]["selector"]["matchLabels"]
+        assert selected.items() <= target["metadata"]["labels"].items(), (selected, target["metadata"]["labels"])
+    assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    endpoint, = pod_monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+    assert any(port["name"] == "http" for port in pod["spec"]["containers"][0]["ports"])
+    assert any(port["name"] == "http" for port in service["spec"]["ports"])
+    assert service_monitor["spec"]["endpoints"][0]["port"] == "http"
+    everywhere = render(helm, ["--set", "monitoring.podMonitor.enabled=true"])
+    assert by_kind(everywhere, "PodMonitor")[0]["spec"]["namespaceSelector"] == {"any": True}
+    # The dashboard ConfigMap carries the chart's dashboard as it is, labelled for Grafana's sidecar.
+    config_map, = by_kind(docs, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["octavo.json"]) == json.loads((CHART / "dashboards" / "octavo.json").read_text())

@@ -131,11 +131,11 @@ def test_a_field_is_a_flag_only_with_help_and_a_flag_type():
         add_engine_args(argparse.ArgumentParser(), NoHelp)
 
     @dataclasses.dataclass
-    class ListField(EngineArgs):
-        names: list = dataclasses.field(default_factory=list, metadata={"help": "names"})
+    class SetField(EngineArgs):
+        names: set = dataclasses.field(default_factory=set, metadata={"help": "names"})
 
     with pytest.raises(TypeError, match="names: a flag holds one of"):
-        ListField.cli_flags()
+        SetField.cli_flags()
 
 
 def test_a_non_flag_field_set_is_an_error_not_a_silent_loss():

@@ -83,3 +83,55 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+class ServerProcess:
+    """`octavo serve` (or any command) as a subprocess: stderr collected by a thread (so its pipe
+    never fills), the port it bound read from uvicorn's log line, SIGTERM to stop."""
+
+    BOUND = r"Uvicorn running on (https?)://([^:\s]+|\[[^\]]+\]):(\d+)"
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        import os
+        import subprocess
+
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})}, cwd=cwd)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def find(self, pattern: str):
+        import re
+
+        for line in list(self.lines):
+            match = re.search(pattern, line)
+            if match:
+                return match
+        return None
+
+    def log(self) -> str:
+        return "".join(self.lines[-40:])
+
+    def wait_bound(self, timeout: float = 120) -> str:
+        """The base URL once uvicorn listens (127.0.0.1 when it bound every interface)."""
+        match = wait_until(lambda: self.find(self.BOUND) or self.proc.poll() is not None, timeout=timeout,
+                           message="the server to bind")
+        assert self.proc.poll() is None, f"the server exited {self.proc.returncode}:\n{self.log()}"
+        scheme, host, port = match.groups()
+        host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host
+        return f"{scheme}://{host}:{port}"
+
+    def wait_exit(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self.reader.join(10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

@@ -32,7 +32,6 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 BAD_COMPLETIONS = [
     ({"prompt": "hi", "max_tokens": MAX_MODEL_LEN}, "max_tokens"),
     ({"prompt": "hi " * (MAX_MODEL_LEN + 10)}, "prompt"),
-    ({"prompt": "hi", "model": "no-such-model"}, "model"),
     ({"prompt": "hi", "n": 0}, "n"),
     ({"prompt": "hi", "n": 129}, "n"),
     ({"prompt": []}, "prompt"),
@@ -73,7 +72,6 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
      "response_format"),
-    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}, "model"),
 ]
 
 
@@ -82,6 +80,17 @@ async def test_chat_bad_fields_are_400(client, body, param):
     payload = {"model": MODEL_NAME, **body}
     assert_error(await client.post("/v1/chat/completions", json=payload), 400, param)
     assert_error(await client.post("/v1/chat/completions", json={**payload, "stream": True}), 400, param)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "hi"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/tokenize", {"prompt": "hi"}), ("/detokenize", {"tokens": [5]})])
+async def test_unknown_model_is_404_model_not_found(client, path, body):
+    """OpenAI and vLLM answer an unknown model with 404 model_not_found (not 400)."""
+    for stream in (False, True) if path.startswith("/v1") else (False,):
+        payload = {**body, "model": "no-such-model", **({"stream": True} if stream else {})}
+        error = assert_error(await client.post(path, json=payload), 404, "model", code="model_not_found")
+        assert error["type"] == "not_found_error" and MODEL_NAME in error["message"]
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"[]", b'"text"', b"", b"\xff\xfe", b'{"prompt": "a", "n": NaN}'])
@@ -109,7 +118,7 @@ async def test_unknown_route_is_404_and_wrong_method_405(client):
 async def test_api_key(engine, settings, settings_key):
     from octavo.runtime.server.app import build_app
 
-    settings.api_key = settings_key
+    settings.api_keys = [settings_key, "rotated-key"]  # vLLM's several --api-key values: any one works
     app = build_app(engine, settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as http:
         body = {"model": MODEL_NAME, "prompt": "hi", "max_tokens": 2}
@@ -120,9 +129,13 @@ async def test_api_key(engine, settings, settings_key):
         assert_error(await http.post("/v1/completions", json=body, headers={"Authorization": settings_key}), 401)
         assert_error(await http.get("/v1/models", headers={"Authorization": "Bearer secret-keyX"}), 401)
         assert_error(await http.get("/v1/anything"), 401)  # nothing under /v1 is visible without the key
-        good = {"Authorization": f"Bearer {settings_key}"}
-        assert (await http.post("/v1/completions", json=body, headers=good)).status_code == 200
-        assert (await http.get("/v1/models", headers=good)).status_code == 200
+        assert_error(await http.post("/tokenize", json={"prompt": "hi"}), 401)  # the tokenizer routes too
+        assert_error(await http.get("/tokenizer_info"), 401)
+        for key in (settings_key, "rotated-key"):
+            good = {"Authorization": f"Bearer {key}"}
+            assert (await http.post("/v1/completions", json=body, headers=good)).status_code == 200
+            assert (await http.get("/v1/models", headers=good)).status_code == 200
+            assert (await http.post("/tokenize", json={"prompt": "hi"}, headers=good)).status_code == 200
         # Probes and scrapes need no key.
         assert (await http.get("/health")).status_code == 200
         assert (await http.get("/metrics")).status_code == 200
@@ -134,7 +147,7 @@ async def test_api_key_with_openai_client(engine, settings):
 
     from octavo.runtime.server.app import build_app
 
-    settings.api_key = "k-123"
+    settings.api_keys = ["k-123"]
     app = build_app(engine, settings)
     for key, ok in (("k-123", True), ("nope", False)):
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60)

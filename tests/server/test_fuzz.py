@@ -15,6 +15,7 @@ from server_testing import MODEL_NAME, engine_is_idle, wait_until
 MAX_EXAMPLES = {"POST": 25, "GET": 5}  # per operation and generation mode
 
 OPERATIONS = ["POST /v1/completions", "POST /v1/chat/completions", "GET /v1/models", "GET /v1/models/{model}",
+              "POST /tokenize", "POST /detokenize", "GET /tokenizer_info",
               "GET /health", "GET /live", "GET /version", "GET /metrics"]
 
 

@@ -4,18 +4,15 @@ finishes what is in flight, and exits 0; the command line starts, serves and dra
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
 
-from server_testing import MODEL_NAME, LiveServer, engine_is_idle, parse_sse, wait_until
+from server_testing import MODEL_NAME, LiveServer, ServerProcess, engine_is_idle, parse_sse, wait_until
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -115,40 +112,15 @@ def test_drain_grace_period_aborts_stragglers(engine, app, engine_gate):
     assert not server.thread.is_alive()
 
 
-class _Process:
-    """A subprocess whose stderr is collected by a thread (so its pipe never fills)."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def find(self, pattern: str) -> re.Match | None:
-        for line in list(self.lines):
-            match = re.search(pattern, line)
-            if match:
-                return match
-        return None
-
-    def log(self) -> str:
-        return "".join(self.lines[-40:])
-
-
 @pytest.mark.slow
 def test_cli_serves_and_sigterm_drains_to_exit_0(model_dir):
-    process = _Process([sys.executable, "-m", "octavo.runtime.server", str(model_dir), "--port", "0",
-                        "--device", "cpu", "--max-model-len", "512", "--num-gpu-blocks-override", "64",
-                        "--served-model-name", "cli-model", "--shutdown-timeout", "60"])
+    process = ServerProcess([sys.executable, "-m", "octavo.runtime.server", str(model_dir), "--port", "0",
+                             "--device", "cpu", "--max-model-len", "512", "--num-gpu-blocks-override", "64",
+                             "--served-model-name", "cli-model", "--shutdown-timeout", "60"])
     proc = process.proc
     try:
-        match = wait_until(lambda: process.find(r"Uvicorn running on http://127\.0\.0\.1:(\d+)") or proc.poll(),
-                           timeout=120, message="the server to bind")
-        assert proc.poll() is None, process.log()
-        url = f"http://127.0.0.1:{match.group(1)}"
+        url = process.wait_bound()
+        assert url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=url, timeout=httpx.Timeout(60, connect=10)) as http:
             wait_until(lambda: http.get("/health").status_code == 200, timeout=120, message="the model to load")
             assert process.find(r"curl -s http://127\.0\.0\.1:\d+/v1/completions"), "the log shows a curl line"
@@ -170,9 +142,7 @@ def test_cli_serves_and_sigterm_drains_to_exit_0(model_dir):
         assert events[-2]["usage"]["completion_tokens"] == 480
         assert proc.wait(timeout=60) == 0, process.log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        process.stop()
 
 
 def test_cli_exits_1_when_the_model_cannot_load(tmp_path):
@@ -187,8 +157,11 @@ def test_cli_exits_1_when_the_model_cannot_load(tmp_path):
 
 def test_cli_flags_map_to_engine_arguments(monkeypatch):
     from octavo.cli import build_parser
-    from octavo.runtime.server.cli import _check, engine_args, served_names, server_settings
+    from octavo.runtime.server.cli import _check, engine_args, host_arg, served_names, server_settings
 
+    monkeypatch.delenv("OCTAVO_HOST", raising=False)
+    for env in ("VLLM_API_KEY", "OCTAVO_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
     args = build_parser().parse_args([
         "serve", "some/model", "--dtype", "bfloat16", "--max-model-len", "4096", "--max-num-seqs", "8",
         "--max-num-batched-tokens", "2048", "--gpu-memory-utilization", "0.5", "--no-enable-prefix-caching",
@@ -197,7 +170,10 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
         "--enforce-eager", "--device", "cpu", "--download-dir", "/tmp/dl", "--max-queue-len", "5",
         "--shutdown-timeout", "12", "--api-key", "k"])
     assert _check(args) is None
-    assert args.host == "127.0.0.1" and args.port == 8000  # loopback by default
+    assert host_arg(args) == "127.0.0.1" and args.port == 8000  # loopback by default outside the image
+    monkeypatch.setenv("OCTAVO_HOST", "0.0.0.0")  # what the runtime image sets
+    assert host_arg(args) == "0.0.0.0"
+    assert host_arg(build_parser().parse_args(["serve", "--host", "::1"])) == "::1"
     assert served_names(args) == ["some/model"]
     ea = engine_args(args)
     assert (ea.model, ea.dtype, ea.max_model_len, ea.max_num_seqs, ea.max_num_batched_tokens) == (
@@ -208,13 +184,16 @@ def test_cli_flags_map_to_engine_arguments(monkeypatch):
     assert (ea.num_gpu_blocks_override, ea.enforce_eager, ea.device, ea.download_dir) == (100, True, "cpu", "/tmp/dl")
 
     settings = server_settings(args)
-    assert (settings.api_key, settings.max_queue_len, settings.shutdown_timeout) == ("k", 5, 12.0)
+    assert (settings.api_keys, settings.max_queue_len, settings.shutdown_timeout) == (["k"], 5, 12.0)
 
     demo = build_parser().parse_args(["serve"])
     assert demo.model is None and served_names(demo) == ["octavo-demo"]
-    assert server_settings(demo).api_key is None
+    assert server_settings(demo).api_keys == []
     monkeypatch.setenv("OCTAVO_API_KEY", "from-env")
-    assert server_settings(demo).api_key == "from-env"
+    assert server_settings(demo).api_keys == ["from-env"]
+    monkeypatch.setenv("VLLM_API_KEY", "vllm-env")  # vLLM's variable (production-stack sets it) works too
+    assert server_settings(demo).api_keys == ["vllm-env", "from-env"]
+    assert server_settings(build_parser().parse_args(["serve", "--api-key", "a", "b"])).api_keys == ["a", "b"]
     named = build_parser().parse_args(["serve", "m", "--served-model-name", "a", "b"])
     assert served_names(named) == ["a", "b"] and engine_args(named).served_model_name == "a"
 

@@ -8,23 +8,27 @@ which is how `octavo serve` answers probes while the model loads.
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from octavo import __version__
 from octavo.runtime.async_engine import AsyncLLMEngine
+from octavo.runtime.server import tokenization
 from octavo.runtime.server.chat import create_chat_completion
 from octavo.runtime.server.completions import create_completion
 from octavo.runtime.server.errors import APIError, install_error_handlers
 from octavo.runtime.server.middleware import GatewayMiddleware
 from octavo.runtime.server.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-                                            CompletionResponse, ErrorResponse, ModelCard, ModelList,
-                                            VersionResponse)
+                                            CompletionResponse, DetokenizeRequest, DetokenizeResponse, ErrorResponse,
+                                            ModelCard, ModelList, TokenizeChatRequest, TokenizeCompletionRequest,
+                                            TokenizeResponse, VersionResponse)
 from octavo.runtime.server.state import Phase, ServerSettings, ServingState
 from octavo.runtime.server.streaming import ClientDisconnected
 
 _ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
-    400: "invalid request", 401: "missing or invalid API key", 429: "queue full",
+    400: "invalid request", 401: "missing or invalid API key", 404: "unknown model", 429: "queue full",
     503: "loading or shutting down"}.items()}
+_TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 503)}
 _STREAM = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream=true"}}
 
 
@@ -36,12 +40,17 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
             raise ValueError("served_model_names is required when the engine is not built yet")
         settings.served_model_names = [engine.engine.config.model_config.served_model_name]
     state = ServingState(settings, engine)
+    docs = {"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.disable_docs else {}
     app = FastAPI(title="octavo", version=__version__,
-                  description="OpenAI-compatible completions and chat, served by octavo.")
+                  description="OpenAI-compatible completions and chat, served by octavo.", **docs)
     app.state.serving = state
     install_error_handlers(app)
     app.add_exception_handler(ClientDisconnected, _on_client_disconnected)
     app.add_middleware(GatewayMiddleware, state=state)
+    # Outside the gateway: a browser's preflight (OPTIONS, no credentials) is answered here.
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins,
+                       allow_methods=settings.allowed_methods, allow_headers=settings.allowed_headers,
+                       allow_credentials=settings.allow_credentials)
 
     @app.post("/v1/completions", response_model=CompletionResponse,
               responses={**_ERRORS, 200: {"content": _STREAM}})
@@ -61,8 +70,24 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
              responses={401: _ERRORS[401], 404: {"model": ErrorResponse}, 503: _ERRORS[503]})
     async def retrieve_model(model: str) -> ModelCard:
         if model not in settings.served_model_names:
-            raise APIError(404, f"model {model!r} is not served here", param="model", code="model_not_found")
+            raise APIError(404, f"the model {model!r} does not exist here", param="model", code="model_not_found")
         return _model_card(state, model)
+
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=_TOKENIZER_ERRORS)
+    async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
+        """vLLM's: a prompt's token ids (add_special_tokens as /v1/completions), or the prompt chat
+        would build from messages."""
+        return tokenization.tokenize(state, body)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=_TOKENIZER_ERRORS)
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        """vLLM's: the text of token ids (special tokens included)."""
+        return tokenization.detokenize(state, body)
+
+    @app.get("/tokenizer_info", responses={status: _ERRORS[status] for status in (400, 401, 503)})
+    async def tokenizer_info() -> JSONResponse:
+        """vLLM's: the tokenizer's configuration (special tokens, chat template, class)."""
+        return JSONResponse(tokenization.tokenizer_info(state))
 
     @app.get("/health", responses={503: {"model": ErrorResponse, "description": "not ready"}})
     async def health() -> Response:

@@ -18,16 +18,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.server.errors import APIError, bad_request
-from octavo.runtime.server.logprobs import chat_logprobs
+from octavo.runtime.server.logprobs import chat_logprobs, prompt_logprobs, token_texts
 from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, ChatCompletionChunk,
                                             ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
-                                            DeltaMessage, UsageInfo)
+                                            DeltaMessage, TokenizeChatRequest, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
 from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, sse_event, with_error_events
 
+ChatTemplateRequest = ChatCompletionRequest | TokenizeChatRequest
 
 
-def render_prompt(state: ServingState, body: ChatCompletionRequest) -> list[int]:
+def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
+    """The conversation's prompt token ids: the chat template (the request's, --chat-template's or
+    the tokenizer's) rendered with the request's template fields; BOS added on top only with
+    add_special_tokens (vLLM's default leaves that to the template)."""
     from octavo.runtime.tokenizer import apply_chat_template
 
     if state.tokenizer is None:
@@ -35,23 +39,38 @@ def render_prompt(state: ServingState, body: ChatCompletionRequest) -> list[int]
                           param="messages")
     conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
+    kwargs = dict(body.chat_template_kwargs or {})
+    if body.continue_final_message:
+        kwargs["continue_final_message"] = True
+    if body.documents is not None:
+        kwargs["documents"] = body.documents
+    template = body.chat_template or state.settings.chat_template
     try:
-        return apply_chat_template(state.tokenizer, conversation, add_generation_prompt=body.add_generation_prompt
-                                   is not False)
+        rendered = apply_chat_template(state.tokenizer, conversation,
+                                       add_generation_prompt=body.add_generation_prompt is not False,
+                                       chat_template=template, tokenize=not body.add_special_tokens, **kwargs)
     except ValueError as exc:  # no chat template
         raise bad_request(str(exc), param="messages") from exc
     except Exception as exc:  # the template refused the conversation (e.g. roles out of order)
         raise bad_request(f"the chat template cannot render these messages: {type(exc).__name__}: {exc}",
                           param="messages") from exc
+    if body.add_special_tokens:
+        return state.encode(rendered, add_special_tokens=True, param="messages")
+    return rendered
 
 
 def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
             output_kind: RequestOutputKind) -> SamplingParams:
     max_tokens = state.check_prompt(token_ids, body.requested_max_tokens, param="messages")
     try:
-        return body.sampling_params(max_tokens, output_kind, body.num_logprobs)
+        return body.sampling_params(max_tokens, output_kind, body.num_logprobs,
+                                    prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
+
+
+def _text_of(state: ServingState, body: ChatCompletionRequest):
+    return token_texts(lambda token_id: state.decode([token_id]), bool(body.return_tokens_as_token_ids))
 
 
 def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
@@ -59,18 +78,20 @@ def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[
     if body.num_logprobs is None:
         return None
     return ChatChoiceLogprobs(content=chat_logprobs(token_ids, positions or [], body.num_logprobs,
-                                                    lambda t: state.decode([t])))
+                                                    _text_of(state, body)))
 
 
 async def create_chat_completion(state: ServingState, body: ChatCompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
     token_ids = render_prompt(state, body)
+    if body.truncate_prompt_tokens is not None:
+        token_ids = token_ids[-body.truncate_prompt_tokens:]
     params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     state.check_capacity()
-    request_id = random_id("chatcmpl")
+    request_id = f"chatcmpl-{body.request_id}" if body.request_id else random_id("chatcmpl")
     created = int(time.time())
-    outputs = state.generate(request_id, token_ids, None, params)
+    outputs = state.generate(random_id("chatcmpl"), token_ids, None, params)
     if stream:
         return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, outputs),
                                                    request_id, "chat stream"),
@@ -94,7 +115,12 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
     completion_tokens = sum(len(c.token_ids) for c in output.outputs)
     usage = UsageInfo(prompt_tokens=len(output.prompt_token_ids), completion_tokens=completion_tokens,
                       total_tokens=len(output.prompt_token_ids) + completion_tokens)
-    response = ChatCompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
+    prompt_lp = None
+    if body.prompt_logprobs is not None:
+        prompt_lp = prompt_logprobs(output.prompt_token_ids, output.prompt_logprobs, body.prompt_logprobs,
+                                    _text_of(state, body))
+    response = ChatCompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage,
+                                      prompt_logprobs=prompt_lp)
     return JSONResponse(response.model_dump())
 
 

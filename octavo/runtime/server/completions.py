@@ -4,6 +4,9 @@ text_completion objects, whole or streamed.
 A batch of prompts becomes one engine request per prompt; choice `i * n + j` is sample j of
 prompt i, as OpenAI numbers them. Usage counts are the engine's token counts: each prompt once,
 every generated token of every choice.
+
+`max_tokens: 0` with `echo` scores a prompt without generating (legacy OpenAI's and vLLM's way,
+which lm-eval uses): the engine samples one token, which the response leaves out.
 """
 
 from __future__ import annotations
@@ -12,26 +15,28 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from octavo.runtime.outputs import RequestOutput
+from octavo.runtime.outputs import CompletionOutput, RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.server.errors import APIError, bad_request
-from octavo.runtime.server.logprobs import append_completion_logprobs
-from octavo.runtime.server.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
-                                            CompletionResponse, CompletionStreamResponse, UsageInfo)
+from octavo.runtime.server.logprobs import TokenTexts, append_completion_logprobs, prompt_logprobs, token_texts
+from octavo.runtime.server.protocol import (DEFAULT_COMPLETION_MAX_TOKENS, CompletionChoice, CompletionLogprobs,
+                                            CompletionRequest, CompletionResponse, CompletionStreamResponse,
+                                            UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
 from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, merge, sse_event, with_error_events
 
 
-
+@dataclass
 class _Prompt:
-    def __init__(self, text: str | None, token_ids: list[int], params: SamplingParams) -> None:
-        self.text = text
-        self.token_ids = token_ids
-        self.params = params
+    text: str | None  # what echo returns
+    token_ids: list[int]
+    params: SamplingParams
+    zero_width: set[int] = field(default_factory=set)  # prompt tokens the echoed text leaves out
 
 
 def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestOutputKind) -> list[_Prompt]:
@@ -44,34 +49,70 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
         items = list(raw)  # a batch
     else:
         items = [list(raw)]  # one prompt of token ids
-    num_logprobs = body.logprobs
+    # max_tokens: null means the API's default (16), as in vLLM; 0 with echo scores the prompt.
+    max_tokens = 1 if body.echo_only else (body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS)
+    wanted = [n for n in (body.logprobs if body.echo else None, body.prompt_logprobs) if n is not None]
     prompts = []
     for item in items:
+        zero_width: set[int] = set()
         if isinstance(item, str):
-            text, token_ids = item, state.encode(item)
+            text, add_special = item, body.add_special_tokens is not False
+            if body.echo and body.logprobs is not None:
+                token_ids, zero_width = state.encode_text(item, add_special)
+            else:
+                token_ids = state.encode(item, add_special)
         else:
             if not item:
                 raise bad_request("a prompt of token ids is empty", param="prompt")
             text, token_ids = None, list(item)
-        max_tokens = state.check_prompt(token_ids, body.max_tokens)
+        if body.truncate_prompt_tokens is not None and len(token_ids) > body.truncate_prompt_tokens:
+            token_ids, text, zero_width = token_ids[-body.truncate_prompt_tokens:], None, set()
+        state.check_prompt(token_ids, max_tokens)
         try:
-            params = body.sampling_params(max_tokens, output_kind, num_logprobs,
-                                          prompt_logprobs=num_logprobs if body.echo else None)
+            params = body.sampling_params(max_tokens, output_kind, body.logprobs,
+                                          prompt_logprobs=max(wanted) if wanted else None,
+                                          defaults=state.sampling_defaults)
         except ValueError as exc:
             raise bad_request(str(exc)) from exc
         if body.echo and text is None:
             text = state.decode(token_ids)
-        prompts.append(_Prompt(text, token_ids, params))
+        prompts.append(_Prompt(text, token_ids, params, zero_width))
     return prompts
 
 
-def _echo_logprobs(state: ServingState, output: RequestOutput, num: int, target: CompletionLogprobs) -> int:
-    positions = output.prompt_logprobs or [None] * len(output.prompt_token_ids)
-    return append_completion_logprobs(target, output.prompt_token_ids, positions, num, _decoder(state), 0)
+def _text_of(state: ServingState, body: CompletionRequest) -> TokenTexts:
+    return token_texts(lambda token_id: state.decode([token_id]), bool(body.return_tokens_as_token_ids))
 
 
-def _decoder(state: ServingState):
-    return lambda token_id: state.decode([token_id])
+def _generated(body: CompletionRequest, choice: CompletionOutput) -> tuple[str, list[int], list]:
+    """The choice's text, token ids and log-probabilities as the response shows them (nothing
+    when the request only scores its prompt)."""
+    if body.echo_only:
+        return "", [], []
+    return choice.text, choice.token_ids, choice.logprobs or []
+
+
+def _choice_logprobs(state: ServingState, body: CompletionRequest, prompt: _Prompt, output: RequestOutput,
+                     token_ids: list[int], positions: list, echo: bool, text_offset: int) -> tuple[CompletionLogprobs, int]:
+    """A choice's logprobs (the prompt's first when echoing); returns the text offset after them."""
+    logprobs = CompletionLogprobs()
+    text_of = _text_of(state, body)
+    if echo:
+        append_completion_logprobs(logprobs, output.prompt_token_ids,
+                                   output.prompt_logprobs or [None] * len(output.prompt_token_ids),
+                                   body.logprobs, text_of, 0, prompt.zero_width)
+        text_offset = len(prompt.text or "")  # the generated text follows the echoed prompt exactly
+    skipped = state.special_positions(token_ids) if prompt.params.skip_special_tokens else set()
+    text_offset = append_completion_logprobs(logprobs, token_ids, positions, body.logprobs, text_of, text_offset,
+                                             skipped)
+    return logprobs, text_offset
+
+
+def _prompt_logprobs(state: ServingState, body: CompletionRequest, output: RequestOutput):
+    if body.prompt_logprobs is None:
+        return None
+    return prompt_logprobs(output.prompt_token_ids, output.prompt_logprobs, body.prompt_logprobs,
+                           _text_of(state, body))
 
 
 async def create_completion(state: ServingState, body: CompletionRequest, request: Request) -> Response:
@@ -79,13 +120,14 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
     stream = bool(body.stream)
     prompts = _prompts(state, body, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     state.check_capacity()
-    request_id = random_id("cmpl")
-    engine_ids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
+    response_id = f"cmpl-{body.request_id}" if body.request_id else random_id("cmpl")
+    engine_id = random_id("cmpl")
+    engine_ids = [engine_id if len(prompts) == 1 else f"{engine_id}-{i}" for i in range(len(prompts))]
     created = int(time.time())
     if stream:
         generators = [state.generate(rid, p.token_ids, p.text, p.params) for rid, p in zip(engine_ids, prompts)]
-        return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, prompts,
-                                                           generators), request_id, "completion stream"),
+        return StreamingResponse(with_error_events(_events(state, body, model, response_id, created, prompts,
+                                                           generators), response_id, "completion stream"),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def final(rid: str, prompt: _Prompt) -> RequestOutput:
@@ -109,34 +151,34 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
         results = await cancel_on_disconnect(request, run_all())
     except RequestAborted:
         raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
-    return JSONResponse(_response(state, body, model, request_id, created, prompts, results).model_dump())
+    return JSONResponse(_response(state, body, model, response_id, created, prompts, results).model_dump())
 
 
-def _response(state: ServingState, body: CompletionRequest, model: str, request_id: str, created: int,
+def _response(state: ServingState, body: CompletionRequest, model: str, response_id: str, created: int,
               prompts: list[_Prompt], results: list[RequestOutput]) -> CompletionResponse:
     n = body.n or 1
     choices: list[CompletionChoice] = []
     usage = UsageInfo()
     for prompt_index, (prompt, output) in enumerate(zip(prompts, results)):
         usage.prompt_tokens += len(output.prompt_token_ids)
+        prompt_lp = _prompt_logprobs(state, body, output)
         for choice in output.outputs:
-            usage.completion_tokens += len(choice.token_ids)
-            text = choice.text
+            text, token_ids, positions = _generated(body, choice)
+            usage.completion_tokens += len(token_ids)
             logprobs = None
             if body.logprobs is not None:
-                logprobs = CompletionLogprobs()
-                offset = _echo_logprobs(state, output, body.logprobs, logprobs) if body.echo else 0
-                append_completion_logprobs(logprobs, choice.token_ids, choice.logprobs or [], body.logprobs,
-                                           _decoder(state), offset)
+                logprobs, _ = _choice_logprobs(state, body, prompt, output, token_ids, positions, bool(body.echo), 0)
             if body.echo:
                 text = (prompt.text or "") + text
+            finish = "length" if body.echo_only else choice.finish_reason
             choices.append(CompletionChoice(index=prompt_index * n + choice.index, text=text, logprobs=logprobs,
-                                            finish_reason=choice.finish_reason, stop_reason=choice.stop_reason))
+                                            finish_reason=finish, stop_reason=None if body.echo_only else
+                                            choice.stop_reason, prompt_logprobs=prompt_lp))
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-    return CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
+    return CompletionResponse(id=response_id, created=created, model=model, choices=choices, usage=usage)
 
 
-async def _events(state: ServingState, body: CompletionRequest, model: str, request_id: str, created: int,
+async def _events(state: ServingState, body: CompletionRequest, model: str, response_id: str, created: int,
                   prompts: list[_Prompt], generators: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[bytes]:
     n = body.n or 1
     usage = UsageInfo()
@@ -147,7 +189,7 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, requ
     counted_prompts: set[int] = set()
 
     def chunk(choice: CompletionChoice) -> bytes:
-        return sse_event(CompletionStreamResponse(id=request_id, created=created, model=model, choices=[choice]),
+        return sse_event(CompletionStreamResponse(id=response_id, created=created, model=model, choices=[choice]),
                          exclude)
 
     async with aclosing(merge(generators)) as outputs:
@@ -155,32 +197,31 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, requ
             if prompt_index not in counted_prompts:
                 counted_prompts.add(prompt_index)
                 usage.prompt_tokens += len(output.prompt_token_ids)
+            prompt = prompts[prompt_index]
             for out in output.outputs:
                 index = prompt_index * n + out.index
                 if index in finished:
                     continue
-                usage.completion_tokens += len(out.token_ids)
-                text = out.text
+                text, token_ids, positions = _generated(body, out)
+                usage.completion_tokens += len(token_ids)
+                echo = index in echo_pending
                 logprobs = None
                 if body.logprobs is not None:
-                    logprobs = CompletionLogprobs()
-                    offset = text_offsets.get(index, 0)
-                    if index in echo_pending:
-                        offset = _echo_logprobs(state, output, body.logprobs, logprobs)
-                    text_offsets[index] = append_completion_logprobs(
-                        logprobs, out.token_ids, out.logprobs or [], body.logprobs, _decoder(state), offset)
-                if index in echo_pending:
+                    logprobs, text_offsets[index] = _choice_logprobs(state, body, prompt, output, token_ids,
+                                                                     positions, echo, text_offsets.get(index, 0))
+                if echo:
                     echo_pending.discard(index)
-                    text = (prompts[prompt_index].text or "") + text
+                    text = (prompt.text or "") + text
                 # A chunk per new token, even when it completes no text yet (as vLLM does):
                 # clients time tokens by chunks.
-                if text or out.token_ids or (logprobs is not None and logprobs.tokens):
+                if text or token_ids or (logprobs is not None and logprobs.tokens):
                     yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
                 if out.finish_reason is not None:
                     finished.add(index)
-                    yield chunk(CompletionChoice(index=index, text="", finish_reason=out.finish_reason,
-                                                 stop_reason=out.stop_reason))
+                    yield chunk(CompletionChoice(index=index, text="",
+                                                 finish_reason="length" if body.echo_only else out.finish_reason,
+                                                 stop_reason=None if body.echo_only else out.stop_reason))
     if body.include_usage:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        yield sse_event(CompletionStreamResponse(id=request_id, created=created, model=model, choices=[],
+        yield sse_event(CompletionStreamResponse(id=response_id, created=created, model=model, choices=[],
                                                  usage=usage))

@@ -2,8 +2,9 @@
 
 - a request id (the caller's `X-Request-Id` when it is plain, else a fresh one), sent back in
   `X-Request-Id` and named in every log line about the request;
-- on /v1: the API key (401), then 503 while the model loads or the server drains, then counting
-  the request as in flight (the drain waits for the count to reach zero);
+- on /v1 and the tokenizer routes: the API key (401; any one of --api-key's), then 503 while the
+  model loads or the server drains, then counting the request as in flight (the drain waits for
+  the count to reach zero);
 - any exception that escapes a handler is logged with the request id and answered with a plain
   500, its text never sent to the client.
 """
@@ -26,22 +27,25 @@ logger = logging.getLogger("octavo.server")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
+TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
+
+
 def is_api_path(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+    return path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS
 
 
 class GatewayMiddleware:
     def __init__(self, app: ASGIApp, state: ServingState) -> None:
         self.app = app
         self.state = state
-        key = state.settings.api_key
-        self._expected = f"Bearer {key}".encode() if key else None
+        self._expected = [f"Bearer {key}".encode() for key in state.settings.api_keys]
 
     def _authorized(self, headers: Headers) -> bool:
-        if self._expected is None:
+        if not self._expected:
             return True
         given = headers.get("authorization", "").encode("latin-1", "replace")
-        return hmac.compare_digest(given, self._expected)
+        # Every key is compared (constant time each), so timing does not tell which one matched.
+        return sum(hmac.compare_digest(given, expected) for expected in self._expected) > 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +69,9 @@ class GatewayMiddleware:
                     headers["connection"] = "close"  # keep-alive clients reconnect to another replica
             await send(message)
 
-        api = is_api_path(scope["path"])
+        # Behind --root-path the scope's path may carry the prefix; the gate judges the route.
+        path, root = scope["path"], scope.get("root_path", "")
+        api = is_api_path(path[len(root):] if root and path.startswith(root) else path)
         if api:
             if not self._authorized(headers):
                 refusal = APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",

@@ -1,13 +1,15 @@
-"""The OpenAI wire format as pydantic models: requests (validated, with vLLM's extra sampling
-fields) and responses (serialized exactly as OpenAI's clients expect).
+"""The OpenAI wire format as pydantic models: requests (validated, with vLLM's extra fields) and
+responses (serialized exactly as OpenAI's clients expect), and vLLM's tokenizer routes.
 
-Request models ignore unknown fields, as OpenAI's API does for forward compatibility, but fields
-this server cannot honour (tools, logit_bias, suffix, ...) are rejected by `unsupported()` rather
-than silently dropped.
+No request field is silently dropped. Every field of vLLM's request schema either works or is a
+400 that names it (`REFUSED_FIELDS`: what octavo lacks, each with the values that ask for
+nothing, so clients that send defaults still work); a field neither OpenAI nor vLLM defines is
+ignored, as both do, and logged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -15,20 +17,74 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 
+logger = logging.getLogger("octavo.server")
+
 # Bounds that keep hostile values out of torch (seeds, top-k tensors) without limiting real use.
 _INT64_MAX = 2**63 - 1
 MAX_N = 128  # OpenAI's limit on choices per request
 MAX_LOGPROBS = 20  # the engine's limit on top log-probabilities per position
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and vLLM's, also when a client sends null
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
+_STRUCTURED = "structured outputs are not supported yet (issue #23): remove {field}"
+_TOOLS = "tool and function calling are not supported yet (issue #23): remove {field}"
+
+# vLLM request fields octavo does not implement -> (values that ask for nothing, why). Set to
+# anything else, the field is a 400 that names it.
+REFUSED_FIELDS: dict[str, tuple[tuple, str]] = {
+    "guided_json": ((None,), _STRUCTURED),
+    "guided_regex": ((None,), _STRUCTURED),
+    "guided_choice": ((None,), _STRUCTURED),
+    "guided_grammar": ((None,), _STRUCTURED),
+    "guided_decoding_backend": ((None,), _STRUCTURED),
+    "guided_whitespace_pattern": ((None,), _STRUCTURED),
+    "structural_tag": ((None,), _STRUCTURED),
+    "structured_outputs": ((None,), _STRUCTURED),
+    "functions": ((None,), _TOOLS),
+    "function_call": ((None, "none"), _TOOLS),
+    "prompt_embeds": ((None,), "prompt_embeds is not supported: send text or token ids"),
+    "use_beam_search": ((None, False), "beam search is not supported: remove use_beam_search (n samples instead)"),
+    "length_penalty": ((None, 1, 1.0), "length_penalty only applies to beam search, which is not supported"),
+    "allowed_token_ids": ((None,), "allowed_token_ids is not supported: remove it"),
+    "bad_words": ((None, []), "bad_words is not supported: remove it"),
+    "logits_processors": ((None,), "custom logits processors are not supported: remove logits_processors"),
+    "priority": ((None, 0), "priority scheduling is not supported (first come, first served): remove priority"),
+    "cache_salt": ((None,), "cache_salt is not supported (one shared prefix cache): remove it"),
+    "kv_transfer_params": ((None,), "KV cache transfer is not supported: remove kv_transfer_params"),
+    "vllm_xargs": ((None,), "vllm_xargs is not supported (no extension reads it): remove it"),
+    "mm_processor_kwargs": ((None,), "multimodal inputs are not supported: remove mm_processor_kwargs"),
+    "reasoning_effort": ((None,), "reasoning_effort is not supported (no reasoning parser): remove it"),
+    "include_reasoning": ((None, True), "include_reasoning is not supported (no reasoning parser): remove it"),
+}
+
 
 class _Request(BaseModel):
+    # extra="allow": unknown fields are kept so that `refused()` can name vLLM's and log the rest.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    def refused(self) -> tuple[str, str] | None:
+        """(field, message) for the first field set to something octavo does not do; logs
+        fields that neither OpenAI nor vLLM define (both APIs ignore those)."""
+        extra = self.model_extra or {}
+        for name, value in extra.items():
+            if name in REFUSED_FIELDS:
+                neutral, message = REFUSED_FIELDS[name]
+                if not any(value is n or (type(value) is type(n) and value == n) for n in neutral):
+                    return name, message.format(field=name)
+        unknown = sorted(set(extra) - set(REFUSED_FIELDS))
+        if unknown:
+            logger.warning("request fields ignored (neither OpenAI's nor vLLM's): %s", ", ".join(unknown))
+        return None
+
+
+class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-class StreamOptions(_Request):
+class StreamOptions(_Part):
     include_usage: bool | None = False
+    continuous_usage_stats: bool | None = Field(False, description="vLLM extra: usage in every chunk")
 
 
 class _SamplingRequest(_Request):
@@ -36,6 +92,7 @@ class _SamplingRequest(_Request):
 
     model: str | None = Field(None, description="a served model name; omitted means the first one")
     n: int | None = Field(1, ge=1, le=MAX_N)
+    best_of: int | None = Field(None, ge=1, le=MAX_N)
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
@@ -44,8 +101,9 @@ class _SamplingRequest(_Request):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(None, description="an end-user id (for the caller's records; not used)")
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
     # vLLM's extra sampling fields
     top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -56,6 +114,12 @@ class _SamplingRequest(_Request):
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
     spaces_between_special_tokens: bool | None = True
+    truncate_prompt_tokens: int | None = Field(None, ge=1, description="vLLM extra: keep the prompt's last N tokens")
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                        description="vLLM extra: log-probabilities of the prompt's tokens")
+    return_tokens_as_token_ids: bool | None = Field(
+        None, description="vLLM extra: log-probability tokens as 'token_id:N' strings")
+    request_id: str | None = Field(None, max_length=128, description="vLLM extra: the response's id")
 
     @property
     def include_usage(self) -> bool:
@@ -65,22 +129,37 @@ class _SamplingRequest(_Request):
         """(field, message) for a field set to something this server cannot do."""
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed with stream=true"
+        if self.stream_options is not None and self.stream_options.continuous_usage_stats:
+            return "stream_options", "stream_options.continuous_usage_stats is not supported: use include_usage"
         if self.logit_bias:
             return "logit_bias", "logit_bias is not supported: remove it"
-        return None
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            return "best_of", "best_of different from n is not supported: use n"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format", _STRUCTURED.format(field="response_format") + " (type text is supported)"
+        if self.prompt_logprobs is not None and self.stream:
+            return "prompt_logprobs", "prompt_logprobs are not available with stream=true"
+        return self.refused()
 
     def sampling_params(self, max_tokens: int, output_kind: RequestOutputKind, logprobs: int | None,
-                        prompt_logprobs: int | None = None) -> SamplingParams:
-        """SamplingParams for this request; raises ValueError (a 400) for values it rejects."""
+                        prompt_logprobs: int | None = None, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """SamplingParams for this request, `defaults` (--generation-config) for the sampling
+        fields it leaves out; raises ValueError (a 400) for values it rejects."""
+        defaults = defaults or {}
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(self, name)
+            return value if value is not None else defaults.get(name, fallback)
+
         return SamplingParams(
             n=self.n or 1,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=0 if self.top_k is None else self.top_k,
-            min_p=self.min_p or 0.0,
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0),
+            min_p=pick("min_p", 0.0),
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=1.0 if self.repetition_penalty is None else self.repetition_penalty,
+            repetition_penalty=pick("repetition_penalty", 1.0),
             seed=self.seed,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
@@ -99,26 +178,32 @@ class _SamplingRequest(_Request):
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
         ..., description="a string, a list of strings, a list of token ids or a list of lists of token ids")
-    max_tokens: int | None = Field(16, ge=1, description="null means: up to the model's context length")
+    max_tokens: int | None = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=0,
+                                   description="0 with echo scores the prompt without generating; null: 16")
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = None
+    add_special_tokens: bool | None = Field(True, description="vLLM extra: add the tokenizer's BOS to string prompts")
+
+    @property
+    def echo_only(self) -> bool:
+        """max_tokens 0 with echo: score the prompt, generate nothing."""
+        return bool(self.echo) and self.max_tokens == 0
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.suffix:
             return "suffix", "suffix (insertion) is not supported: remove it"
-        if self.best_of is not None and self.best_of != (self.n or 1):
-            return "best_of", "best_of different from n is not supported: use n"
+        if self.max_tokens == 0 and not self.echo:
+            return "max_tokens", "max_tokens 0 generates nothing: give max_tokens >= 1, or echo=true to score the prompt"
         return super().unsupported()
 
 
-class TextContentPart(_Request):
+class TextContentPart(_Part):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Request):
+class ChatMessage(_Part):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
@@ -131,7 +216,25 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content)
 
 
-class ChatCompletionRequest(_SamplingRequest):
+class _ChatTemplateFields(_Request):
+    """How messages become a prompt (vLLM's extras, shared by chat and /tokenize)."""
+
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = Field(False, description="vLLM extra: the model continues the last message")
+    add_special_tokens: bool | None = Field(False, description="vLLM extra: add the tokenizer's BOS on top of the "
+                                                               "template's")
+    chat_template: str | None = Field(None, description="vLLM extra: a Jinja template for this request")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM extra: variables for the template")
+    documents: list[dict[str, str]] | None = Field(None, description="vLLM extra: documents for RAG templates")
+
+    def template_problem(self) -> tuple[str, str] | None:
+        if self.continue_final_message and self.add_generation_prompt:
+            return "continue_final_message", ("continue_final_message and add_generation_prompt cannot both be "
+                                               "true: set add_generation_prompt to false")
+        return None
+
+
+class ChatCompletionRequest(_SamplingRequest, _ChatTemplateFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="deprecated by OpenAI: use max_completion_tokens")
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -139,8 +242,8 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    add_generation_prompt: bool | None = True
+    parallel_tool_calls: bool | None = Field(None, description="only meaningful with tools")
+    echo: bool | None = Field(False, description="vLLM extra: not supported")
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -152,14 +255,59 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.tools:
-            return "tools", "tool calling is not supported: remove tools"
+            return "tools", _TOOLS.format(field="tools")
         if self.tool_choice not in (None, "none", "auto"):
-            return "tool_choice", "tool calling is not supported: remove tool_choice"
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format", "only response_format {\"type\": \"text\"} is supported"
-        if self.top_logprobs is not None and not self.logprobs:
+            return "tool_choice", _TOOLS.format(field="tool_choice")
+        if self.top_logprobs and not self.logprobs:
             return "top_logprobs", "top_logprobs needs logprobs=true"
-        return super().unsupported()
+        if self.echo:
+            return "echo", "echo in chat (prepending the last message) is not supported: remove echo"
+        return self.template_problem() or super().unsupported()
+
+
+class TokenizeCompletionRequest(_Request):
+    """POST /tokenize with a prompt (vLLM's shape)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool | None = True
+    return_token_strs: bool | None = False
+
+    def unsupported(self) -> tuple[str, str] | None:
+        return self.refused()
+
+
+class TokenizeChatRequest(_ChatTemplateFields):
+    """POST /tokenize with messages: the prompt chat would build (vLLM's shape)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    return_token_strs: bool | None = False
+    tools: list[dict[str, Any]] | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.tools:
+            return "tools", _TOOLS.format(field="tools")
+        return self.template_problem() or self.refused()
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[TokenId]
+
+    def unsupported(self) -> tuple[str, str] | None:
+        return self.refused()
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -176,12 +324,31 @@ class CompletionLogprobs(BaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(BaseModel):
+    """vLLM's form of one token's log-probability in `prompt_logprobs`."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = Field(None, description="vLLM extra: the stop string or token id that ended it")
+    prompt_logprobs: PromptLogprobs | None = Field(None, description="vLLM extra: with prompt_logprobs")
+
+    @model_serializer(mode="wrap")
+    def _drop_unasked(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("prompt_logprobs") is None:
+            data.pop("prompt_logprobs", None)
+        return data
 
 
 class CompletionResponse(BaseModel):
@@ -238,6 +405,14 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    prompt_logprobs: PromptLogprobs | None = Field(None, description="vLLM extra: with prompt_logprobs")
+
+    @model_serializer(mode="wrap")
+    def _drop_unasked(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("prompt_logprobs") is None:
+            data.pop("prompt_logprobs", None)
+        return data
 
 
 class DeltaMessage(BaseModel):

@@ -27,12 +27,21 @@ logger = logging.getLogger("octavo.server")
 
 @dataclass
 class ServerSettings:
-    """How the server behaves, apart from the engine."""
+    """How the server behaves, apart from the engine (cli.server_settings builds it from ServerArgs)."""
 
     served_model_names: list[str] = field(default_factory=list)  # the first is the one reported
-    api_key: str | None = None
+    api_keys: list[str] = field(default_factory=list)  # any one of them is accepted; none: no key
     max_queue_len: int | None = None  # 429 once this many sequences wait; None = unbounded
     shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
+    chat_template: str | None = None  # overrides the tokenizer's
+    generation_config: str = "auto"  # auto | vllm | a directory (defaults.sampling_defaults)
+    override_generation_config: dict[str, Any] = field(default_factory=dict)
+    metrics_prefix: str = "octavo"
+    allowed_origins: list[str] = field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    disable_docs: bool = False
 
 
 class Phase(enum.Enum):
@@ -58,6 +67,7 @@ class ServingState:
         self.tokenizer: Any = None
         self.max_model_len = 0
         self.model_root: str | None = None
+        self.sampling_defaults: dict[str, Any] = {}  # from --generation-config, once the model is known
         self.created = int(time.time())
         self.load_error: str | None = None
         self.num_api_requests = 0  # HTTP requests on /v1 being answered (the drain waits for 0)
@@ -65,7 +75,7 @@ class ServingState:
         # (for 429) until the engine's own waiting gauge can have seen it.
         self._submitted: dict[str, int] = {}
         self._active: set[str] = set()
-        self.metrics = ServerMetrics(self.model_name, self._engine_stats)
+        self.metrics = ServerMetrics(self.model_name, self._engine_stats, settings.metrics_prefix)
         if engine is not None:
             self.attach_engine(engine)
 
@@ -86,6 +96,13 @@ class ServingState:
                           if engine.get_tokenizer() is not None else None)
         self.max_model_len = engine.engine.max_model_len
         self.model_root = config.model
+        from octavo.runtime.server.defaults import sampling_defaults
+
+        self.sampling_defaults = sampling_defaults(self.settings.generation_config, config.model,
+                                                   self.settings.override_generation_config)
+        if self.sampling_defaults:
+            logger.info("sampling defaults for fields a request leaves out (--generation-config %s): %s",
+                        self.settings.generation_config, self.sampling_defaults)
         if self.phase is Phase.STARTING:
             self.phase = Phase.READY
             self.metrics.ready.set(1)
@@ -117,15 +134,17 @@ class ServingState:
             return APIError(503, "the engine is not running; see the server log", code="engine_dead")
         return None
 
-    def _engine_stats(self) -> tuple[object, bool] | None:
+    def _engine_stats(self):
+        """(EngineStats, EngineConfig, KV cache blocks) for /metrics, or None while loading."""
         if self.engine is None:
             return None
-        return self.engine.stats, self.engine.engine.config.speculative_config is not None
+        core = self.engine.engine
+        return self.engine.stats, core.config, core.kv_cache.num_blocks
 
     # ---- checks before the engine ------------------------------------------------------------
     def admit(self, body: Any) -> str:
-        """The served model name a request body asks for, or a 400 when that model is not served
-        here or the body uses a feature this server does not support."""
+        """The served model name a request body asks for, or a 404 when that model is not served
+        here, or a 400 when the body uses a feature this server does not support."""
         model = self.resolve_model(body.model)
         problem = body.unsupported()
         if problem is not None:
@@ -135,21 +154,42 @@ class ServingState:
     def resolve_model(self, requested: str | None) -> str:
         if requested is None or requested in self.settings.served_model_names:
             return requested or self.model_name
-        raise bad_request(f"model {requested!r} is not served here; use one of: "
-                          f"{', '.join(self.settings.served_model_names)}", param="model", code="model_not_found")
+        raise APIError(404, f"the model {requested!r} does not exist here; use one of: "
+                       f"{', '.join(self.settings.served_model_names)}", param="model", code="model_not_found")
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True, param: str = "prompt") -> list[int]:
         if self.tokenizer is None:
-            raise bad_request("this model has no tokenizer: send the prompt as token ids", param="prompt")
+            raise bad_request("this model has no tokenizer: send the prompt as token ids", param=param)
         try:
             return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
         except Exception as exc:  # e.g. lone surrogates the tokenizer cannot encode
-            raise bad_request(f"the prompt cannot be tokenized ({type(exc).__name__})", param="prompt") from exc
+            raise bad_request(f"the text cannot be tokenized ({type(exc).__name__})", param=param) from exc
 
-    def decode(self, token_ids: list[int]) -> str:
+    def encode_text(self, text: str, add_special_tokens: bool = True,
+                    param: str = "prompt") -> tuple[list[int], set[int]]:
+        """Token ids, and the positions of those that take no room in `text` (the BOS the
+        tokenizer adds): echoed log-probabilities give them no width, so text_offset indexes
+        the text as returned. Costs character offsets: only for echo with logprobs."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            ids = self.encode(text, add_special_tokens, param)
+            return ids, self.special_positions(ids)
+        try:
+            encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+        except Exception as exc:
+            raise bad_request(f"the text cannot be tokenized ({type(exc).__name__})", param=param) from exc
+        return list(encoded["input_ids"]), {i for i, (start, end) in enumerate(encoded["offset_mapping"])
+                                            if start == end}
+
+    def special_positions(self, token_ids: list[int]) -> set[int]:
+        """Positions of special tokens (what skip_special_tokens leaves out of text)."""
+        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        return {i for i, token_id in enumerate(token_ids) if token_id in special}
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         if self.tokenizer is None:
             return ""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
 
     def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> int:
         """Validate a prompt; returns the max_tokens to use (the room left when None)."""
@@ -226,7 +266,7 @@ class ServingState:
             self._submitted.pop(request_id, None)
             self._active.discard(request_id)
             if finish_reasons:
-                self.metrics.observe_request(last, num_tokens, finish_reasons)
+                self.metrics.observe_request(last, num_tokens, finish_reasons, params)
         if last is None or not last.finished:
             raise RequestAborted(request_id)
 
