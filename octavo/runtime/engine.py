@@ -534,6 +534,10 @@ class LLMEngine:
         return None
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
+        # Its computed blocks go to the prefix cache first: a request that ends on the token its
+        # prompt's step sampled would otherwise never offer the prompt (the next identical
+        # prompt would miss). Every token they cover is known by now.
+        self.kv_cache.cache_computed_blocks(request)
         self.scheduler.finish_request(request, status)
         self._forget(request)
 

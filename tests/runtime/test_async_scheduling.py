@@ -103,3 +103,15 @@ def test_aborts_while_a_step_is_in_flight_free_everything(llama_dir):
         finished += [o for o in engine.step() if o.finished]
     assert [o.request_id for o in finished] == ["after"] and len(finished[0].outputs[0].token_ids) == 5
     engine.kv_cache.check_no_leaks()
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_request_that_ends_on_its_first_token_still_caches_its_prompt(llama_dir, async_scheduling):
+    """max_tokens=1: the request ends when its prompt's step is read back; the prompt's full
+    blocks must reach the prefix cache all the same, so the same prompt again hits them."""
+    llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks=256, async_scheduling=async_scheduling)
+    prompt = PROMPTS[3]
+    params = SamplingParams(temperature=0.0, max_tokens=1)
+    llm.generate([prompt], params, use_tqdm=False)
+    again = llm.generate([prompt], params, use_tqdm=False)
+    assert again[0].num_cached_tokens >= llm.llm_engine.kv_cache.block_size
