@@ -162,6 +162,7 @@ class LLMEngine:
         self.async_scheduling = config.async_scheduling and self.proposer is None and self.workers is None
         self._inflight: InFlight | None = None
         self.history_sampled: set[str] = set()  # requests whose penalties read every earlier token
+        self.num_sampled_groups = 0  # requests with n > 1: only then do sequences and requests differ
 
     def _build_runners(self, config: EngineConfig) -> None:
         workers = self.workers
@@ -251,6 +252,7 @@ class LLMEngine:
                                                            params.spaces_between_special_tokens)
             children.append(child)
         self.groups[request_id] = RequestGroup(request_id, text, token_ids, params, children)
+        self.num_sampled_groups += params.n > 1
         for child in children:
             if params.seed is not None and not params.greedy:
                 self.fixed_k.add(child.request_id)
@@ -263,6 +265,7 @@ class LLMEngine:
             group = self.groups.pop(rid, None)
             if group is None:
                 continue
+            self.num_sampled_groups -= group.params.n > 1
             for child in group.children:
                 self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
                 self._forget(child)
@@ -549,17 +552,17 @@ class LLMEngine:
             self.proposer.free(request)
 
     def _update_gauges(self) -> None:
-        scheduler = self.scheduler
-        self.stats.num_running = scheduler.num_running
-        self.stats.num_waiting = scheduler.num_waiting
-        running = {request.parent_id for request in scheduler.running}
-        waiting = {request.parent_id for request in scheduler.waiting}
-        waiting.update(request.parent_id for held in scheduler.held_siblings.values() for request in held)
-        self.stats.num_running_requests = len(running)
-        self.stats.num_waiting_requests = len(waiting - running)
-        self.stats.kv_cache_usage = self.kv_cache.usage
-        self.stats.prefix_cache_queries = self.kv_cache.prefix_queries
-        self.stats.prefix_cache_hits = self.kv_cache.prefix_hits
+        scheduler, stats = self.scheduler, self.stats
+        stats.num_running, stats.num_waiting = scheduler.num_running, scheduler.num_waiting
+        stats.num_running_requests, stats.num_waiting_requests = stats.num_running, stats.num_waiting
+        if self.num_sampled_groups:  # n > 1 somewhere: fewer requests than sequences (else no walk)
+            running = {request.parent_id for request in scheduler.running}
+            waiting = {request.parent_id for request in scheduler.waiting}
+            waiting.update(request.parent_id for held in scheduler.held_siblings.values() for request in held)
+            stats.num_running_requests, stats.num_waiting_requests = len(running), len(waiting - running)
+        stats.kv_cache_usage = self.kv_cache.usage
+        stats.prefix_cache_queries = self.kv_cache.prefix_queries
+        stats.prefix_cache_hits = self.kv_cache.prefix_hits
 
     # ---- outputs -----------------------------------------------------------------------------
     @staticmethod
@@ -607,4 +610,5 @@ class LLMEngine:
                 finished=finished, metrics=first.metrics, num_cached_tokens=first.metrics.num_cached_tokens))
             if finished:
                 del self.groups[group.request_id]
+                self.num_sampled_groups -= group.params.n > 1
         return outputs
