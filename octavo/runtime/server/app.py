@@ -26,9 +26,10 @@ from octavo.runtime.server.state import Phase, ServerSettings, ServingState
 from octavo.runtime.server.streaming import ClientDisconnected
 
 _ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
-    400: "invalid request", 401: "missing or invalid API key", 404: "unknown model", 429: "queue full",
+    400: "invalid request", 401: "missing or invalid API key", 404: "unknown model",
+    413: "request body too large", 429: "queue full",
     503: "loading or shutting down"}.items()}
-_TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 503)}
+_TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 413, 503)}
 _STREAM = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream=true"}}
 
 
@@ -77,12 +78,12 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
     async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
         """vLLM's: a prompt's token ids (add_special_tokens as /v1/completions), or the prompt chat
         would build from messages."""
-        return tokenization.tokenize(state, body)
+        return await state.run_tokenizer(tokenization.tokenize, state, body)
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_TOKENIZER_ERRORS)
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
         """vLLM's: the text of token ids (special tokens included)."""
-        return tokenization.detokenize(state, body)
+        return await state.run_tokenizer(tokenization.detokenize, state, body)
 
     @app.get("/tokenizer_info", responses={status: _ERRORS[status] for status in (400, 401, 503)})
     async def tokenizer_info() -> JSONResponse:

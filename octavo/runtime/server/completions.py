@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from octavo.runtime.outputs import CompletionOutput, RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
@@ -47,6 +48,10 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
         raise bad_request("prompt is empty: give a string, token ids, or a list of them", param="prompt")
     elif isinstance(raw[0], (str, list)):
         items = list(raw)  # a batch
+        limit = state.settings.max_prompts_per_request
+        if len(items) > limit:
+            raise bad_request(f"{len(items)} prompts in one request, over the limit of {limit} "
+                              "(--max-prompts-per-request): send them in several requests", param="prompt")
     else:
         items = [list(raw)]  # one prompt of token ids
     # max_tokens: null means the API's default (16), as in vLLM; 0 with echo scores the prompt.
@@ -118,17 +123,19 @@ def _prompt_logprobs(state: ServingState, body: CompletionRequest, output: Reque
 async def create_completion(state: ServingState, body: CompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
-    prompts = _prompts(state, body, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-    state.check_capacity()
+    prompts = await state.run_tokenizer(_prompts, state, body,
+                                        RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     response_id = f"cmpl-{body.request_id}" if body.request_id else random_id("cmpl")
     engine_id = random_id("cmpl")
     engine_ids = [engine_id if len(prompts) == 1 else f"{engine_id}-{i}" for i in range(len(prompts))]
+    state.reserve(engine_ids, body.n or 1)  # no await between here and the engine's inbox counting it
     created = int(time.time())
     if stream:
         generators = [state.generate(rid, p.token_ids, p.text, p.params) for rid, p in zip(engine_ids, prompts)]
         return StreamingResponse(with_error_events(_events(state, body, model, response_id, created, prompts,
                                                            generators), response_id, "completion stream"),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+                                 media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(state.release, engine_ids))
 
     async def final(rid: str, prompt: _Prompt) -> RequestOutput:
         last = None
@@ -151,7 +158,10 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
         results = await cancel_on_disconnect(request, run_all())
     except RequestAborted:
         raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
-    return JSONResponse(_response(state, body, model, response_id, created, prompts, results).model_dump())
+    finally:
+        state.release(engine_ids)
+    response = await state.run_tokenizer(_response, state, body, model, response_id, created, prompts, results)
+    return JSONResponse(response.model_dump())
 
 
 def _response(state: ServingState, body: CompletionRequest, model: str, response_id: str, created: int,
