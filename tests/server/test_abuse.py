@@ -210,3 +210,31 @@ async def test_tokenizing_and_templating_run_off_the_event_loop(client, app, mon
     tokenized = await client.post("/tokenize", json={"model": MODEL_NAME, "prompt": "hi"})
     assert [r.status_code for r in (completion, chat, tokenized)] == [200] * 3
     assert threads and all(name.startswith("octavo-tokenizer") for name in threads), threads
+
+
+async def test_logprobs_are_bounded(engine, settings):
+    """--max-logprobs per position, --max-response-logprobs per response (echo x logprobs x n);
+    a chat without max_tokens stops where the budget ends instead."""
+    from octavo.runtime.server.app import build_app
+
+    settings.max_logprobs, settings.max_response_logprobs = 5, 400
+    app = build_app(engine, settings)
+    base = {"model": MODEL_NAME, "prompt": "abuse me", "max_tokens": 4}
+    chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60) as http:
+        assert_error(await http.post("/v1/completions", json={**base, "logprobs": 6}), 400, param="logprobs")
+        assert_error(await http.post("/v1/completions", json={**base, "prompt_logprobs": 6}), 400,
+                     param="prompt_logprobs")
+        assert_error(await http.post("/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 6}),
+                     400, param="top_logprobs")
+        big = await http.post("/v1/completions", json={**base, "echo": True, "logprobs": 5, "n": 8})
+        assert_error(big, 400, code="too_many_logprobs")
+        fine = await http.post("/v1/completions", json={**base, "echo": True, "logprobs": 5})
+        assert fine.status_code == 200, fine.text
+        capped = await http.post("/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 4,
+                                                                "n": 2, "ignore_eos": True})
+        assert capped.status_code == 200, capped.text
+        assert capped.json()["usage"]["completion_tokens"] == 2 * (400 // (2 * 5))
+        assert_error(await http.post("/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 4,
+                                                                    "n": 2, "max_tokens": 41}),
+                     400, code="too_many_logprobs")

@@ -46,6 +46,11 @@ class ServerArgs(CliArgs):
                                        "reading it (a prompt as long as a 128k-token context is about 0.5 MB)")
     max_prompts_per_request: int = _arg(256, "at most this many prompts in one /v1/completions request (400 "
                                         "beyond); --max-queue-len counts each prompt's n sequences")
+    max_logprobs: int = _arg(20, "at most this many top log-probabilities per position (logprobs, top_logprobs, "
+                             "prompt_logprobs; 400 beyond); the engine's limit is 20")
+    max_response_logprobs: int = _arg(2**18, "at most this many log-probability entries in one response "
+                                      "(positions x (logprobs + 1) x choices, echoed prompts and prompt_logprobs "
+                                      "included; 400 beyond): bounds the work and size of one request's answer")
     shutdown_timeout: float = _arg(30.0, "on SIGTERM, seconds in-flight requests get to finish")
     metrics_prefix: str = _arg("octavo", "prefix of every /metrics series name; vllm: vLLM's own names, so "
                                "dashboards, KEDA rules and routers written for vLLM work unchanged")

@@ -64,6 +64,15 @@ def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
 def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
             output_kind: RequestOutputKind) -> SamplingParams:
     max_tokens = state.check_prompt(token_ids, body.requested_max_tokens, param="messages")
+    entries = 0
+    if body.prompt_logprobs is not None:
+        entries += len(token_ids) * (body.prompt_logprobs + 1)
+    if body.num_logprobs is not None:
+        per_token = (body.n or 1) * (body.num_logprobs + 1)
+        if body.requested_max_tokens is None:  # the room left: stop (length) where the budget ends instead
+            max_tokens = max(1, min(max_tokens, (state.settings.max_response_logprobs - entries) // per_token))
+        entries += per_token * max_tokens
+    state.check_logprobs(entries, top_logprobs=body.top_logprobs, prompt_logprobs=body.prompt_logprobs)
     try:
         return body.sampling_params(max_tokens, output_kind, body.num_logprobs,
                                     prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)

@@ -57,7 +57,10 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
     # max_tokens: null means the API's default (16), as in vLLM; 0 with echo scores the prompt.
     max_tokens = 1 if body.echo_only else (body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS)
     wanted = [n for n in (body.logprobs if body.echo else None, body.prompt_logprobs) if n is not None]
+    state.check_logprobs(0, logprobs=body.logprobs, prompt_logprobs=body.prompt_logprobs)
+    n = body.n or 1
     prompts = []
+    entries = 0
     for item in items:
         zero_width: set[int] = set()
         if isinstance(item, str):
@@ -79,6 +82,12 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
                                           defaults=state.sampling_defaults)
         except ValueError as exc:
             raise bad_request(str(exc)) from exc
+        if body.logprobs is not None:
+            positions = (len(token_ids) if body.echo else 0) + (0 if body.echo_only else max_tokens)
+            entries += n * positions * (body.logprobs + 1)
+        if body.prompt_logprobs is not None:
+            entries += len(token_ids) * (body.prompt_logprobs + 1)
+        state.check_logprobs(entries)  # per prompt: a batch stops counting (and tokenizing) once over
         if body.echo and text is None:
             text = state.decode(token_ids)
         prompts.append(_Prompt(text, token_ids, params, zero_width))

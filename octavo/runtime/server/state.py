@@ -37,6 +37,8 @@ class ServerSettings:
     max_queue_len: int | None = None  # 429 once this many sequences would wait; None = unbounded
     max_prompts_per_request: int = 256  # prompts in one /v1/completions request
     max_request_body_bytes: int = 4 * 2**20  # 413 beyond this
+    max_logprobs: int = 20  # top log-probabilities per position
+    max_response_logprobs: int = 2**18  # log-probability entries in one response
     shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
     chat_template: str | None = None  # overrides the tokenizer's
     generation_config: str = "auto"  # auto | vllm | a directory (defaults.sampling_defaults)
@@ -225,6 +227,20 @@ class ServingState:
             return ""
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=False)
+
+    def check_logprobs(self, entries: int, **requested: int | None) -> None:
+        """400 when a top-logprobs field asks for more than --max-logprobs, or the response would
+        hold more than --max-response-logprobs entries (`entries`: positions x (k + 1), summed)."""
+        limit = self.settings.max_logprobs
+        for param, value in requested.items():
+            if value is not None and value > limit:
+                raise bad_request(f"{param} is {value}, over this server's limit of {limit} (--max-logprobs)",
+                                  param=param)
+        budget = self.settings.max_response_logprobs
+        if entries > budget:
+            raise bad_request(f"this request would return {entries} log-probability entries, over this server's "
+                              f"limit of {budget} (--max-response-logprobs): lower n, max_tokens, the number of "
+                              "logprobs or the prompts echoed", param="logprobs", code="too_many_logprobs")
 
     def check_prompt(self, token_ids: list[int], max_tokens: int | None, param: str = "prompt") -> int:
         """Validate a prompt; returns the max_tokens to use (the room left when None)."""
