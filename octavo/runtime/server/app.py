@@ -90,7 +90,8 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
         """vLLM's: the tokenizer's configuration (special tokens, chat template, class)."""
         return JSONResponse(tokenization.tokenizer_info(state))
 
-    @app.get("/health", responses={503: {"model": ErrorResponse, "description": "not ready"}})
+    # Probes' 200 has an empty body, as vLLM's (and the schema says so: no content).
+    @app.get("/health", response_class=Response, responses={503: {"model": ErrorResponse, "description": "not ready"}})
     async def health() -> Response:
         """200 while the engine loop is alive and the server takes requests (readiness)."""
         if state.healthy:
@@ -98,7 +99,8 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
         refusal = state.unavailable() or APIError(503, "not ready")
         return refusal.response()
 
-    @app.get("/live", responses={503: {"model": ErrorResponse, "description": "the engine is dead"}})
+    @app.get("/live", response_class=Response,
+             responses={503: {"model": ErrorResponse, "description": "the engine is dead"}})
     async def live() -> Response:
         """200 while the process can still serve, draining and loading included (liveness: a
         restart helps only when the engine failed)."""
