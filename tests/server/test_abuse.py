@@ -121,7 +121,7 @@ async def test_too_many_prompts_is_400(client, app):
 
 
 async def test_burst_never_has_more_sequences_waiting_than_the_limit(engine, settings, monkeypatch):
-    """--max-queue-len 4, --max-num-seqs 4: 60 concurrent requests, some with n=4 or lists of
+    """--max-queue-len 4, --max-num-seqs 4: 60 concurrent requests, some with n=4 or 8 or lists of
     prompts. The engine never holds more than 4 waiting sequences (checked after every step on
     the engine thread, and on /metrics during the burst); the excess gets 429 with Retry-After."""
     from octavo.runtime.server.app import build_app
@@ -141,7 +141,9 @@ async def test_burst_never_has_more_sequences_waiting_than_the_limit(engine, set
     base = {"model": MODEL_NAME, "max_tokens": 6, "ignore_eos": True}
     bodies = []
     for i in range(60):
-        if i % 3 == 0:
+        if i % 10 == 9:  # 8 sequences can never wait within a limit of 4: a 400, not a 429 to retry
+            bodies.append({**base, "prompt": f"burst {i}", "n": 8})
+        elif i % 3 == 0:
             bodies.append({**base, "prompt": f"burst {i}", "n": 4})
         elif i % 3 == 1:
             bodies.append({**base, "prompt": [f"burst {i}", f"burst {i} b"], "n": 2})
@@ -166,6 +168,10 @@ async def test_burst_never_has_more_sequences_waiting_than_the_limit(engine, set
         too_big = await http.post("/v1/completions", json={**base, "prompt": ["a", "b", "c"], "n": 2})
     assert_error(too_big, 400, code="too_many_sequences")
     statuses = [r.status_code for r in responses]
+    for body, response in zip(bodies, responses):
+        if body.get("n") == 8:
+            assert_error(response, 400, code="too_many_sequences")
+    statuses = [status for body, status in zip(bodies, statuses) if body.get("n") != 8]
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(200) >= 1 and statuses.count(429) >= 1, statuses
     for response in responses:
