@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,10 @@ logger = logging.getLogger("octavo")
 # concurrency 1, against 0.64 and 0.62 ms in the sweeps after it, H100).
 # OCTAVO_FIRST_TOKEN_SWITCH_INTERVAL_S overrides it; 0 turns it off.
 FIRST_TOKEN_SWITCH_INTERVAL_S = float(os.environ.get("OCTAVO_FIRST_TOKEN_SWITCH_INTERVAL_S") or 0.0005)
+
+# Test-only: the engine loop raises once the engine has taken this many steps, as a crash in a
+# step would (the served process's engine-death test sets it).
+FAULT_AFTER_STEPS_ENV = "OCTAVO_TEST_ENGINE_FAULT_AFTER_STEPS"
 
 
 class _EngineProfile:
@@ -63,6 +67,10 @@ class EngineDeadError(RuntimeError):
     """The engine thread stopped on an error; no request can be served."""
 
 
+class RequestFailedError(RuntimeError):
+    """The engine failed this one request (its own processing raised); the others go on."""
+
+
 @dataclass
 class _Add:
     request_id: str
@@ -84,6 +92,9 @@ class _Stream:
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.started = False  # whether an output went out (the engine thread's view)
+        # The engine's gauge publication current when the engine took the request in (-1: not
+        # yet): any later publication counts its sequences (AsyncLLMEngine.sequence_counts).
+        self.added_at: int = -1
 
     def put(self, item: RequestOutput | BaseException | None) -> None:
         try:
@@ -100,6 +111,12 @@ class AsyncLLMEngine:
         self._streams: dict[str, _Stream] = {}
         self._stop = threading.Event()
         self.errored: BaseException | None = None
+        # (publication number, running sequences, waiting sequences), replaced as one tuple by
+        # the engine thread after every step and every batch of adds/aborts, so a reader on
+        # another thread never sees a count from one moment and a number from another.
+        self._counts: tuple[int, int, int] = (0, 0, 0)
+        self._death_callbacks: list[Callable[[BaseException], None]] = []
+        self._death_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="octavo-engine", daemon=True)
         self._thread.start()
 
@@ -129,6 +146,30 @@ class AsyncLLMEngine:
     @property
     def stats(self):
         return self.engine.stats
+
+    def add_death_callback(self, callback: Callable[[BaseException], None]) -> None:
+        """Call `callback(error)` once if the engine loop dies (on the engine thread; at once
+        when it is dead already). It must only set state: no asyncio, no blocking."""
+        with self._death_lock:
+            if self.errored is None:
+                self._death_callbacks.append(callback)
+                return
+        callback(self.errored)
+
+    def sequence_counts(self) -> tuple[int, int, int]:
+        """(publication, running sequences, waiting sequences) as the engine thread last published
+        them; a request whose `added_at(...)` is below the publication is counted in them."""
+        return self._counts
+
+    def added_at(self, request_id: str) -> int:
+        """The publication current when the engine took the request in; -1 while it has not (or
+        when it is unknown)."""
+        stream = self._streams.get(request_id)
+        return stream.added_at if stream is not None else -1
+
+    def _publish_counts(self) -> None:
+        scheduler = self.engine.scheduler  # read here, on the engine thread, between steps
+        self._counts = (self._counts[0] + 1, scheduler.num_running, scheduler.num_waiting)
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -182,11 +223,13 @@ class AsyncLLMEngine:
 
     # ---- the engine thread -------------------------------------------------------------------
     def _drain_inbox(self, owners: dict[str, _Stream]) -> None:
+        took_any = False
         while True:
             try:
                 message = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+            took_any = True
             if isinstance(message, _Abort):
                 self.engine.abort_request(message.request_id)
                 owners.pop(message.request_id, None)
@@ -194,8 +237,11 @@ class AsyncLLMEngine:
             try:
                 self.engine.add_request(message.request_id, message.prompt, message.params, message.arrival_time)
                 owners[message.request_id] = message.stream
+                message.stream.added_at = self._counts[0]
             except Exception as exc:  # noqa: BLE001 - whatever a request's input breaks fails it alone,
                 message.stream.put(exc)  # never the engine loop that serves everyone else
+        if took_any:
+            self._publish_counts()
 
     def _loop(self) -> None:
         path = os.environ.get("OCTAVO_ENGINE_PROFILE")
@@ -212,6 +258,7 @@ class AsyncLLMEngine:
     def _serve(self, profile: "_EngineProfile | None") -> None:
         owners: dict[str, _Stream] = {}
         after_first_tokens = False
+        fault_after = os.environ.get(FAULT_AFTER_STEPS_ENV)
         try:
             while not self._stop.is_set():
                 self._drain_inbox(owners)
@@ -221,6 +268,8 @@ class AsyncLLMEngine:
                     self._wakeup.wait()
                     self._wakeup.clear()
                     continue
+                if fault_after is not None and self.engine.stats.num_steps >= int(fault_after):
+                    raise RuntimeError(f"injected engine fault ({FAULT_AFTER_STEPS_ENV}={fault_after})")
                 if after_first_tokens and FIRST_TOKEN_SWITCH_INTERVAL_S > 0:
                     interval = sys.getswitchinterval()
                     sys.setswitchinterval(FIRST_TOKEN_SWITCH_INTERVAL_S)
@@ -230,6 +279,9 @@ class AsyncLLMEngine:
                         sys.setswitchinterval(interval)
                 else:
                     outputs = self.engine.step()
+                self._publish_counts()
+                if self.engine.failed_requests:
+                    self._fail_requests(owners)
                 after_first_tokens = False
                 for output in outputs:
                     stream = owners.get(output.request_id)
@@ -245,7 +297,24 @@ class AsyncLLMEngine:
                     time.sleep(0)
         except BaseException as exc:  # the engine is broken: every waiting consumer must hear it
             logger.exception("engine loop died")
-            self.errored = exc
+            with self._death_lock:
+                self.errored = exc
+                callbacks, self._death_callbacks = self._death_callbacks, []
             error = EngineDeadError(f"engine loop died: {type(exc).__name__}: {exc}")
             for stream in list(owners.values()) + list(self._streams.values()):
                 stream.put(error)
+            for callback in callbacks:
+                try:
+                    callback(exc)
+                except Exception:  # noqa: BLE001 - one listener's bug must not hide the death from the rest
+                    logger.exception("engine death callback failed")
+
+    def _fail_requests(self, owners: dict[str, _Stream]) -> None:
+        """Tell each request the engine failed alone (already aborted there) why it ended."""
+        failed, self.engine.failed_requests = self.engine.failed_requests, {}
+        for request_id, exc in failed.items():
+            logger.error("request %s failed in the engine (the others go on): %s: %s", request_id,
+                         type(exc).__name__, exc, exc_info=exc)
+            stream = owners.pop(request_id, None)
+            if stream is not None:
+                stream.put(RequestFailedError(f"{type(exc).__name__}: {exc}"))

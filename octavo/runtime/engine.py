@@ -150,6 +150,9 @@ class LLMEngine:
                                        config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_cache)
         self.groups: dict[str, RequestGroup] = {}
+        # Requests whose own processing raised during a step (request id -> the error): they are
+        # aborted, the step goes on for the others; the caller reports and clears them.
+        self.failed_requests: dict[str, Exception] = {}
         self.stats = EngineStats()
         self.last_step: StepRecord | None = None
         self.trace = StepTrace.from_env()
@@ -389,7 +392,12 @@ class LLMEngine:
             if request.is_finished:
                 continue
             later = request.pop_placeholders()  # the next step's, if launched: back after this token
-            self._append_token(request, rows[i] if rows is not None else SampledRow(sampled[i]), now)
+            try:
+                self._append_token(request, rows[i] if rows is not None else SampledRow(sampled[i]), now)
+            except Exception as exc:  # noqa: BLE001 - one request's own row (its detokenizer, stop strings,
+                self.failed_requests[request.parent_id] = exc  # logprobs) fails it alone, not the step
+                self.abort_request(request.parent_id)
+                continue
             num_emitted += 1
             if not request.is_finished:
                 request.restore_placeholders(later)

@@ -42,6 +42,8 @@ BAD_COMPLETIONS = [
     ({"prompt": "hi", "temperature": -1}, "temperature"),
     ({"prompt": "hi", "top_p": 0}, "top_p"),
     ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "hi", "logprobs": False}, "logprobs"),
+    ({"prompt": "hi", "logprobs": True}, "logprobs"),
     ({"prompt": "hi", "stop": ""}, None),
     ({"prompt": "hi", "min_tokens": 100, "max_tokens": 5}, None),
     ({"prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options"),
@@ -259,3 +261,12 @@ async def test_internal_bug_in_stream_ends_stream_with_error_event(app, client, 
     assert response.status_code == 200
     assert "secret" not in response.text
     assert response.text.endswith('"code":null}}\n\ndata: [DONE]\n\n')
+
+
+async def test_a_negative_token_id_is_named_as_such(client):
+    """The union field's error comes from the branch the prompt's shape matched (token ids), not
+    from the first branch (a string)."""
+    for prompt, where in (([-1], "prompt.0"), ([[1, -1]], "prompt.0.1")):
+        response = await client.post("/v1/completions", json={"model": MODEL_NAME, "prompt": prompt})
+        error = assert_error(response, 400, param="prompt")
+        assert error["message"] == f"{where}: Input should be greater than or equal to 0", error

@@ -26,9 +26,10 @@ from octavo.runtime.server.state import Phase, ServerSettings, ServingState
 from octavo.runtime.server.streaming import ClientDisconnected
 
 _ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in {
-    400: "invalid request", 401: "missing or invalid API key", 404: "unknown model", 429: "queue full",
+    400: "invalid request", 401: "missing or invalid API key", 404: "unknown model",
+    413: "request body too large", 429: "queue full",
     503: "loading or shutting down"}.items()}
-_TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 503)}
+_TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 413, 503)}
 _STREAM = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream=true"}}
 
 
@@ -77,19 +78,20 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
     async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest) -> TokenizeResponse:
         """vLLM's: a prompt's token ids (add_special_tokens as /v1/completions), or the prompt chat
         would build from messages."""
-        return tokenization.tokenize(state, body)
+        return await state.run_tokenizer(tokenization.tokenize, state, body)
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=_TOKENIZER_ERRORS)
     async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
         """vLLM's: the text of token ids (special tokens included)."""
-        return tokenization.detokenize(state, body)
+        return await state.run_tokenizer(tokenization.detokenize, state, body)
 
     @app.get("/tokenizer_info", responses={status: _ERRORS[status] for status in (400, 401, 503)})
     async def tokenizer_info() -> JSONResponse:
         """vLLM's: the tokenizer's configuration (special tokens, chat template, class)."""
         return JSONResponse(tokenization.tokenizer_info(state))
 
-    @app.get("/health", responses={503: {"model": ErrorResponse, "description": "not ready"}})
+    # Probes' 200 has an empty body, as vLLM's (and the schema says so: no content).
+    @app.get("/health", response_class=Response, responses={503: {"model": ErrorResponse, "description": "not ready"}})
     async def health() -> Response:
         """200 while the engine loop is alive and the server takes requests (readiness)."""
         if state.healthy:
@@ -97,7 +99,8 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
         refusal = state.unavailable() or APIError(503, "not ready")
         return refusal.response()
 
-    @app.get("/live", responses={503: {"model": ErrorResponse, "description": "the engine is dead"}})
+    @app.get("/live", response_class=Response,
+             responses={503: {"model": ErrorResponse, "description": "the engine is dead"}})
     async def live() -> Response:
         """200 while the process can still serve, draining and loading included (liveness: a
         restart helps only when the engine failed)."""

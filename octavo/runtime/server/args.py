@@ -40,8 +40,17 @@ class ServerArgs(CliArgs):
                                   "directory holding a generation_config.json")
     override_generation_config: dict | None = _arg(None, "sampling defaults that win over --generation-config's, "
                                                    "as JSON, e.g. '{\"temperature\": 0.5}'; unset: none")
-    max_queue_len: int | None = _arg(None, "answer 429 once this many sequences wait for the engine; "
-                                     "unset: unbounded")
+    max_queue_len: int | None = _arg(None, "answer 429 to a request whose sequences (prompts x n) would leave "
+                                     "more than this many waiting for the engine; unset: unbounded")
+    max_request_body_bytes: int = _arg(4 * 2**20, "answer 413 to a request body over this many bytes, before "
+                                       "reading it (a prompt as long as a 128k-token context is about 0.5 MB)")
+    max_prompts_per_request: int = _arg(256, "at most this many prompts in one /v1/completions request (400 "
+                                        "beyond); --max-queue-len counts each prompt's n sequences")
+    max_logprobs: int = _arg(20, "at most this many top log-probabilities per position (logprobs, top_logprobs, "
+                             "prompt_logprobs; 400 beyond); the engine's limit is 20")
+    max_response_logprobs: int = _arg(2**18, "at most this many log-probability entries in one response "
+                                      "(positions x (logprobs + 1) x choices, echoed prompts and prompt_logprobs "
+                                      "included; 400 beyond): bounds the work and size of one request's answer")
     shutdown_timeout: float = _arg(30.0, "on SIGTERM, seconds in-flight requests get to finish")
     metrics_prefix: str = _arg("octavo", "prefix of every /metrics series name; vllm: vLLM's own names, so "
                                "dashboards, KEDA rules and routers written for vLLM work unchanged")

@@ -14,6 +14,7 @@ from contextlib import aclosing
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
@@ -39,6 +40,7 @@ def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
                           param="messages")
     conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
+    state.check_text_length(sum(len(m["content"] or "") for m in conversation), param="messages")
     kwargs = dict(body.chat_template_kwargs or {})
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
@@ -62,6 +64,15 @@ def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
 def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
             output_kind: RequestOutputKind) -> SamplingParams:
     max_tokens = state.check_prompt(token_ids, body.requested_max_tokens, param="messages")
+    entries = 0
+    if body.prompt_logprobs is not None:
+        entries += len(token_ids) * (body.prompt_logprobs + 1)
+    if body.num_logprobs is not None:
+        per_token = (body.n or 1) * (body.num_logprobs + 1)
+        if body.requested_max_tokens is None:  # the room left: stop (length) where the budget ends instead
+            max_tokens = max(1, min(max_tokens, (state.settings.max_response_logprobs - entries) // per_token))
+        entries += per_token * max_tokens
+    state.check_logprobs(entries, top_logprobs=body.top_logprobs, prompt_logprobs=body.prompt_logprobs)
     try:
         return body.sampling_params(max_tokens, output_kind, body.num_logprobs,
                                     prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)
@@ -84,18 +95,20 @@ def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[
 async def create_chat_completion(state: ServingState, body: ChatCompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
-    token_ids = render_prompt(state, body)
+    token_ids = await state.run_tokenizer(render_prompt, state, body)
     if body.truncate_prompt_tokens is not None:
         token_ids = token_ids[-body.truncate_prompt_tokens:]
     params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-    state.check_capacity()
     request_id = f"chatcmpl-{body.request_id}" if body.request_id else random_id("chatcmpl")
+    engine_id = random_id("chatcmpl")
+    state.reserve([engine_id], params.n)  # no await between here and the engine's inbox counting it
     created = int(time.time())
-    outputs = state.generate(random_id("chatcmpl"), token_ids, None, params)
+    outputs = state.generate(engine_id, token_ids, None, params)
     if stream:
         return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, outputs),
                                                    request_id, "chat stream"),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+                                 media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(state.release, [engine_id]))
 
     async def final() -> RequestOutput:
         last = None
@@ -109,6 +122,13 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
         output = await cancel_on_disconnect(request, final())
     except RequestAborted:
         raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
+    finally:
+        state.release([engine_id])
+    return await state.run_tokenizer(_final_response, state, body, model, request_id, created, output)
+
+
+def _final_response(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
+                    output: RequestOutput) -> Response:
     choices = [ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
                           logprobs=_logprobs(state, body, c.token_ids, c.logprobs),
                           finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in output.outputs]

@@ -104,6 +104,14 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--port must be in 0..65535, got {args.port}"
     if args.max_queue_len is not None and args.max_queue_len < 1:
         return f"--max-queue-len must be >= 1, got {args.max_queue_len}"
+    if args.max_request_body_bytes < 1:
+        return f"--max-request-body-bytes must be >= 1, got {args.max_request_body_bytes}"
+    if args.max_prompts_per_request < 1:
+        return f"--max-prompts-per-request must be >= 1, got {args.max_prompts_per_request}"
+    if not 0 <= args.max_logprobs <= 20:
+        return f"--max-logprobs must be in 0..20 (the engine returns at most 20), got {args.max_logprobs}"
+    if args.max_response_logprobs < 1:
+        return f"--max-response-logprobs must be >= 1, got {args.max_response_logprobs}"
     if args.shutdown_timeout < 0:
         return f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}"
     if not re.fullmatch(METRICS_PREFIX_PATTERN, args.metrics_prefix):
@@ -165,6 +173,9 @@ def server_settings(args: argparse.Namespace):
 
     return ServerSettings(served_model_names=served_names(args), api_keys=api_keys(args),
                           max_queue_len=args.max_queue_len, shutdown_timeout=args.shutdown_timeout,
+                          max_request_body_bytes=args.max_request_body_bytes,
+                          max_prompts_per_request=args.max_prompts_per_request,
+                          max_logprobs=args.max_logprobs, max_response_logprobs=args.max_response_logprobs,
                           chat_template=load_chat_template(args.chat_template),
                           generation_config=args.generation_config,
                           override_generation_config=args.override_generation_config or {},

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from octavo.runtime.outputs import CompletionOutput, RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
@@ -47,12 +48,19 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
         raise bad_request("prompt is empty: give a string, token ids, or a list of them", param="prompt")
     elif isinstance(raw[0], (str, list)):
         items = list(raw)  # a batch
+        limit = state.settings.max_prompts_per_request
+        if len(items) > limit:
+            raise bad_request(f"{len(items)} prompts in one request, over the limit of {limit} "
+                              "(--max-prompts-per-request): send them in several requests", param="prompt")
     else:
         items = [list(raw)]  # one prompt of token ids
     # max_tokens: null means the API's default (16), as in vLLM; 0 with echo scores the prompt.
     max_tokens = 1 if body.echo_only else (body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS)
     wanted = [n for n in (body.logprobs if body.echo else None, body.prompt_logprobs) if n is not None]
+    state.check_logprobs(0, logprobs=body.logprobs, prompt_logprobs=body.prompt_logprobs)
+    n = body.n or 1
     prompts = []
+    entries = 0
     for item in items:
         zero_width: set[int] = set()
         if isinstance(item, str):
@@ -74,6 +82,12 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
                                           defaults=state.sampling_defaults)
         except ValueError as exc:
             raise bad_request(str(exc)) from exc
+        if body.logprobs is not None:
+            positions = (len(token_ids) if body.echo else 0) + (0 if body.echo_only else max_tokens)
+            entries += n * positions * (body.logprobs + 1)
+        if body.prompt_logprobs is not None:
+            entries += len(token_ids) * (body.prompt_logprobs + 1)
+        state.check_logprobs(entries)  # per prompt: a batch stops counting (and tokenizing) once over
         if body.echo and text is None:
             text = state.decode(token_ids)
         prompts.append(_Prompt(text, token_ids, params, zero_width))
@@ -118,17 +132,19 @@ def _prompt_logprobs(state: ServingState, body: CompletionRequest, output: Reque
 async def create_completion(state: ServingState, body: CompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
-    prompts = _prompts(state, body, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-    state.check_capacity()
+    prompts = await state.run_tokenizer(_prompts, state, body,
+                                        RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     response_id = f"cmpl-{body.request_id}" if body.request_id else random_id("cmpl")
     engine_id = random_id("cmpl")
     engine_ids = [engine_id if len(prompts) == 1 else f"{engine_id}-{i}" for i in range(len(prompts))]
+    state.reserve(engine_ids, body.n or 1)  # no await between here and the engine's inbox counting it
     created = int(time.time())
     if stream:
         generators = [state.generate(rid, p.token_ids, p.text, p.params) for rid, p in zip(engine_ids, prompts)]
         return StreamingResponse(with_error_events(_events(state, body, model, response_id, created, prompts,
                                                            generators), response_id, "completion stream"),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+                                 media_type="text/event-stream", headers=SSE_HEADERS,
+                                 background=BackgroundTask(state.release, engine_ids))
 
     async def final(rid: str, prompt: _Prompt) -> RequestOutput:
         last = None
@@ -151,7 +167,10 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
         results = await cancel_on_disconnect(request, run_all())
     except RequestAborted:
         raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
-    return JSONResponse(_response(state, body, model, response_id, created, prompts, results).model_dump())
+    finally:
+        state.release(engine_ids)
+    response = await state.run_tokenizer(_response, state, body, model, response_id, created, prompts, results)
+    return JSONResponse(response.model_dump())
 
 
 def _response(state: ServingState, body: CompletionRequest, model: str, response_id: str, created: int,

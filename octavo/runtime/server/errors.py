@@ -61,6 +61,13 @@ def _describe_validation(exc: RequestValidationError) -> APIError:
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return bad_request(f"the request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")
+    # A union field (prompt: text, token ids or lists of them) fails once per branch; the branch
+    # whose shape matched says what is wrong (a token id below 0), not "should be a string".
+    field = first.get("loc", ())[:2]
+    for error in errors:
+        if tuple(error.get("loc", ())[:2]) == tuple(field) and not str(error.get("type", "")).endswith("_type"):
+            first = error
+            break
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     # A union's branch names (e.g. "list[constrained-int]") follow the field; keep the field only.
     param = loc[0] if loc else None

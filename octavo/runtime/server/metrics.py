@@ -75,6 +75,8 @@ class _EngineCollector(Collector):
 
         yield gauge("num_requests_running", "Requests in the running batch.", stats.num_running_requests)
         yield gauge("num_requests_waiting", "Requests waiting to be scheduled.", stats.num_waiting_requests)
+        yield gauge("num_sequences_waiting", "Sequences waiting to be scheduled (each of a request's n samples "
+                    "counts; what --max-queue-len bounds), at the end of the engine's last step.", stats.num_waiting)
         yield gauge("num_requests_swapped", "Requests swapped to CPU (vLLM's older name; octavo never swaps: 0).", 0)
         usage = stats.kv_cache_usage
         yield gauge("kv_cache_usage_perc", "Fraction of KV cache blocks held by requests (1 = full).", usage)

@@ -5,6 +5,8 @@
 - on /v1 and the tokenizer routes: the API key (401; any one of --api-key's), then 503 while the
   model loads or the server drains, then counting the request as in flight (the drain waits for
   the count to reach zero);
+- request bodies over --max-request-body-bytes: 413 from the Content-Length header before a byte
+  is read, or once a chunked body passes the limit (before any parsing);
 - any exception that escapes a handler is logged with the request id and answered with a plain
   500, its text never sent to the client.
 """
@@ -32,6 +34,11 @@ TOKENIZER_PATHS = ("/tokenize", "/detokenize", "/tokenizer_info")
 
 def is_api_path(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/") or path in TOKENIZER_PATHS
+
+
+def _body_too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is over {limit} bytes (--max-request-body-bytes): send a shorter "
+                    "prompt", code="request_too_large")
 
 
 class GatewayMiddleware:
@@ -83,6 +90,17 @@ class GatewayMiddleware:
                     state.metrics.rejected(str(refusal.code))
                 await refusal.response()(scope, receive, send_with_id)
                 return
+            limit = state.settings.max_request_body_bytes
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                await _body_too_large(limit).response()(scope, receive, send_with_id)
+                return
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                replaying = await _read_body(receive, limit)
+                if replaying is None:
+                    await _body_too_large(limit).response()(scope, receive, send_with_id)
+                    return
+                receive = replaying
             state.num_api_requests += 1
         try:
             await self.app(scope, receive, send_with_id)
@@ -94,3 +112,29 @@ class GatewayMiddleware:
         finally:
             if api:
                 state.num_api_requests -= 1
+
+
+async def _read_body(receive: Receive, limit: int) -> Receive | None:
+    """Read the whole request body (at most `limit` bytes; a chunked body declares no length) and
+    return a `receive` that replays it, then passes the client's messages on (disconnects). None
+    when the body passes the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left: let the app see it
+            replay: list[Message] = [message]
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+            break
+
+    async def replaying() -> Message:
+        return replay.pop() if replay else await receive()
+
+    return replaying

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
 
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 
@@ -181,7 +181,8 @@ class CompletionRequest(_SamplingRequest):
     max_tokens: int | None = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=0,
                                    description="0 with echo scores the prompt without generating; null: 16")
     echo: bool | None = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    # Strict: `false` (the chat API's boolean, sent here by mistake) is no count of logprobs.
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
     add_special_tokens: bool | None = Field(True, description="vLLM extra: add the tokenizer's BOS to string prompts")
 

@@ -5,6 +5,9 @@ it starts draining. /health turns 503 (readiness fails, the Service stops routin
 requests get 503, and requests in flight run to completion. When none is left, or when the grace
 period (`--shutdown-timeout`) is over and the stragglers have been aborted, uvicorn shuts down and
 the process exits 0. A second signal stops at once.
+
+When the engine loop dies, the process exits 1 a short grace after (ServerSettings.
+engine_death_grace), so Kubernetes restarts it at once instead of after liveness probes fail.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ class DrainingServer(uvicorn.Server):
         self.handle_exit(0, None)
 
     async def on_tick(self, counter: int) -> bool:
+        died_at = self.state.engine_died_at
+        if died_at is not None and not self.should_exit:
+            # A dead engine cannot come back: exit non-zero once in-flight requests had a moment
+            # to send their error, so the pod restarts now rather than at the liveness probe.
+            if time.monotonic() >= died_at + self.state.settings.engine_death_grace:
+                logger.error("the engine loop died: exiting 1 so that the process is restarted")
+                self.exit_code = 1
+                self.should_exit = True
         if self.drain_deadline is not None and not self.should_exit:
             await self._drain_step()
         return await super().on_tick(counter)

@@ -103,7 +103,6 @@ UNSUPPORTED = (
     VllmFlag("rope_theta", "value", "octavo reads rope_theta from config.json"),
     VllmFlag("disable_sliding_window", "bool", "octavo applies a model's sliding window as configured",
              neutral=(False,)),
-    VllmFlag("max_logprobs", "value", "octavo returns at most 20 log-probabilities per position", neutral=("20",)),
     VllmFlag("logits_processor_pattern", "value", "octavo runs no custom logits processors"),
     VllmFlag("limit_mm_per_prompt", "value", _MULTIMODAL),
     VllmFlag("mm_processor_kwargs", "value", _MULTIMODAL),
