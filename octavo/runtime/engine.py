@@ -327,13 +327,12 @@ class LLMEngine:
         output = self.model_runner.execute(sched, token_patch=patch)
         plain: list[Request] = []
         speculated = []
+        num_decoding = num_prefill = 0
         for item in sched.scheduled:
             if item.num_spec_tokens:
                 speculated.append(item)
             elif item.completes_sequence:
                 plain.append(item.request)
-        num_decoding = num_prefill = 0
-        for item in sched.scheduled:
             if item.num_new_tokens - item.num_spec_tokens == 1 and item.request.num_output_tokens:
                 num_decoding += 1
             else:

@@ -423,16 +423,6 @@ class ModelRunner:
         return self.sampler.sample(logits, requests), logits
 
     @inference
-    def sample(self, output: RunnerOutput, requests: list[Request]) -> dict[str, SampledRow]:
-        """One token for each request that reached its end this step (no speculation)."""
-        rows = [output.inputs.sample_rows[r.request_id][-1] for r in requests]
-        if not rows:
-            return {}
-        index = torch.tensor(rows, device=output.logits.device)
-        sampled = self.sampler(output.logits.index_select(0, index), requests)
-        return {r.request_id: row for r, row in zip(requests, sampled)}
-
-    @inference
     def prompt_logprobs(self, output: RunnerOutput, request: Request) -> list[SampledRow]:
         """Raw log-probabilities of the prompt tokens this step covered, with the top-N."""
         first, rows = output.inputs.prompt_rows[request.request_id]

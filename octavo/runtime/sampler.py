@@ -63,8 +63,7 @@ def needs_history(params) -> bool:
 
 def needs_penalties(request: Request) -> bool:
     params = request.sampling_params
-    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty) or bool(params.frequency_penalty)
-            or (params.min_tokens > 0 and request.num_output_tokens < params.min_tokens))
+    return needs_history(params) or (params.min_tokens > 0 and request.num_output_tokens < params.min_tokens)
 
 
 def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
@@ -157,9 +156,6 @@ class Sampler:
         if all(r.sampling_params.greedy and not needs_penalties(r) for r in requests):
             return logits.argmax(dim=-1)  # filters never drop the best token
         return self.choose(self.processed_logits(logits, requests), requests)
-
-    def __call__(self, logits: torch.Tensor, requests: list[Request]) -> list[SampledRow]:
-        return self.describe(logits, self.sample(logits, requests), requests)
 
     @staticmethod
     def describe(logits: torch.Tensor, chosen: torch.Tensor, requests: list[Request],
