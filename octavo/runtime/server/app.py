@@ -30,7 +30,11 @@ _ERRORS = {status: {"model": ErrorResponse, "description": description} for stat
     413: "request body too large", 429: "queue full",
     503: "loading or shutting down"}.items()}
 _TOKENIZER_ERRORS = {status: _ERRORS[status] for status in (400, 401, 404, 413, 503)}
-_STREAM = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream=true"}}
+# One server-sent event: its data is a JSON chunk (or error) and the last one is [DONE].
+_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": "application/json"}]},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+_STREAM = {"text/event-stream": {"schema": _SSE_EVENT, "description": "with stream=true: one event per chunk"}}
 
 
 def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = None) -> FastAPI:
