@@ -4,6 +4,7 @@ with a ValueError naming the field and its allowed range, before anything is sch
 from __future__ import annotations
 
 import copy
+import json as jsonlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -15,6 +16,57 @@ class RequestOutputKind(IntEnum):
 
 
 _GREEDY_EPSILON = 1e-5
+
+
+@dataclass
+class StructuredOutputsParams:
+    """What a request's output must match, with vLLM's names (its StructuredOutputsParams, formerly
+    GuidedDecodingParams): exactly one of a JSON schema, a regex, a list of choices, a grammar
+    (EBNF / GBNF, or Lark as vLLM takes it), any JSON object, or a structural tag. Only the shape is
+    checked here; whether a schema or regex compiles is the grammar compiler's answer."""
+
+    json: str | dict | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    disable_fallback: bool = False  # taken for vLLM's sake: octavo has one backend and never falls back
+
+    KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.json, str):
+            try:
+                self.json = jsonlib.loads(self.json)
+            except ValueError as exc:
+                raise ValueError(f"structured outputs: json is not valid JSON: {exc}") from None
+        if self.json is not None and not isinstance(self.json, (dict, bool)):
+            raise ValueError("structured outputs: json must be a JSON schema (an object)")
+        if self.choice is not None:
+            self.choice = list(self.choice)
+            if not self.choice or not all(isinstance(c, str) for c in self.choice):
+                raise ValueError("structured outputs: choice must be a non-empty list of strings")
+        for name in ("regex", "grammar", "structural_tag"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"structured outputs: {name} must be a non-empty string")
+        if self.json_object is False:
+            self.json_object = None
+        given = [kind for kind in self.KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError("structured outputs: give exactly one of " + ", ".join(self.KINDS)
+                             + (f" (got {', '.join(given)})" if given else ""))
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in self.KINDS if getattr(self, kind) is not None)
+
+
+GuidedDecodingParams = StructuredOutputsParams  # vLLM's older name
 
 
 @dataclass
@@ -43,6 +95,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
+    guided_decoding: StructuredOutputsParams | None = None  # vLLM's older name for structured_outputs
     # Filled in by the engine: the tokenizer's end-of-sequence ids (eos and generation_config's).
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
 
@@ -58,6 +112,13 @@ class SamplingParams:
             self.top_k = 0  # vLLM spells "no top-k" as -1; 0 means the same here
         if self.best_of is None:
             self.best_of = self.n
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None and self.structured_outputs is not self.guided_decoding:
+                raise ValueError("give structured_outputs or guided_decoding (its older name), not both")
+            self.structured_outputs = self.guided_decoding
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
+        self.guided_decoding = self.structured_outputs
         self._validate()
         self.all_stop_token_ids = set(self.stop_token_ids)
 
@@ -89,6 +150,8 @@ class SamplingParams:
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "non-empty strings")
         check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
               "non-negative integers")
+        check(self.structured_outputs is None or isinstance(self.structured_outputs, StructuredOutputsParams),
+              "structured_outputs", "None or a StructuredOutputsParams")
         if self.best_of != self.n:
             raise ValueError("best_of different from n is not supported: use n")
 
