@@ -7,6 +7,8 @@
 #   bash bench/run_gpu_suite.sh serve      # serving sweep c = 1..64, launched server, HF and latency anchors
 #   bash bench/run_gpu_suite.sh spec       # spec vs no-spec A/B: the demo pair at c = 1..64
 #   bash bench/run_gpu_suite.sh controlled # spec vs no-spec A/B: the controlled 8B pair at c = 1 and 64
+#   bash bench/run_gpu_suite.sh profile    # the 1000-request offline run, then 30 of its steady-state steps under
+#                                          # the torch profiler: GPU-busy share, host ms per phase (sync, async)
 #   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
 #   bash bench/run_gpu_suite.sh kernels    # attention kernels: decode GB/s, prefill TFLOP/s vs the device
 #   bash bench/run_gpu_suite.sh tests      # the engine's tests on CUDA: runtime, models, spec, kernels
@@ -70,6 +72,12 @@ case "$PHASE" in
     needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     bench 580 spec --pair controlled --controlled-scale "${SPEC_SCALE-0.01408}" --concurrency 1,64 --rounds 4 \
       --num-warmups 8 --time-budget 470 "$@" ;;
+  profile)  # traces stay in /tmp/octavo-traces (large); the summaries are in the JSON and Markdown
+    PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 300, "max_iterations": 30}'
+    for mode in no-async-scheduling async-scheduling; do
+      bench 280 throughput "${LLAMA[@]}" --num-prompts 1000 --"$mode" --profiler-config "$PROFILER" \
+        --tag "profile-$mode" "$@"
+    done ;;
   families)
     for model in gpt2-xl bloomz-560m; do
       bench 120 latency --config "$model" --dtype float16 --batch-size 1,8,32 --baseline hf "$@"
@@ -94,7 +102,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|families|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|families|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

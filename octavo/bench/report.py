@@ -126,6 +126,10 @@ def markdown(result: dict) -> str:
         body = import_module(f"octavo.bench.{kind}").markdown(result)
     else:
         raise ValueError(f"unknown result kind {kind!r}")
+    if result.get("profile"):
+        from octavo.bench import profile
+
+        body += "\n" + profile.markdown(result["profile"])
     checks = goals(result)
     if checks:
         body += "\nGoals (set for H100, llama-3.1-8b, dummy weights, bf16):\n\n"

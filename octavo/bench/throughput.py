@@ -61,6 +61,19 @@ def run_octavo(llm: Any, requests: list[BenchRequest], use_tqdm: bool = True) ->
     return summarize_records(records, elapsed)
 
 
+def profile_run(llm: Any, requests: list[BenchRequest]) -> dict:
+    """With --profiler-config: after the timed run (which the profiler leaves alone), the same
+    requests again under the profiler (its delay and limit pick the steps), summarised per trace."""
+    from octavo.bench import profile
+
+    engine = llm.llm_engine
+    before = len(engine.profiler.traces)
+    llm.start_profile()
+    run_octavo(llm, requests, use_tqdm=False)
+    llm.stop_profile()
+    return profile.summarize_files(engine.profiler.traces[before:])
+
+
 def summarize_records(records: list[dict], elapsed_s: float) -> dict:
     prompt_tokens = sum(r["prompt_len"] for r in records)
     output_tokens = sum(r["output_tokens"] for r in records)
@@ -102,6 +115,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
         run_octavo(llm, warmup, use_tqdm=False)
     ours = run_octavo(llm, requests)
     logger.info("octavo: %.0f output tok/s over %d requests", ours["output_tokens_per_s"], len(requests))
+    profile = profile_run(llm, requests) if llm.llm_engine.profiler is not None else None
     del llm
     release()
     if roofline is not None:
@@ -113,6 +127,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
         "roofline": roofline,
         "octavo": ours,
         "hf": None,
+        "profile": profile,
         "floor": None,
         "ratios": {},
     })

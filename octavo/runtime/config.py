@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +130,51 @@ class SpeculativeConfig:
     probe_budget: float = 0.01  # probes take at most this share of a bucket's time
 
 
+PROFILER_DIR_ENVS = ("OCTAVO_TORCH_PROFILER_DIR", "VLLM_TORCH_PROFILER_DIR")  # vLLM's older way to turn it on
+
+
+@dataclass
+class ProfilerConfig:
+    """The torch profiler behind start_profile / stop_profile, with vLLM's ProfilerConfig names.
+    Iterations are engine steps: after start_profile, `delay_iterations` steps run unrecorded, then
+    at most `max_iterations` are recorded (0: until stop_profile), so a trace can cover a steady
+    state without growing to the whole run."""
+
+    profiler: str | None = None  # "torch", or None for none
+    torch_profiler_dir: str = ""
+    torch_profiler_with_stack: bool = False  # vLLM's default is True; stacks make traces ~10x larger
+    torch_profiler_record_shapes: bool = False
+    torch_profiler_use_gzip: bool = True
+    delay_iterations: int = 0
+    max_iterations: int = 0
+
+    def __post_init__(self) -> None:
+        if self.profiler not in (None, "torch"):
+            raise ValueError(f"profiler must be 'torch' or unset, got {self.profiler!r}")
+        if self.profiler == "torch" and not self.torch_profiler_dir:
+            raise ValueError("profiler 'torch' needs torch_profiler_dir (where traces are written)")
+        if self.torch_profiler_dir and self.profiler != "torch":
+            raise ValueError("torch_profiler_dir is only used with profiler 'torch'")
+        for name in ("delay_iterations", "max_iterations"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def resolve(cls, settings: dict | None) -> "ProfilerConfig | None":
+        """From --profiler-config (JSON), else from $OCTAVO_TORCH_PROFILER_DIR or
+        $VLLM_TORCH_PROFILER_DIR; None when neither asks for a profiler."""
+        if settings:
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(settings) - known)
+            if unknown:
+                raise ValueError(f"profiler_config key(s) {', '.join(unknown)} not supported; "
+                                 f"known: {', '.join(sorted(known))}")
+            config = cls(**settings)
+            return config if config.profiler else None
+        directory = next((os.environ[env] for env in PROFILER_DIR_ENVS if os.environ.get(env)), None)
+        return cls(profiler="torch", torch_profiler_dir=directory) if directory else None
+
+
 @dataclass
 class EngineConfig:
     model_config: ModelConfig
@@ -140,6 +186,7 @@ class EngineConfig:
     async_scheduling: bool = False
     speculative_config: SpeculativeConfig | None = None
     disable_log_stats: bool = True
+    profiler_config: ProfilerConfig | None = None
 
 
 FLAG_TYPES = (bool, int, float, str, dict, list)  # what a flag can hold; a dict is JSON, a list is strings
@@ -288,6 +335,11 @@ class EngineArgs(CliArgs):
                                                f"unset: {SpeculativeConfig.prompt_lookup_max}")
     ngram_prompt_lookup_min: int | None = _arg(None, "n-gram proposer: shortest suffix matched; "
                                                f"unset: {SpeculativeConfig.prompt_lookup_min}")
+    profiler_config: dict | None = _arg(None, "the torch profiler behind start_profile/stop_profile (and the "
+                                        "server's POST /start_profile, /stop_profile) as JSON, vLLM's form, e.g. "
+                                        '\'{"profiler": "torch", "torch_profiler_dir": "/tmp/prof", '
+                                        '"delay_iterations": 100, "max_iterations": 20}\'; unset: '
+                                        "$VLLM_TORCH_PROFILER_DIR, else no profiler")
     trust_remote_code: bool = _arg(False, "vLLM's; accepted, but octavo runs no remote code (only built-in "
                                    "architectures load)")
     use_v2_block_manager: bool = _arg(True, "vLLM's; accepted, octavo has one block manager")
@@ -429,6 +481,7 @@ class EngineArgs(CliArgs):
             async_scheduling=self.async_scheduling,
             speculative_config=spec_config,
             disable_log_stats=self.disable_log_stats,
+            profiler_config=ProfilerConfig.resolve(self.profiler_config),
         )
 
     def _model_config(self, model: str | None, tokenizer: str | None, revision: str | None,

@@ -10,6 +10,7 @@ The tokenizer lives here, at the edge; the scheduler and runner see only token i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from bisect import bisect_left
@@ -23,6 +24,7 @@ from octavo.runtime.config import EngineArgs, EngineConfig
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.runtime.profiler import StepProfiler
 from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.sampler import SampledRow, Sampler, needs_history
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
@@ -51,6 +53,9 @@ class RequestGroup:
     @property
     def finished(self) -> bool:
         return all(c.is_finished for c in self.children)
+
+
+_NO_PHASE = contextlib.nullcontext()  # reusable: a nullcontext keeps no state
 
 
 class HostCopy:
@@ -166,6 +171,7 @@ class LLMEngine:
         self._inflight: InFlight | None = None
         self.history_sampled: set[str] = set()  # requests whose penalties read every earlier token
         self.num_sampled_groups = 0  # requests with n > 1: only then do sequences and requests differ
+        self.profiler = StepProfiler(config.profiler_config, config.device) if config.profiler_config else None
 
     def _build_runners(self, config: EngineConfig) -> None:
         workers = self.workers
@@ -284,20 +290,51 @@ class LLMEngine:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        with torch.inference_mode():  # once per step: the runners' @inference then costs a flag check
-            return self._step()
+        profiler = self.profiler
+        if profiler is None:
+            with torch.inference_mode():  # once per step: the runners' @inference then costs a flag check
+                return self._step()
+        profiler.before_step()
+        with torch.inference_mode(), profiler.phase("step"):
+            outputs = self._step()
+        profiler.after_step()
+        return outputs
+
+    # ---- profiling (vLLM's start_profile / stop_profile) -------------------------------------
+    def start_profile(self) -> None:
+        """Profile from the next step on (the profiler config's delay and limit apply). Call it
+        from the thread that runs the steps."""
+        if self.profiler is None:
+            raise RuntimeError("no profiler is configured: set --profiler-config "
+                               "'{\"profiler\": \"torch\", \"torch_profiler_dir\": DIR}' or $VLLM_TORCH_PROFILER_DIR")
+        self.profiler.start()
+
+    def stop_profile(self) -> None:
+        """Stop profiling and write the trace (now if the engine is idle, else after this step)."""
+        if self.profiler is None:
+            raise RuntimeError("no profiler is configured")
+        self.profiler.stop()
+        if not self.has_unfinished_requests():
+            self.profiler.idle()
+
+    def _phase(self, name: str):
+        return self.profiler.phase(name) if self.profiler is not None else _NO_PHASE
 
     def _step(self) -> list[RequestOutput]:
         """Schedule and launch this step; then read back the step launched before it (asynchronous
         scheduling: its host work runs while the GPU computes this one), or this step's own."""
         started = time.perf_counter()
-        k_asked = self._propose() if self.proposer is not None else 0
+        phase = self._phase
+        with phase("propose"):
+            k_asked = self._propose() if self.proposer is not None else 0
         prev, self._inflight = self._inflight, None
         touched: list[Request] = []
         if prev is not None and self.history_sampled:
-            touched += self._resolve(prev)  # penalties read every token before the next one is sampled
+            with phase("resolve"):
+                touched += self._resolve(prev)  # penalties read every token before the next one is sampled
             prev = None
-        sched = self.scheduler.schedule()
+        with phase("schedule"):
+            sched = self.scheduler.schedule()
         for request in sched.finished:
             self._finish(request, RequestStatus.FINISHED_LENGTH)
             touched.append(request)
@@ -307,16 +344,20 @@ class LLMEngine:
                 for request in sched.preempted:
                     self.proposer.free(request)
         if not sched.is_empty:
-            launched = self._launch(sched, prev, started, k_asked)
+            with phase("launch"):
+                launched = self._launch(sched, prev, started, k_asked)
             if self.async_scheduling:
                 self._inflight = launched
             else:
-                touched += self._resolve(launched)
+                with phase("resolve"):
+                    touched += self._resolve(launched)
         if prev is not None:
-            touched += self._resolve(prev)
+            with phase("resolve"):
+                touched += self._resolve(prev)
         self.stats.num_steps += 1
         self._update_gauges()
-        return self._outputs(touched)
+        with phase("outputs"):
+            return self._outputs(touched)
 
     def _launch(self, sched: SchedulerOutput, prev: "InFlight | None", started: float, k_asked: int) -> "InFlight":
         """The forward and sampling of a step, queued on the device without waiting for it. A
@@ -375,7 +416,8 @@ class LLMEngine:
     def _resolve(self, step: "InFlight") -> list[Request]:
         """Read a launched step's tokens back and apply them: placeholders take their values,
         tokens are detokenized and checked against stop conditions, rejected drafts roll back."""
-        sampled = step.host_tokens.wait()
+        with self._phase("wait"):  # the device's time past the host's: the GPU is ahead where this is short
+            sampled = step.host_tokens.wait()
         rows = None
         if step.sampled and any(r.logprobs is not None for r in step.sampled):
             rows = Sampler.describe(step.logits, step.tokens, step.sampled)

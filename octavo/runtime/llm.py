@@ -52,6 +52,15 @@ class LLM:
                                                             chat_template)} for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
+    def start_profile(self) -> None:
+        """Profile the steps of the next generate calls (vLLM's LLM.start_profile); needs
+        profiler_config (or $VLLM_TORCH_PROFILER_DIR)."""
+        self.llm_engine.start_profile()
+
+    def stop_profile(self) -> None:
+        """Write the trace to the profiler's directory."""
+        self.llm_engine.stop_profile()
+
     def _run(self, prompts: list[PromptType], params_list: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = [str(next(self._counter)) for _ in prompts]

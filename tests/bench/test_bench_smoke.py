@@ -125,3 +125,22 @@ def test_serve_sweep_against_launched_server(bench, llama_dir):
     assert data["anchor"]["decode_ms_per_step"] > 0
     assert data["ratios"]["tpot_c1_over_latency_bs1_step"] > 0
     assert [level["concurrency"] for level in data["hf_levels"]] == [1, 2]
+
+
+def test_throughput_profile_summarises_the_steps(bench, llama_dir, tmp_path):
+    """--profiler-config: the timed run is left alone, a second run is recorded (its delay and limit
+    pick the steps) and its trace summarised: phases per step, and no GPU share on a CPU."""
+    config = ('{"profiler": "torch", "torch_profiler_dir": "%s", "delay_iterations": 2, "max_iterations": 4}'
+              % (tmp_path / "traces"))
+    code, data, _ = bench("throughput", "--model", str(llama_dir), "--num-prompts", "4", "--input-len-range",
+                          "4:8", "--output-len-range", "8:8", "--num-warmups", "0", "--profiler-config", config,
+                          *ENGINE)
+    assert code == 0 and data["octavo"]["num_errors"] == 0
+    ((name, summary),) = data["profile"].items()
+    assert (tmp_path / "traces" / name).is_file()
+    assert summary["num_steps"] == 4
+    phases = summary["phases"]
+    assert {"step", "schedule", "launch", "resolve", "wait", "outputs"} <= set(phases)
+    assert all(phases[p]["count"] == 4 for p in ("step", "schedule", "launch", "outputs"))
+    assert phases["launch"]["total_ms"] < phases["step"]["total_ms"]
+    assert summary["gpu_busy_fraction"] is None  # no device on a CPU

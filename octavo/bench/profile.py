@@ -1,0 +1,98 @@
+"""What a torch-profiler trace of engine steps says (issue #21's first question): how much of the
+wall time the GPU is busy, and where each step's host milliseconds go.
+
+The engine marks its phases while the profiler records (octavo/runtime/profiler.py): step,
+propose, schedule, launch (inputs + forward + sampling queued), resolve (read back, append,
+detokenize, stop checks), wait (inside resolve: the host waiting for the device) and outputs.
+`wait` is the GPU's lead over the host: where it is near zero, the GPU is the one waiting.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from octavo.bench.measure import summarize
+
+PHASE_PREFIX = "octavo::"  # octavo.runtime.profiler's (not imported: this module needs no torch)
+DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def load_events(path: str | Path) -> list[dict]:
+    """The complete ('X') events of a Chrome trace, .json or .json.gz."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    return [e for e in events if e.get("ph") == "X" and "dur" in e]
+
+
+def on_host(event: dict) -> bool:
+    """A host range (the GPU timeline repeats annotations as gpu_user_annotation)."""
+    category = event.get("cat", "")
+    return category not in DEVICE_CATEGORIES and not category.startswith("gpu_")
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """Total length covered by (start, end) intervals, overlaps counted once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        total += end - max(start, reach)
+        reach = end
+    return total
+
+
+def summarize_trace(events: list[dict]) -> dict:
+    """Per-phase host ms per step, and the GPU's busy fraction over the recorded steps' span
+    (first step's start to last step's end; None without device events, e.g. on a CPU)."""
+    phases: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if name.startswith(PHASE_PREFIX) and on_host(event):
+            phases.setdefault(name[len(PHASE_PREFIX):], []).append(event["dur"] / 1e3)
+    steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                   if e.get("name") == PHASE_PREFIX + "step" and on_host(e))
+    if not steps:
+        raise ValueError("the trace holds no octavo::step range: was it recorded while the engine stepped?")
+    span_start, span_end = steps[0][0], max(end for _, end in steps)
+    wall_ms = (span_end - span_start) / 1e3
+    device = [(max(e["ts"], span_start), min(e["ts"] + e["dur"], span_end)) for e in events
+              if e.get("cat") in DEVICE_CATEGORIES]
+    device = [(s, e) for s, e in device if e > s]
+    busy_ms = union_length(device) / 1e3 if device else None
+    num_steps = len(steps)
+    per_step = {name: {"total_ms": sum(durations), "per_step_ms": sum(durations) / num_steps,
+                       "p50_ms": summarize(durations)["p50"], "count": len(durations)}
+                for name, durations in sorted(phases.items())}
+    return {
+        "num_steps": num_steps,
+        "wall_ms": wall_ms,
+        "step_ms": summarize((end - start) / 1e3 for start, end in steps),
+        "phases": per_step,
+        "device_busy_ms": busy_ms,
+        "gpu_busy_fraction": busy_ms / wall_ms if busy_ms is not None and wall_ms > 0 else None,
+        "num_device_events": len(device),
+    }
+
+
+def summarize_files(paths: list[str | Path]) -> dict:
+    """One summary per trace file, by file name."""
+    return {Path(p).name: summarize_trace(load_events(p)) for p in paths}
+
+
+def markdown(profiles: dict) -> str:
+    """A table per trace: host ms per step by phase, and the GPU-busy fraction."""
+    lines = []
+    for name, summary in profiles.items():
+        busy = summary["gpu_busy_fraction"]
+        lines += [f"Profile `{name}`: {summary['num_steps']} steps over {summary['wall_ms']:.1f} ms "
+                  f"(step p50 {summary['step_ms']['p50']:.2f} ms); GPU busy "
+                  + (f"{busy:.0%}" if busy is not None else "n/a (no device events)") + " of that span.", "",
+                  "| phase | ms per step | p50 ms | count |", "|---|---:|---:|---:|"]
+        lines += [f"| {phase} | {row['per_step_ms']:.3f} | {row['p50_ms']:.3f} | {row['count']} |"
+                  for phase, row in summary["phases"].items()]
+        lines.append("")
+    return "\n".join(lines)
