@@ -70,6 +70,17 @@ def apply_chat_template(tokenizer: Any, messages: list[dict], add_generation_pro
     return list(rendered)
 
 
+def _decode_stream(context: list[int], skip_special_tokens: bool) -> Any:
+    """A DecodeStream primed with the prompt's context, or None where tokenizers is older than
+    0.22 (no ``ids``: the stream could not know the text it continues)."""
+    try:
+        from tokenizers.decoders import DecodeStream
+
+        return DecodeStream(ids=context, skip_special_tokens=skip_special_tokens)
+    except (ImportError, TypeError):
+        return None
+
+
 class IncrementalDetokenizer:
     """Text as tokens arrive, holding back an incomplete UTF-8 character. A fast tokenizer's
     DecodeStream (Rust, one step per token) does it where there is one: 1.7 against 15.6 us a
@@ -88,11 +99,11 @@ class IncrementalDetokenizer:
         if self.backend is not None and "\ufffd" in self._decode(context):
             self.backend = None
         if self.backend is not None:
-            from tokenizers.decoders import DecodeStream
-
             # Fast tokenizers' decode ignores spaces_between_special_tokens, and so does the stream.
-            self.stream = DecodeStream(ids=context, skip_special_tokens=skip_special_tokens)
-            return
+            self.stream = _decode_stream(context, skip_special_tokens)
+            if self.stream is not None:
+                return
+            self.backend = None
         self.token_ids = context
         self.prefix_offset = 0
         self.read_offset = len(self.token_ids)
