@@ -23,6 +23,7 @@ from octavo.runtime.config import AsyncEngineArgs, EngineArgs
 from octavo.runtime.engine import LLMEngine, PromptType
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import SamplingParams
+from octavo.runtime.structured.compiler import GrammarError
 
 logger = logging.getLogger("octavo")
 
@@ -317,4 +318,5 @@ class AsyncLLMEngine:
                          type(exc).__name__, exc, exc_info=exc)
             stream = owners.pop(request_id, None)
             if stream is not None:
-                stream.put(RequestFailedError(f"{type(exc).__name__}: {exc}"))
+                # A grammar that does not compile is the request's fault (a 400), not the engine's.
+                stream.put(exc if isinstance(exc, GrammarError) else RequestFailedError(f"{type(exc).__name__}: {exc}"))
