@@ -141,6 +141,19 @@ class AsyncLLMEngine:
     def get_tokenizer(self):
         return self.engine.tokenizer
 
+    async def check_structured_outputs(self, spec, timeout: float) -> None:
+        """Raise GrammarError if `spec` does not compile; return at once when it does or after
+        `timeout` seconds (the engine then waits for it). The compile runs on the compiler's worker
+        thread and is cached, so the engine's request finds it done."""
+        compiler = self.engine.grammar_compiler
+        if compiler is None:
+            raise GrammarError("structured outputs need the model's tokenizer (this model has none)")
+        future = asyncio.wrap_future(compiler.submit(spec))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("a grammar took over %.0f s to compile; its request waits for it in the engine", timeout)
+
     async def get_model_config(self):
         return self.engine.config.model_config
 
