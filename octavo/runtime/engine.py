@@ -123,6 +123,8 @@ class EngineStats:
     # upper bound (the last slot is +Inf), and their sum.
     iteration_tokens_buckets: list[int] = field(default_factory=lambda: [0] * (len(ITERATION_TOKEN_BUCKETS) + 1))
     iteration_tokens_sum: int = 0
+    grammars_compiled: int = 0  # structured outputs: grammars compiled (cache misses)
+    grammar_compile_seconds: float = 0.0  # their compile time, summed
 
 
 def parse_prompt(prompt: PromptType, tokenizer: Any) -> tuple[str | None, list[int]]:
@@ -690,6 +692,9 @@ class LLMEngine:
             waiting.update(self.grammar_waiting)
             stats.num_running_requests, stats.num_waiting_requests = len(running), len(waiting - running)
         stats.kv_cache_usage = self.kv_cache.usage
+        if self.grammar_compiler is not None:
+            stats.grammars_compiled = self.grammar_compiler.num_compiled
+            stats.grammar_compile_seconds = self.grammar_compiler.compile_seconds
         stats.prefix_cache_queries = self.kv_cache.prefix_queries
         stats.prefix_cache_hits = self.kv_cache.prefix_hits
 
