@@ -389,7 +389,7 @@ class EngineArgs(CliArgs):
                                                   'true}\'; octavo\'s key max_whitespace caps whitespace runs in JSON '
                                                   f"(unset: {StructuredOutputsConfig.max_whitespace}; 0: no cap)")
     guided_decoding_backend: str | None = _arg(None, "vLLM's older name for structured_outputs_config's backend "
-                                               "(xgrammar or auto)")
+                                               "(xgrammar or auto); unset: xgrammar")
     disable_log_stats: bool = _arg(True, "vLLM's; accepted, changes nothing (statistics are on /metrics)")
     # Not a flag: free-form settings for code that builds EngineArgs (the engine reads none).
     extra: dict = field(default_factory=dict, metadata={"help": "free-form settings for code", "cli": False})

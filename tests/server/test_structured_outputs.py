@@ -132,7 +132,7 @@ def _token_ids(choice: dict) -> list[str]:
 async def _mixed(server: str, with_constrained: bool) -> list[list[str]]:
     plain = {"model": MODEL, "temperature": 0.0, "max_tokens": 24, "ignore_eos": True, "logprobs": 0,
              "return_tokens_as_token_ids": True}
-    constrained = {"model": MODEL, "temperature": 0.0, "max_tokens": 200, "guided_json": Verdict.model_json_schema()}
+    constrained = {"model": MODEL, "temperature": 0.0, "max_tokens": 400, "guided_json": Verdict.model_json_schema()}
     prompts = ["ROMEO:", "First Citizen:\nBefore we proceed", "KING RICHARD II:", "JULIET:\nO"]
     async with httpx.AsyncClient(base_url=server, timeout=300) as http:
         calls = [http.post("/v1/completions", json={**plain, "prompt": p}) for p in prompts]
