@@ -211,8 +211,9 @@ class LLMEngine:
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1). The engine
         cannot step afterwards."""
-        if self.grammar_compiler is not None:
-            self.grammar_compiler.shutdown()
+        compiler = getattr(self, "grammar_compiler", None)  # absent when the runners failed to build
+        if compiler is not None:
+            compiler.shutdown()
         if self.workers is not None:
             # CUDA graphs that captured NCCL collectives make the communicators' teardown hang
             # (pytorch/pytorch#115388): every rank drops its graphs before leaving the group.

@@ -163,3 +163,10 @@ def test_guided_decoding_alias_and_ignore_eos_stop_when_the_grammar_ends(llama_d
                    num_gpu_blocks=256)
     choice = out.outputs[0]
     assert choice.text in ("yes", "no") and choice.finish_reason == "stop"
+
+
+def test_min_tokens_does_not_hold_back_a_finished_grammar(llama_dir):
+    spec = StructuredOutputsParams(choice=["yes", "no"])
+    _, [out] = run(llama_dir, [SamplingParams(max_tokens=30, min_tokens=10, structured_outputs=spec)],
+                   num_gpu_blocks=256)
+    assert out.error is None and out.outputs[0].text in ("yes", "no") and out.outputs[0].finish_reason == "stop"
