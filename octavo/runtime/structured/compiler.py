@@ -101,6 +101,8 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self.stop_token_ids = set(stop_token_ids)
         self.config = config or StructuredOutputsConfig()
+        # int32 words per bitmask row: the model's vocabulary or the tokenizer's, the larger.
+        self.bitmask_width = (max(vocab_size, len(tokenizer)) + 31) // 32
         self.max_cached = max_cached
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="octavo-grammar")
         self._lock = threading.Lock()
@@ -136,11 +138,6 @@ class GrammarCompiler:
         self.compile_seconds += elapsed
         logger.info("compiled a %s grammar in %.1f ms", spec.kind, elapsed * 1e3)
         return compiled
-
-    @property
-    def bitmask_width(self) -> int:
-        """int32 words per bitmask row."""
-        return (max(self.vocab_size, len(self.tokenizer)) + 31) // 32
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
