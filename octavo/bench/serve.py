@@ -82,7 +82,7 @@ async def stream_completion(client: Any, model: str, request: BenchRequest, temp
     except Exception as exc:  # connection resets, timeouts, bad JSON: the request failed, the sweep goes on
         error = f"{type(exc).__name__}: {exc}"
     done = time.perf_counter()
-    return token_record(request, sent, done, chunk_times, usage, error)
+    return token_record(request, sent, done, chunk_times, usage, error, may_end_early=json_schema is not None)
 
 
 def carries_tokens(choices: list[dict]) -> bool:
@@ -94,14 +94,15 @@ def carries_tokens(choices: list[dict]) -> bool:
 
 
 def token_record(request: BenchRequest, sent: float, done: float, chunk_times: list[float],
-                 usage: dict | None, error: str | None) -> dict:
+                 usage: dict | None, error: str | None, may_end_early: bool = False) -> dict:
     """Timings of one streamed request. The token count is the server's `usage` when sent, else
-    one token per token-carrying chunk."""
+    one token per token-carrying chunk. `may_end_early`: a constrained output whose schema is
+    complete stops before output_len (not an error)."""
     tokens = usage.get("completion_tokens") if usage else None
     if not isinstance(tokens, int):
         tokens = len(chunk_times)
     chunk_times = chunk_times[:tokens]
-    if error is None and tokens != request.output_len and (json_schema is None or not tokens):
+    if error is None and tokens != request.output_len and (not may_end_early or not tokens):
         error = f"short output: {tokens} of {request.output_len} tokens"
     if error is None and tokens and not chunk_times:
         error = ("the stream carried no per-token chunks (empty text: a model without a tokenizer?), so TTFT "
