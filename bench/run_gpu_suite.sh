@@ -10,6 +10,8 @@
 #   bash bench/run_gpu_suite.sh profile    # the 1000-request offline run, then 30 of its steady-state steps under
 #                                          # the torch profiler: GPU-busy share, host ms per phase (sync, async)
 #   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
+#   bash bench/run_gpu_suite.sh structured # c = 1 and 64, every request constrained by a JSON schema vs none
+#                                          # (two launched servers, same machine); grammar compile ms per schema
 #   bash bench/run_gpu_suite.sh kernels    # attention kernels: decode GB/s, prefill TFLOP/s vs the device
 #   bash bench/run_gpu_suite.sh tests      # the engine's tests on CUDA: runtime, models, spec, kernels
 #   bash bench/run_gpu_suite.sh tp         # 2+ GPUs (nvidia-h200-x2): TP tests, 70B and 8B at TP 2
@@ -84,6 +86,13 @@ case "$PHASE" in
       bench 150 throughput --config "$model" --dtype float16 --num-prompts 200 --input-len-range 128:512 \
         --output-len-range 64:256 --baseline hf --hf-batch-size 32 --hf-num-prompts 64 "$@"
     done ;;
+  structured)  # carry xgrammar and apache-tvm-ffi wheels too
+    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
+    needs xgrammar "xgrammar and apache-tvm-ffi"
+    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
+      --tag structured-off "$@"
+    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
+      --json-schema bench/schemas/structured.json --tag structured-on "$@" ;;
   kernels)
     bench 400 kernels "$@" ;;
   tests)
@@ -102,7 +111,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|families|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|families|structured|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -151,6 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="warm-up requests (default: 2 alone, then 2x the largest concurrency at it)")
     serve.add_argument("--request-timeout", type=float, default=600.0)
     serve.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
+    serve.add_argument("--json-schema", help="a JSON schema file: every request's output is constrained to it "
+                                             "(structured outputs); the result reports grammar compile time")
     serve.add_argument("--prompt-text", help="a UTF-8 text file: prompts are windows of its tokens (the model's "
                                              "tokenizer) at seeded offsets instead of random token ids")
     serve.add_argument("--warmup-each-level", action="store_true",

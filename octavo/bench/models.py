@@ -171,11 +171,16 @@ def write_synthetic_tokenizer(directory: str, vocab_size: int, eos_token_id: int
     A model with dummy weights and no tokenizer streams no text, so a server has nothing to send
     per token; with this, every token decodes to a short word and the server detokenizes and streams
     as it would for a real model (the cost of detokenizing is part of what a serving benchmark
-    measures)."""
+    measures). Ids 1..95 are the printable ASCII characters instead, so that structured outputs
+    (a JSON schema's braces, quotes and digits) can be spelled in this vocabulary too."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {f"w{i}": i for i in range(vocab_size)}
+    for i, char in enumerate(map(chr, range(32, 127)), start=1):
+        if i < vocab_size and i != eos_token_id:
+            del vocab[f"w{i}"]
+            vocab[char] = i
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     special = {"eos_token": f"w{eos_token_id}"} if isinstance(eos_token_id, int) and eos_token_id < vocab_size else {}

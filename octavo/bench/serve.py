@@ -44,11 +44,16 @@ COMPLETIONS_PATH = "/v1/completions"
 
 
 # ---- the client ----------------------------------------------------------------------------------
-async def stream_completion(client: Any, model: str, request: BenchRequest, temperature: float = 0.0) -> dict:
-    """Send one streaming completion; return its timings (seconds on perf_counter) and errors."""
+async def stream_completion(client: Any, model: str, request: BenchRequest, temperature: float = 0.0,
+                            json_schema: dict | None = None) -> dict:
+    """Send one streaming completion; return its timings (seconds on perf_counter) and errors.
+    `json_schema`: the output is constrained to it (structured outputs), and may end before
+    output_len when the schema is complete."""
     payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
                "temperature": temperature, "ignore_eos": True, "stream": True,
                "stream_options": {"include_usage": True}}
+    if json_schema is not None:
+        payload["structured_outputs"] = {"json": json_schema}
     chunk_times: list[float] = []
     usage = None
     error = None
@@ -77,7 +82,7 @@ async def stream_completion(client: Any, model: str, request: BenchRequest, temp
     except Exception as exc:  # connection resets, timeouts, bad JSON: the request failed, the sweep goes on
         error = f"{type(exc).__name__}: {exc}"
     done = time.perf_counter()
-    return token_record(request, sent, done, chunk_times, usage, error)
+    return token_record(request, sent, done, chunk_times, usage, error, may_end_early=json_schema is not None)
 
 
 def carries_tokens(choices: list[dict]) -> bool:
@@ -89,14 +94,15 @@ def carries_tokens(choices: list[dict]) -> bool:
 
 
 def token_record(request: BenchRequest, sent: float, done: float, chunk_times: list[float],
-                 usage: dict | None, error: str | None) -> dict:
+                 usage: dict | None, error: str | None, may_end_early: bool = False) -> dict:
     """Timings of one streamed request. The token count is the server's `usage` when sent, else
-    one token per token-carrying chunk."""
+    one token per token-carrying chunk. `may_end_early`: a constrained output whose schema is
+    complete stops before output_len (not an error)."""
     tokens = usage.get("completion_tokens") if usage else None
     if not isinstance(tokens, int):
         tokens = len(chunk_times)
     chunk_times = chunk_times[:tokens]
-    if error is None and tokens != request.output_len:
+    if error is None and tokens != request.output_len and (not may_end_early or not tokens):
         error = f"short output: {tokens} of {request.output_len} tokens"
     if error is None and tokens and not chunk_times:
         error = ("the stream carried no per-token chunks (empty text: a model without a tokenizer?), so TTFT "
@@ -113,7 +119,8 @@ def token_record(request: BenchRequest, sent: float, done: float, chunk_times: l
 
 
 async def run_level(base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
-                    timeout_s: float, desc: str, temperature: float = 0.0) -> tuple[list[dict], float]:
+                    timeout_s: float, desc: str, temperature: float = 0.0,
+                    json_schema: dict | None = None) -> tuple[list[dict], float]:
     """Run `requests` with `concurrency` in flight; returns the records and the wall time."""
     import httpx
 
@@ -124,7 +131,7 @@ async def run_level(base_url: str, model: str, requests: list[BenchRequest], con
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
         async def user() -> None:
             for index in pending:  # one shared iterator: each request is taken once
-                records[index] = await stream_completion(client, model, requests[index], temperature)
+                records[index] = await stream_completion(client, model, requests[index], temperature, json_schema)
                 bar.update(1)
 
         start = time.perf_counter()
@@ -194,6 +201,17 @@ def scrape_counters(base_url: str) -> dict[str, float] | None:
     if response.status_code != 200:
         return None
     return parse_counters(response.text) or None
+
+
+def structured_summary(counters: dict[str, float] | None) -> dict | None:
+    """Grammar compilation since the server started (a launched server: this run): how many
+    grammars compiled and the compile time per new schema."""
+    if not counters:
+        return None
+    compiled = counters.get("structured_output_grammars_compiled", 0.0)
+    seconds = counters.get("structured_output_compile_seconds", 0.0)
+    return {"grammars_compiled": int(compiled), "compile_ms_total": seconds * 1e3,
+            "compile_ms_per_schema": seconds * 1e3 / compiled if compiled else None}
 
 
 def counter_deltas(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
@@ -346,6 +364,7 @@ class Workload:
     timeout_s: float = 600.0
     corpus_ids: list[int] | None = None
     bos_token_id: int | None = None
+    json_schema: dict | None = None  # every request constrained to it (--json-schema)
 
     def use_text(self, path: str, model_dir: str) -> None:
         """Prompts from now on are windows of the UTF-8 file `path` in the model's tokens (its own
@@ -369,7 +388,8 @@ class Workload:
 
     def run(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
             desc: str) -> tuple[list[dict], float]:
-        return asyncio.run(run_level(base_url, model, requests, concurrency, self.timeout_s, desc, self.temperature))
+        return asyncio.run(run_level(base_url, model, requests, concurrency, self.timeout_s, desc, self.temperature,
+                                     self.json_schema))
 
     def measure(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
                 desc: str) -> tuple[dict, list[dict]]:
@@ -410,7 +430,10 @@ def workload(args: Any, vocab_size: int) -> Workload:
     """The serve mode's workload from its flags (a range wins over a fixed length)."""
     input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
     output_range = parse_range(args.output_len_range) if args.output_len_range else (args.output_len, args.output_len)
-    return Workload(vocab_size, input_range, output_range, args.temperature, args.request_timeout)
+    load = Workload(vocab_size, input_range, output_range, args.temperature, args.request_timeout)
+    if getattr(args, "json_schema", None):
+        load.json_schema = json.loads(Path(args.json_schema).read_text())
+    return load
 
 
 def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dict], records: list[dict],
@@ -552,6 +575,8 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
             recorded.update(base_url=base_url, server_command=shlex.join(command))
         model = result["model"]["served_name"] = args.served_model_name or served_model_name(base_url, spec.path)
         recorded["skipped_levels"] = sweep(args, load, base_url, model, levels, records, save)
+        if load.json_schema is not None:
+            result["structured_outputs"] = structured_summary(scrape_counters(base_url))
 
     ratios = result["ratios"]
     if args.latency_anchor:

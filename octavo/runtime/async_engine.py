@@ -23,6 +23,7 @@ from octavo.runtime.config import AsyncEngineArgs, EngineArgs
 from octavo.runtime.engine import LLMEngine, PromptType
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import SamplingParams
+from octavo.runtime.structured.compiler import GrammarError
 
 logger = logging.getLogger("octavo")
 
@@ -139,6 +140,19 @@ class AsyncLLMEngine:
 
     def get_tokenizer(self):
         return self.engine.tokenizer
+
+    async def check_structured_outputs(self, spec, timeout: float) -> None:
+        """Raise GrammarError if `spec` does not compile; return at once when it does or after
+        `timeout` seconds (the engine then waits for it). The compile runs on the compiler's worker
+        thread and is cached, so the engine's request finds it done."""
+        compiler = self.engine.grammar_compiler
+        if compiler is None:
+            raise GrammarError("structured outputs need the model's tokenizer (this model has none)")
+        future = asyncio.wrap_future(compiler.submit(spec))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("a grammar took over %.0f s to compile; its request waits for it in the engine", timeout)
 
     async def get_model_config(self):
         return self.engine.config.model_config
@@ -317,4 +331,5 @@ class AsyncLLMEngine:
                          type(exc).__name__, exc, exc_info=exc)
             stream = owners.pop(request_id, None)
             if stream is not None:
-                stream.put(RequestFailedError(f"{type(exc).__name__}: {exc}"))
+                # A grammar that does not compile is the request's fault (a 400), not the engine's.
+                stream.put(exc if isinstance(exc, GrammarError) else RequestFailedError(f"{type(exc).__name__}: {exc}"))

@@ -176,6 +176,46 @@ class ProfilerConfig:
 
 
 @dataclass
+class StructuredOutputsConfig:
+    """Constrained decoding, with vLLM's StructuredOutputsConfig names. One backend (xgrammar;
+    "auto" means it); `max_whitespace` (octavo's): the longest whitespace run JSON may hold between
+    tokens, so a model fond of spaces cannot spend max_tokens on them (16 fits pretty-printed JSON
+    nested 7 levels deep at a 2-space indent); 0 = no limit."""
+
+    backend: str = "xgrammar"
+    disable_any_whitespace: bool = False  # the server-wide default of the request field of that name
+    disable_additional_properties: bool = False
+    disable_fallback: bool = False  # one backend: nothing to fall back to
+    max_whitespace: int = 16
+    reasoning_parser: str = ""
+
+    BACKENDS = ("auto", "xgrammar")
+
+    def __post_init__(self) -> None:
+        if self.backend not in self.BACKENDS:
+            raise ValueError(f"structured outputs backend {self.backend!r} is not available: octavo's is xgrammar "
+                             "(use 'xgrammar' or 'auto')")
+        self.backend = "xgrammar"
+        if not isinstance(self.max_whitespace, int) or self.max_whitespace < 0:
+            raise ValueError(f"max_whitespace must be an integer >= 0, got {self.max_whitespace!r}")
+        if self.reasoning_parser:
+            raise ValueError("reasoning_parser is not supported (octavo has no reasoning parsers): leave it out")
+
+    @classmethod
+    def resolve(cls, settings: dict | None, backend: str | None = None) -> "StructuredOutputsConfig":
+        """From --structured-outputs-config (JSON) and vLLM's older --guided-decoding-backend."""
+        settings = dict(settings or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"structured_outputs_config key(s) {', '.join(unknown)} not supported; "
+                             f"known: {', '.join(sorted(known))}")
+        if backend is not None:
+            settings.setdefault("backend", backend)
+        return cls(**settings)
+
+
+@dataclass
 class EngineConfig:
     model_config: ModelConfig
     cache_config: CacheConfig
@@ -187,6 +227,7 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | None = None
     disable_log_stats: bool = True
     profiler_config: ProfilerConfig | None = None
+    structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
 
 
 FLAG_TYPES = (bool, int, float, str, dict, list)  # what a flag can hold; a dict is JSON, a list is strings
@@ -343,6 +384,12 @@ class EngineArgs(CliArgs):
     trust_remote_code: bool = _arg(False, "vLLM's; accepted, but octavo runs no remote code (only built-in "
                                    "architectures load)")
     use_v2_block_manager: bool = _arg(True, "vLLM's; accepted, octavo has one block manager")
+    structured_outputs_config: dict | None = _arg(None, "structured outputs (constrained decoding) as JSON, vLLM's "
+                                                  'form, e.g. \'{"backend": "xgrammar", "disable_any_whitespace": '
+                                                  'true}\'; octavo\'s key max_whitespace caps whitespace runs in JSON '
+                                                  f"(unset: {StructuredOutputsConfig.max_whitespace}; 0: no cap)")
+    guided_decoding_backend: str | None = _arg(None, "vLLM's older name for structured_outputs_config's backend "
+                                               "(xgrammar or auto); unset: xgrammar")
     disable_log_stats: bool = _arg(True, "vLLM's; accepted, changes nothing (statistics are on /metrics)")
     # Not a flag: free-form settings for code that builds EngineArgs (the engine reads none).
     extra: dict = field(default_factory=dict, metadata={"help": "free-form settings for code", "cli": False})
@@ -482,6 +529,8 @@ class EngineArgs(CliArgs):
             speculative_config=spec_config,
             disable_log_stats=self.disable_log_stats,
             profiler_config=ProfilerConfig.resolve(self.profiler_config),
+            structured_outputs_config=StructuredOutputsConfig.resolve(self.structured_outputs_config,
+                                                                      self.guided_decoding_backend),
         )
 
     def _model_config(self, model: str | None, tokenizer: str | None, revision: str | None,

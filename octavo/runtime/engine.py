@@ -10,6 +10,7 @@ The tokenizer lives here, at the edge; the scheduler and runner see only token i
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -33,6 +34,8 @@ from octavo.runtime.spec import build_proposer
 from octavo.runtime.spec.controller import AdaptiveK
 from octavo.runtime.spec.verify import verify_step
 from octavo.runtime.step_record import ITERATION_TOKEN_BUCKETS, StepRecord, StepTrace
+from octavo.runtime.structured.compiler import GrammarCompiler
+from octavo.runtime.structured.matcher import BitmaskFiller, RequestGrammar
 from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
 
 logger = logging.getLogger("octavo")
@@ -120,6 +123,8 @@ class EngineStats:
     # upper bound (the last slot is +Inf), and their sum.
     iteration_tokens_buckets: list[int] = field(default_factory=lambda: [0] * (len(ITERATION_TOKEN_BUCKETS) + 1))
     iteration_tokens_sum: int = 0
+    grammars_compiled: int = 0  # structured outputs: grammars compiled (cache misses)
+    grammar_compile_seconds: float = 0.0  # their compile time, summed
 
 
 def parse_prompt(prompt: PromptType, tokenizer: Any) -> tuple[str | None, list[int]]:
@@ -172,6 +177,14 @@ class LLMEngine:
         self.history_sampled: set[str] = set()  # requests whose penalties read every earlier token
         self.num_sampled_groups = 0  # requests with n > 1: only then do sequences and requests differ
         self.profiler = StepProfiler(config.profiler_config, config.device) if config.profiler_config else None
+        # Structured outputs: grammars compile on the compiler's worker thread; a request waits
+        # here (not in the scheduler) until its grammar is ready.
+        self.grammar_compiler = (GrammarCompiler(self.tokenizer, config.model_config.vocab_size, self.eos_token_ids,
+                                                 config.structured_outputs_config)
+                                 if self.tokenizer is not None else None)
+        self.grammar_waiting: dict[str, concurrent.futures.Future] = {}  # request id -> its grammar
+        self.constrained: set[str] = set()  # sequences decoding under a grammar
+        self._bitmask_filler: BitmaskFiller | None = None
 
     def _build_runners(self, config: EngineConfig) -> None:
         workers = self.workers
@@ -198,6 +211,9 @@ class LLMEngine:
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1). The engine
         cannot step afterwards."""
+        compiler = getattr(self, "grammar_compiler", None)  # absent when the runners failed to build
+        if compiler is not None:
+            compiler.shutdown()
         if self.workers is not None:
             # CUDA graphs that captured NCCL collectives make the communicators' teardown hang
             # (pytorch/pytorch#115388): every rank drops its graphs before leaving the group.
@@ -260,8 +276,20 @@ class LLMEngine:
                 child.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens,
                                                            params.spaces_between_special_tokens)
             children.append(child)
+        grammar = None
+        if params.structured_outputs is not None:
+            if self.grammar_compiler is None:
+                raise ValueError("structured outputs need the model's tokenizer (this model has none)")
+            grammar = self.grammar_compiler.submit(params.structured_outputs)
         self.groups[request_id] = RequestGroup(request_id, text, token_ids, params, children)
         self.num_sampled_groups += params.n > 1
+        if grammar is not None:
+            self.grammar_waiting[request_id] = grammar  # scheduled once it compiles (_admit_compiled)
+            return
+        self._schedule_children(children)
+
+    def _schedule_children(self, children: list[Request]) -> None:
+        params = children[0].sampling_params
         for child in children:
             if params.seed is not None and not params.greedy:
                 self.fixed_k.add(child.request_id)
@@ -274,6 +302,7 @@ class LLMEngine:
             group = self.groups.pop(rid, None)
             if group is None:
                 continue
+            self.grammar_waiting.pop(rid, None)
             self.num_sampled_groups -= group.params.n > 1
             for child in group.children:
                 self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
@@ -325,13 +354,17 @@ class LLMEngine:
         scheduling: its host work runs while the GPU computes this one), or this step's own."""
         started = time.perf_counter()
         phase = self._phase
+        if self.grammar_waiting:
+            self._admit_compiled()
         with phase("propose"):
             k_asked = self._propose() if self.proposer is not None else 0
         prev, self._inflight = self._inflight, None
         touched: list[Request] = []
-        if prev is not None and self.history_sampled:
+        if prev is not None and (self.history_sampled or self.constrained):
             with phase("resolve"):
-                touched += self._resolve(prev)  # penalties read every token before the next one is sampled
+                # Penalties read every token before the next one is sampled; a grammar's bitmask
+                # needs the matcher advanced past it.
+                touched += self._resolve(prev)
             prev = None
         with phase("schedule"):
             sched = self.scheduler.schedule()
@@ -378,7 +411,7 @@ class LLMEngine:
                 num_decoding += 1
             else:
                 num_prefill += item.num_new_tokens
-        tokens, logits = self.model_runner.sample_tokens(output, plain)
+        tokens, logits = self.model_runner.sample_tokens(output, plain, self._grammar_bitmask(plain))
         verdicts = (verify_step(output, speculated, self.model_runner.sampler, self.proposer.draft_probs)
                     if speculated else [])
         accepted = {item.request.request_id: n for item, (_, n) in zip(speculated, verdicts)}
@@ -393,6 +426,46 @@ class LLMEngine:
                 request.finishing = True  # whatever its token is: the scheduler skips it
         return InFlight(sched, output, plain, tokens, logits, HostCopy(tokens), speculated, verdicts, started,
                         k_asked, num_decoding, num_prefill)
+
+    def _admit_compiled(self) -> None:
+        """Schedule the requests whose grammar has compiled; fail those whose grammar did not.
+        With nothing else to run, wait a little for the first grammar (not a busy loop)."""
+        if not self.scheduler.has_unfinished():
+            concurrent.futures.wait(list(self.grammar_waiting.values()), timeout=0.05,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        for request_id, future in list(self.grammar_waiting.items()):
+            if not future.done():
+                continue
+            del self.grammar_waiting[request_id]
+            group = self.groups[request_id]
+            try:
+                compiled = future.result()
+                for child in group.children:
+                    child.grammar = RequestGrammar(compiled, child.sampling_params.all_stop_token_ids
+                                                   or self.eos_token_ids)
+            except Exception as exc:  # noqa: BLE001 - a grammar that fails to compile fails its request alone
+                self.failed_requests[request_id] = exc
+                self.abort_request(request_id)
+                continue
+            self.constrained.update(child.request_id for child in group.children)
+            self._schedule_children(group.children)
+
+    def _grammar_bitmask(self, sampled: list[Request]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(bitmask rows, the rows of `sampled` they mask), on the device; None when no request
+        of the step decodes under a grammar."""
+        if not self.constrained:
+            return None
+        rows = [i for i, request in enumerate(sampled) if request.grammar is not None]
+        if not rows:
+            return None
+        if self._bitmask_filler is None:
+            self._bitmask_filler = BitmaskFiller()
+        device = self.config.device
+        bitmask = torch.empty((len(rows), self.grammar_compiler.bitmask_width), dtype=torch.int32,
+                              pin_memory=device.type == "cuda")
+        self._bitmask_filler.fill([sampled[i].grammar for i in rows], bitmask)
+        return (bitmask.to(device, non_blocking=True),
+                torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True))
 
     def _patch(self, sched: SchedulerOutput, prev: "InFlight") -> tuple[torch.Tensor, torch.Tensor] | None:
         """(rows of this step's flat batch, the device tensor of those tokens): requests whose
@@ -492,7 +565,9 @@ class LLMEngine:
         plan: list[tuple[Request, int]] = []
         for request in running:
             # Decoding, its first token delivered (a draft's prefill never delays a first token).
-            if request.num_output_tokens and request.num_computed_tokens == request.num_tokens - 1:
+            # Constrained requests run without drafts: a draft would need the grammar's verdict.
+            if (request.num_output_tokens and request.num_computed_tokens == request.num_tokens - 1
+                    and request.grammar is None):
                 cap = self._draft_cap(request, k_max if request.request_id in self.fixed_k else k)
                 if cap > 0:
                     plan.append((request, cap))
@@ -542,6 +617,8 @@ class LLMEngine:
         return entries
 
     def _append_token(self, request: Request, row: SampledRow, now: float) -> None:
+        if request.grammar is not None and not request.grammar.accept(row.token_id):
+            raise ValueError(f"token {row.token_id} breaks the request's grammar")
         request.append_token(row.token_id)
         metrics = request.metrics
         if metrics.first_token_time is None:
@@ -579,6 +656,8 @@ class LLMEngine:
                         request.output_text = text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
                         request.stop_reason = stop
                         return RequestStatus.FINISHED_STOPPED
+        if request.grammar is not None and request.grammar.is_terminated:
+            return RequestStatus.FINISHED_STOPPED  # ignore_eos, or a stop token of the request's own
         if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
             return RequestStatus.FINISHED_LENGTH
         if request.num_tokens >= self.max_model_len:
@@ -597,19 +676,26 @@ class LLMEngine:
         """A request left for good: nothing of it stays with the proposer."""
         self.fixed_k.discard(request.request_id)
         self.history_sampled.discard(request.request_id)
+        self.constrained.discard(request.request_id)
         if self.proposer is not None:
             self.proposer.free(request)
 
     def _update_gauges(self) -> None:
         scheduler, stats = self.scheduler, self.stats
         stats.num_running, stats.num_waiting = scheduler.num_running, scheduler.num_waiting
+        if self.grammar_waiting:  # compiling: waiting as vLLM counts them
+            stats.num_waiting += sum(self.groups[rid].params.n for rid in self.grammar_waiting)
         stats.num_running_requests, stats.num_waiting_requests = stats.num_running, stats.num_waiting
         if self.num_sampled_groups:  # n > 1 somewhere: fewer requests than sequences (else no walk)
             running = {request.parent_id for request in scheduler.running}
             waiting = {request.parent_id for request in scheduler.waiting}
             waiting.update(request.parent_id for held in scheduler.held_siblings.values() for request in held)
+            waiting.update(self.grammar_waiting)
             stats.num_running_requests, stats.num_waiting_requests = len(running), len(waiting - running)
         stats.kv_cache_usage = self.kv_cache.usage
+        if self.grammar_compiler is not None:
+            stats.grammars_compiled = self.grammar_compiler.num_compiled
+            stats.grammar_compile_seconds = self.grammar_compiler.compile_seconds
         stats.prefix_cache_queries = self.kv_cache.prefix_queries
         stats.prefix_cache_hits = self.kv_cache.prefix_hits
 

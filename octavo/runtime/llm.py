@@ -86,6 +86,10 @@ class LLM:
                         results[output.request_id] = output
                         if progress is not None:
                             progress.update(1)
+                failed, engine.failed_requests = engine.failed_requests, {}
+                for request_id, exc in failed.items():  # e.g. a grammar that did not compile
+                    logger.warning("request %s failed: %s", request_id, exc)
+                    results[request_id] = failed_output(request_id, prompts[ids.index(request_id)], str(exc))
         except BaseException:
             engine.abort_request([rid for rid in ids if rid not in results])
             raise

@@ -26,6 +26,7 @@ from octavo.runtime.models.registry import model_class, supports_tensor_parallel
 from octavo.runtime.request import Request
 from octavo.runtime.sampler import SampledRow, Sampler
 from octavo.runtime.scheduler import SchedulerOutput
+from octavo.runtime.structured.bitmask import apply_token_bitmask
 
 logger = logging.getLogger("octavo")
 
@@ -412,14 +413,20 @@ class ModelRunner:
         torch.cuda.empty_cache()
 
     @inference
-    def sample_tokens(self, output: RunnerOutput, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_tokens(self, output: RunnerOutput, requests: list[Request],
+                      grammar_bitmask: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """One token for each request that reached its end this step, left on the device, and the
-        logits rows they came from (no wait for the device)."""
+        logits rows they came from (no wait for the device). `grammar_bitmask` (bitmask, rows):
+        structured outputs' allowed tokens for those rows; the returned logits are masked too, so
+        log-probabilities are the masked distribution's."""
         rows = [output.inputs.sample_rows[r.request_id][-1] for r in requests]
         if not rows:
             empty = torch.empty(0, dtype=torch.long, device=output.logits.device)
             return empty, output.logits[:0]
         logits = output.logits.index_select(0, torch.tensor(rows).to(output.logits.device, non_blocking=True))
+        if grammar_bitmask is not None:
+            apply_token_bitmask(logits, *grammar_bitmask)
         return self.sampler.sample(logits, requests), logits
 
     @inference

@@ -77,6 +77,8 @@ class Request:
             [None] if sampling_params.prompt_logprobs is not None else None)
         # Speculative decoding: draft proposals to verify in the next step.
         self.spec_token_ids: list[int] = []
+        # Structured outputs: this sequence's grammar state (structured.matcher.RequestGrammar).
+        self.grammar = None
         # Asynchronous scheduling: sampled tokens not read back yet stand at the end of the token
         # lists as placeholders; `finishing` once the request will end whatever they turn out to be.
         self.num_placeholders = 0

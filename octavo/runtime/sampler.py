@@ -83,7 +83,10 @@ def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tens
                 out = torch.tensor(request.output_token_ids, dtype=torch.long, device=logits.device)
                 counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
                 logits[row] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
-        if params.min_tokens and request.num_output_tokens < params.min_tokens:
+        # A grammar decides when its output may end: min_tokens never holds back its stop token
+        # (masking it would leave a finished grammar nothing to sample).
+        if (params.min_tokens and request.num_output_tokens < params.min_tokens
+                and getattr(request, "grammar", None) is None):
             stops = [t for t in params.all_stop_token_ids if t < vocab]
             if stops:
                 logits[row, stops] = float("-inf")

@@ -101,7 +101,25 @@ def test_synthetic_tokenizer_decodes_every_id(tmp_path):
     assert has_tokenizer(str(tmp_path))
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_path))
     assert len(tokenizer) == 300 and tokenizer.eos_token_id == 2
-    assert tokenizer.decode([5, 299]) == "w5 w299"
+    assert tokenizer.decode([96, 299]) == "w96 w299"
+    assert tokenizer.convert_ids_to_tokens([1, 28, 92, 94]) == [" ", ";", "{", "}"]  # JSON can be spelled
+    assert tokenizer.convert_ids_to_tokens([2]) == ["w2"]  # the EOS id keeps its word
+
+
+@pytest.mark.skipif(importlib.util.find_spec("octavo.runtime.server") is None,
+                    reason="the OpenAI server (octavo.runtime.server) is not built yet")
+def test_serve_with_a_json_schema_on_a_config_model(bench, tiny_overrides):
+    """The structured phase's CPU smoke test: a --config model (dummy weights, synthetic tokenizer)
+    serves requests constrained by bench/schemas/structured.json, and compile time is reported."""
+    code, data, _ = bench("serve", "--config", "llama-3.1-8b", "--hf-overrides", tiny_overrides, "--launch",
+                          "--launch-timeout", "180", "--concurrency", "1,2", "--num-prompts", "2", "--input-len", "8",
+                          "--output-len", "12", "--num-warmups", "1", "--json-schema", "bench/schemas/structured.json",
+                          "--tag", "structured", *ENGINE)
+    assert code == 0, data and [r["error"] for r in data["records"] if r["error"]]
+    assert data["total_errors"] == 0 and data["settings"]["synthetic_tokenizer"]
+    structured = data["structured_outputs"]
+    assert structured["grammars_compiled"] == 1 and structured["compile_ms_per_schema"] > 0
+    assert all(0 < r["output_tokens"] <= 12 for r in data["records"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("octavo.runtime.server") is None,

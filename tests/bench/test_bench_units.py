@@ -62,6 +62,8 @@ def test_token_record_timings():
     assert record["e2e_ms"] == pytest.approx(500.0)
     short = token_record(request, 0.0, 1.0, [0.5], {"completion_tokens": 1}, None)
     assert short["error"].startswith("short output")
+    # --json-schema: a schema that is complete stops the output early; that is no error
+    assert token_record(request, 0.0, 1.0, [0.5], {"completion_tokens": 1}, None, may_end_early=True)["error"] is None
     silent = token_record(request, 0.0, 1.0, [], {"completion_tokens": 4}, None)
     assert "no per-token chunks" in silent["error"]
 

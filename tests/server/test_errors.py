@@ -72,7 +72,7 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
     ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
-    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}},
+    ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema"}},
      "response_format"),
 ]
 

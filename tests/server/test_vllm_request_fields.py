@@ -21,15 +21,15 @@ CASES += [("completions", field, value) for field, value in FIXTURE["later_vllm"
 CASES += [("chat", field, value) for field, value in FIXTURE["later_vllm"].items()]
 CASES += [("chat", field, value) for field, value in FIXTURE["openai_legacy_chat"].items()]
 
-# What octavo does not do (yet): these must be the 400s. Structured outputs and tools are issue #23.
-MUST_REFUSE = {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
-               "guided_whitespace_pattern", "structural_tag", "structured_outputs", "response_format", "tools",
+# What octavo does not do (yet): these must be the 400s. Tools are issue #23's part B.
+MUST_REFUSE = {"tools",
                "tool_choice", "functions", "function_call", "logit_bias", "suffix", "use_beam_search",
                "allowed_token_ids", "logits_processors", "priority", "prompt_embeds"}
 # What real clients need: these must work.
 _BOTH = {"prompt_logprobs", "add_special_tokens", "logprobs", "truncate_prompt_tokens", "request_id",
          "return_tokens_as_token_ids", "top_k", "min_p", "repetition_penalty", "stop_token_ids", "ignore_eos",
-         "min_tokens", "best_of", "user"}
+         "min_tokens", "best_of", "user", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+         "response_format", "structured_outputs"}
 MUST_WORK = {"completions": _BOTH | {"echo"},
              "chat": _BOTH | {"chat_template", "chat_template_kwargs", "documents", "add_generation_prompt"}}
 

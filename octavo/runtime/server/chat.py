@@ -77,7 +77,7 @@ def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[in
         return body.sampling_params(max_tokens, output_kind, body.num_logprobs,
                                     prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)
     except ValueError as exc:
-        raise bad_request(str(exc)) from exc
+        raise bad_request(str(exc), param=getattr(exc, "param", None)) from exc
 
 
 def _text_of(state: ServingState, body: ChatCompletionRequest):
@@ -99,6 +99,7 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
     if body.truncate_prompt_tokens is not None:
         token_ids = token_ids[-body.truncate_prompt_tokens:]
     params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+    await state.check_structured_outputs(params, body.structured_outputs_field())
     request_id = f"chatcmpl-{body.request_id}" if body.request_id else random_id("chatcmpl")
     engine_id = random_id("chatcmpl")
     state.reserve([engine_id], params.n)  # no await between here and the engine's inbox counting it

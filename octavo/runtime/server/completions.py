@@ -81,7 +81,7 @@ def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestO
                                           prompt_logprobs=max(wanted) if wanted else None,
                                           defaults=state.sampling_defaults)
         except ValueError as exc:
-            raise bad_request(str(exc)) from exc
+            raise bad_request(str(exc), param=getattr(exc, "param", None)) from exc
         if body.logprobs is not None:
             positions = (len(token_ids) if body.echo else 0) + (0 if body.echo_only else max_tokens)
             entries += n * positions * (body.logprobs + 1)
@@ -134,6 +134,7 @@ async def create_completion(state: ServingState, body: CompletionRequest, reques
     stream = bool(body.stream)
     prompts = await state.run_tokenizer(_prompts, state, body,
                                         RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+    await state.check_structured_outputs(prompts[0].params, body.structured_outputs_field())  # one spec for all
     response_id = f"cmpl-{body.request_id}" if body.request_id else random_id("cmpl")
     engine_id = random_id("cmpl")
     engine_ids = [engine_id if len(prompts) == 1 else f"{engine_id}-{i}" for i in range(len(prompts))]

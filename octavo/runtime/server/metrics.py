@@ -93,6 +93,10 @@ class _EngineCollector(Collector):
         yield counter("generation_tokens", "Tokens generated.", stats.generation_tokens)
         yield counter("num_preemptions", "Requests preempted (KV cache full) and recomputed later.",
                       stats.num_preemptions)
+        yield counter("structured_output_grammars_compiled", "Structured-output grammars compiled (new "
+                      "schemas, regexes, grammars; cached ones are not compiled again).", stats.grammars_compiled)
+        yield counter("structured_output_compile_seconds", "Time spent compiling structured-output grammars "
+                      "(on the compiler's thread, off the step path).", stats.grammar_compile_seconds)
         yield self._iteration_tokens(stats, labels)
         yield self._cache_config(config, num_blocks, labels)
         if config.speculative_config is not None:

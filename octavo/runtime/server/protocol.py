@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
 
-from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
 logger = logging.getLogger("octavo.server")
 
@@ -27,20 +27,11 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and vLLM's, also when a client se
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
-_STRUCTURED = "structured outputs are not supported yet (issue #23): remove {field}"
 _TOOLS = "tool and function calling are not supported yet (issue #23): remove {field}"
 
 # vLLM request fields octavo does not implement -> (values that ask for nothing, why). Set to
 # anything else, the field is a 400 that names it.
 REFUSED_FIELDS: dict[str, tuple[tuple, str]] = {
-    "guided_json": ((None,), _STRUCTURED),
-    "guided_regex": ((None,), _STRUCTURED),
-    "guided_choice": ((None,), _STRUCTURED),
-    "guided_grammar": ((None,), _STRUCTURED),
-    "guided_decoding_backend": ((None,), _STRUCTURED),
-    "guided_whitespace_pattern": ((None,), _STRUCTURED),
-    "structural_tag": ((None,), _STRUCTURED),
-    "structured_outputs": ((None,), _STRUCTURED),
     "functions": ((None,), _TOOLS),
     "function_call": ((None, "none"), _TOOLS),
     "prompt_embeds": ((None,), "prompt_embeds is not supported: send text or token ids"),
@@ -87,6 +78,35 @@ class StreamOptions(_Part):
     continuous_usage_stats: bool | None = Field(False, description="vLLM extra: usage in every chunk")
 
 
+class JsonSchemaFormat(_Part):
+    """response_format.json_schema: OpenAI's named schema (`strict` is always honoured: the
+    output matches the schema whatever strict says, as vLLM does)."""
+
+    name: str = Field(..., max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Part):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+# vLLM's older per-field names -> StructuredOutputsParams' names.
+GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                 "guided_grammar": "grammar", "structural_tag": "structural_tag"}
+GRAMMAR_BACKENDS = ("xgrammar", "auto")
+
+
+class StructuredOutputsError(ValueError):
+    """A structured-output field that asks for something malformed; `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class _SamplingRequest(_Request):
     """Fields shared by completions and chat: OpenAI's, then vLLM's extras."""
 
@@ -103,7 +123,7 @@ class _SamplingRequest(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="an end-user id (for the caller's records; not used)")
     logit_bias: dict[str, float] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     # vLLM's extra sampling fields
     top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -120,6 +140,16 @@ class _SamplingRequest(_Request):
     return_tokens_as_token_ids: bool | None = Field(
         None, description="vLLM extra: log-probability tokens as 'token_id:N' strings")
     request_id: str | None = Field(None, max_length=128, description="vLLM extra: the response's id")
+    # Structured outputs: vLLM's object, and its older per-field names.
+    structured_outputs: dict[str, Any] | None = Field(None, description="vLLM extra: json, regex, choice, grammar, "
+                                                      "json_object or structural_tag, and whitespace options")
+    guided_json: str | dict[str, Any] | None = Field(None, description="vLLM extra: a JSON schema")
+    guided_regex: str | None = Field(None, description="vLLM extra: a regular expression")
+    guided_choice: list[str] | None = Field(None, description="vLLM extra: the output is one of these strings")
+    guided_grammar: str | None = Field(None, description="vLLM extra: an EBNF (GBNF) or Lark grammar")
+    structural_tag: str | None = Field(None, description="vLLM extra: an xgrammar structural tag (JSON)")
+    guided_decoding_backend: str | None = Field(None, description="vLLM extra: xgrammar or auto (octavo's one backend)")
+    guided_whitespace_pattern: str | None = Field(None, description="vLLM extra: only \"\" (no whitespace in JSON)")
 
     @property
     def include_usage(self) -> bool:
@@ -135,11 +165,53 @@ class _SamplingRequest(_Request):
             return "logit_bias", "logit_bias is not supported: remove it"
         if self.best_of is not None and self.best_of != (self.n or 1):
             return "best_of", "best_of different from n is not supported: use n"
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format", _STRUCTURED.format(field="response_format") + " (type text is supported)"
+        rf = self.response_format
+        if rf is not None and rf.type == "json_schema" and (rf.json_schema is None or rf.json_schema.schema_ is None):
+            return "response_format", "response_format of type json_schema needs json_schema.schema"
+        if self.guided_decoding_backend is not None and self.guided_decoding_backend.split(":")[0] not in GRAMMAR_BACKENDS:
+            return "guided_decoding_backend", (f"guided_decoding_backend {self.guided_decoding_backend!r} is not "
+                                               "available: octavo's backend is xgrammar (or leave it out)")
         if self.prompt_logprobs is not None and self.stream:
             return "prompt_logprobs", "prompt_logprobs are not available with stream=true"
         return self.refused()
+
+    def structured_outputs_field(self) -> str | None:
+        """The request field that asks for structured outputs (the 400's param), or None."""
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format"
+        if self.structured_outputs is not None:
+            return "structured_outputs"
+        return next((name for name in GUIDED_FIELDS if getattr(self, name) is not None), None)
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """What the output must match, from whichever field asks; ValueError if several do."""
+        given: list[tuple[str, dict]] = []
+        rf = self.response_format
+        if rf is not None and rf.type == "json_object":
+            given.append(("response_format", {"json_object": True}))
+        elif rf is not None and rf.type == "json_schema":
+            given.append(("response_format", {"json": rf.json_schema.schema_}))
+        if self.structured_outputs is not None:
+            given.append(("structured_outputs", dict(self.structured_outputs)))
+        given += [(name, {kind: getattr(self, name)}) for name, kind in GUIDED_FIELDS.items()
+                  if getattr(self, name) is not None]
+        if not given:
+            return None
+        if len(given) > 1:
+            raise StructuredOutputsError(given[1][0], "give one structured-output constraint, got "
+                                         + ", ".join(name for name, _ in given))
+        name, spec = given[0]
+        if self.guided_whitespace_pattern is not None:
+            spec.setdefault("whitespace_pattern", self.guided_whitespace_pattern)
+        known = set(StructuredOutputsParams.__dataclass_fields__)
+        unknown = sorted(set(spec) - known)
+        if unknown:
+            raise StructuredOutputsError(name, f"{name}: unknown key(s) {', '.join(unknown)}; "
+                                               f"known: {', '.join(sorted(known))}")
+        try:
+            return StructuredOutputsParams(**spec)
+        except (TypeError, ValueError) as exc:
+            raise StructuredOutputsError(name, f"{name}: {exc}") from None
 
     def sampling_params(self, max_tokens: int, output_kind: RequestOutputKind, logprobs: int | None,
                         prompt_logprobs: int | None = None, defaults: dict[str, Any] | None = None) -> SamplingParams:
@@ -172,6 +244,7 @@ class _SamplingRequest(_Request):
             skip_special_tokens=self.skip_special_tokens is not False,
             spaces_between_special_tokens=self.spaces_between_special_tokens is not False,
             output_kind=output_kind,
+            structured_outputs=self.structured_outputs_params(),
         )
 
 

@@ -24,8 +24,13 @@ from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.server.errors import APIError, bad_request
 from octavo.runtime.server.metrics import ServerMetrics
+from octavo.runtime.structured.compiler import GrammarError
 
 logger = logging.getLogger("octavo.server")
+
+# How long a request's handler waits for its grammar to compile before sending it on regardless (the
+# engine then waits): long enough for any schema seen in practice, short of a client's timeout.
+GRAMMAR_CHECK_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -184,6 +189,16 @@ class ServingState:
         """fn(*args) on the tokenizer thread: for anything that tokenizes, renders a chat template
         or detokenizes more than a few tokens."""
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_pool, functools.partial(fn, *args))
+
+    async def check_structured_outputs(self, params: SamplingParams, param: str | None) -> None:
+        """400 naming the problem for a schema, regex or grammar that does not compile (compiled
+        off the event loop, at most GRAMMAR_CHECK_TIMEOUT_S; the engine reuses the result)."""
+        if params.structured_outputs is None or self.engine is None:
+            return
+        try:
+            await self.engine.check_structured_outputs(params.structured_outputs, GRAMMAR_CHECK_TIMEOUT_S)
+        except GrammarError as exc:
+            raise bad_request(str(exc), param=param) from None
 
     def check_text_length(self, num_chars: int, param: str = "prompt") -> None:
         """400 for a text too long to fit the context whatever its tokens, before tokenizing it."""

@@ -34,7 +34,6 @@ class VllmFlag:
 
 _LORA = "octavo serves no LoRA adapters: serve a merged checkpoint"
 _TOOLS = "octavo has no tool calling or reasoning parsers yet (issue #23)"
-_STRUCTURED = "octavo has no structured outputs yet (issue #23)"
 _POOLING = "octavo serves generative models only (no pooling, embedding or scoring runners)"
 _MULTIMODAL = "octavo serves text-only models"
 _KV_TRANSFER = "octavo has no KV cache transfer or disaggregated prefill"
@@ -84,8 +83,6 @@ UNSUPPORTED = (
     VllmFlag("tool_parser_plugin", "value", _TOOLS, neutral=("",)),
     VllmFlag("reasoning_parser", "value", _TOOLS, neutral=("",)),
     VllmFlag("enable_reasoning", "bool", _TOOLS, neutral=(False,)),
-    VllmFlag("guided_decoding_backend", "value", _STRUCTURED),
-    VllmFlag("structured_outputs_config", "value", _STRUCTURED),
     VllmFlag("task", "value", _POOLING, neutral=("auto", "generate")),
     VllmFlag("runner", "value", _POOLING, neutral=("auto", "generate")),
     VllmFlag("convert", "value", _POOLING, neutral=("auto", "none")),
