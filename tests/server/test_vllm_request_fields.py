@@ -21,10 +21,11 @@ CASES += [("completions", field, value) for field, value in FIXTURE["later_vllm"
 CASES += [("chat", field, value) for field, value in FIXTURE["later_vllm"].items()]
 CASES += [("chat", field, value) for field, value in FIXTURE["openai_legacy_chat"].items()]
 
-# What octavo does not do (yet): these must be the 400s. Structured outputs and tools are issue #23.
+# What octavo does not do (yet): these must be the 400s. Structured outputs are issue #23. (tools and tool_choice
+# alone are 400s too: auto needs --enable-auto-tool-choice, a choice needs tools.)
 MUST_REFUSE = {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
-               "guided_whitespace_pattern", "structural_tag", "structured_outputs", "response_format", "tools",
-               "tool_choice", "functions", "function_call", "logit_bias", "suffix", "use_beam_search",
+               "guided_whitespace_pattern", "structural_tag", "structured_outputs", "response_format",
+               "functions", "function_call", "logit_bias", "suffix", "use_beam_search",
                "allowed_token_ids", "logits_processors", "priority", "prompt_embeds"}
 # What real clients need: these must work.
 _BOTH = {"prompt_logprobs", "add_special_tokens", "logprobs", "truncate_prompt_tokens", "request_id",
