@@ -229,3 +229,97 @@ async def test_bad_tool_requests_are_400s_naming_the_problem(client, extra, para
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error["param"] == param and words in error["message"], error
+
+
+# ---- the chat route's tool plumbing with scripted model output (what a tool-calling model writes) ----
+HERMES_OUTPUT = 'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+REQUIRED_OUTPUT = '[{"name": "get_weather", "parameters": {"city": "Paris"}}]'
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Replaces the engine's output with a scripted text (streamed a character at a time); returns
+    the SamplingParams each request was given."""
+    from octavo.runtime.outputs import CompletionOutput, RequestOutput
+    from octavo.runtime.sampling_params import RequestOutputKind
+    from octavo.runtime.server.state import ServingState
+
+    seen, script = [], {}
+
+    async def generate(self, request_id, prompt_token_ids, prompt_text, params):
+        seen.append(params)
+        text = script["text"]
+        pieces = list(text) if params.output_kind == RequestOutputKind.DELTA else [text]
+        for i, piece in enumerate(pieces):
+            done = i == len(pieces) - 1
+            yield RequestOutput(request_id, None, prompt_token_ids, None,
+                                [CompletionOutput(0, piece, [1], None, None, "stop" if done else None)], done)
+
+    monkeypatch.setattr(ServingState, "generate", generate)
+
+    def use(text):
+        script["text"] = text
+        return seen
+    return use
+
+
+async def streamed(openai_client, **kwargs):
+    content, calls, finish = "", [], None
+    async for chunk in await openai_client.chat.completions.create(**kwargs, stream=True):
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            for item in c.delta.tool_calls or []:
+                if item.id:
+                    assert item.index == len(calls) and item.type == "function"
+                    calls.append([item.function.name, item.function.arguments or ""])
+                else:
+                    calls[item.index][1] += item.function.arguments
+            finish = c.finish_reason or finish
+    return content or None, [tuple(c) for c in calls], finish
+
+
+async def test_auto_reads_hermes_calls_whole_and_streamed(openai_client, scripted):
+    seen = scripted(HERMES_OUTPUT)
+    base = dict(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS, max_tokens=30)
+    result = await openai_client.chat.completions.create(**base)
+    [choice] = result.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Checking."
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert seen[-1].structured_outputs is None and seen[-1].skip_special_tokens is False  # <tool_call> is special
+    assert await streamed(openai_client, **base) == (
+        "Checking.", [("get_weather", call.function.arguments)], "tool_calls")
+
+
+async def test_required_builds_the_schema_and_reads_the_array(openai_client, scripted):
+    seen = scripted(REQUIRED_OUTPUT)
+    base = dict(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS, tool_choice="required", max_tokens=30)
+    result = await openai_client.chat.completions.create(**base, parallel_tool_calls=False)
+    schema = seen[-1].structured_outputs.json
+    assert schema["type"] == "array" and schema["minItems"] == 1 and schema["maxItems"] == 1
+    [alternative] = schema["items"]["anyOf"]
+    assert alternative["properties"]["name"] == {"type": "string", "enum": ["get_weather"]}
+    assert alternative["properties"]["parameters"] == WEATHER_SCHEMA
+    jsonschema.validate(json.loads(REQUIRED_OUTPUT), schema)  # the reader reads the shape the schema asks
+    [choice] = result.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert await streamed(openai_client, **base) == (None, [("get_weather", call.function.arguments)], "tool_calls")
+
+
+async def test_named_sets_the_functions_parameters_as_the_schema(openai_client, scripted):
+    seen = scripted('{"city": "Paris"}')
+    result = await openai_client.chat.completions.create(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS,
+                                                         tool_choice=NAMED, max_tokens=30)
+    assert seen[-1].structured_outputs.json == WEATHER_SCHEMA
+    [call] = result.choices[0].message.tool_calls
+    assert call.function.arguments == '{"city": "Paris"}' and result.choices[0].finish_reason == "stop"
+
+
+async def test_tool_choice_none_leaves_the_output_as_content(openai_client, scripted):
+    seen = scripted(HERMES_OUTPUT)
+    result = await openai_client.chat.completions.create(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS,
+                                                         tool_choice="none", max_tokens=30)
+    assert result.choices[0].message.content == HERMES_OUTPUT and result.choices[0].message.tool_calls is None
+    assert seen[-1].structured_outputs is None and result.choices[0].finish_reason == "stop"
