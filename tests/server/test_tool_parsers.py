@@ -141,3 +141,20 @@ def test_parser_names():
     assert parser_problem("hermes") is None and parser_problem("llama3_json") is None
     assert "not supported" in parser_problem("mistral")
     assert "not a tool call parser" in parser_problem("bogus")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_text_makes_a_parser_raise(seed):
+    """Model text is arbitrary: every prefix of random JSON-ish text reads without an exception
+    (an exception here would be a 500), and streams of it still add up."""
+    rng = random.Random(seed)
+    atoms = ['{', '}', '[', ']', '"', '\\', ':', ',', ';', ' ', '\n', 'a', '1', '"name"', '"arguments"',
+             '"parameters"', '<tool_call>', '</tool_call>', '<|python_tag|>', '\\x', '\\u12', '\x01']
+    readers = [PARSERS["hermes"](), PARSERS["llama3_json"](), RequiredCallsReader(), NamedFunctionReader("f")]
+    for _ in range(200):
+        text = "".join(rng.choice(atoms) for _ in range(rng.randint(0, 30)))
+        for reader in readers:
+            for end in range(len(text) + 1):
+                reader.parse(text[:end], False)
+            reader.parse(text, True)
+            reassemble(reader, list(text))

@@ -312,14 +312,13 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateFields):
 
     def tool_problem(self) -> tuple[str, str] | None:
         choice = self.tool_choice
+        names = [tool.function.name for tool in self.tools or []]
         if choice not in (None, "none") and not self.tools:
             return "tool_choice", "tool_choice needs tools: send the tools it chooses from"
         if isinstance(choice, NamedToolChoice):
-            names = [tool.function.name for tool in self.tools or []]
             if choice.function.name not in names:
                 return "tool_choice", (f"tool_choice names {choice.function.name!r}, which is not among the "
                                        f"tools ({', '.join(names)})")
-        names = [tool.function.name for tool in self.tools or []]
         if len(set(names)) != len(names):
             return "tools", "two tools have the same function name: names must be unique"
         for tool in self.tools or []:

@@ -71,7 +71,10 @@ def read_call(text: str, pos: int) -> tuple[CallDraft, int] | None:
     None when the text there is not a call (not an object, no name, arguments not an object)."""
     header = _NAME_FIRST.match(text, pos)
     if header is not None and text.startswith("{", header.end()):
-        name = json.loads(f'"{header.group(1)}"')
+        try:
+            name = json.loads(f'"{header.group(1)}"')
+        except ValueError:  # a bad escape or a control character in the name
+            return None
         args_start = header.end()
         args_end = container_end(text, args_start)
         if args_end is None:

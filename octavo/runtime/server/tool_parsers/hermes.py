@@ -26,9 +26,7 @@ class HermesToolParser:
             if read is None:
                 return Parsed(content=text) if final else result
             call, end = read
-            if call.name is None and not final:
-                break
-            if call.name is None:  # an empty or unfinished block at the end
+            if call.name is None:  # an empty block, or one whose name is still being written
                 break
             result.calls.append(call)
             if not call.complete:
