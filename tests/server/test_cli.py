@@ -229,3 +229,13 @@ def test_server_flags_reach_uvicorn(tmp_path):
     assert (config.root_path, config.access_log, config.host, config.port) == ("/llm", False, "::", 9001)
     assert config.log_level == "warning"
     assert uvicorn_config(object(), parse("m", "--uds", "/tmp/octavo.sock")).uds == "/tmp/octavo.sock"
+
+
+def test_tool_calling_flags_reach_the_server_settings():
+    from octavo.runtime.server.cli import _check, server_settings
+
+    args = parse("m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    assert _check(args) is None
+    settings = server_settings(args)
+    assert settings.enable_auto_tool_choice is True and settings.tool_call_parser == "hermes"
+    assert server_settings(parse("m")).tool_call_parser is None
