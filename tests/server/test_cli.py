@@ -112,7 +112,10 @@ def test_config_file_errors_are_one_line(capsys, tmp_path):
     (["--max_loras", "4"], "--max-loras 4 is not supported"),
     (["--pipeline-parallel-size", "2"], "--pipeline-parallel-size 2 is not supported"),
     (["--num-scheduler-steps=10"], "--num-scheduler-steps 10 is not supported"),
-    (["--enable-auto-tool-choice", "--tool-call-parser", "llama3_json"], "issue #23"),
+    (["--tool-parser-plugin", "my_parser.py"], "--tool-parser-plugin my_parser.py is not supported"),
+    (["--tool-call-parser", "mistral"], "--tool-call-parser mistral is not supported: octavo has hermes, llama3_json"),
+    (["--tool-call-parser", "nonsense"], "--tool-call-parser nonsense is not a tool call parser"),
+    (["--enable-auto-tool-choice"], "--enable-auto-tool-choice requires --tool-call-parser"),
     (["--attention-backend", "FLASH_ATTN"], "--attention-backend FLASH_ATTN is not supported"),
 ])
 def test_a_vllm_flag_for_a_missing_feature_stops_in_one_line(capsys, argv, message):
@@ -226,3 +229,13 @@ def test_server_flags_reach_uvicorn(tmp_path):
     assert (config.root_path, config.access_log, config.host, config.port) == ("/llm", False, "::", 9001)
     assert config.log_level == "warning"
     assert uvicorn_config(object(), parse("m", "--uds", "/tmp/octavo.sock")).uds == "/tmp/octavo.sock"
+
+
+def test_tool_calling_flags_reach_the_server_settings():
+    from octavo.runtime.server.cli import _check, server_settings
+
+    args = parse("m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    assert _check(args) is None
+    settings = server_settings(args)
+    assert settings.enable_auto_tool_choice is True and settings.tool_call_parser == "hermes"
+    assert server_settings(parse("m")).tool_call_parser is None

@@ -21,9 +21,9 @@ CASES += [("completions", field, value) for field, value in FIXTURE["later_vllm"
 CASES += [("chat", field, value) for field, value in FIXTURE["later_vllm"].items()]
 CASES += [("chat", field, value) for field, value in FIXTURE["openai_legacy_chat"].items()]
 
-# What octavo does not do (yet): these must be the 400s. Tools are issue #23's part B.
-MUST_REFUSE = {"tools",
-               "tool_choice", "functions", "function_call", "logit_bias", "suffix", "use_beam_search",
+# What octavo does not do (yet): these must be the 400s. (tools and tool_choice alone are 400s too: auto needs
+# --enable-auto-tool-choice, a choice needs tools.)
+MUST_REFUSE = {"functions", "function_call", "logit_bias", "suffix", "use_beam_search",
                "allowed_token_ids", "logits_processors", "priority", "prompt_embeds"}
 # What real clients need: these must work.
 _BOTH = {"prompt_logprobs", "add_special_tokens", "logprobs", "truncate_prompt_tokens", "request_id",

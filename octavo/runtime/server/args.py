@@ -35,6 +35,12 @@ class ServerArgs(CliArgs):
                                           "unset: MODEL", metavar="NAME")
     chat_template: str | None = _arg(None, "chat template: a file path, or the Jinja template itself; "
                                      "unset: the tokenizer's")
+    enable_auto_tool_choice: bool = _arg(False, "serve tool_choice auto (the default when a request has tools): "
+                                         "the model decides and --tool-call-parser reads its calls; without it, "
+                                         "auto is a 400 (named and required tool choices need neither flag)")
+    tool_call_parser: str | None = _arg(None, "how tool calls are read from the model's text: llama3_json "
+                                        "(Llama 3.x JSON) or hermes (<tool_call> blocks: Hermes, Qwen2.5); "
+                                        "unset: none", metavar="NAME")
     generation_config: str = _arg("auto", "sampling defaults for the fields a request leaves out: auto: the "
                                   "model's generation_config.json; vllm: none (vLLM's own defaults); or a "
                                   "directory holding a generation_config.json")

@@ -1,8 +1,8 @@
 """POST /v1/chat/completions: messages -> the tokenizer's chat template -> engine -> OpenAI's
 chat.completion objects, whole or streamed.
 
-A stream opens each choice with a role delta, carries content deltas, closes each choice with an
-empty delta and its finish_reason, adds a usage chunk when asked (stream_options.include_usage)
+A stream opens each choice with a role delta, carries content deltas (and tool_calls deltas,
+tool_calling.py), closes each choice with an empty delta and its finish_reason, adds a usage chunk when asked (stream_options.include_usage)
 and ends with [DONE].
 """
 
@@ -17,14 +17,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from octavo.runtime.outputs import RequestOutput
-from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 from octavo.runtime.server.errors import APIError, bad_request
 from octavo.runtime.server.logprobs import chat_logprobs, prompt_logprobs, token_texts
 from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatChoiceLogprobs, ChatCompletionChunk,
                                             ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
-                                            DeltaMessage, TokenizeChatRequest, UsageInfo)
+                                            DeltaMessage, FunctionCall, TokenizeChatRequest, ToolCall, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
 from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, sse_event, with_error_events
+from octavo.runtime.server.tool_calling import (ToolPlan, finish_reason, template_message, template_tools,
+                                                tool_plan)
+from octavo.runtime.server.tool_parsers import extract
+from octavo.runtime.server.tool_parsers.stream import ToolCallStream, tool_call_id
 
 ChatTemplateRequest = ChatCompletionRequest | TokenizeChatRequest
 
@@ -38,14 +42,16 @@ def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
     if state.tokenizer is None:
         raise bad_request("this model has no tokenizer, so it cannot chat: use /v1/completions with token ids",
                           param="messages")
-    conversation = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+    conversation = [template_message(m) for m in body.messages]
     state.check_text_length(sum(len(m["content"] or "") for m in conversation), param="messages")
     kwargs = dict(body.chat_template_kwargs or {})
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
     if body.documents is not None:
         kwargs["documents"] = body.documents
+    tools = template_tools(body.tools)
+    if tools is not None:
+        kwargs["tools"] = tools
     template = body.chat_template or state.settings.chat_template
     try:
         rendered = apply_chat_template(state.tokenizer, conversation,
@@ -62,7 +68,7 @@ def render_prompt(state: ServingState, body: ChatTemplateRequest) -> list[int]:
 
 
 def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[int],
-            output_kind: RequestOutputKind) -> SamplingParams:
+            output_kind: RequestOutputKind, plan: ToolPlan | None) -> SamplingParams:
     max_tokens = state.check_prompt(token_ids, body.requested_max_tokens, param="messages")
     entries = 0
     if body.prompt_logprobs is not None:
@@ -74,10 +80,25 @@ def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[in
         entries += per_token * max_tokens
     state.check_logprobs(entries, top_logprobs=body.top_logprobs, prompt_logprobs=body.prompt_logprobs)
     try:
-        return body.sampling_params(max_tokens, output_kind, body.num_logprobs,
-                                    prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)
+        params = body.sampling_params(max_tokens, output_kind, body.num_logprobs,
+                                      prompt_logprobs=body.prompt_logprobs, defaults=state.sampling_defaults)
     except ValueError as exc:
         raise bad_request(str(exc), param=getattr(exc, "param", None)) from exc
+    if plan is not None:
+        if plan.schema is not None:
+            field = body.structured_outputs_field()
+            if field is not None:  # both would constrain the same output
+                raise bad_request(f"{field} cannot be combined with tool_choice {_choice_name(body)}: the tool "
+                                  "call's schema constrains the output; drop one of them", param=field)
+            params.structured_outputs = params.guided_decoding = StructuredOutputsParams(json=plan.schema)
+        if not plan.reader.skip_special_tokens and body.skip_special_tokens is not False:
+            params.skip_special_tokens = False  # the format's markers are special tokens
+    return params
+
+
+def _choice_name(body: ChatCompletionRequest) -> str:
+    choice = body.effective_tool_choice
+    return choice if isinstance(choice, str) else f"naming {choice.function.name!r}"
 
 
 def _text_of(state: ServingState, body: ChatCompletionRequest):
@@ -95,18 +116,22 @@ def _logprobs(state: ServingState, body: ChatCompletionRequest, token_ids: list[
 async def create_chat_completion(state: ServingState, body: ChatCompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
+    plan = tool_plan(body, state.settings.enable_auto_tool_choice, state.settings.tool_call_parser)
     token_ids = await state.run_tokenizer(render_prompt, state, body)
     if body.truncate_prompt_tokens is not None:
         token_ids = token_ids[-body.truncate_prompt_tokens:]
-    params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-    await state.check_structured_outputs(params, body.structured_outputs_field())
+    params = _params(state, body, token_ids, RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+                     plan)
+    # The tool plan's schema (tool_choice required or named) is checked like a client's: before the engine.
+    constrained_by_tools = plan is not None and plan.schema is not None
+    await state.check_structured_outputs(params, "tools" if constrained_by_tools else body.structured_outputs_field())
     request_id = f"chatcmpl-{body.request_id}" if body.request_id else random_id("chatcmpl")
     engine_id = random_id("chatcmpl")
     state.reserve([engine_id], params.n)  # no await between here and the engine's inbox counting it
     created = int(time.time())
     outputs = state.generate(engine_id, token_ids, None, params)
     if stream:
-        return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, outputs),
+        return StreamingResponse(with_error_events(_events(state, body, model, request_id, created, outputs, plan),
                                                    request_id, "chat stream"),
                                  media_type="text/event-stream", headers=SSE_HEADERS,
                                  background=BackgroundTask(state.release, [engine_id]))
@@ -125,14 +150,28 @@ async def create_chat_completion(state: ServingState, body: ChatCompletionReques
         raise APIError(503, "the request was stopped: the server is shutting down", code="aborted") from None
     finally:
         state.release([engine_id])
-    return await state.run_tokenizer(_final_response, state, body, model, request_id, created, output)
+    return await state.run_tokenizer(_final_response, state, body, model, request_id, created, output, plan)
+
+
+def _message(plan: ToolPlan | None, text: str) -> AssistantMessage:
+    if plan is None:
+        return AssistantMessage(content=text)
+    content, calls = extract(plan.reader, text)
+    calls = calls[:plan.max_calls] if plan.max_calls is not None else calls
+    return AssistantMessage(content=content, tool_calls=[
+        ToolCall(id=tool_call_id(), function=FunctionCall(name=call.name, arguments=call.arguments))
+        for call in calls] or None)
 
 
 def _final_response(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
-                    output: RequestOutput) -> Response:
-    choices = [ChatChoice(index=c.index, message=AssistantMessage(content=c.text),
-                          logprobs=_logprobs(state, body, c.token_ids, c.logprobs),
-                          finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in output.outputs]
+                    output: RequestOutput, plan: ToolPlan | None) -> Response:
+    choices = []
+    for c in output.outputs:
+        message = _message(plan, c.text)
+        choices.append(ChatChoice(index=c.index, message=message,
+                                  logprobs=_logprobs(state, body, c.token_ids, c.logprobs),
+                                  finish_reason=finish_reason(plan, bool(message.tool_calls), c.finish_reason),
+                                  stop_reason=c.stop_reason))
     completion_tokens = sum(len(c.token_ids) for c in output.outputs)
     usage = UsageInfo(prompt_tokens=len(output.prompt_token_ids), completion_tokens=completion_tokens,
                       total_tokens=len(output.prompt_token_ids) + completion_tokens)
@@ -146,8 +185,9 @@ def _final_response(state: ServingState, body: ChatCompletionRequest, model: str
 
 
 async def _events(state: ServingState, body: ChatCompletionRequest, model: str, request_id: str, created: int,
-                  outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
+                  outputs: AsyncIterator[RequestOutput], plan: ToolPlan | None) -> AsyncIterator[bytes]:
     n = body.n or 1
+    readers = {index: ToolCallStream(plan.reader, plan.max_calls) for index in range(n)} if plan else {}
     exclude = None if body.include_usage else {"usage"}
     usage = UsageInfo()
     finished: set[int] = set()
@@ -165,13 +205,21 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
                     continue
                 usage.completion_tokens += len(out.token_ids)
                 logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
-                if out.text or logprobs is not None:
-                    yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(content=out.text),
-                                                 logprobs=logprobs))
+                if plan is None:
+                    delta = DeltaMessage(content=out.text) if out.text or logprobs is not None else None
+                else:
+                    content, calls = readers[out.index].feed(out.text, final=out.finish_reason is not None)
+                    delta = None
+                    if content or calls or logprobs is not None:
+                        delta = DeltaMessage(content=content if content or not calls else None,
+                                             tool_calls=calls or None)
+                if delta is not None:
+                    yield chunk(ChatStreamChoice(index=out.index, delta=delta, logprobs=logprobs))
                 if out.finish_reason is not None:
                     finished.add(out.index)
+                    called = out.index in readers and readers[out.index].called
                     yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(),
-                                                 finish_reason=out.finish_reason))
+                                                 finish_reason=finish_reason(plan, called, out.finish_reason)))
     if body.include_usage:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         yield sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage))

@@ -122,6 +122,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return "TLS needs both --ssl-keyfile and --ssl-certfile"
     if args.api_key is not None and not all(args.api_key):
         return "--api-key must not be empty"
+    from octavo.runtime.server.tool_parsers import parser_problem
+
+    if parser_problem(args.tool_call_parser):
+        return parser_problem(args.tool_call_parser)
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        return "--enable-auto-tool-choice requires --tool-call-parser NAME (llama3_json or hermes)"
     from octavo.runtime.server.defaults import check_generation_config, load_chat_template, sampling_defaults
 
     problem = check_generation_config(args.generation_config)
@@ -177,6 +183,8 @@ def server_settings(args: argparse.Namespace):
                           max_prompts_per_request=args.max_prompts_per_request,
                           max_logprobs=args.max_logprobs, max_response_logprobs=args.max_response_logprobs,
                           chat_template=load_chat_template(args.chat_template),
+                          enable_auto_tool_choice=args.enable_auto_tool_choice,
+                          tool_call_parser=args.tool_call_parser,
                           generation_config=args.generation_config,
                           override_generation_config=args.override_generation_config or {},
                           metrics_prefix=args.metrics_prefix,

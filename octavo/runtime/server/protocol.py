@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_serializer, model_validator
 
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
@@ -27,13 +27,13 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and vLLM's, also when a client se
 
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
-_TOOLS = "tool and function calling are not supported yet (issue #23): remove {field}"
+_LEGACY_FUNCTIONS = "the legacy {field} is not supported: send tools and tool_choice instead"
 
 # vLLM request fields octavo does not implement -> (values that ask for nothing, why). Set to
 # anything else, the field is a 400 that names it.
 REFUSED_FIELDS: dict[str, tuple[tuple, str]] = {
-    "functions": ((None,), _TOOLS),
-    "function_call": ((None, "none"), _TOOLS),
+    "functions": ((None,), _LEGACY_FUNCTIONS),
+    "function_call": ((None, "none"), _LEGACY_FUNCTIONS),
     "prompt_embeds": ((None,), "prompt_embeds is not supported: send text or token ids"),
     "use_beam_search": ((None, False), "beam search is not supported: remove use_beam_search (n samples instead)"),
     "length_penalty": ((None, 1, 1.0), "length_penalty only applies to beam search, which is not supported"),
@@ -277,10 +277,57 @@ class TextContentPart(_Part):
     text: str
 
 
+FUNCTION_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+
+
+class FunctionDefinition(_Part):
+    name: str = Field(..., pattern=FUNCTION_NAME_PATTERN)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON schema of the arguments object")
+    strict: bool | None = None
+
+
+class ChatTool(_Part):
+    """An OpenAI function tool."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Part):
+    name: str
+
+
+class NamedToolChoice(_Part):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(..., description="a JSON object, as a string")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Part):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="assistant: the calls it made")
+    tool_call_id: str | None = Field(None, description="tool: the call this message answers")
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> "ChatMessage":
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id (the id of the call it answers)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -314,9 +361,10 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = Field(None, description="only meaningful with tools")
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="unset: auto with tools, none without")
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one tool call")
     echo: bool | None = Field(False, description="vLLM extra: not supported")
 
     @property
@@ -327,11 +375,35 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateFields):
     def num_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """none | auto | required | a NamedToolChoice; unset means auto with tools (OpenAI's and
+        vLLM's default), none without."""
+        if self.tool_choice is None:
+            return "auto" if self.tools else "none"
+        return self.tool_choice
+
+    def tool_problem(self) -> tuple[str, str] | None:
+        choice = self.tool_choice
+        names = [tool.function.name for tool in self.tools or []]
+        if choice not in (None, "none") and not self.tools:
+            return "tool_choice", "tool_choice needs tools: send the tools it chooses from"
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in names:
+                return "tool_choice", (f"tool_choice names {choice.function.name!r}, which is not among the "
+                                       f"tools ({', '.join(names)})")
+        if len(set(names)) != len(names):
+            return "tools", "two tools have the same function name: names must be unique"
+        for tool in self.tools or []:
+            if tool.function.parameters is not None and tool.function.parameters.get("type", "object") != "object":
+                return "tools", (f"tool {tool.function.name!r}: parameters must be a JSON schema of type object "
+                                 "(the arguments are an object)")
+        return None
+
     def unsupported(self) -> tuple[str, str] | None:
-        if self.tools:
-            return "tools", _TOOLS.format(field="tools")
-        if self.tool_choice not in (None, "none", "auto"):
-            return "tool_choice", _TOOLS.format(field="tool_choice")
+        problem = self.tool_problem()
+        if problem:
+            return problem
         if self.top_logprobs and not self.logprobs:
             return "top_logprobs", "top_logprobs needs logprobs=true"
         if self.echo:
@@ -357,11 +429,9 @@ class TokenizeChatRequest(_ChatTemplateFields):
     model: str | None = None
     messages: list[ChatMessage] = Field(..., min_length=1)
     return_token_strs: bool | None = False
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ChatTool] | None = None
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.tools:
-            return "tools", _TOOLS.format(field="tools")
         return self.template_problem() or self.refused()
 
 
@@ -461,6 +531,14 @@ class ChatChoiceLogprobs(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("tool_calls"):
+            data.pop("tool_calls", None)
+        return data
 
 
 class ChatChoice(BaseModel):
@@ -494,6 +572,9 @@ class DeltaMessage(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="index; on a call's first chunk id, type and function.name; then function.arguments "
+                          "fragments")
 
     @model_serializer(mode="wrap")
     def _drop_unset(self, handler: Any) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class ServerSettings:
     max_response_logprobs: int = 2**18  # log-probability entries in one response
     shutdown_timeout: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
     chat_template: str | None = None  # overrides the tokenizer's
+    enable_auto_tool_choice: bool = False  # tool_choice auto (the default with tools) needs it and a parser
+    tool_call_parser: str | None = None  # a name in tool_parsers.PARSERS
     generation_config: str = "auto"  # auto | vllm | a directory (defaults.sampling_defaults)
     override_generation_config: dict[str, Any] = field(default_factory=dict)
     metrics_prefix: str = "octavo"

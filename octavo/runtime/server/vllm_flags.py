@@ -33,7 +33,7 @@ class VllmFlag:
 
 
 _LORA = "octavo serves no LoRA adapters: serve a merged checkpoint"
-_TOOLS = "octavo has no tool calling or reasoning parsers yet (issue #23)"
+_REASONING = "octavo has no reasoning parsers"
 _POOLING = "octavo serves generative models only (no pooling, embedding or scoring runners)"
 _MULTIMODAL = "octavo serves text-only models"
 _KV_TRANSFER = "octavo has no KV cache transfer or disaggregated prefill"
@@ -78,11 +78,10 @@ UNSUPPORTED = (
     VllmFlag("lora_modules", "values", _LORA),
     VllmFlag("fully_sharded_loras", "bool", _LORA, neutral=(False,)),
     VllmFlag("enable_prompt_adapter", "bool", "octavo serves no prompt adapters", neutral=(False,)),
-    VllmFlag("enable_auto_tool_choice", "bool", _TOOLS, neutral=(False,)),
-    VllmFlag("tool_call_parser", "value", _TOOLS),
-    VllmFlag("tool_parser_plugin", "value", _TOOLS, neutral=("",)),
-    VllmFlag("reasoning_parser", "value", _TOOLS, neutral=("",)),
-    VllmFlag("enable_reasoning", "bool", _TOOLS, neutral=(False,)),
+    VllmFlag("tool_parser_plugin", "value", "octavo loads no tool parser plugins: use --tool-call-parser "
+             "llama3_json or hermes", neutral=("",)),
+    VllmFlag("reasoning_parser", "value", _REASONING, neutral=("",)),
+    VllmFlag("enable_reasoning", "bool", _REASONING, neutral=(False,)),
     VllmFlag("task", "value", _POOLING, neutral=("auto", "generate")),
     VllmFlag("runner", "value", _POOLING, neutral=("auto", "generate")),
     VllmFlag("convert", "value", _POOLING, neutral=("auto", "none")),
