@@ -54,7 +54,7 @@ class EngineCoreClient:
         except BaseException:
             self.shutdown()
             raise
-        self.num_blocks, self.block_size = ready.num_blocks, ready.block_size
+        self.ready = ready
 
     def _wait_ready(self) -> Ready:
         deadline = time.monotonic() + READY_TIMEOUT_S

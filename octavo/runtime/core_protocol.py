@@ -35,6 +35,8 @@ class Shutdown(msgspec.Struct, tag=True):
 class Ready(msgspec.Struct, tag=True):
     num_blocks: int
     block_size: int
+    num_params: int
+    weight_bytes: int
 
 
 class StepOutputs(msgspec.Struct, tag=True):

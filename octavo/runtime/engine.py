@@ -305,6 +305,11 @@ class LLMEngine:
         else:
             self._update_gauges()
 
+    def model_size(self) -> tuple[int, int]:
+        """(parameters, bytes of weights) of the target model on this rank."""
+        params = list(self.model_runner.model.parameters())
+        return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
     def sequence_counts(self) -> tuple[int, int]:
         """(running, waiting) sequences now, between steps."""
         return self.scheduler.num_running, self.scheduler.num_waiting

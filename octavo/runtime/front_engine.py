@@ -61,7 +61,8 @@ class FrontEngine:
         model_config = self.config.model_config
         self.tokenizer = load_tokenizer(model_config.tokenizer, required=model_config.load_format != "dummy")
         self.client = EngineCoreClient(engine_args)
-        self.kv_cache = KVCacheSize(self.client.num_blocks, self.client.block_size)
+        self.kv_cache = KVCacheSize(self.client.ready.num_blocks, self.client.ready.block_size)
+        self.profiler = None  # profiling runs with the in-process engine
         self.groups: dict[str, RequestGroup] = {}
         self.failed_requests: dict[str, Exception] = {}
         self.stats = EngineStats()
@@ -71,6 +72,10 @@ class FrontEngine:
 
     def shutdown(self) -> None:
         self.client.shutdown()
+
+    def model_size(self) -> tuple[int, int]:
+        """(parameters, bytes of weights) of the core's target model."""
+        return self.client.ready.num_params, self.client.ready.weight_bytes
 
     def get_tokenizer(self):
         return self.tokenizer
