@@ -9,6 +9,7 @@ on its own when the front process is gone. A failure sends Dead and exits 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -63,6 +64,15 @@ def run_engine_core(engine_args: EngineArgs, input_address: str, output_address:
         os._exit(code)  # noqa: SLF001 - skip multiprocessing's exit handlers: the state is broken
 
 
+def lean(output: RequestOutput) -> RequestOutput:
+    """The output without its inter-token latencies until it finishes: the list grows by one per
+    step, and only a finished request's metrics are observed (sent whole, each step, it would make
+    a request's traffic quadratic in its length)."""
+    if output.finished or output.metrics is None or not output.metrics.inter_token_latencies:
+        return output
+    return dataclasses.replace(output, metrics=dataclasses.replace(output.metrics, inter_token_latencies=[]))
+
+
 class EngineCore:
     """The busy loop: take messages, step while there is work, send what moved."""
 
@@ -98,7 +108,7 @@ class EngineCore:
                 if self.fault_after_steps is not None and engine.stats.num_steps >= self.fault_after_steps:
                     raise RuntimeError(f"injected engine core fault ({CORE_FAULT_AFTER_STEPS_ENV}="
                                        f"{self.fault_after_steps})")
-                outputs = engine.step()
+                outputs = [lean(output) for output in engine.step()]
                 for request_id, exc in engine.failed_requests.items():
                     failed[request_id] = f"{type(exc).__name__}: {exc}"
                 engine.failed_requests = {}

@@ -126,7 +126,7 @@ class FrontEngine:
 
     def abort_request(self, request_id: str | list[str]) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:
-            if self.groups.pop(rid, None) is not None:
+            if self.groups.pop(rid, None) is not None and self.client.dead is None:  # a dead core holds nothing
                 self.client.send(AbortRequest(rid))
 
     def has_unfinished_requests(self) -> bool:
@@ -165,8 +165,13 @@ class FrontEngine:
             if core_output.prompt_logprobs is not None and first.prompt_logprobs is not None:
                 first.prompt_logprobs = [self._with_text(entry) for entry in core_output.prompt_logprobs]
             first.metrics = core_output.metrics
-            for completion in core_output.outputs:
-                self._append(group, group.children[completion.index], completion)
+            try:
+                for completion in core_output.outputs:
+                    self._append(group, group.children[completion.index], completion)
+            except Exception as exc:  # noqa: BLE001 - one request's text (detokenizer, stop strings,
+                self.failed_requests[group.request_id] = exc  # logprobs) fails it alone, as in LLMEngine
+                self.abort_request(group.request_id)
+                continue
             finished = group.finished
             if finished:
                 del self.groups[group.request_id]
