@@ -45,6 +45,7 @@ class StepOutputs(msgspec.Struct, tag=True):
     num_running: int  # sequences, as the scheduler holds them after this message's work
     num_waiting: int
     num_adds_taken: int  # AddRequests the core has taken since it started
+    num_messages_taken: int  # AddRequests and AbortRequests
     failed: dict[str, str]  # request id -> why the core failed it alone
 
 

@@ -82,6 +82,7 @@ class EngineCore:
         self.outbox = outbox
         self.parent_pid = parent_pid
         self.num_adds_taken = 0
+        self.num_messages_taken = 0
         fault = os.environ.get(CORE_FAULT_AFTER_STEPS_ENV)
         self.fault_after_steps = int(fault) if fault else None
 
@@ -116,7 +117,7 @@ class EngineCore:
                 continue
             running, waiting = engine.sequence_counts()
             self.outbox.send(encoder.encode(StepOutputs(outputs, engine.stats, running, waiting,
-                                                        self.num_adds_taken, failed)))
+                                                        self.num_adds_taken, self.num_messages_taken, failed)))
 
     def take_messages(self, failed: dict[str, str]) -> bool:
         """Apply every message waiting; False on Shutdown."""
@@ -126,6 +127,7 @@ class EngineCore:
             except zmq.Again:
                 return True
             message = to_core_decoder.decode(frame)
+            self.num_messages_taken += 1
             if isinstance(message, AddRequest):
                 self.num_adds_taken += 1
                 try:

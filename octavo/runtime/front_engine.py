@@ -67,6 +67,8 @@ class FrontEngine:
         self.failed_requests: dict[str, Exception] = {}
         self.stats = EngineStats()
         self.num_adds_sent = 0
+        self.num_messages_sent = 0  # adds and aborts
+        self.num_messages_taken = 0  # of them, those the core has answered
         self.pending_adds: list[tuple[int, int]] = []  # (add number, sequences) the core has not counted
         self.core_counts = (0, 0)
 
@@ -119,7 +121,7 @@ class FrontEngine:
         core_params.stop, core_params.detokenize = [], False
         core_params.output_kind = RequestOutputKind.DELTA
         core_params.guided_decoding = None  # an alias of structured_outputs: it crosses once
-        self.client.send(AddRequest(request_id, token_ids, core_params, arrival))
+        self.send(AddRequest(request_id, token_ids, core_params, arrival))
         self.groups[request_id] = RequestGroup(request_id, text, token_ids, params, children)
         self.num_adds_sent += 1
         self.pending_adds.append((self.num_adds_sent, params.n))
@@ -127,10 +129,16 @@ class FrontEngine:
     def abort_request(self, request_id: str | list[str]) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:
             if self.groups.pop(rid, None) is not None and self.client.dead is None:  # a dead core holds nothing
-                self.client.send(AbortRequest(rid))
+                self.send(AbortRequest(rid))
+
+    def send(self, message: AddRequest | AbortRequest) -> None:
+        self.client.send(message)
+        self.num_messages_sent += 1
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.groups)
+        """Requests in flight, or messages the core has not answered yet (an abort's answer
+        carries the stats that show its blocks free: /metrics must not wait for the next request)."""
+        return bool(self.groups) or self.num_messages_taken < self.num_messages_sent
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.groups)
@@ -152,6 +160,7 @@ class FrontEngine:
     def _apply(self, message: StepOutputs) -> list[RequestOutput]:
         self.stats = message.stats
         self.core_counts = (message.num_running, message.num_waiting)
+        self.num_messages_taken = message.num_messages_taken
         self.pending_adds = [(number, n) for number, n in self.pending_adds if number > message.num_adds_taken]
         for request_id, error in message.failed.items():
             if self.groups.pop(request_id, None) is not None:
@@ -219,9 +228,9 @@ class FrontEngine:
 
     def _abort_in_core(self, group: RequestGroup) -> None:
         if group.finished:
-            self.client.send(AbortRequest(group.request_id))
+            self.send(AbortRequest(group.request_id))
         else:
-            self.client.send(AbortRequest(group.request_id, [c.index for c in group.children if c.is_finished]))
+            self.send(AbortRequest(group.request_id, [c.index for c in group.children if c.is_finished]))
 
     def _with_text(self, entry: dict[int, Logprob] | None) -> dict[int, Logprob] | None:
         """A log-probability entry with its tokens' texts (the core sends none)."""
