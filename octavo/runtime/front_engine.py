@@ -49,10 +49,16 @@ def build_engine(engine_args: EngineArgs) -> "LLMEngine | FrontEngine":
 
 @dataclass
 class KVCacheSize:
-    """The core's KV cache as the front needs it (prompt validation, /metrics)."""
+    """The core's KV cache as the front sees it: its size (prompt validation, /metrics) and its
+    use as of the core's last message."""
 
     num_blocks: int
     block_size: int
+    usage: float = 0.0
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.num_blocks - round(self.usage * self.num_blocks)
 
 
 class FrontEngine:
@@ -159,6 +165,7 @@ class FrontEngine:
 
     def _apply(self, message: StepOutputs) -> list[RequestOutput]:
         self.stats = message.stats
+        self.kv_cache.usage = message.stats.kv_cache_usage
         self.core_counts = (message.num_running, message.num_waiting)
         self.num_messages_taken = message.num_messages_taken
         self.pending_adds = [(number, n) for number, n in self.pending_adds if number > message.num_adds_taken]
