@@ -117,10 +117,9 @@ def model_facts(llm: Any) -> dict:
     """Shape facts the roofline needs, read off the loaded model."""
     import torch
 
-    runner = llm.llm_engine.model_runner
-    model = runner.model
-    config = runner.model_config
-    params = list(model.parameters())
+    engine = llm.llm_engine
+    config = engine.config.model_config
+    num_params, weight_bytes = engine.model_size()
     hf = config.hf_config
     kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
@@ -128,15 +127,15 @@ def model_facts(llm: Any) -> dict:
     return {
         "architecture": config.architecture,
         "dtype": str(config.dtype).replace("torch.", ""),
-        "num_params": sum(p.numel() for p in params),
-        "weight_bytes": sum(p.numel() * p.element_size() for p in params),
+        "num_params": num_params,
+        "weight_bytes": weight_bytes,
         "kv_bytes_per_token": 2 * hf.num_hidden_layers * kv_heads * head_dim * element,
         "num_layers": hf.num_hidden_layers,
         "hidden_size": hf.hidden_size,
         "vocab_size": hf.vocab_size,
         "max_model_len": llm.llm_engine.max_model_len,
-        "num_kv_blocks": runner.num_blocks,
-        "block_size": runner.block_size,
+        "num_kv_blocks": engine.kv_cache.num_blocks,
+        "block_size": engine.kv_cache.block_size,
         "device": str(llm.llm_engine.config.device),
     }
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from octavo.runtime.config import AsyncEngineArgs, EngineArgs
 from octavo.runtime.engine import LLMEngine, PromptType
+from octavo.runtime.front_engine import FrontEngine, build_engine
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.sampling_params import SamplingParams
 from octavo.runtime.structured.compiler import GrammarError
@@ -105,7 +106,7 @@ class _Stream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine | FrontEngine) -> None:
         self.engine = engine
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wakeup = threading.Event()
@@ -123,7 +124,7 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs | AsyncEngineArgs, **_: Any) -> "AsyncLLMEngine":
-        return cls(LLMEngine.from_engine_args(engine_args))
+        return cls(build_engine(engine_args))
 
     # ---- status ------------------------------------------------------------------------------
     @property
@@ -182,8 +183,8 @@ class AsyncLLMEngine:
         return stream.added_at if stream is not None else -1
 
     def _publish_counts(self) -> None:
-        scheduler = self.engine.scheduler  # read here, on the engine thread, between steps
-        self._counts = (self._counts[0] + 1, scheduler.num_running, scheduler.num_waiting)
+        running, waiting = self.engine.sequence_counts()  # read here, on the engine thread, between steps
+        self._counts = (self._counts[0] + 1, running, waiting)
 
     @property
     def num_unfinished_requests(self) -> int:

@@ -24,9 +24,10 @@ from octavo.runtime import distributed
 from octavo.runtime.config import EngineArgs, EngineConfig
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
-from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
+from octavo.runtime.outputs import Logprob, RequestOutput
 from octavo.runtime.profiler import StepProfiler
 from octavo.runtime.request import Request, RequestStatus
+from octavo.runtime.request_text import completion_output, match_stop_string
 from octavo.runtime.sampler import SampledRow, Sampler, needs_history
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.scheduler import Scheduler, SchedulerOutput
@@ -143,6 +144,24 @@ def parse_prompt(prompt: PromptType, tokenizer: Any) -> tuple[str | None, list[i
     raise ValueError(f"prompt must be a string, a list of token ids or a dict, got {type(prompt).__name__}")
 
 
+def check_prompt(prompt_token_ids: list[int], max_model_len: int, vocab_size: int, num_blocks: int,
+                 block_size: int) -> None:
+    """Raise ValueError for a prompt that can never run (the request fails alone)."""
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if n >= max_model_len:
+        raise ValueError(f"the prompt has {n} tokens but max_model_len is {max_model_len}: "
+                         f"shorten it to at most {max_model_len - 1} tokens or raise max_model_len")
+    bad = [t for t in prompt_token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (0..{vocab_size - 1})")
+    blocks = -(-(n + 1) // block_size)
+    if blocks > num_blocks:
+        raise ValueError(f"the prompt needs {blocks} KV blocks but the cache holds {num_blocks}: "
+                         "shorten it or give the cache more memory")
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -236,20 +255,8 @@ class LLMEngine:
 
     def validate_prompt(self, prompt_token_ids: list[int]) -> None:
         """Raise ValueError for a prompt that can never run (the request fails alone)."""
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise ValueError("the prompt is empty: give at least one token")
-        if n >= self.max_model_len:
-            raise ValueError(f"the prompt has {n} tokens but max_model_len is {self.max_model_len}: "
-                             f"shorten it to at most {self.max_model_len - 1} tokens or raise max_model_len")
-        vocab = self.config.model_config.vocab_size
-        bad = [t for t in prompt_token_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})")
-        blocks = -(-(n + 1) // self.kv_cache.block_size)
-        if blocks > self.kv_cache.num_blocks:
-            raise ValueError(f"the prompt needs {blocks} KV blocks but the cache holds {self.kv_cache.num_blocks}: "
-                             "shorten it or give the cache more memory")
+        check_prompt(prompt_token_ids, self.max_model_len, self.config.model_config.vocab_size,
+                     self.kv_cache.num_blocks, self.kv_cache.block_size)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
                     arrival_time: float | None = None) -> None:
@@ -310,6 +317,31 @@ class LLMEngine:
         # An idle engine takes no further step, so refresh the gauges here (or /metrics would
         # keep reporting the aborted request as running and its blocks as used).
         self._update_gauges()
+
+    def abort_sequences(self, request_id: str, indices: list[int]) -> None:
+        """End some samples of an n > 1 request (the multiprocess front found their stop
+        strings); the whole request once none is left."""
+        group = self.groups.get(request_id)
+        if group is None:
+            return
+        for index in indices:
+            child = group.children[index]
+            if not child.is_finished:
+                self.scheduler.finish_request(child, RequestStatus.FINISHED_ABORTED)
+                self._forget(child)
+        if group.finished:
+            self.abort_request(request_id)
+        else:
+            self._update_gauges()
+
+    def model_size(self) -> tuple[int, int]:
+        """(parameters, bytes of weights) of the target model on this rank."""
+        params = list(self.model_runner.model.parameters())
+        return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
+
+    def sequence_counts(self) -> tuple[int, int]:
+        """(running, waiting) sequences now, between steps."""
+        return self.scheduler.num_running, self.scheduler.num_waiting
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.groups)
@@ -646,16 +678,8 @@ class LLMEngine:
             if token_id in params.all_stop_token_ids:
                 request.stop_reason = token_id if token_id in params.stop_token_ids else None
                 return RequestStatus.FINISHED_STOPPED
-            if params.stop and delta:
-                text = request.output_text
-                longest = max(len(s) for s in params.stop)
-                search_from = max(0, len(text) - len(delta) - longest + 1)
-                for stop in params.stop:
-                    at = text.find(stop, search_from)
-                    if at != -1:
-                        request.output_text = text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
-                        request.stop_reason = stop
-                        return RequestStatus.FINISHED_STOPPED
+            if match_stop_string(request, delta):
+                return RequestStatus.FINISHED_STOPPED
         if request.grammar is not None and request.grammar.is_terminated:
             return RequestStatus.FINISHED_STOPPED  # ignore_eos, or a stop token of the request's own
         if params.max_tokens is not None and request.num_output_tokens >= params.max_tokens:
@@ -700,31 +724,6 @@ class LLMEngine:
         stats.prefix_cache_hits = self.kv_cache.prefix_hits
 
     # ---- outputs -----------------------------------------------------------------------------
-    @staticmethod
-    def _visible_text(request: Request) -> str:
-        """Text safe to show: while running, hold back what could be the start of a stop string."""
-        text = request.output_text
-        stops = request.sampling_params.stop
-        if stops and not request.is_finished and not request.sampling_params.include_stop_str_in_output:
-            hold = max(len(s) for s in stops) - 1
-            return text[: max(0, len(text) - hold)]
-        return text
-
-    def _completion(self, request: Request, kind: RequestOutputKind) -> CompletionOutput:
-        text = self._visible_text(request)
-        token_ids = request.known_output_token_ids
-        logprobs = request.logprobs
-        if kind == RequestOutputKind.DELTA:
-            text_offset, token_offset = request.sent_text_offset, request.sent_token_offset
-            request.sent_text_offset, request.sent_token_offset = len(text), len(token_ids)
-            text, token_ids = text[text_offset:], token_ids[token_offset:]
-            logprobs = logprobs[token_offset:] if logprobs is not None else None
-        return CompletionOutput(
-            index=request.index, text=text, token_ids=list(token_ids),
-            cumulative_logprob=request.cumulative_logprob if request.logprobs is not None else None,
-            logprobs=list(logprobs) if logprobs is not None else None,
-            finish_reason=request.finish_reason, stop_reason=request.stop_reason)
-
     def _outputs(self, touched: list[Request]) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
         seen: set[str] = set()
@@ -741,7 +740,7 @@ class LLMEngine:
             outputs.append(RequestOutput(
                 request_id=group.request_id, prompt=group.prompt, prompt_token_ids=group.prompt_token_ids,
                 prompt_logprobs=first.prompt_logprobs,
-                outputs=[self._completion(c, kind) for c in group.children],
+                outputs=[completion_output(c, kind) for c in group.children],
                 finished=finished, metrics=first.metrics, num_cached_tokens=first.metrics.num_cached_tokens))
             if finished:
                 del self.groups[group.request_id]

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from octavo.runtime.config import EngineArgs
-from octavo.runtime.engine import LLMEngine, PromptType
+from octavo.runtime.engine import PromptType
+from octavo.runtime.front_engine import build_engine
 from octavo.runtime.outputs import CompletionOutput, RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.tokenizer import apply_chat_template
@@ -21,7 +22,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         self.engine_args = EngineArgs.from_kwargs(model=model, **kwargs)
-        self.llm_engine = LLMEngine.from_engine_args(self.engine_args)
+        self.llm_engine = build_engine(self.engine_args)
         self._counter = itertools.count()
 
     def get_tokenizer(self):

@@ -4,6 +4,7 @@ and the numbers are positive and add up."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -162,3 +163,23 @@ def test_throughput_profile_summarises_the_steps(bench, llama_dir, tmp_path):
     assert all(phases[p]["count"] == 4 for p in ("step", "schedule", "launch", "outputs"))
     assert phases["launch"]["total_ms"] < phases["step"]["total_ms"]
     assert summary["gpu_busy_fraction"] is None  # no device on a CPU
+
+
+def test_throughput_with_the_engine_core_process(bench, llama_dir):
+    """--enable-multiprocessing reaches the engine, for the GPU A/B of the two modes; the results
+    record the mode."""
+    code, data, _ = bench("throughput", "--model", str(llama_dir), "--num-prompts", "4", "--input-len-range",
+                          "4:12", "--output-len-range", "2:6", "--seed", "3", "--enable-multiprocessing", *ENGINE)
+    assert code == 0
+    ours = data["octavo"]
+    assert ours["num_errors"] == 0 and ours["output_tokens"] == sum(r["output_len"] for r in ours["records"])
+    assert '"enable_multiprocessing": true' in json.dumps(data)
+
+
+def test_serve_launches_the_server_with_the_engine_core_process(bench, llama_dir):
+    code, data, _ = bench("serve", "--model", str(llama_dir), "--launch", "--launch-timeout", "180",
+                          "--concurrency", "2", "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
+                          "--num-warmups", "1", "--enable-multiprocessing", *ENGINE)
+    assert code == 0 and data["total_errors"] == 0
+    assert data["levels"][0]["output_tokens"] == 12
+    assert "--enable-multiprocessing" in data["settings"]["server_command"].split()

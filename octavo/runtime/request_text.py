@@ -1,0 +1,54 @@
+"""A request's text as the user sees it: stop strings, the text held back while one could still
+be forming, and the CompletionOutput of a request. Shared by the in-process engine and the front
+of the multiprocess engine (which detokenizes while the engine core only samples token ids)."""
+
+from __future__ import annotations
+
+from octavo.runtime.outputs import CompletionOutput
+from octavo.runtime.request import Request
+from octavo.runtime.sampling_params import RequestOutputKind
+
+
+def match_stop_string(request: Request, delta: str) -> bool:
+    """Whether the text `delta` just extended ends the request on a stop string; if so the text
+    is cut at it (keeping it with include_stop_str_in_output) and the stop reason set."""
+    params = request.sampling_params
+    if not params.stop or not delta:
+        return False
+    text = request.output_text
+    longest = max(len(s) for s in params.stop)
+    search_from = max(0, len(text) - len(delta) - longest + 1)
+    for stop in params.stop:
+        at = text.find(stop, search_from)
+        if at != -1:
+            request.output_text = text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
+            request.stop_reason = stop
+            return True
+    return False
+
+
+def visible_text(request: Request) -> str:
+    """Text safe to show: while running, hold back what could be the start of a stop string."""
+    text = request.output_text
+    stops = request.sampling_params.stop
+    if stops and not request.is_finished and not request.sampling_params.include_stop_str_in_output:
+        hold = max(len(s) for s in stops) - 1
+        return text[: max(0, len(text) - hold)]
+    return text
+
+
+def completion_output(request: Request, kind: RequestOutputKind) -> CompletionOutput:
+    """The request's output so far (DELTA: what was not sent before, and marks it sent)."""
+    text = visible_text(request)
+    token_ids = request.known_output_token_ids
+    logprobs = request.logprobs
+    if kind == RequestOutputKind.DELTA:
+        text_offset, token_offset = request.sent_text_offset, request.sent_token_offset
+        request.sent_text_offset, request.sent_token_offset = len(text), len(token_ids)
+        text, token_ids = text[text_offset:], token_ids[token_offset:]
+        logprobs = logprobs[token_offset:] if logprobs is not None else None
+    return CompletionOutput(
+        index=request.index, text=text, token_ids=list(token_ids),
+        cumulative_logprob=request.cumulative_logprob if request.logprobs is not None else None,
+        logprobs=list(logprobs) if logprobs is not None else None,
+        finish_reason=request.finish_reason, stop_reason=request.stop_reason)
