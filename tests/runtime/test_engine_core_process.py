@@ -294,7 +294,7 @@ def constrained_requests() -> list[tuple[str, SamplingParams]]:
                                                      guided_decoding=spec)),
                      (PROMPTS[i], SamplingParams(temperature=0.9, seed=5 + i, max_tokens=60, stop=["zz"],
                                                  structured_outputs=spec))]
-    requests.append((PROMPTS[3], SamplingParams(max_tokens=30, ignore_eos=True,
+    requests.append((PROMPTS[3], SamplingParams(seed=1, max_tokens=30, ignore_eos=True,
                                                 guided_decoding=GuidedDecodingParams(choice=["yes", "no"]))))
     requests.append((PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)))  # unconstrained
     return requests
