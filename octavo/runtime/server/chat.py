@@ -85,20 +85,11 @@ def _params(state: ServingState, body: ChatCompletionRequest, token_ids: list[in
     except ValueError as exc:
         raise bad_request(str(exc), param=getattr(exc, "param", None)) from exc
     if plan is not None:
-        if plan.schema is not None:
-            field = body.structured_outputs_field()
-            if field is not None:  # both would constrain the same output
-                raise bad_request(f"{field} cannot be combined with tool_choice {_choice_name(body)}: the tool "
-                                  "call's schema constrains the output; drop one of them", param=field)
+        if plan.schema is not None:  # no other constraint: ChatCompletionRequest.tool_problem refused it
             params.structured_outputs = params.guided_decoding = StructuredOutputsParams(json=plan.schema)
         if not plan.reader.skip_special_tokens and body.skip_special_tokens is not False:
             params.skip_special_tokens = False  # the format's markers are special tokens
     return params
-
-
-def _choice_name(body: ChatCompletionRequest) -> str:
-    choice = body.effective_tool_choice
-    return choice if isinstance(choice, str) else f"naming {choice.function.name!r}"
 
 
 def _text_of(state: ServingState, body: ChatCompletionRequest):

@@ -392,6 +392,11 @@ class ChatCompletionRequest(_SamplingRequest, _ChatTemplateFields):
             if choice.function.name not in names:
                 return "tool_choice", (f"tool_choice names {choice.function.name!r}, which is not among the "
                                        f"tools ({', '.join(names)})")
+        constraint = self.structured_outputs_field()
+        if constraint is not None and (choice == "required" or isinstance(choice, NamedToolChoice)):
+            forced = choice if choice == "required" else f"naming {choice.function.name!r}"
+            return constraint, (f"{constraint} cannot be combined with tool_choice {forced}: the tool call's "
+                                "schema constrains the output; drop one of them")
         if len(set(names)) != len(names):
             return "tools", "two tools have the same function name: names must be unique"
         for tool in self.tools or []:
