@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from octavo.operator import crd
+from octavo.operator import crd, model_volumes
 from octavo.operator.spec import LLMServiceSpec
 
 CONTAINER_PORT = 8000
@@ -127,6 +127,15 @@ def endpoint(body: dict[str, Any], spec: LLMServiceSpec) -> str:
     return f"http://{name}.{namespace}.svc:{spec.service_port}/v1"
 
 
+def service_url(body: dict[str, Any], spec: LLMServiceSpec,
+                cluster_domain: str | None = None) -> str:
+    """The in-cluster base URL of the Service (status.url): http://NAME.NAMESPACE.svc:PORT,
+    with the cluster domain appended when one is configured."""
+    name, namespace = _meta(body)
+    host = f"{name}.{namespace}.svc" + (f".{cluster_domain.strip('.')}" if cluster_domain else "")
+    return f"http://{host}:{spec.service_port}"
+
+
 def serve_args(spec: LLMServiceSpec) -> list[str]:
     """The `octavo serve` command line for this spec: the engine's flags from EngineArgs, then
     the server's own options."""
@@ -239,11 +248,12 @@ def _container_security_context() -> dict[str, Any]:
     }
 
 
-def _cache_volume(spec: LLMServiceSpec) -> dict[str, Any]:
-    if spec.model_cache is not None:
-        return {"name": "model-cache", "persistentVolumeClaim": {
-            "claimName": spec.model_cache["claimName"], "readOnly": not spec.cache_writable}}
-    return {"name": "model-cache", "emptyDir": {}}
+def _model_volumes(service_name: str, spec: LLMServiceSpec
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model cache and the pvc:// / oci:// sources (model_volumes.py)."""
+    volumes, mounts = model_volumes.source_volumes(spec)
+    return ([model_volumes.cache_volume(service_name, spec), *volumes],
+            [model_volumes.cache_mount(spec), *mounts])
 
 
 def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
@@ -270,15 +280,9 @@ def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
 
 def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
     name, _ = _meta(body)
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        _cache_volume(spec),
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "model-cache", "mountPath": spec.cache_mount,
-         "readOnly": not spec.cache_writable},
-    ]
+    model_vols, model_mounts = _model_volumes(name, spec)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *model_vols]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *model_mounts]
     if spec.tensor_parallel_size > 1:
         # NCCL and the TP workers exchange tensors through shared memory; a container's default
         # 64 MiB /dev/shm is far too small.
@@ -478,11 +482,8 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "command": check_pair_args(spec),
         "env": _check_pair_env(spec),
         "resources": copy.deepcopy(CHECK_PAIR_RESOURCES),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "model-cache", "mountPath": spec.cache_mount,
-             "readOnly": not spec.cache_writable},
-        ],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         *_model_volumes(service_name, spec)[1]],
         "terminationMessagePath": TERMINATION_LOG,
         # If the command dies before writing its verdict, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -493,7 +494,7 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, _cache_volume(spec)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *_model_volumes(service_name, spec)[0]],
         "securityContext": _pod_security_context(),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,

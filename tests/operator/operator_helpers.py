@@ -46,6 +46,7 @@ RESOURCES = {
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", ["status"]),
     "batch/v1/jobs": ("Job", ["status"]),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", ["status"]),
 }
 
 

@@ -50,9 +50,9 @@ def test_draft_equal_to_target():
                                                              "revision": "small"}})) == []
 
 
-def test_model_and_draft_need_a_name_or_path():
-    assert "spec.model needs a name" in check_llmservice({"model": {}})[0]
-    assert "draftModel needs a name or a path" in \
+def test_model_and_draft_need_a_source_name_or_path():
+    assert "spec.model needs a source" in check_llmservice({"model": {}})[0]
+    assert "draftModel needs a source, a name or a path" in \
         check_llmservice(spec(speculative={"draftModel": {"revision": "x"}}))[0]
 
 
