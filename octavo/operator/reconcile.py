@@ -174,6 +174,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
 
     new_status["apiKey"] = _ensure_api_key(kube, body, spec, events)
     deployment = None
+    served_before = _version(kube.get("apps/v1", "Deployment", meta.get("namespace", "default"),
+                                      meta["name"]))
     for desired in resources.serving_objects(body, spec):
         live = ensure(kube, desired)
         if desired["kind"] == "Deployment":
@@ -183,8 +185,9 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     _delete_stale_jobs(kube, body, spec.pair_hash())
 
     rollout = st.rollout_of(deployment)
-    if rollout.phase == st.READY:
-        # The new version serves: the caches and download Jobs of earlier sources can go.
+    if rollout.phase == st.READY and _version(deployment) == served_before:
+        # The current spec serves (the Deployment was not just rewritten, when its status
+        # still describes the old pods): caches and download Jobs of earlier sources can go.
         _delete_stale_delivery(kube, body, spec)
     _report_serving(body, spec, deployment, rollout, new_status, conditions, generation)
     if rollout.phase == st.READY and old_status.get("phase") != st.READY:
@@ -192,6 +195,11 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
                        f"{new_status['endpoint']}"))
     return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
                    Outcome(rollout.phase, rollout.message))
+
+
+def _version(obj: dict[str, Any] | None) -> Any:
+    """What identifies a Deployment's version: its spec (a rewrite changes it)."""
+    return (obj or {}).get("spec")
 
 
 # --- the model cache ------------------------------------------------------------------------
