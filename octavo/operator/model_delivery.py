@@ -22,8 +22,10 @@ COMPONENT_CACHE = "model-cache"
 COMPONENT_DOWNLOAD = "download"
 DEFAULT_ACCESS_MODES = ["ReadWriteOnce"]
 DEFAULT_DOWNLOAD_TIMEOUT_SECONDS = 6 * 3600
-# Network hiccups: the Job retries its pod a few times (snapshot_download resumes).
+# A crash or an eviction: the Job retries its pod a few times (snapshot_download resumes). Exit
+# 1 is fetch-model's reported failure (a 401, a missing revision): final, the result says why.
 DOWNLOAD_BACKOFF_LIMIT = 3
+EXIT_FETCH_FAILED = 1
 HF_TOKEN_ENV = "HF_TOKEN"
 FETCH_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
                    "limits": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "4Gi"}}
@@ -133,6 +135,11 @@ def download_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         "spec": {
             "backoffLimit": DOWNLOAD_BACKOFF_LIMIT,
             "activeDeadlineSeconds": timeout,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": FETCH_CONTAINER, "operator": "In",
+                                "values": [EXIT_FETCH_FAILED]},
+            }]},
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
         },
     }
