@@ -180,3 +180,33 @@ def test_fetch_model_cli_usage(tmp_path):
 
     assert main(["fetch-model", "--source", "hf://a/b", "--source", "hf://c/d",
                  "--dest", str(tmp_path)]) == 2
+
+
+def test_fetch_model_through_snapshot_download_against_a_fake_hub(tmp_path, monkeypatch):
+    """The real huggingface_hub path: revision pinned, files and bytes counted, a second run
+    (a restarted Job) fetches nothing, a missing repository is a Failed result naming it."""
+    from e2e.fake_hub import FakeHub
+
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text('{"model_type": "llama"}')
+    (source / "sub" / "weights.bin").write_bytes(b"w" * 1000)
+    from huggingface_hub import constants
+
+    with FakeHub({"org/m": source}) as hub:
+        # The suite runs offline (HF_HUB_OFFLINE=1, read at import): this test's only hub is
+        # the fake one on loopback.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        dest = tmp_path / "cache" / "hf" / "org--m" / "main"
+        result = fetch_model.fetch([("hf://org/m@main", str(dest))])
+        assert result["phase"] == "Succeeded", result
+        assert (result["files"], result["bytes"]) == (2, 1000 + len('{"model_type": "llama"}'))
+        assert (dest / "sub" / "weights.bin").read_bytes() == b"w" * 1000
+        assert hub.downloads["org/m"] == 2
+        assert fetch_model.fetch([("hf://org/m@main", str(dest))])["phase"] == "Succeeded"
+        assert hub.downloads["org/m"] == 2
+        missing = fetch_model.fetch([("hf://org/missing", str(tmp_path / "x"))])
+        assert missing["phase"] == "Failed" and "org/missing" in missing["message"]
