@@ -236,6 +236,13 @@ def test_validating_admission_policy_mirrors_the_operators_policy(helm):
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0][
         "values"] == ["ml"]
     assert by_kind(render(helm, VALUE_SETS["open"]), "ValidatingAdmissionPolicy") == []
+    # Claims include pvc:// sources, Secrets the hub token's; oci:// is refused unless
+    # modelDelivery.imageVolumes (the policy value set turns it on).
+    assert "pvc://" in variables["claimRefs"] and "hubTokenSecretRef" in variables["secretRefs"]
+    assert not any("oci://" in v["expression"] for v in policy["spec"]["validations"])
+    default_policy, = by_kind(render(helm, []), "ValidatingAdmissionPolicy")
+    oci_rule, = [v for v in default_policy["spec"]["validations"] if "oci://" in v["expression"]]
+    assert "modelDelivery.imageVolumes" in oci_rule["message"]
 
 
 @pytest.mark.parametrize("name, port", [("defaults", "liveness"), ("namespaced+webhook", "webhook")])
