@@ -180,3 +180,22 @@ def test_failed_download_is_a_condition(cluster, operator, crd, namespace):
                          "deployments") == []
     events = [e["reason"] for e in serving.events_for(cluster, namespace, "fetch")]
     assert "DownloadFailed" in events
+
+
+def test_admission_policy_covers_delivery_fields(cluster, operator, crd, namespace):
+    """The chart's ValidatingAdmissionPolicy (CEL in the real API server) and the webhook refuse
+    oci:// sources while modelDelivery.imageVolumes is off, and hub tokens from Secrets outside
+    policy.allowedSecrets."""
+    oci = serving.example("model-oci.yaml")
+    refused = serving.apply(cluster, namespace, oci, check=False)
+    assert refused.returncode != 0 and "modelDelivery.imageVolumes" in refused.stderr, \
+        refused.stderr
+    token = llmservice("token", {"model": {"source": "hf://org/m",
+                                           "hubTokenSecretRef": {"name": "payments"}},
+                                 "resources": {"gpusPerReplica": 0}})
+    refused = serving.apply(cluster, namespace, token, check=False)
+    assert refused.returncode != 0 and "payments" in refused.stderr, refused.stderr
+    allowed = llmservice("token", {"model": {"source": "hf://org/m",
+                                             "hubTokenSecretRef": {"name": "hf-token"}},
+                                   "replicas": 0, "resources": {"gpusPerReplica": 0}})
+    serving.apply(cluster, namespace, allowed)
