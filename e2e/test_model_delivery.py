@@ -136,7 +136,7 @@ def test_kubectl_wait_ready_and_server_side_apply_twice(cluster, operator, crd, 
     assert serving.condition(llms, "Stalled")["status"] == "False"
     assert status["url"] == f"http://idle.{namespace}.svc:8000"
     assert status["model"] == "/models/none"
-    table = cluster.kubectl("get", "llms", "idle", "-n", namespace, "-o", "wide").stdout
+    table = cluster.kubectl("get", "llms", "idle", "-n", namespace).stdout
     assert "/models/none" in table and "True" in table and status["url"] in table
 
     cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)

@@ -335,7 +335,7 @@ PRINTER_COLUMNS = [
      "description": "Live pods (spec.replicas is the request)."},
     {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
