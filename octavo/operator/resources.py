@@ -201,11 +201,21 @@ def _with_user_env(env: list[dict[str, Any]],
     return [var for var in env if var["name"] not in user_names] + [dict(v) for v in user_env]
 
 
+def _hub_token_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """HF_TOKEN from spec.model.hubTokenSecretRef for pods that fetch from the hub themselves
+    (no model cache delivery: with one, only the download Job holds the token)."""
+    ref = spec.model.hub_token_secret
+    if spec.cache_delivery or not ref:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": ref["name"], "key": ref.get("key", "HF_TOKEN")}}}]
+
+
 def _env(service_name: str, spec: LLMServiceSpec) -> list[dict[str, Any]]:
     """The serving container's environment: scratch paths, the API key, the spec's env."""
     secret, key = api_key_ref(service_name, spec)
-    env = _base_env() + [{"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {
-        "name": secret, "key": key}}}]
+    env = _base_env() + _hub_token_env(spec) + [{"name": API_KEY_ENV, "valueFrom": {
+        "secretKeyRef": {"name": secret, "key": key}}}]
     # Admission refuses a spec that sets the key itself; dropping it here too means no spec can
     # serve without one.
     return _with_user_env(env, [var for var in spec.env if var.get("name") != API_KEY_ENV])
@@ -217,7 +227,8 @@ def _check_pair_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
     def needed(var: dict[str, Any]) -> bool:
         source = var.get("valueFrom") or {}
         return "secretKeyRef" not in source or var.get("name") in CHECK_PAIR_SECRET_ENV
-    return _with_user_env(_base_env(), [var for var in spec.env if needed(var)])
+    return _with_user_env(_base_env() + _hub_token_env(spec),
+                          [var for var in spec.env if needed(var)])
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:

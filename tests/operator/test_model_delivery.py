@@ -210,3 +210,15 @@ def test_fetch_model_through_snapshot_download_against_a_fake_hub(tmp_path, monk
         assert hub.downloads["org/m"] == 2
         missing = fetch_model.fetch([("hf://org/missing", str(tmp_path / "x"))])
         assert missing["phase"] == "Failed" and "org/missing" in missing["message"]
+
+
+def test_the_hub_token_goes_to_whoever_downloads():
+    token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token",
+                                                                 "key": "HF_TOKEN"}}}
+    body, cached = build(hf_spec())
+    assert token not in server(resources.deployment(body, cached))["env"]
+    body, direct = build({"model": {"source": "hf://org/m", "hubTokenSecretRef": {"name": "hf-token"}},
+                          "speculative": {"draftModel": {"source": "hf://org/d"}}})
+    assert token in server(resources.deployment(body, direct))["env"]
+    check = resources.validation_job(body, direct)["spec"]["template"]["spec"]["containers"][0]
+    assert token in check["env"]
