@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from octavo.operator import model_source as ms
 from octavo.operator.spec import LLMServiceSpec, runtime_image_default
 
 # Services need an RFC 1035 label: the LLMService's name becomes the Service's.
@@ -35,13 +36,17 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
                       "'-', starting with a letter, at most 63 characters): its Service is "
                       "named after it")
     raw_model = (spec or {}).get("model") or {}
-    if not raw_model.get("name") and not raw_model.get("path"):
-        errors.append("spec.model needs a name (hub id or demo name) or a path (a directory in "
-                      "the container)")
+    if not any(raw_model.get(k) for k in ("name", "path", "source")):
+        errors.append("spec.model needs a source (hf://org/name, pvc://claim/path, oci://image "
+                      "or a path), a name (hub id or demo name) or a path (a directory in the "
+                      "container)")
         return errors
     draft_raw = ((spec or {}).get("speculative") or {}).get("draftModel")
-    if draft_raw is not None and not draft_raw.get("name") and not draft_raw.get("path"):
-        errors.append("spec.speculative.draftModel needs a name or a path")
+    if draft_raw is not None and not any(draft_raw.get(k) for k in ("name", "path", "source")):
+        errors.append("spec.speculative.draftModel needs a source, a name or a path")
+        return errors
+    errors += _source_errors(spec or {})
+    if errors:
         return errors
 
     s = LLMServiceSpec.from_dict(spec)
@@ -76,11 +81,50 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
     return errors
 
 
+def _model_sources(spec: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    models = [("spec.model", spec.get("model") or {})]
+    draft = (spec.get("speculative") or {}).get("draftModel")
+    if draft:
+        models.append(("spec.speculative.draftModel", draft))
+    return models
+
+
+def _source_errors(spec: Mapping[str, Any]) -> list[str]:
+    """Sources that do not parse, and a source set beside name or path (which one wins would
+    be a guess)."""
+    errors: list[str] = []
+    for where, model in _model_sources(spec):
+        if not model.get("source"):
+            continue
+        if model.get("name") or model.get("path"):
+            errors.append(f"{where} sets source and {'name' if model.get('name') else 'path'}: "
+                          "keep source (hf://org/name is the hub id's form)")
+            continue
+        try:
+            ms.parse(str(model["source"]), model.get("revision"))
+        except ms.SourceError as exc:
+            errors.append(f"{where}.source: {exc}")
+    return errors
+
+
+def parsed_sources(spec: Mapping[str, Any] | None) -> list[tuple[str, ms.ModelSource]]:
+    """(where, parsed source) for every model source of the spec that parses."""
+    out: list[tuple[str, ms.ModelSource]] = []
+    for where, model in _model_sources(spec or {}):
+        try:
+            if model.get("source"):
+                out.append((f"{where}.source", ms.parse(str(model["source"]), model.get("revision"))))
+        except ms.SourceError:
+            pass
+    return out
+
+
 # --- policy ----------------------------------------------------------------------------------
 
 ALLOWED_IMAGES_ENV = "OCTAVO_ALLOWED_IMAGES"
 ALLOWED_SECRETS_ENV = "OCTAVO_ALLOWED_SECRETS"
 ALLOWED_CLAIMS_ENV = "OCTAVO_ALLOWED_CLAIMS"
+IMAGE_VOLUMES_ENV = "OCTAVO_IMAGE_VOLUMES"
 _FIX = "or ask a cluster admin to add it to the octavo-operator chart value"
 
 
@@ -96,6 +140,7 @@ class Policy:
     images: tuple[str, ...] | None = None
     secrets: tuple[str, ...] | None = None
     claims: tuple[str, ...] | None = None
+    image_volumes: bool = True  # oci:// sources (Kubernetes image volumes) allowed
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Policy:
@@ -106,8 +151,9 @@ class Policy:
             if value is None:
                 return None
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        image_volumes = environ.get(IMAGE_VOLUMES_ENV, "true").strip().lower() in ("1", "true")
         return cls(images=read(ALLOWED_IMAGES_ENV), secrets=read(ALLOWED_SECRETS_ENV),
-                   claims=read(ALLOWED_CLAIMS_ENV))
+                   claims=read(ALLOWED_CLAIMS_ENV), image_volumes=image_volumes)
 
 
 def image_allowed(image: str, allowed: tuple[str, ...] | None) -> bool:
@@ -145,6 +191,10 @@ def secret_refs(spec: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     key_ref = (spec or {}).get("apiKeySecretRef")
     if isinstance(key_ref, Mapping):
         refs.append(("spec.apiKeySecretRef", str(key_ref.get("name") or "")))
+    for where, model in _model_sources(spec or {}):
+        token_ref = model.get("hubTokenSecretRef")
+        if isinstance(token_ref, Mapping):
+            refs.append((f"{where}.hubTokenSecretRef", str(token_ref.get("name") or "")))
     return refs
 
 
@@ -161,11 +211,24 @@ def check_policy(spec: Mapping[str, Any] | None, policy: Policy) -> list[str]:
             errors.append(f"{where} names Secret {name!r}, which LLMServices may not read "
                           f"({_listed(policy.secrets)}): remove the reference, {_FIX} "
                           "policy.allowedSecrets")
-    claim = ((spec or {}).get("modelCache") or {}).get("claimName")
-    if claim and not name_allowed(str(claim), policy.claims):
-        errors.append(f"spec.modelCache.claimName {claim!r} is not an allowed claim "
-                      f"({_listed(policy.claims)}): {_FIX.replace('or ', '', 1)} "
-                      "policy.allowedClaims")
+    claims = [("spec.modelCache.claimName", ((spec or {}).get("modelCache") or {}).get("claimName"))]
+    sources = parsed_sources(spec)
+    claims += [(where, source.claim) for where, source in sources if source.kind == ms.PVC]
+    for where, claim in claims:
+        if claim and not name_allowed(str(claim), policy.claims):
+            errors.append(f"{where} {claim!r} is not an allowed claim "
+                          f"({_listed(policy.claims)}): {_FIX.replace('or ', '', 1)} "
+                          "policy.allowedClaims")
+    for where, source in sources:
+        if source.kind != ms.OCI:
+            continue
+        if not policy.image_volumes:
+            errors.append(f"{where} {source.display!r} needs Kubernetes image volumes, which "
+                          "this cluster does not enable: use hf:// or pvc://, or ask a cluster "
+                          "admin to set the octavo-operator chart value modelDelivery.imageVolumes")
+        elif not image_allowed(source.location, policy.images):
+            errors.append(f"{where} image {source.location!r} is not an allowed image "
+                          f"({_listed(policy.images)}): {_FIX} policy.allowedImages")
     return errors
 
 

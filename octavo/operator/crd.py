@@ -48,10 +48,25 @@ def _model_ref(what: str) -> dict[str, Any]:
                             maxLength=1024),
             "revision": _string("Hub revision (branch, tag or commit).", minLength=1,
                                 maxLength=128),
+            "source": _string("Where the files come from: hf://org/name[@revision] (fetched "
+                              "once into modelCache by a download Job, or by the server "
+                              "without one), pvc://claim/path (mounted read-only), "
+                              "oci://image[:tag] (an image volume, where the operator allows "
+                              "them), or a path.", minLength=1, maxLength=1024),
+            "hubTokenSecretRef": {
+                "type": "object",
+                "description": "Secret key holding a hub token for gated or private hf:// "
+                               "models (env HF_TOKEN of the download Job).",
+                "required": ["name"],
+                "properties": {"name": _string("Secret name.", minLength=1),
+                               "key": _string("Key in the Secret.", minLength=1,
+                                              default="HF_TOKEN")},
+            },
         },
         "x-kubernetes-validations": [
-            {"rule": "has(self.name) || has(self.path)",
-             "message": "set name (a hub id or demo name) or path (a directory in the container)"},
+            {"rule": "has(self.name) || has(self.path) || has(self.source)",
+             "message": "set source (hf://, pvc://, oci:// or a path), name (a hub id or demo "
+                        "name) or path (a directory in the container)"},
         ],
     }
 
@@ -155,13 +170,33 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
         "modelCache": {
             "type": "object",
-            "description": "A PersistentVolumeClaim holding (or receiving) model weights.",
-            "required": ["claimName"],
+            "description": "A PersistentVolumeClaim holding (or receiving) model weights: the "
+                           "one claimName names, or one the operator creates (size, "
+                           "storageClassName, accessModes) per model source. hf:// sources are "
+                           "fetched into it once by a download Job, then every replica and the "
+                           "validation Job mount it read-only.",
             "properties": {
-                "claimName": _string("PVC name.", minLength=1),
+                "claimName": _string("An existing PVC (the operator never deletes it).",
+                                     minLength=1),
+                "size": _string("Size of the claim the operator creates.", pattern=_QUANTITY),
+                "storageClassName": _string("Storage class of the claim the operator creates "
+                                            "(default: the cluster's)."),
+                "accessModes": {"type": "array", "description": "Access modes of the claim the "
+                                "operator creates (default ReadWriteOnce; ReadOnlyMany or "
+                                "ReadWriteMany for replicas on several nodes).",
+                                "items": {"type": "string", "enum": [
+                                    "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany",
+                                    "ReadWriteOncePod"]}},
+                "downloadTimeoutSeconds": _integer("How long the download Job may run.",
+                                                   minimum=60, maximum=604800),
                 "mountPath": _string("Where it is mounted.", pattern="^/", default="/models"),
                 "readOnly": {"type": "boolean", "default": False},
             },
+            "x-kubernetes-validations": [
+                {"rule": "has(self.claimName) || has(self.size)",
+                 "message": "set claimName (an existing claim) or size (the operator creates "
+                            "one)"},
+            ],
         },
         "autoscaling": {
             "type": "object",
@@ -235,7 +270,28 @@ STATUS_SCHEMA: dict[str, Any] = {
         "replicas": {"type": "integer", "format": "int32"},
         "readyReplicas": {"type": "integer", "format": "int32"},
         "selector": {"type": "string"},
-        "endpoint": {"type": "string"},
+        "endpoint": {"type": "string", "description": "The OpenAI API base (url + /v1)."},
+        "url": {"type": "string", "description": "The Service's in-cluster URL: "
+                "http://NAME.NAMESPACE.svc:PORT (the chart's clusterDomain appended if set)."},
+        "model": {"type": "string", "description": "The spec's model (hub id, source or path, "
+                  "with its revision): the Model printer column."},
+        "draft": {"type": "string", "description": "The spec's draft model, if any."},
+        "download": {
+            "type": "object",
+            "description": "The model cache's download Job (hf:// sources with a modelCache).",
+            "properties": {
+                "phase": {"type": "string", "enum": ["Pending", "Downloading", "Succeeded",
+                                                     "Failed"]},
+                "hash": {"type": "string"},
+                "job": {"type": "string"},
+                "claim": {"type": "string"},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "files": {"type": "integer", "format": "int64"},
+                "bytes": {"type": "integer", "format": "int64"},
+                "message": {"type": "string"},
+                "completedAt": {"type": "string", "format": "date-time"},
+            },
+        },
         "served": {
             "type": "object",
             "description": "What the Deployment runs now (it keeps the last good spec while a "
@@ -272,11 +328,14 @@ STATUS_SCHEMA: dict[str, Any] = {
 }
 
 PRINTER_COLUMNS = [
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
-    {"name": "Draft", "type": "string", "jsonPath": ".spec.speculative.draftModel.name"},
-    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model"},
+    {"name": "Draft", "type": "string", "jsonPath": ".status.draft"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas",
+     "description": "Live pods (spec.replicas is the request)."},
+    {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -27,6 +27,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("batch/v1", "Job"): "jobs",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     (crd.API_VERSION, crd.KIND): crd.PLURAL,
 }
 

@@ -11,7 +11,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from octavo.operator import crd
+from octavo.operator import crd, model_volumes
 from octavo.operator.spec import LLMServiceSpec
 
 CONTAINER_PORT = 8000
@@ -127,6 +127,15 @@ def endpoint(body: dict[str, Any], spec: LLMServiceSpec) -> str:
     return f"http://{name}.{namespace}.svc:{spec.service_port}/v1"
 
 
+def service_url(body: dict[str, Any], spec: LLMServiceSpec,
+                cluster_domain: str | None = None) -> str:
+    """The in-cluster base URL of the Service (status.url): http://NAME.NAMESPACE.svc:PORT,
+    with the cluster domain appended when one is configured."""
+    name, namespace = _meta(body)
+    host = f"{name}.{namespace}.svc" + (f".{cluster_domain.strip('.')}" if cluster_domain else "")
+    return f"http://{host}:{spec.service_port}"
+
+
 def serve_args(spec: LLMServiceSpec) -> list[str]:
     """The `octavo serve` command line for this spec: the engine's flags from EngineArgs, then
     the server's own options."""
@@ -192,11 +201,21 @@ def _with_user_env(env: list[dict[str, Any]],
     return [var for var in env if var["name"] not in user_names] + [dict(v) for v in user_env]
 
 
+def _hub_token_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """HF_TOKEN from spec.model.hubTokenSecretRef for pods that fetch from the hub themselves
+    (no model cache delivery: with one, only the download Job holds the token)."""
+    ref = spec.model.hub_token_secret
+    if spec.cache_delivery or not ref:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": ref["name"], "key": ref.get("key", "HF_TOKEN")}}}]
+
+
 def _env(service_name: str, spec: LLMServiceSpec) -> list[dict[str, Any]]:
     """The serving container's environment: scratch paths, the API key, the spec's env."""
     secret, key = api_key_ref(service_name, spec)
-    env = _base_env() + [{"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {
-        "name": secret, "key": key}}}]
+    env = _base_env() + _hub_token_env(spec) + [{"name": API_KEY_ENV, "valueFrom": {
+        "secretKeyRef": {"name": secret, "key": key}}}]
     # Admission refuses a spec that sets the key itself; dropping it here too means no spec can
     # serve without one.
     return _with_user_env(env, [var for var in spec.env if var.get("name") != API_KEY_ENV])
@@ -208,7 +227,8 @@ def _check_pair_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
     def needed(var: dict[str, Any]) -> bool:
         source = var.get("valueFrom") or {}
         return "secretKeyRef" not in source or var.get("name") in CHECK_PAIR_SECRET_ENV
-    return _with_user_env(_base_env(), [var for var in spec.env if needed(var)])
+    return _with_user_env(_base_env() + _hub_token_env(spec),
+                          [var for var in spec.env if needed(var)])
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:
@@ -239,11 +259,12 @@ def _container_security_context() -> dict[str, Any]:
     }
 
 
-def _cache_volume(spec: LLMServiceSpec) -> dict[str, Any]:
-    if spec.model_cache is not None:
-        return {"name": "model-cache", "persistentVolumeClaim": {
-            "claimName": spec.model_cache["claimName"], "readOnly": not spec.cache_writable}}
-    return {"name": "model-cache", "emptyDir": {}}
+def _model_volumes(service_name: str, spec: LLMServiceSpec
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model cache and the pvc:// / oci:// sources (model_volumes.py)."""
+    volumes, mounts = model_volumes.source_volumes(spec)
+    return ([model_volumes.cache_volume(service_name, spec), *volumes],
+            [model_volumes.cache_mount(spec), *mounts])
 
 
 def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
@@ -270,15 +291,9 @@ def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
 
 def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
     name, _ = _meta(body)
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        _cache_volume(spec),
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "model-cache", "mountPath": spec.cache_mount,
-         "readOnly": not spec.cache_writable},
-    ]
+    model_vols, model_mounts = _model_volumes(name, spec)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *model_vols]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *model_mounts]
     if spec.tensor_parallel_size > 1:
         # NCCL and the TP workers exchange tensors through shared memory; a container's default
         # 64 MiB /dev/shm is far too small.
@@ -478,11 +493,8 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "command": check_pair_args(spec),
         "env": _check_pair_env(spec),
         "resources": copy.deepcopy(CHECK_PAIR_RESOURCES),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "model-cache", "mountPath": spec.cache_mount,
-             "readOnly": not spec.cache_writable},
-        ],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         *_model_volumes(service_name, spec)[1]],
         "terminationMessagePath": TERMINATION_LOG,
         # If the command dies before writing its verdict, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -493,7 +505,7 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, _cache_volume(spec)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *_model_volumes(service_name, spec)[0]],
         "securityContext": _pod_security_context(),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,

@@ -32,6 +32,7 @@ VALUE_SETS = {
     "policy": ["--set", "policy.allowedImages={registry.local/ml/*,ghcr.io/org/runtime}",
                "--set", "policy.allowedSecrets={hf-token,team-*}",
                "--set", "policy.allowedClaims={model-*}",
+               "--set", "modelDelivery.imageVolumes=true", "--set", "clusterDomain=cluster.local",
                "--set", "validation.retryBaseSeconds=5", "--set", "validation.retryMaxSeconds=60",
                "--set-json", 'networkPolicy.ingressFrom=[{"namespaceSelector": {"matchLabels": '
                '{"kubernetes.io/metadata.name": "gateway"}}}]'],
@@ -135,6 +136,8 @@ def test_rbac_is_least_privilege(helm):
                                                       "delete"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list"},
+        # model cache claims it creates and deletes; not watched (their Jobs' events are)
+        ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},
         ("", "secrets"): {"create"},  # the generated API key; never read
         ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch",
                                                    "delete"},
@@ -183,7 +186,9 @@ def test_default_policy_and_settings_reach_the_operator(helm):
     env = operator_env(render(helm, []))
     policy = admission.Policy.from_env(env)
     # Secure by default: the runtime repository only, no Secrets, any claim.
-    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",))
+    # oci:// sources off until the cluster is known to have image volumes (modelDelivery).
+    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",),
+                                      image_volumes=False)
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("30", "600")
     assert reconcile.network_policy_settings(env) == resources.NetworkPolicySettings()
 
@@ -194,7 +199,9 @@ def test_policy_values_reach_the_operator(helm):
     env = operator_env(render(helm, VALUE_SETS["policy"]))
     assert admission.Policy.from_env(env) == admission.Policy(
         ("ghcr.io/octavo-dev/octavo-runtime", "registry.local/ml/*", "ghcr.io/org/runtime"),
-        ("hf-token", "team-*"), ("model-*",))
+        ("hf-token", "team-*"), ("model-*",), image_volumes=True)
+    assert reconcile.cluster_domain(env) == "cluster.local"
+    assert reconcile.cluster_domain(operator_env(render(helm, []))) is None
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("5", "60")
     settings = reconcile.network_policy_settings(env)
     assert settings == resources.NetworkPolicySettings(ingress_from=({"namespaceSelector": {
@@ -229,6 +236,13 @@ def test_validating_admission_policy_mirrors_the_operators_policy(helm):
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0][
         "values"] == ["ml"]
     assert by_kind(render(helm, VALUE_SETS["open"]), "ValidatingAdmissionPolicy") == []
+    # Claims include pvc:// sources, Secrets the hub token's; oci:// is refused unless
+    # modelDelivery.imageVolumes (the policy value set turns it on).
+    assert "pvc://" in variables["claimRefs"] and "hubTokenSecretRef" in variables["secretRefs"]
+    assert not any("oci://" in v["expression"] for v in policy["spec"]["validations"])
+    default_policy, = by_kind(render(helm, []), "ValidatingAdmissionPolicy")
+    oci_rule, = [v for v in default_policy["spec"]["validations"] if "oci://" in v["expression"]]
+    assert "modelDelivery.imageVolumes" in oci_rule["message"]
 
 
 @pytest.mark.parametrize("name, port", [("defaults", "liveness"), ("namespaced+webhook", "webhook")])
