@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from octavo.operator import extra_args, inference_pool, pod_override, resources, scaling
 from octavo.operator.spec import LLMServiceSpec, runtime_image_default
 
 # Services need an RFC 1035 label: the LLMService's name becomes the Service's.
@@ -63,14 +64,29 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
         if high < low:
             errors.append(f"spec.autoscaling.maxReplicas ({high}) must be at least minReplicas "
                           f"({low})")
+    if s.autoscaling is not None and int(s.autoscaling.get("minReplicas", 1)) == 0 and \
+            scaling.mode(s.autoscaling) != scaling.MODE_KEDA:
+        errors.append("spec.autoscaling.minReplicas 0 (scale to zero) needs mode KEDA: an HPA "
+                      "cannot scale to zero")
+    if scaling.mode(s.autoscaling) == scaling.MODE_KEDA and \
+            not (s.autoscaling.get("keda") or {}).get("prometheusServerAddress"):
+        errors.append("spec.autoscaling.mode KEDA needs keda.prometheusServerAddress (the "
+                      "Prometheus KEDA queries)")
+    errors += pod_override.check(s.pod_template, s.cache_mount)
+    # The server's parser only when the rest is sound: its message is about the flags alone.
+    if not errors:
+        errors += extra_args.check(s.extra_args, resources.operator_serve_args(s)[2:])
+    override_env = pod_override.server_container(s.pod_template).get("env") or []
     seen: set[str] = set()
-    for var in s.env:
+    for where, var in [("spec.env", v) for v in s.env] + \
+            [("spec.podTemplate.spec.containers[server].env", v) for v in override_env]:
         var_name = var.get("name", "")
         if var_name in seen:
-            errors.append(f"spec.env sets {var_name} twice: keep one")
+            errors.append(f"{where} sets {var_name} twice: keep one" if where == "spec.env" else
+                          f"{where} sets {var_name}, which spec.env sets too: keep one")
         seen.add(var_name)
         if var_name in _RESERVED_ENV:
-            errors.append(f"spec.env sets {var_name}, which the operator sets from the API key "
+            errors.append(f"{where} sets {var_name}, which the operator sets from the API key "
                           "Secret: remove it, and name your Secret in spec.apiKeySecretRef (or "
                           "leave that out and the operator generates a key)")
     return errors
@@ -145,27 +161,51 @@ def secret_refs(spec: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     key_ref = (spec or {}).get("apiKeySecretRef")
     if isinstance(key_ref, Mapping):
         refs.append(("spec.apiKeySecretRef", str(key_ref.get("name") or "")))
+    refs += pod_override.secret_refs((spec or {}).get("podTemplate"))
+    return refs
+
+
+def image_refs(spec: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(where, image) for every image the spec makes the operator run or mount."""
+    refs: list[tuple[str, str]] = []
+    if (spec or {}).get("image"):
+        refs.append(("spec.image", str(spec["image"])))
+    picker = (((spec or {}).get("inferencePool") or {}).get("endpointPicker") or {})
+    if picker.get("image"):
+        refs.append(("spec.inferencePool.endpointPicker.image", str(picker["image"])))
+    refs += pod_override.image_refs((spec or {}).get("podTemplate"))
+    return refs
+
+
+def claim_refs(spec: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(where, PersistentVolumeClaim name) for every claim the spec makes its pods mount."""
+    refs: list[tuple[str, str]] = []
+    claim = ((spec or {}).get("modelCache") or {}).get("claimName")
+    if claim:
+        refs.append(("spec.modelCache.claimName", str(claim)))
+    refs += pod_override.claim_refs((spec or {}).get("podTemplate"))
     return refs
 
 
 def check_policy(spec: Mapping[str, Any] | None, policy: Policy) -> list[str]:
     """What this spec names that the policy does not allow, empty when nothing."""
     errors: list[str] = []
-    image = (spec or {}).get("image")
-    if image and not image_allowed(str(image), policy.images):
-        errors.append(f"spec.image {image!r} is not an allowed image "
-                      f"({_listed(policy.images)}): leave spec.image out to run the default "
-                      f"runtime image, {_FIX} policy.allowedImages")
+    for where, image in image_refs(spec):
+        if not image_allowed(image, policy.images) and image != inference_pool.epp_image({}):
+            default = ("leave spec.image out to run the default runtime image, "
+                       if where == "spec.image" else "")
+            errors.append(f"{where} {image!r} is not an allowed image "
+                          f"({_listed(policy.images)}): {default}{_FIX} policy.allowedImages")
     for where, name in secret_refs(spec):
         if not name_allowed(name, policy.secrets):
             errors.append(f"{where} names Secret {name!r}, which LLMServices may not read "
                           f"({_listed(policy.secrets)}): remove the reference, {_FIX} "
                           "policy.allowedSecrets")
-    claim = ((spec or {}).get("modelCache") or {}).get("claimName")
-    if claim and not name_allowed(str(claim), policy.claims):
-        errors.append(f"spec.modelCache.claimName {claim!r} is not an allowed claim "
-                      f"({_listed(policy.claims)}): {_FIX.replace('or ', '', 1)} "
-                      "policy.allowedClaims")
+    for where, claim in claim_refs(spec):
+        if not name_allowed(claim, policy.claims):
+            errors.append(f"{where} {claim!r} is not an allowed claim "
+                          f"({_listed(policy.claims)}): {_FIX.replace('or ', '', 1)} "
+                          "policy.allowedClaims")
     return errors
 
 
