@@ -105,6 +105,12 @@ def test_pod_override_fields_appear_in_the_deployment(cluster, operator, namespa
     result = serving.apply(cluster, namespace, bad, check=False)
     assert result.returncode != 0
     assert "containers[0].command is owned by the operator" in result.stderr, result.stderr
+    # Running as a ServiceAccount is a right the chart grants (policy.allowedServiceAccounts).
+    as_account = demo("pods-sa", podTemplate={"spec": {"serviceAccountName": "deployer"}})
+    result = serving.apply(cluster, namespace, as_account, check=False)
+    assert result.returncode != 0
+    assert "serviceAccountName deployer is not an allowed ServiceAccount" in result.stderr or \
+        "serviceAccountName 'deployer' is not an allowed ServiceAccount" in result.stderr, result.stderr
 
 
 def test_hpa_with_the_specs_behavior(cluster, operator, namespace):

@@ -97,6 +97,7 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
 ALLOWED_IMAGES_ENV = "OCTAVO_ALLOWED_IMAGES"
 ALLOWED_SECRETS_ENV = "OCTAVO_ALLOWED_SECRETS"
 ALLOWED_CLAIMS_ENV = "OCTAVO_ALLOWED_CLAIMS"
+ALLOWED_SERVICE_ACCOUNTS_ENV = "OCTAVO_ALLOWED_SERVICE_ACCOUNTS"
 _FIX = "or ask a cluster admin to add it to the octavo-operator chart value"
 
 
@@ -112,6 +113,9 @@ class Policy:
     images: tuple[str, ...] | None = None
     secrets: tuple[str, ...] | None = None
     claims: tuple[str, ...] | None = None
+    # spec.podTemplate.spec.serviceAccountName: a pod running as a ServiceAccount can hold its
+    # token, so naming one is a right the admins grant, like a Secret.
+    service_accounts: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Policy:
@@ -123,7 +127,8 @@ class Policy:
                 return None
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return cls(images=read(ALLOWED_IMAGES_ENV), secrets=read(ALLOWED_SECRETS_ENV),
-                   claims=read(ALLOWED_CLAIMS_ENV))
+                   claims=read(ALLOWED_CLAIMS_ENV),
+                   service_accounts=read(ALLOWED_SERVICE_ACCOUNTS_ENV))
 
 
 def image_allowed(image: str, allowed: tuple[str, ...] | None) -> bool:
@@ -201,6 +206,12 @@ def check_policy(spec: Mapping[str, Any] | None, policy: Policy) -> list[str]:
             errors.append(f"{where} names Secret {name!r}, which LLMServices may not read "
                           f"({_listed(policy.secrets)}): remove the reference, {_FIX} "
                           "policy.allowedSecrets")
+    account = (((spec or {}).get("podTemplate") or {}).get("spec") or {}).get("serviceAccountName")
+    if account and not name_allowed(str(account), policy.service_accounts):
+        errors.append(f"spec.podTemplate.spec.serviceAccountName {account!r} is not an allowed "
+                      f"ServiceAccount ({_listed(policy.service_accounts)}): leave it out (the "
+                      f"pods run as the namespace's default, with no token), {_FIX} "
+                      "policy.allowedServiceAccounts")
     for where, claim in claim_refs(spec):
         if not name_allowed(claim, policy.claims):
             errors.append(f"{where} {claim!r} is not an allowed claim "

@@ -190,8 +190,8 @@ def test_default_policy_and_settings_reach_the_operator(helm):
 
     env = operator_env(render(helm, []))
     policy = admission.Policy.from_env(env)
-    # Secure by default: the runtime repository only, no Secrets, any claim.
-    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",))
+    # Secure by default: the runtime repository only, no Secrets, any claim, no ServiceAccount.
+    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",), ())
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("30", "600")
     assert reconcile.network_policy_settings(env) == resources.NetworkPolicySettings()
 
@@ -202,7 +202,7 @@ def test_policy_values_reach_the_operator(helm):
     env = operator_env(render(helm, VALUE_SETS["policy"]))
     assert admission.Policy.from_env(env) == admission.Policy(
         ("ghcr.io/octavo-dev/octavo-runtime", "registry.local/ml/*", "ghcr.io/org/runtime"),
-        ("hf-token", "team-*"), ("model-*",))
+        ("hf-token", "team-*"), ("model-*",), ())
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("5", "60")
     settings = reconcile.network_policy_settings(env)
     assert settings == resources.NetworkPolicySettings(ingress_from=({"namespaceSelector": {
@@ -381,3 +381,14 @@ def test_values_schema_refuses_mistakes(helm, values, fragment):
     out = subprocess.run([helm, "template", "octavo", str(CHART), *values], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode != 0 and fragment in out.stderr, out.stderr
+
+
+def test_service_account_allow_list_reaches_the_operator_and_the_policy(helm):
+    docs = render(helm, ["--set", "policy.allowedServiceAccounts={inference-*}"])
+    assert operator_env(docs)["OCTAVO_ALLOWED_SERVICE_ACCOUNTS"] == "inference-*"
+    policy, = by_kind(docs, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    import re
+    pattern, = json.loads(variables["serviceAccountPatterns"])
+    assert re.fullmatch(pattern, "inference-a") and not re.fullmatch(pattern, "default")
+    assert operator_env(render(helm, []))["OCTAVO_ALLOWED_SERVICE_ACCOUNTS"] == ""  # none

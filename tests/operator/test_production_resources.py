@@ -510,3 +510,18 @@ async def test_missing_crd_is_a_warning_and_the_model_still_serves(k8s, kube):
     assert obj(k8s, "apps/v1/deployments", NS, "nokeda") is not None
     warnings = [e for e in objs(k8s, "v1/events", NS) if e["reason"] == "MissingAPI"]
     assert warnings and "keda.sh/v1alpha1" in warnings[0]["message"]
+
+
+def test_service_account_is_a_granted_right():
+    spec = {"model": {"name": "m"}, "podTemplate": {"spec": {"serviceAccountName": "deployer"}}}
+    errors = admission.check_policy(spec, admission.Policy(service_accounts=()))
+    assert errors == ["spec.podTemplate.spec.serviceAccountName 'deployer' is not an allowed "
+                      "ServiceAccount (none is allowed): leave it out (the pods run as the "
+                      "namespace's default, with no token), or ask a cluster admin to add it to "
+                      "the octavo-operator chart value policy.allowedServiceAccounts"]
+    assert admission.check_policy(spec, admission.Policy(service_accounts=("deploy*",))) == []
+    assert admission.Policy.from_env({"OCTAVO_ALLOWED_SERVICE_ACCOUNTS": "a,b-*"}).service_accounts \
+        == ("a", "b-*")
+    body, spec_ = build(spec)
+    assert resources.deployment(body, spec_)["spec"]["template"]["spec"]["serviceAccountName"] \
+        == "deployer"
