@@ -51,6 +51,21 @@ def wait_owned(cluster, namespace: str, name: str, api_version: str, plural: str
                     interval_s=1)
 
 
+def operator_log(cluster, operator) -> str:
+    pod = cluster.pods(operator["namespace"])[0]
+    return cluster.container_log(operator["namespace"], pod["metadata"]["name"],
+                                 pod["spec"]["containers"][0]["name"])
+
+
+def assert_applied_once(cluster, operator, namespace: str, *kinds_and_names: tuple[str, str]):
+    """Each object was applied when created and never again: the live object, defaulted by the
+    API server, still holds everything the operator wants (no apply loop through the watches)."""
+    log = operator_log(cluster, operator)
+    for kind, name in kinds_and_names:
+        assert f"applying {kind} {namespace}/{name} (created)" in log, (kind, name)
+        assert f"applying {kind} {namespace}/{name} (drifted)" not in log, (kind, name)
+
+
 def test_pod_override_fields_appear_in_the_deployment(cluster, operator, namespace):
     cluster.kube.create(resource_path("v1", "secrets", namespace), {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-allowed-creds"},
@@ -138,6 +153,10 @@ def test_keda_scaled_object_created_against_the_upstream_crd(cluster, operator, 
     assert trigger["type"] == "prometheus"
     assert trigger["metadata"]["activationThreshold"] == "1"
     assert "octavo:num_requests_waiting" in trigger["metadata"]["query"]
+    # The pod came up (Deployment status events reconcile again) without a re-apply.
+    serving.wait_phase(cluster, namespace, "keda", "Ready", 180)
+    assert_applied_once(cluster, operator, namespace, ("ScaledObject", "keda"),
+                        ("Deployment", "keda"))
     # KEDA makes its own HPA; the operator makes none, and leaves replicas to it.
     llms = serving.get(cluster, namespace, "keda")
     assert not serving.owned(cluster, namespace, llms["metadata"]["uid"], "autoscaling/v2",
@@ -165,6 +184,15 @@ def test_inference_pool_created_against_the_upstream_crd(cluster, operator, upst
     wait_owned(cluster, namespace, "routed", "rbac.authorization.k8s.io/v1", "roles", "routed-epp")
     wait_owned(cluster, namespace, "routed", "rbac.authorization.k8s.io/v1", "rolebindings",
                "routed-epp")
+    # The picker's Deployment gets status updates (its pod cannot run here): each reconciles the
+    # LLMService again, and nothing is re-applied.
+    wait_for(lambda: (cluster.kube.get(resource_path("apps/v1", "deployments", namespace,
+                                                     "routed-epp")).get("status") or {})
+             .get("observedGeneration"), 60, "the picker Deployment's status", interval_s=1)
+    assert_applied_once(cluster, operator, namespace, ("InferencePool", "routed"),
+                        ("Deployment", "routed-epp"), ("Service", "routed-epp"),
+                        ("Role", "routed-epp"), ("RoleBinding", "routed-epp"),
+                        ("ServiceAccount", "routed-epp"))
     # Dropping spec.inferencePool removes the pool and its picker.
     llms = serving.get(cluster, namespace, "routed")
     cluster.kubectl("patch", "llmservice/routed", "-n", namespace, "--type=json",
