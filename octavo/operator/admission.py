@@ -76,7 +76,7 @@ def check_llmservice(spec: dict[str, Any] | None, name: str | None = None) -> li
     # The server's parser only when the rest is sound: its message is about the flags alone.
     if not errors:
         errors += extra_args.check(s.extra_args, resources.operator_serve_args(s)[2:])
-    override_env = pod_override.server_container(s.pod_template).get("env") or []
+    override_env = pod_override.server_env(s.pod_template)
     seen: set[str] = set()
     for where, var in [("spec.env", v) for v in s.env] + \
             [("spec.podTemplate.spec.containers[server].env", v) for v in override_env]:

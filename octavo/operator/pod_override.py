@@ -61,12 +61,52 @@ def _owned_message(path: str, key: str) -> str:
     return f"{path}.{key} is owned by the operator and may not be overridden: {hint}"
 
 
+# The shapes check() insists on before reading further (the rest is the Deployment's validation):
+# free-form fields must not crash the checks, the webhook or the policy.
+_LIST_FIELDS = ("containers", "volumes", "tolerations", "imagePullSecrets",
+                "topologySpreadConstraints", "hostAliases")
+_OBJECT_FIELDS = ("affinity", "nodeSelector", "securityContext", "dnsConfig")
+_CONTAINER_LIST_FIELDS = ("env", "envFrom", "volumeMounts")
+
+
+def _pod(override: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    pod = (override or {}).get("spec") if isinstance(override, Mapping) else None
+    return pod if isinstance(pod, Mapping) else {}
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    """The mappings of a list (anything else: none)."""
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
 def server_container(override: Mapping[str, Any] | None) -> dict[str, Any]:
     """The override's `server` container entry ({} when there is none)."""
-    for container in ((override or {}).get("spec") or {}).get("containers") or []:
-        if isinstance(container, Mapping) and container.get("name") == SERVER_CONTAINER:
+    for container in _objects(_pod(override).get("containers")):
+        if container.get("name") == SERVER_CONTAINER:
             return dict(container)
     return {}
+
+
+def server_env(override: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The env entries the override gives the server container."""
+    return _objects(server_container(override).get("env"))
+
+
+def _shape_errors(pod: Mapping[str, Any]) -> list[str]:
+    path = "spec.podTemplate.spec"
+    errors = [f"{path}.{key} must be a list of objects" for key in _LIST_FIELDS
+              if key in pod and (not isinstance(pod[key], list)
+                                 or len(_objects(pod[key])) != len(pod[key]))]
+    errors += [f"{path}.{key} must be an object" for key in _OBJECT_FIELDS
+               if key in pod and not isinstance(pod[key], Mapping)]
+    for i, container in enumerate(_objects(pod.get("containers"))):
+        errors += [f"{path}.containers[{i}].{key} must be a list of objects"
+                   for key in _CONTAINER_LIST_FIELDS if key in container and (
+                       not isinstance(container[key], list)
+                       or len(_objects(container[key])) != len(container[key]))]
+        if "securityContext" in container and not isinstance(container["securityContext"], Mapping):
+            errors.append(f"{path}.containers[{i}].securityContext must be an object")
+    return errors
 
 
 def check(override: Mapping[str, Any] | None, cache_mount: str) -> list[str]:
@@ -90,7 +130,10 @@ def check(override: Mapping[str, Any] | None, cache_mount: str) -> list[str]:
     for key in override:
         if key not in ("metadata", "spec"):
             errors.append(f"{path}.{key} may not be set: only metadata and spec")
-    pod = override.get("spec") or {}
+    pod = _pod(override)
+    shape = _shape_errors(pod)
+    if shape:
+        return errors + shape
     for key in pod:
         if key not in POD_FIELDS:
             errors.append(_owned_message(f"{path}.spec", key))
@@ -184,24 +227,26 @@ def secret_refs(override: Mapping[str, Any] | None) -> Iterator[tuple[str, str]]
     """(where, Secret name) for every Secret the override makes the pods read: volumes (secret,
     projected), envFrom, env valueFrom.secretKeyRef, imagePullSecrets."""
     path = "spec.podTemplate.spec"
-    pod = (override or {}).get("spec") or {}
-    for i, volume in enumerate(pod.get("volumes") or []):
-        volume = volume or {}
+    pod = _pod(override)
+    for i, volume in enumerate(_objects(pod.get("volumes"))):
         if isinstance(volume.get("secret"), Mapping):
             yield f"{path}.volumes[{i}].secret", str(volume["secret"].get("secretName") or "")
-        for j, source in enumerate(((volume.get("projected") or {}).get("sources")) or []):
-            if isinstance((source or {}).get("secret"), Mapping):
+        projected = volume.get("projected")
+        sources = projected.get("sources") if isinstance(projected, Mapping) else None
+        for j, source in enumerate(_objects(sources)):
+            if isinstance(source.get("secret"), Mapping):
                 yield (f"{path}.volumes[{i}].projected.sources[{j}].secret",
                        str(source["secret"].get("name") or ""))
-    for i, ref in enumerate(pod.get("imagePullSecrets") or []):
-        yield f"{path}.imagePullSecrets[{i}]", str((ref or {}).get("name") or "")
+    for i, ref in enumerate(_objects(pod.get("imagePullSecrets"))):
+        yield f"{path}.imagePullSecrets[{i}]", str(ref.get("name") or "")
     container = server_container(override)
-    for i, source in enumerate(container.get("envFrom") or []):
-        if isinstance((source or {}).get("secretRef"), Mapping):
+    for i, source in enumerate(_objects(container.get("envFrom"))):
+        if isinstance(source.get("secretRef"), Mapping):
             yield f"{path}.containers[server].envFrom[{i}].secretRef", \
                 str(source["secretRef"].get("name") or "")
-    for i, var in enumerate(container.get("env") or []):
-        ref = ((var or {}).get("valueFrom") or {}).get("secretKeyRef")
+    for i, var in enumerate(_objects(container.get("env"))):
+        source = var.get("valueFrom")
+        ref = source.get("secretKeyRef") if isinstance(source, Mapping) else None
         if isinstance(ref, Mapping):
             yield (f"{path}.containers[server].env[{i}] ({var.get('name', '')}) valueFrom.secretKeyRef",
                    str(ref.get("name") or ""))
@@ -209,8 +254,8 @@ def secret_refs(override: Mapping[str, Any] | None) -> Iterator[tuple[str, str]]
 
 def claim_refs(override: Mapping[str, Any] | None) -> Iterator[tuple[str, str]]:
     """(where, PersistentVolumeClaim name) for the override's claim volumes."""
-    for i, volume in enumerate(((override or {}).get("spec") or {}).get("volumes") or []):
-        claim = (volume or {}).get("persistentVolumeClaim")
+    for i, volume in enumerate(_objects(_pod(override).get("volumes"))):
+        claim = volume.get("persistentVolumeClaim")
         if isinstance(claim, Mapping):
             yield f"spec.podTemplate.spec.volumes[{i}].persistentVolumeClaim", \
                 str(claim.get("claimName") or "")
@@ -218,7 +263,7 @@ def claim_refs(override: Mapping[str, Any] | None) -> Iterator[tuple[str, str]]:
 
 def image_refs(override: Mapping[str, Any] | None) -> Iterator[tuple[str, str]]:
     """(where, image) for the override's image volumes (an image is code the pod can run)."""
-    for i, volume in enumerate(((override or {}).get("spec") or {}).get("volumes") or []):
-        image = (volume or {}).get("image")
+    for i, volume in enumerate(_objects(_pod(override).get("volumes"))):
+        image = volume.get("image")
         if isinstance(image, Mapping):
             yield f"spec.podTemplate.spec.volumes[{i}].image", str(image.get("reference") or "")

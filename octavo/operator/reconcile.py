@@ -155,7 +155,22 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     new_status["apiKey"] = _ensure_api_key(kube, body, spec, events)
     deployment = None
     for desired in resources.serving_objects(body, spec):
-        live = ensure(kube, desired)
+        try:
+            live = ensure(kube, desired)
+        except ApiError as exc:
+            if exc.status not in (400, 422):
+                raise
+            # The API server refused what the spec made (a malformed spec.podTemplate field the
+            # admission checks do not read): the spec's fault, said as such, and nothing retried
+            # until it changes.
+            message = (f"the API server refused the {desired['kind']} this spec makes: {exc} "
+                       "(check spec.podTemplate)")
+            conditions[0] = st.condition(st.SPEC_VALID, False, "Rejected", message, generation)
+            events.append(("Warning", "Rejected", message))
+            _observe_existing(kube, body, spec, new_status, conditions, generation,
+                              blocked=message)
+            return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                           Outcome(st.BLOCKED, message))
         if desired["kind"] == "Deployment":
             deployment = live
     missing = _ensure_optional(kube, body, spec, events)

@@ -525,3 +525,59 @@ def test_service_account_is_a_granted_right():
     body, spec_ = build(spec)
     assert resources.deployment(body, spec_)["spec"]["template"]["spec"]["serviceAccountName"] \
         == "deployer"
+
+
+@pytest.mark.parametrize("pod", [
+    {"volumes": "x"}, {"volumes": ["x"]}, {"imagePullSecrets": [None]},
+    {"containers": "server"}, {"containers": [{"name": "server", "env": "A=1"}]},
+    {"containers": [{"name": "server", "env": [1]}]},
+    {"containers": [{"name": "server", "securityContext": []}]}, {"nodeSelector": ["a"]},
+    {"tolerations": {"key": "a"}},
+])
+def test_malformed_overrides_are_refused_not_crashed_on(pod):
+    """The free-form part of the override: a wrong shape is a message (never an exception in the
+    webhook or the reconcile), and the policy walk skips what it cannot read."""
+    spec = {"model": {"name": "m"}, "podTemplate": {"spec": pod}}
+    errors = admission.check_llmservice(spec, "svc")
+    assert errors and all("spec.podTemplate.spec" in e for e in errors), errors
+    admission.check_policy(spec, admission.Policy(images=(), secrets=(), claims=(),
+                                                  service_accounts=()))
+
+
+@pytest.mark.parametrize("pod", [
+    {"volumes": [{"name": "v", "projected": "x"}]},
+    {"volumes": [{"name": "v", "projected": {"sources": ["x"]}}]},
+    {"containers": [{"name": "server", "envFrom": [{"secretRef": "x"}]}]},
+])
+def test_deeper_malformed_fields_pass_the_checks_without_crashing(pod):
+    """Deeper than the checks read, the Deployment's own validation refuses it (see
+    test_a_deployment_the_api_server_refuses_is_a_condition)."""
+    spec = {"model": {"name": "m"}, "podTemplate": {"spec": pod}}
+    admission.check_llmservice(spec, "svc")
+    admission.check_policy(spec, admission.Policy(images=(), secrets=(), claims=()))
+    body, spec_ = build(spec)
+    resources.deployment(body, spec_)
+
+
+class RefusingDeployments(WithoutKeda):
+    """A client whose API server refuses the Deployment as invalid (422)."""
+
+    @staticmethod
+    def _refuse(manifest):
+        from octavo.operator.kube import ApiError
+
+        if manifest["kind"] == "Deployment":
+            raise ApiError(422, 'Deployment.apps "bad" is invalid: spec.template.spec.volumes[2]'
+                                '.projected: Invalid value')
+
+
+async def test_a_deployment_the_api_server_refuses_is_a_condition(k8s, kube):
+    kube = RefusingDeployments(kube)
+    spec = {"model": {"name": "m"}, "resources": {"gpusPerReplica": 0},
+            "podTemplate": {"spec": {"volumes": [{"name": "v", "projected": "x"}]}}}
+    outcome = await put_and_reconcile(k8s, kube, "bad", spec)
+    assert outcome.phase == "Blocked" and outcome.requeue_after is None
+    cond = spec_valid(k8s, "bad")
+    assert (cond["status"], cond["reason"]) == ("False", "Rejected")
+    assert "volumes[2].projected: Invalid value" in cond["message"]
+    assert [e for e in objs(k8s, "v1/events", NS) if e["reason"] == "Rejected"]
