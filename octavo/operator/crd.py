@@ -25,6 +25,14 @@ DTYPES = ["auto", "half", "float16", "bfloat16", "float", "float32"]
 
 DEFAULT_VALIDATION_TIMEOUT_SECONDS = 600
 _QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"  # the API server's own quantity regex
+# An extended resource: a domain-prefixed name outside kubernetes.io (the API server's rule).
+_EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A count or a percentage, as a Deployment's maxSurge takes it (an IntOrString).
+_INT_OR_PERCENT = {"x-kubernetes-int-or-string": True,
+                   "anyOf": [{"type": "integer"}, {"type": "string"}],
+                   "x-kubernetes-validations": [{
+                       "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",
+                       "message": "a count (0 or more) or a percentage like 25%"}]}
 
 
 def _string(description: str, **extra: Any) -> dict[str, Any]:
@@ -149,6 +157,15 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "nodeSelector": {"type": "object",
                                  "additionalProperties": {"type": "string"}},
                 "tolerations": {"type": "array", "items": _TOLERATION},
+                "gpuResourceName": _string("The extended resource gpusPerReplica counts "
+                                           "(default nvidia.com/gpu; amd.com/gpu, "
+                                           "nvidia.com/mig-1g.10gb, ...).",
+                                           pattern=_EXTENDED_RESOURCE),
+                "extended": {"type": "object", "description": "Other extended resources per "
+                             "pod (name: quantity), requested through limits, e.g. "
+                             "rdma/hca_shared_devices_a: 1.",
+                             "additionalProperties": {"type": "string", "pattern": _QUANTITY},
+                             "maxProperties": 16},
             },
         },
         "image": _string("Runtime image (default: the operator's OCTAVO_RUNTIME_IMAGE)."),
@@ -200,19 +217,121 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
         "autoscaling": {
             "type": "object",
-            "description": "A HorizontalPodAutoscaler on octavo:num_requests_waiting per pod "
-                           "(needs a custom metrics adapter, see charts/octavo-operator).",
+            "description": "Autoscaling, which then owns the replica count (spec.replicas and "
+                           "`kubectl scale` are ignored). mode HPA: a HorizontalPodAutoscaler on "
+                           "octavo:num_requests_waiting per pod (needs a custom metrics adapter, "
+                           "see charts/octavo-operator). mode KEDA: a KEDA ScaledObject with a "
+                           "Prometheus trigger (needs KEDA), which can scale to zero.",
             "required": ["maxReplicas"],
             "properties": {
-                "minReplicas": _integer("Fewest pods.", minimum=1, default=1),
+                "mode": _string("Who scales: HPA or KEDA.", enum=["HPA", "KEDA"], default="HPA"),
+                "minReplicas": _integer("Fewest pods (0, scale to zero, with mode KEDA only).",
+                                        minimum=0, default=1),
                 "maxReplicas": _integer("Most pods.", minimum=1, maximum=1024),
                 "targetQueueDepth": _integer("Waiting requests per pod to aim for.", minimum=1,
                                              default=8),
+                "behavior": {"type": "object", "description": "HorizontalPodAutoscalerBehavior "
+                             "(scaleUp, scaleDown) replacing the default: up by one pod a "
+                             "minute at once, down by one per 5 minutes after 10 minutes.",
+                             "x-kubernetes-preserve-unknown-fields": True},
+                "keda": {
+                    "type": "object",
+                    "description": "The ScaledObject's Prometheus trigger (mode KEDA).",
+                    "required": ["prometheusServerAddress"],
+                    "properties": {
+                        "prometheusServerAddress": _string("Prometheus URL KEDA queries.",
+                                                           minLength=1),
+                        "metric": _string("queue: waiting requests summed over the pods, "
+                                          "targetQueueDepth per replica (or threshold); "
+                                          "kvCache: mean KV cache usage (0..1) against "
+                                          "threshold.", enum=["queue", "kvCache"],
+                                          default="queue"),
+                        "threshold": _string("The trigger's target (default: targetQueueDepth "
+                                             "for queue, 0.8 for kvCache).", pattern=_QUANTITY),
+                        "activationThreshold": _string("Scaling from zero starts above this "
+                                                       "value.", pattern=_QUANTITY),
+                        "query": _string("A PromQL query replacing the built-in one (e.g. a "
+                                         "gateway's request metric, which exists at zero pods)."),
+                        "pollingInterval": _integer("Seconds between queries.", minimum=1),
+                        "cooldownPeriod": _integer("Seconds after the last activity before "
+                                                   "scaling to zero.", minimum=0),
+                        "initialCooldownPeriod": _integer("Seconds after creation before "
+                                                          "scaling to zero.", minimum=0),
+                        "authenticationRef": {"type": "object", "required": ["name"],
+                                              "properties": {
+                                                  "name": _string("TriggerAuthentication name."),
+                                                  "kind": _string("Its kind.", enum=[
+                                                      "TriggerAuthentication",
+                                                      "ClusterTriggerAuthentication"])}},
+                    },
+                },
             },
             "x-kubernetes-validations": [
                 {"rule": "self.maxReplicas >= self.minReplicas",
                  "message": "maxReplicas must be at least minReplicas"},
+                {"rule": "self.minReplicas > 0 || self.mode == 'KEDA'",
+                 "message": "minReplicas 0 (scale to zero) needs mode KEDA"},
+                {"rule": "self.mode != 'KEDA' || has(self.keda)",
+                 "message": "mode KEDA needs keda.prometheusServerAddress"},
             ],
+        },
+        "podTemplate": {
+            "type": "object",
+            "description": "Added to the serving pods (PodTemplateSpec-shaped). metadata: labels "
+                           "and annotations. spec: affinity, nodeSelector, tolerations, "
+                           "topologySpreadConstraints, priorityClassName, runtimeClassName, "
+                           "schedulerName, serviceAccountName, automountServiceAccountToken, "
+                           "imagePullSecrets, securityContext, volumes, dnsPolicy, dnsConfig, "
+                           "hostAliases, and containers: one entry named server with env, "
+                           "envFrom, volumeMounts, securityContext. Anything else is the "
+                           "operator's (name, image, command, args, ports, probes, lifecycle, "
+                           "resources, other containers, the tmp/model-cache/dshm volumes and "
+                           "their mounts, selector labels, terminationGracePeriodSeconds) and is "
+                           "refused. Placement and imagePullSecrets also apply to the "
+                           "validation Job.",
+            "properties": {
+                "metadata": {"type": "object", "properties": {
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object",
+                                    "additionalProperties": {"type": "string"}}},
+                    "x-kubernetes-preserve-unknown-fields": True},
+                # PodSpec fields: the Deployment's own validation checks their shapes, admission
+                # (pod_override.check) which may be set.
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "extraArgs": {"type": "array", "maxItems": 128,
+                      "description": "Extra `octavo serve` flags, checked against the server's "
+                                     "parser before rollout (an unknown flag, or one the spec "
+                                     "sets elsewhere, is SpecValid=False and nothing rolls out).",
+                      "items": {"type": "string", "maxLength": 4096}},
+        "rollout": {
+            "type": "object",
+            "description": "The Deployment's RollingUpdate (default maxSurge 1, maxUnavailable 0: "
+                           "a new pod is ready before an old one goes). Stopping pods still "
+                           "drain (preStop pause, shutdownTimeoutSeconds).",
+            "properties": {"maxSurge": dict(_INT_OR_PERCENT),
+                           "maxUnavailable": dict(_INT_OR_PERCENT)},
+        },
+        "inferencePool": {
+            "type": "object",
+            "description": "Gateway API Inference Extension: an InferencePool "
+                           "(inference.networking.k8s.io/v1) named after the LLMService, "
+                           "selecting its pods, and the upstream endpoint picker (<name>-epp) "
+                           "it refers to. Needs the upstream CRD and a Gateway that supports it.",
+            "properties": {
+                "endpointPicker": {"type": "object", "properties": {
+                    "image": _string("Picker image (default: the operator's "
+                                     "OCTAVO_EPP_IMAGE, else upstream's release)."),
+                    "replicas": _integer("Picker pods.", minimum=1, maximum=16, default=1),
+                    "failureMode": _string("What the gateway does when the picker does not "
+                                           "answer.", enum=["FailOpen", "FailClose"],
+                                           default="FailClose"),
+                    "extraArgs": {"type": "array", "items": {"type": "string"},
+                                  "description": "Extra picker flags (e.g. --config-file)."},
+                }},
+            },
         },
         "service": {
             "type": "object",

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from octavo.operator import crd, model_volumes, resources
+from octavo.operator import crd, model_volumes, pod_override, resources
 from octavo.operator.spec import LLMServiceSpec
 
 FETCH_CONTAINER = "fetch-model"
@@ -126,6 +126,9 @@ def download_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    # The pod override's pull secrets and placement: the Job runs spec.image too, and its claim
+    # may only be reachable from the nodes the serving pods land on.
+    pod_spec = pod_override.with_placement(pod_spec, spec.pod_template)
     meta = _meta(body, download_job_name(service, delivery_hash), COMPONENT_DOWNLOAD,
                  delivery_hash)
     timeout = int((spec.model_cache or {}).get("downloadTimeoutSeconds")

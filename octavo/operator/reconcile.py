@@ -5,17 +5,23 @@ It can run any number of times, concurrently with itself or after a crash, and c
 
 1. Admission checks and the cluster's policy (admission.py). A spec that cannot or may not be
    deployed is reported, not deployed (an existing Deployment keeps the previous spec).
-2. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
+2. With an hf:// source and a modelCache: the cache claim and a download Job (model_delivery.py),
+   one per delivery hash. Until it succeeds the Deployment is not touched; a failure is
+   ModelReady=False / DownloadFailed (deleting the Job retries).
+3. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
    hash so a repeated reconcile finds it. Until it says compatible, the Deployment is not
    touched: an existing one keeps serving the previous spec.
    The Job's own events (main.py watches owned Jobs) bring the next reconcile; the outcome also
    asks to be called again at the Job's deadline (a Job that never finishes counts as failed
    then) and, after a failure, when the backoff ends (a new Job under the same name).
-3. The API key: the Secret the spec names, else one the operator creates once (never
+4. The API key: the Secret the spec names, else one the operator creates once (never
    overwritten; create is the only right it has on Secrets).
-4. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
-   the live object has drifted from the desired one.
-5. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
+5. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
+   the live object has drifted from the desired one; then the objects of optional APIs (a KEDA
+   ScaledObject, an InferencePool and its endpoint picker), whose missing CRD is a Warning Event
+   and a retry, never a reason not to serve; owned objects the spec no longer asks for go. An
+   object the API server refuses (400/422: a malformed spec.podTemplate) is SpecValid=False.
+6. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from octavo.operator import admission, crd, model_delivery, resources, status as st
+from octavo.operator import (admission, crd, inference_pool, model_delivery, resources, scaling,
+                             status as st)
 from octavo.operator.kube import ApiError, Kube
 from octavo.operator.spec import LLMServiceSpec
 from octavo.operator.validation import PairVerdict
@@ -177,11 +184,26 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     served_before = _version(kube.get("apps/v1", "Deployment", meta.get("namespace", "default"),
                                       meta["name"]))
     for desired in resources.serving_objects(body, spec):
-        live = ensure(kube, desired)
+        try:
+            live = ensure(kube, desired)
+        except ApiError as exc:
+            if exc.status not in (400, 422):
+                raise
+            # The API server refused what the spec made (a malformed spec.podTemplate field the
+            # admission checks do not read): the spec's fault, said as such, and nothing retried
+            # until it changes.
+            message = (f"the API server refused the {desired['kind']} this spec makes: {exc} "
+                       "(check spec.podTemplate)")
+            conditions[0] = st.condition(st.SPEC_VALID, False, "Rejected", message, generation)
+            events.append(("Warning", "Rejected", message))
+            _observe_existing(kube, body, spec, new_status, conditions, generation,
+                              blocked=message)
+            return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                           Outcome(st.BLOCKED, message))
         if desired["kind"] == "Deployment":
             deployment = live
-    if spec.autoscaling is None:
-        _delete_owned(kube, body, "autoscaling/v2", "HorizontalPodAutoscaler", meta["name"])
+    missing = _ensure_optional(kube, body, spec, events)
+    _delete_unwanted(kube, body, spec)
     _delete_stale_jobs(kube, body, spec.pair_hash())
 
     rollout = st.rollout_of(deployment)
@@ -194,7 +216,8 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
         events.append(("Normal", "Ready", f"{rollout.ready} replica(s) serving "
                        f"{new_status['endpoint']}"))
     return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
-                   Outcome(rollout.phase, rollout.message))
+                   Outcome(rollout.phase, rollout.message,
+                           MISSING_API_REQUEUE_SECONDS if missing else None))
 
 
 def _version(obj: dict[str, Any] | None) -> Any:
@@ -230,6 +253,14 @@ def _deliver(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
         try:
             kube.create(wanted)
         except ApiError as exc:
+            if exc.status in (400, 422):
+                # Refused for what the spec made (spec.podTemplate's placement fields reach this
+                # Job): a failed delivery until the spec changes, not a retry loop.
+                download = model_delivery.Download(
+                    model_delivery.FAILED, f"the API server refused the download Job "
+                    f"{wanted['metadata']['name']}: {exc} (check spec.podTemplate)")
+                events.append(("Warning", "DownloadFailed", download.message))
+                return download
             if exc.status != 409:
                 raise
         events.append(("Normal", "Downloading", f"download Job {wanted['metadata']['name']} "
@@ -576,6 +607,60 @@ def _ensure_network_policy(kube: Kube, body: dict[str, Any],
                       body["metadata"]["name"])
 
 
+# A ScaledObject or InferencePool whose CRD is not installed is tried again after this long.
+MISSING_API_REQUEUE_SECONDS = 60.0
+
+
+def _ensure_optional(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
+                     events: list[tuple[str, str, str]]) -> list[str]:
+    """Applies the objects of kinds a cluster may lack (KEDA's, the Inference Extension's); the
+    kinds it lacks (404), each reported by a Warning Event. The serving objects are applied
+    first, so a missing CRD never keeps a model from serving."""
+    missing: list[str] = []
+    for desired in resources.optional_objects(body, spec):
+        try:
+            ensure(kube, desired)
+        except ApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            kind, name = desired["kind"], desired["metadata"]["name"]
+            missing.append(f"{kind} ({desired['apiVersion']})")
+            if exc.status == 404:
+                project = "KEDA" if kind == scaling.KEDA_KIND else \
+                    "the Gateway API Inference Extension"
+                events.append(("Warning", "MissingAPI", f"cannot create {kind} {name}: the "
+                               f"cluster does not serve {desired['apiVersion']} (install "
+                               f"{project}'s CRD); retrying"))
+            else:
+                events.append(("Warning", "Forbidden", f"the operator may not create {kind} "
+                               f"{name} ({exc}): install the octavo-operator chart with "
+                               "inferenceExtension.enabled=true for the endpoint picker's "
+                               "objects; retrying"))
+            break  # the picker's objects are no use without their pool
+    return missing
+
+
+def _delete_unwanted(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec) -> None:
+    """Removes owned objects the spec no longer asks for (autoscaling mode switched or off, the
+    InferencePool dropped). A kind the cluster lacks reads as absent."""
+    name = body["metadata"]["name"]
+    mode = scaling.mode(spec.autoscaling)
+    if mode != scaling.MODE_HPA:
+        _delete_owned(kube, body, "autoscaling/v2", "HorizontalPodAutoscaler", name)
+    if mode != scaling.MODE_KEDA:
+        _delete_owned(kube, body, scaling.KEDA_API_VERSION, scaling.KEDA_KIND, name)
+    # The picker's objects go with their pool (garbage collection takes them with the
+    # LLMService otherwise); looking for them only then spares five reads per reconcile.
+    if spec.inference_pool is None and \
+            _delete_owned(kube, body, inference_pool.API_VERSION, inference_pool.KIND, name):
+        picker = inference_pool.epp_name(name)
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"),
+                                  ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+                                  ("rbac.authorization.k8s.io/v1", "Role"),
+                                  ("v1", "ServiceAccount")):
+            _delete_owned(kube, body, api_version, kind, picker)
+
+
 def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
     uid = body["metadata"].get("uid")
     return any(ref.get("uid") == uid and ref.get("kind") == crd.KIND
@@ -583,11 +668,14 @@ def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
 
 
 def _delete_owned(kube: Kube, body: dict[str, Any], api_version: str, kind: str,
-                  name: str) -> None:
+                  name: str) -> bool:
+    """Deletes the object if it exists and this LLMService owns it; whether it did."""
     namespace = body["metadata"].get("namespace", "default")
     live = kube.get(api_version, kind, namespace, name)
     if live is not None and _owned_by(live, body):
         kube.delete(api_version, kind, namespace, name)
+        return True
+    return False
 
 
 def _delete_stale_jobs(kube: Kube, body: dict[str, Any], pair_hash: str | None) -> None:

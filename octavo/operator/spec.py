@@ -152,6 +152,15 @@ class LLMServiceSpec:
     autoscaling: dict[str, int] | None
     service_type: str
     service_port: int
+    # Production fields (pod override, extended resources, extra server flags, scaling, rollout,
+    # routing): read as the CRD holds them; pod_override.py, extra_args.py, scaling.py and
+    # inference_pool.py give them meaning.
+    gpu_resource_name: str = "nvidia.com/gpu"
+    extra_resources: dict[str, str] | None = None
+    pod_template: dict[str, Any] | None = None
+    extra_args: tuple[str, ...] = ()
+    rollout: dict[str, Any] | None = None
+    inference_pool: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any] | None) -> LLMServiceSpec:
@@ -188,6 +197,12 @@ class LLMServiceSpec:
             autoscaling=data.get("autoscaling"),
             service_type=str(service.get("type", "ClusterIP")),
             service_port=int(service.get("port", 8000)),
+            gpu_resource_name=str(resources.get("gpuResourceName") or "nvidia.com/gpu"),
+            extra_resources=dict(resources.get("extended") or {}) or None,
+            pod_template=data.get("podTemplate"),
+            extra_args=tuple(str(arg) for arg in data.get("extraArgs") or ()),
+            rollout=data.get("rollout"),
+            inference_pool=data.get("inferencePool"),
         )
 
     @property

@@ -69,9 +69,13 @@ def _walk(schema, path="$"):
 
 
 def test_schema_is_structural():
-    """Every node has a type (or explicitly preserves unknown fields), no oneOf/anyOf at
-    type level, and defaults sit only where the type allows them."""
+    """Every node has a type (or explicitly preserves unknown fields, or is an int-or-string),
+    no oneOf/anyOf at type level but the int-or-string's own, and defaults sit only where the
+    type allows them."""
     for path, node in _walk(SCHEMA):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node.get("anyOf") == [{"type": "integer"}, {"type": "string"}], path
+            continue
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
         assert not {"oneOf", "anyOf", "allOf"} & set(node), path
         if "default" in node:
@@ -102,7 +106,9 @@ def test_defaults_fill_a_minimal_spec():
 NOT_ENGINE_SETTINGS = {"model", "speculative", "speculative.draftModel", "speculative.validationTimeoutSeconds",
                        "replicas", "shutdownTimeoutSeconds",
                        "resources", "image", "imagePullPolicy", "env", "apiKeySecretRef", "modelCache",
-                       "autoscaling", "service"}
+                       "autoscaling", "service",
+                       # production fields: extraArgs is checked against the server's parser
+                       "podTemplate", "extraArgs", "rollout", "inferencePool"}
 
 
 def _spec_keys(schema, prefix=""):
