@@ -285,10 +285,10 @@ SPEC_SCHEMA: dict[str, Any] = {
                            "hostAliases, and containers: one entry named server with env, "
                            "envFrom, volumeMounts, securityContext. Anything else is the "
                            "operator's (name, image, command, args, ports, probes, lifecycle, "
-                           "resources, other containers, the tmp/model-cache/dshm volumes and "
-                           "their mounts, selector labels, terminationGracePeriodSeconds) and is "
-                           "refused. Placement and imagePullSecrets also apply to the "
-                           "validation Job.",
+                           "resources, other containers, the tmp/model-cache/dshm/model-source-* "
+                           "volumes and their mounts, selector labels, "
+                           "terminationGracePeriodSeconds) and is refused. Placement and "
+                           "imagePullSecrets also apply to the validation and download Jobs.",
             "properties": {
                 "metadata": {"type": "object", "properties": {
                     "labels": {"type": "object", "additionalProperties": {"type": "string"}},
