@@ -14,6 +14,8 @@
 #                                          # (two launched servers, same machine); grammar compile ms per schema
 #   bash bench/run_gpu_suite.sh kernels    # attention kernels: decode GB/s, prefill TFLOP/s vs the device
 #   bash bench/run_gpu_suite.sh tests      # the engine's tests on CUDA: runtime, models, spec, kernels
+#   bash bench/run_gpu_suite.sh seed       # one GPU: the second seed's engine args on the 70B shape at 20 of its 80
+#                                          # layers (fits one card) with the 8B-shape draft: memory planning, code path
 #   bash bench/run_gpu_suite.sh tp         # 2+ GPUs (nvidia-h200-x2): TP tests, 70B and 8B at TP 2
 #
 # Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
@@ -102,6 +104,12 @@ case "$PHASE" in
     elif [ -n "${PYTEST_DISABLE_PLUGIN_AUTOLOAD:-}" ]; then plugins=(-p pytest_asyncio); fi
     OCTAVO_KERNEL_TESTS_DEVICE=cuda run 570 "$PY" -m pytest -q -ra -p no:cacheprovider tests/runtime tests/models \
       tests/spec tests/kernels ${plugins[@]+"${plugins[@]}"} --junitxml "$OUT/pytest-cuda.xml" "$@" ;;
+  seed)  # #26 until 4 GPUs are lent: max_num_seqs=8, float16, eager, as the seed; the draft on the target's GPU
+    mkdir -p /tmp/seed-draft && cp bench/configs/llama-3.1-8b.json /tmp/seed-draft/config.json
+    SEED=(--config llama-3.1-70b --hf-overrides '{"num_hidden_layers": 20}' --dtype float16 --max-num-seqs 8 --enforce-eager)
+    bench 200 latency "${SEED[@]}" --batch-size 1,8 --num-iters 3 --roofline --tag seed-70b-l20 "$@"
+    bench 250 latency "${SEED[@]}" --speculative-model /tmp/seed-draft --num-speculative-tokens 4 --batch-size 1,8 \
+      --num-iters 3 --tag seed-70b-l20-draft8b "$@" ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
     needs pytest pytest
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
@@ -111,7 +119,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|families|structured|kernels|tests|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -35,7 +35,9 @@ ALLOWED_IMAGE_PREFIX = "registry.e2e.invalid/allowed/"
 ALLOWED_SECRETS = ("hf-token", "e2e-allowed-*")
 OPERATOR_VALUES = ["--set", f"policy.allowedImages={{{ALLOWED_IMAGE_PREFIX}*}}",
                    "--set", f"policy.allowedSecrets={{{','.join(ALLOWED_SECRETS)}}}",
-                   "--set", "validation.retryBaseSeconds=2", "--set", "validation.retryMaxSeconds=8"]
+                   "--set", "validation.retryBaseSeconds=2", "--set", "validation.retryMaxSeconds=8",
+                   # test_production.py: the InferencePool and its endpoint picker
+                   "--set", "inferenceExtension.enabled=true"]
 
 _binaries: dict[str, Path | BaseException] = {}
 

@@ -11,8 +11,8 @@ agent. It is not part of octavo, never ships, and does only what the e2e scenari
 * Each pod gets its own address (pod IP) from a /24 routed to the loopback device, so every
   container keeps its declared ports. The single rewrite: the wildcard address 0.0.0.0 in
   command, args and env values becomes the pod IP (two pods cannot both bind 0.0.0.0:8000).
-* Volumes (emptyDir, configMap, secret, downwardAPI, projected service account tokens, hostPath)
-  are materialised per pod and bind-mounted at their mount paths inside a private mount namespace
+* Volumes (emptyDir, configMap, secret, downwardAPI, projected service account tokens, hostPath;
+  a persistentVolumeClaim is one directory per claim, shared by its pods) are materialised per pod and bind-mounted at their mount paths inside a private mount namespace
   (`unshare`), as is each container's termination message file; so the operator finds its service
   account token where a real pod would, and a Job's termination message reaches pod status.
 * Status: phase, pod IP, conditions, container states, restart counts, readiness from the
@@ -632,6 +632,14 @@ class PodRunner:
             name = volume["name"]
             if "hostPath" in volume:
                 self.volume_dirs[name] = Path(volume["hostPath"]["path"])
+                continue
+            if "persistentVolumeClaim" in volume:
+                # One directory per claim, shared by every pod that mounts it and kept across
+                # pod restarts, as a bound volume would be (no provisioner, no binding checks).
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                target = self.agent.state_dir / "claims" / self.namespace / claim
+                target.mkdir(parents=True, exist_ok=True)
+                self.volume_dirs[name] = target
                 continue
             target = self.dir / "volumes" / name
             target.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("octavo.runtime.server.cli", "serve a model behind an OpenAI-compatible HTTP API"),
     "check-pair": ("octavo.operator.check_pair", "check that a draft model's vocabulary matches a target's"),
+    "fetch-model": ("octavo.operator.fetch_model", "fetch hf:// models into a directory (the model cache)"),
     "bench": ("octavo.bench.cli", "latency, throughput and serving benchmarks"),
     "operator": ("octavo.operator.cli", "run the Kubernetes operator (kopf)"),
 }

@@ -25,6 +25,14 @@ DTYPES = ["auto", "half", "float16", "bfloat16", "float", "float32"]
 
 DEFAULT_VALIDATION_TIMEOUT_SECONDS = 600
 _QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"  # the API server's own quantity regex
+# An extended resource: a domain-prefixed name outside kubernetes.io (the API server's rule).
+_EXTENDED_RESOURCE = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A count or a percentage, as a Deployment's maxSurge takes it (an IntOrString).
+_INT_OR_PERCENT = {"x-kubernetes-int-or-string": True,
+                   "anyOf": [{"type": "integer"}, {"type": "string"}],
+                   "x-kubernetes-validations": [{
+                       "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')",
+                       "message": "a count (0 or more) or a percentage like 25%"}]}
 
 
 def _string(description: str, **extra: Any) -> dict[str, Any]:
@@ -48,10 +56,25 @@ def _model_ref(what: str) -> dict[str, Any]:
                             maxLength=1024),
             "revision": _string("Hub revision (branch, tag or commit).", minLength=1,
                                 maxLength=128),
+            "source": _string("Where the files come from: hf://org/name[@revision] (fetched "
+                              "once into modelCache by a download Job, or by the server "
+                              "without one), pvc://claim/path (mounted read-only), "
+                              "oci://image[:tag] (an image volume, where the operator allows "
+                              "them), or a path.", minLength=1, maxLength=1024),
+            "hubTokenSecretRef": {
+                "type": "object",
+                "description": "Secret key holding a hub token for gated or private hf:// "
+                               "models (env HF_TOKEN of the download Job).",
+                "required": ["name"],
+                "properties": {"name": _string("Secret name.", minLength=1),
+                               "key": _string("Key in the Secret.", minLength=1,
+                                              default="HF_TOKEN")},
+            },
         },
         "x-kubernetes-validations": [
-            {"rule": "has(self.name) || has(self.path)",
-             "message": "set name (a hub id or demo name) or path (a directory in the container)"},
+            {"rule": "has(self.name) || has(self.path) || has(self.source)",
+             "message": "set source (hf://, pvc://, oci:// or a path), name (a hub id or demo "
+                        "name) or path (a directory in the container)"},
         ],
     }
 
@@ -134,6 +157,15 @@ SPEC_SCHEMA: dict[str, Any] = {
                 "nodeSelector": {"type": "object",
                                  "additionalProperties": {"type": "string"}},
                 "tolerations": {"type": "array", "items": _TOLERATION},
+                "gpuResourceName": _string("The extended resource gpusPerReplica counts "
+                                           "(default nvidia.com/gpu; amd.com/gpu, "
+                                           "nvidia.com/mig-1g.10gb, ...).",
+                                           pattern=_EXTENDED_RESOURCE),
+                "extended": {"type": "object", "description": "Other extended resources per "
+                             "pod (name: quantity), requested through limits, e.g. "
+                             "rdma/hca_shared_devices_a: 1.",
+                             "additionalProperties": {"type": "string", "pattern": _QUANTITY},
+                             "maxProperties": 16},
             },
         },
         "image": _string("Runtime image (default: the operator's OCTAVO_RUNTIME_IMAGE)."),
@@ -155,29 +187,151 @@ SPEC_SCHEMA: dict[str, Any] = {
         },
         "modelCache": {
             "type": "object",
-            "description": "A PersistentVolumeClaim holding (or receiving) model weights.",
-            "required": ["claimName"],
+            "description": "A PersistentVolumeClaim holding (or receiving) model weights: the "
+                           "one claimName names, or one the operator creates (size, "
+                           "storageClassName, accessModes) per model source. hf:// sources are "
+                           "fetched into it once by a download Job, then every replica and the "
+                           "validation Job mount it read-only.",
             "properties": {
-                "claimName": _string("PVC name.", minLength=1),
+                "claimName": _string("An existing PVC (the operator never deletes it).",
+                                     minLength=1),
+                "size": _string("Size of the claim the operator creates.", pattern=_QUANTITY),
+                "storageClassName": _string("Storage class of the claim the operator creates "
+                                            "(default: the cluster's)."),
+                "accessModes": {"type": "array", "description": "Access modes of the claim the "
+                                "operator creates (default ReadWriteOnce; ReadOnlyMany or "
+                                "ReadWriteMany for replicas on several nodes).",
+                                "items": {"type": "string", "enum": [
+                                    "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany",
+                                    "ReadWriteOncePod"]}},
+                "downloadTimeoutSeconds": _integer("How long the download Job may run.",
+                                                   minimum=60, maximum=604800),
                 "mountPath": _string("Where it is mounted.", pattern="^/", default="/models"),
                 "readOnly": {"type": "boolean", "default": False},
             },
+            "x-kubernetes-validations": [
+                {"rule": "has(self.claimName) || has(self.size)",
+                 "message": "set claimName (an existing claim) or size (the operator creates "
+                            "one)"},
+            ],
         },
         "autoscaling": {
             "type": "object",
-            "description": "A HorizontalPodAutoscaler on octavo:num_requests_waiting per pod "
-                           "(needs a custom metrics adapter, see charts/octavo-operator).",
+            "description": "Autoscaling, which then owns the replica count (spec.replicas and "
+                           "`kubectl scale` are ignored). mode HPA: a HorizontalPodAutoscaler on "
+                           "octavo:num_requests_waiting per pod (needs a custom metrics adapter, "
+                           "see charts/octavo-operator). mode KEDA: a KEDA ScaledObject with a "
+                           "Prometheus trigger (needs KEDA), which can scale to zero.",
             "required": ["maxReplicas"],
             "properties": {
-                "minReplicas": _integer("Fewest pods.", minimum=1, default=1),
+                "mode": _string("Who scales: HPA or KEDA.", enum=["HPA", "KEDA"], default="HPA"),
+                "minReplicas": _integer("Fewest pods (0, scale to zero, with mode KEDA only).",
+                                        minimum=0, default=1),
                 "maxReplicas": _integer("Most pods.", minimum=1, maximum=1024),
                 "targetQueueDepth": _integer("Waiting requests per pod to aim for.", minimum=1,
                                              default=8),
+                "behavior": {"type": "object", "description": "HorizontalPodAutoscalerBehavior "
+                             "(scaleUp, scaleDown) replacing the default: up by one pod a "
+                             "minute at once, down by one per 5 minutes after 10 minutes.",
+                             "x-kubernetes-preserve-unknown-fields": True},
+                "keda": {
+                    "type": "object",
+                    "description": "The ScaledObject's Prometheus trigger (mode KEDA).",
+                    "required": ["prometheusServerAddress"],
+                    "properties": {
+                        "prometheusServerAddress": _string("Prometheus URL KEDA queries.",
+                                                           minLength=1),
+                        "metric": _string("queue: waiting requests summed over the pods, "
+                                          "targetQueueDepth per replica (or threshold); "
+                                          "kvCache: mean KV cache usage (0..1) against "
+                                          "threshold.", enum=["queue", "kvCache"],
+                                          default="queue"),
+                        "threshold": _string("The trigger's target (default: targetQueueDepth "
+                                             "for queue, 0.8 for kvCache).", pattern=_QUANTITY),
+                        "activationThreshold": _string("Scaling from zero starts above this "
+                                                       "value.", pattern=_QUANTITY),
+                        "query": _string("A PromQL query replacing the built-in one (e.g. a "
+                                         "gateway's request metric, which exists at zero pods)."),
+                        "pollingInterval": _integer("Seconds between queries.", minimum=1),
+                        "cooldownPeriod": _integer("Seconds after the last activity before "
+                                                   "scaling to zero.", minimum=0),
+                        "initialCooldownPeriod": _integer("Seconds after creation before "
+                                                          "scaling to zero.", minimum=0),
+                        "authenticationRef": {"type": "object", "required": ["name"],
+                                              "properties": {
+                                                  "name": _string("TriggerAuthentication name."),
+                                                  "kind": _string("Its kind.", enum=[
+                                                      "TriggerAuthentication",
+                                                      "ClusterTriggerAuthentication"])}},
+                    },
+                },
             },
             "x-kubernetes-validations": [
                 {"rule": "self.maxReplicas >= self.minReplicas",
                  "message": "maxReplicas must be at least minReplicas"},
+                {"rule": "self.minReplicas > 0 || self.mode == 'KEDA'",
+                 "message": "minReplicas 0 (scale to zero) needs mode KEDA"},
+                {"rule": "self.mode != 'KEDA' || has(self.keda)",
+                 "message": "mode KEDA needs keda.prometheusServerAddress"},
             ],
+        },
+        "podTemplate": {
+            "type": "object",
+            "description": "Added to the serving pods (PodTemplateSpec-shaped). metadata: labels "
+                           "and annotations. spec: affinity, nodeSelector, tolerations, "
+                           "topologySpreadConstraints, priorityClassName, runtimeClassName, "
+                           "schedulerName, serviceAccountName, automountServiceAccountToken, "
+                           "imagePullSecrets, securityContext, volumes, dnsPolicy, dnsConfig, "
+                           "hostAliases, and containers: one entry named server with env, "
+                           "envFrom, volumeMounts, securityContext. Anything else is the "
+                           "operator's (name, image, command, args, ports, probes, lifecycle, "
+                           "resources, other containers, the tmp/model-cache/dshm/model-source-* "
+                           "volumes and their mounts, selector labels, "
+                           "terminationGracePeriodSeconds) and is refused. Placement and "
+                           "imagePullSecrets also apply to the validation and download Jobs.",
+            "properties": {
+                "metadata": {"type": "object", "properties": {
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "annotations": {"type": "object",
+                                    "additionalProperties": {"type": "string"}}},
+                    "x-kubernetes-preserve-unknown-fields": True},
+                # PodSpec fields: the Deployment's own validation checks their shapes, admission
+                # (pod_override.check) which may be set.
+                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+            "x-kubernetes-preserve-unknown-fields": True,
+        },
+        "extraArgs": {"type": "array", "maxItems": 128,
+                      "description": "Extra `octavo serve` flags, checked against the server's "
+                                     "parser before rollout (an unknown flag, or one the spec "
+                                     "sets elsewhere, is SpecValid=False and nothing rolls out).",
+                      "items": {"type": "string", "maxLength": 4096}},
+        "rollout": {
+            "type": "object",
+            "description": "The Deployment's RollingUpdate (default maxSurge 1, maxUnavailable 0: "
+                           "a new pod is ready before an old one goes). Stopping pods still "
+                           "drain (preStop pause, shutdownTimeoutSeconds).",
+            "properties": {"maxSurge": dict(_INT_OR_PERCENT),
+                           "maxUnavailable": dict(_INT_OR_PERCENT)},
+        },
+        "inferencePool": {
+            "type": "object",
+            "description": "Gateway API Inference Extension: an InferencePool "
+                           "(inference.networking.k8s.io/v1) named after the LLMService, "
+                           "selecting its pods, and the upstream endpoint picker (<name>-epp) "
+                           "it refers to. Needs the upstream CRD and a Gateway that supports it.",
+            "properties": {
+                "endpointPicker": {"type": "object", "properties": {
+                    "image": _string("Picker image (default: the operator's "
+                                     "OCTAVO_EPP_IMAGE, else upstream's release)."),
+                    "replicas": _integer("Picker pods.", minimum=1, maximum=16, default=1),
+                    "failureMode": _string("What the gateway does when the picker does not "
+                                           "answer.", enum=["FailOpen", "FailClose"],
+                                           default="FailClose"),
+                    "extraArgs": {"type": "array", "items": {"type": "string"},
+                                  "description": "Extra picker flags (e.g. --config-file)."},
+                }},
+            },
         },
         "service": {
             "type": "object",
@@ -235,7 +389,28 @@ STATUS_SCHEMA: dict[str, Any] = {
         "replicas": {"type": "integer", "format": "int32"},
         "readyReplicas": {"type": "integer", "format": "int32"},
         "selector": {"type": "string"},
-        "endpoint": {"type": "string"},
+        "endpoint": {"type": "string", "description": "The OpenAI API base (url + /v1)."},
+        "url": {"type": "string", "description": "The Service's in-cluster URL: "
+                "http://NAME.NAMESPACE.svc:PORT (the chart's clusterDomain appended if set)."},
+        "model": {"type": "string", "description": "The spec's model (hub id, source or path, "
+                  "with its revision): the Model printer column."},
+        "draft": {"type": "string", "description": "The spec's draft model, if any."},
+        "download": {
+            "type": "object",
+            "description": "The model cache's download Job (hf:// sources with a modelCache).",
+            "properties": {
+                "phase": {"type": "string", "enum": ["Pending", "Downloading", "Succeeded",
+                                                     "Failed"]},
+                "hash": {"type": "string"},
+                "job": {"type": "string"},
+                "claim": {"type": "string"},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "files": {"type": "integer", "format": "int64"},
+                "bytes": {"type": "integer", "format": "int64"},
+                "message": {"type": "string"},
+                "completedAt": {"type": "string", "format": "date-time"},
+            },
+        },
         "served": {
             "type": "object",
             "description": "What the Deployment runs now (it keeps the last good spec while a "
@@ -272,11 +447,14 @@ STATUS_SCHEMA: dict[str, Any] = {
 }
 
 PRINTER_COLUMNS = [
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
-    {"name": "Draft", "type": "string", "jsonPath": ".spec.speculative.draftModel.name"},
-    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model"},
+    {"name": "Draft", "type": "string", "jsonPath": ".status.draft"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas",
+     "description": "Live pods (spec.replicas is the request)."},
+    {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

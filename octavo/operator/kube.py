@@ -27,6 +27,12 @@ PLURALS: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("batch/v1", "Job"): "jobs",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
     (crd.API_VERSION, crd.KIND): crd.PLURAL,
 }
 

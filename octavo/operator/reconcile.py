@@ -5,17 +5,23 @@ It can run any number of times, concurrently with itself or after a crash, and c
 
 1. Admission checks and the cluster's policy (admission.py). A spec that cannot or may not be
    deployed is reported, not deployed (an existing Deployment keeps the previous spec).
-2. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
+2. With an hf:// source and a modelCache: the cache claim and a download Job (model_delivery.py),
+   one per delivery hash. Until it succeeds the Deployment is not touched; a failure is
+   ModelReady=False / DownloadFailed (deleting the Job retries).
+3. With a draft model: the validation Job for this (target, draft) pair, named from the pair's
    hash so a repeated reconcile finds it. Until it says compatible, the Deployment is not
    touched: an existing one keeps serving the previous spec.
    The Job's own events (main.py watches owned Jobs) bring the next reconcile; the outcome also
    asks to be called again at the Job's deadline (a Job that never finishes counts as failed
    then) and, after a failure, when the backoff ends (a new Job under the same name).
-3. The API key: the Secret the spec names, else one the operator creates once (never
+4. The API key: the Secret the spec names, else one the operator creates once (never
    overwritten; create is the only right it has on Secrets).
-4. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
-   the live object has drifted from the desired one.
-5. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
+5. Server-side apply of the Deployment, Service, PodDisruptionBudget (and HPA), each only when
+   the live object has drifted from the desired one; then the objects of optional APIs (a KEDA
+   ScaledObject, an InferencePool and its endpoint picker), whose missing CRD is a Warning Event
+   and a retry, never a reason not to serve; owned objects the spec no longer asks for go. An
+   object the API server refuses (400/422: a malformed spec.podTemplate) is SpecValid=False.
+6. Status from the Deployment's: phase, conditions, ready replicas, endpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from octavo.operator import admission, crd, resources, status as st
+from octavo.operator import (admission, crd, inference_pool, model_delivery, resources, scaling,
+                             status as st)
 from octavo.operator.kube import ApiError, Kube
 from octavo.operator.spec import LLMServiceSpec
 from octavo.operator.validation import PairVerdict
@@ -134,6 +141,28 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
     # Before any pod exists (the validation Job's included), so none runs unconfined.
     _ensure_network_policy(kube, body, network_policy_settings())
 
+    if spec.cache_delivery:
+        download = _deliver(kube, body, spec, events)
+        new_status["download"] = download.record(spec, meta["name"])
+        conditions.append(_model_ready_condition(download, generation))
+        if download.phase != model_delivery.SUCCEEDED:
+            failed = download.phase == model_delivery.FAILED
+            _observe_existing(kube, body, spec, new_status, conditions, generation,
+                              blocked=f"model download failed: {download.message}" if failed
+                              else None)
+            if not failed:
+                conditions[-1] = st.condition(st.PROGRESSING, True, "Downloading",
+                                              "waiting for the model download before rolling "
+                                              "out", generation)
+            # Drop the pair verdict's condition only if the draft is gone; keep it otherwise.
+            return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                           Outcome(st.BLOCKED if failed else st.DEPLOYING, download.message))
+    else:
+        new_status["download"] = None
+        drop += (st.MODEL_READY,)
+        if spec.cache_claim_owned:
+            _ensure_claim(kube, body, spec)
+
     if spec.draft is not None:
         pair = _validate_pair(kube, body, spec, old_status.get("pair"), now, generation)
         new_status["pair"] = pair.record
@@ -148,25 +177,147 @@ def _reconcile(kube: Kube, body: dict[str, Any], now: datetime.datetime) -> Outc
                            Outcome(pair.phase or st.BLOCKED, message, pair.requeue_after))
     else:
         new_status["pair"] = None  # merge patch: remove a verdict about a draft now gone
-        drop = (st.PAIR_COMPATIBLE,)
+        drop += (st.PAIR_COMPATIBLE,)
 
     new_status["apiKey"] = _ensure_api_key(kube, body, spec, events)
     deployment = None
+    served_before = _version(kube.get("apps/v1", "Deployment", meta.get("namespace", "default"),
+                                      meta["name"]))
     for desired in resources.serving_objects(body, spec):
-        live = ensure(kube, desired)
+        try:
+            live = ensure(kube, desired)
+        except ApiError as exc:
+            if exc.status not in (400, 422):
+                raise
+            # The API server refused what the spec made (a malformed spec.podTemplate field the
+            # admission checks do not read): the spec's fault, said as such, and nothing retried
+            # until it changes.
+            message = (f"the API server refused the {desired['kind']} this spec makes: {exc} "
+                       "(check spec.podTemplate)")
+            conditions[0] = st.condition(st.SPEC_VALID, False, "Rejected", message, generation)
+            events.append(("Warning", "Rejected", message))
+            _observe_existing(kube, body, spec, new_status, conditions, generation,
+                              blocked=message)
+            return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
+                           Outcome(st.BLOCKED, message))
         if desired["kind"] == "Deployment":
             deployment = live
-    if spec.autoscaling is None:
-        _delete_owned(kube, body, "autoscaling/v2", "HorizontalPodAutoscaler", meta["name"])
+    missing = _ensure_optional(kube, body, spec, events)
+    _delete_unwanted(kube, body, spec)
     _delete_stale_jobs(kube, body, spec.pair_hash())
 
     rollout = st.rollout_of(deployment)
+    if rollout.phase == st.READY and _version(deployment) == served_before:
+        # The current spec serves (the Deployment was not just rewritten, when its status
+        # still describes the old pods): caches and download Jobs of earlier sources can go.
+        _delete_stale_delivery(kube, body, spec)
     _report_serving(body, spec, deployment, rollout, new_status, conditions, generation)
     if rollout.phase == st.READY and old_status.get("phase") != st.READY:
         events.append(("Normal", "Ready", f"{rollout.ready} replica(s) serving "
                        f"{new_status['endpoint']}"))
     return _finish(kube, body, old_status, new_status, conditions, drop, events, stamp,
-                   Outcome(rollout.phase, rollout.message))
+                   Outcome(rollout.phase, rollout.message,
+                           MISSING_API_REQUEUE_SECONDS if missing else None))
+
+
+def _version(obj: dict[str, Any] | None) -> Any:
+    """What identifies a Deployment's version: its spec (a rewrite changes it)."""
+    return (obj or {}).get("spec")
+
+
+# --- the model cache ------------------------------------------------------------------------
+
+
+def _ensure_claim(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec) -> None:
+    """Create the operator-made cache claim once (a claim's spec is mostly immutable: an
+    existing one is kept as it is)."""
+    claim = model_delivery.cache_claim(body, spec)
+    if claim is None:
+        return
+    try:
+        kube.create(claim)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+
+
+def _deliver(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
+             events: list[tuple[str, str, str]]) -> model_delivery.Download:
+    """The cache claim and its download Job (created once per delivery hash); what the Job says.
+    A deleted Job is made again, so deleting a failed one retries the download."""
+    namespace = body["metadata"].get("namespace", "default")
+    _ensure_claim(kube, body, spec)
+    wanted = model_delivery.download_job(body, spec)
+    job = kube.get("batch/v1", "Job", namespace, wanted["metadata"]["name"])
+    if job is None:
+        try:
+            kube.create(wanted)
+        except ApiError as exc:
+            if exc.status in (400, 422):
+                # Refused for what the spec made (spec.podTemplate's placement fields reach this
+                # Job): a failed delivery until the spec changes, not a retry loop.
+                download = model_delivery.Download(
+                    model_delivery.FAILED, f"the API server refused the download Job "
+                    f"{wanted['metadata']['name']}: {exc} (check spec.podTemplate)")
+                events.append(("Warning", "DownloadFailed", download.message))
+                return download
+            if exc.status != 409:
+                raise
+        events.append(("Normal", "Downloading", f"download Job {wanted['metadata']['name']} "
+                       f"fetches {', '.join(r.display for r in spec.downloads())} into claim "
+                       f"{spec.cache_claim(body['metadata']['name'])}"))
+        return model_delivery.download_state(None, [])
+    download = model_delivery.download_state(job, _fetch_results(kube, job))
+    if download.phase == model_delivery.FAILED:
+        events.append(("Warning", "DownloadFailed", download.message))
+    elif download.phase == model_delivery.SUCCEEDED:
+        events.append(("Normal", "ModelCached", download.message))
+    return download
+
+
+def _fetch_results(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """fetch-model's results from the Job's pods' termination messages, oldest pod first."""
+    namespace = job["metadata"].get("namespace", "default")
+    pods = kube.list("v1", "Pod", namespace, {"job-name": job["metadata"]["name"]})
+    results: list[dict[str, Any]] = []
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or ""):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != model_delivery.FETCH_CONTAINER:
+                continue
+            terminated = (cs.get("state") or {}).get("terminated") or \
+                (cs.get("lastState") or {}).get("terminated") or {}
+            result = model_delivery.parse_result(terminated.get("message"))
+            if result is not None:
+                results.append(result)
+    return results
+
+
+def _model_ready_condition(download: model_delivery.Download,
+                           generation: int | None) -> dict[str, Any]:
+    if download.phase == model_delivery.SUCCEEDED:
+        return st.condition(st.MODEL_READY, True, "Cached", download.message, generation)
+    if download.phase == model_delivery.FAILED:
+        return st.condition(st.MODEL_READY, False, "DownloadFailed", download.message, generation)
+    return st.condition(st.MODEL_READY, False, download.phase, download.message, generation)
+
+
+def _delete_stale_delivery(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec) -> None:
+    """Download Jobs and operator-made cache claims of sources the served spec no longer
+    names. Called only once the current spec serves, so no running pod still mounts them."""
+    namespace = body["metadata"].get("namespace", "default")
+    current = (spec.delivery_hash() or "none")[:63]
+    claim = spec.cache_claim(body["metadata"]["name"])
+    for api_version, kind, component in (
+            ("batch/v1", "Job", model_delivery.COMPONENT_DOWNLOAD),
+            ("v1", "PersistentVolumeClaim", model_delivery.COMPONENT_CACHE)):
+        for item in kube.list(api_version, kind, namespace,
+                              {resources.LABEL_SERVICE: body["metadata"]["name"],
+                               resources.LABEL_COMPONENT: component}):
+            labels = item["metadata"].get("labels") or {}
+            stale = labels.get(model_delivery.LABEL_DELIVERY_HASH) != current and \
+                item["metadata"]["name"] != claim
+            if stale and _owned_by(item, body):
+                kube.delete(api_version, kind, namespace, item["metadata"]["name"])
 
 
 # --- the validation Job --------------------------------------------------------------------
@@ -425,6 +576,13 @@ def _ensure_api_key(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
 
 
 NETWORK_POLICY_ENV = "OCTAVO_NETWORK_POLICY"
+CLUSTER_DOMAIN_ENV = "OCTAVO_CLUSTER_DOMAIN"
+
+
+def cluster_domain(environ: Any = os.environ) -> str | None:
+    """The chart's `clusterDomain` (e.g. cluster.local) for status.url; unset: the short
+    NAME.NAMESPACE.svc form, which resolves in every cluster."""
+    return environ.get(CLUSTER_DOMAIN_ENV) or None
 
 
 def network_policy_settings(environ: Any = os.environ) -> resources.NetworkPolicySettings | None:
@@ -449,6 +607,60 @@ def _ensure_network_policy(kube: Kube, body: dict[str, Any],
                       body["metadata"]["name"])
 
 
+# A ScaledObject or InferencePool whose CRD is not installed is tried again after this long.
+MISSING_API_REQUEUE_SECONDS = 60.0
+
+
+def _ensure_optional(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec,
+                     events: list[tuple[str, str, str]]) -> list[str]:
+    """Applies the objects of kinds a cluster may lack (KEDA's, the Inference Extension's); the
+    kinds it lacks (404), each reported by a Warning Event. The serving objects are applied
+    first, so a missing CRD never keeps a model from serving."""
+    missing: list[str] = []
+    for desired in resources.optional_objects(body, spec):
+        try:
+            ensure(kube, desired)
+        except ApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            kind, name = desired["kind"], desired["metadata"]["name"]
+            missing.append(f"{kind} ({desired['apiVersion']})")
+            if exc.status == 404:
+                project = "KEDA" if kind == scaling.KEDA_KIND else \
+                    "the Gateway API Inference Extension"
+                events.append(("Warning", "MissingAPI", f"cannot create {kind} {name}: the "
+                               f"cluster does not serve {desired['apiVersion']} (install "
+                               f"{project}'s CRD); retrying"))
+            else:
+                events.append(("Warning", "Forbidden", f"the operator may not create {kind} "
+                               f"{name} ({exc}): install the octavo-operator chart with "
+                               "inferenceExtension.enabled=true for the endpoint picker's "
+                               "objects; retrying"))
+            break  # the picker's objects are no use without their pool
+    return missing
+
+
+def _delete_unwanted(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec) -> None:
+    """Removes owned objects the spec no longer asks for (autoscaling mode switched or off, the
+    InferencePool dropped). A kind the cluster lacks reads as absent."""
+    name = body["metadata"]["name"]
+    mode = scaling.mode(spec.autoscaling)
+    if mode != scaling.MODE_HPA:
+        _delete_owned(kube, body, "autoscaling/v2", "HorizontalPodAutoscaler", name)
+    if mode != scaling.MODE_KEDA:
+        _delete_owned(kube, body, scaling.KEDA_API_VERSION, scaling.KEDA_KIND, name)
+    # The picker's objects go with their pool (garbage collection takes them with the
+    # LLMService otherwise); looking for them only then spares five reads per reconcile.
+    if spec.inference_pool is None and \
+            _delete_owned(kube, body, inference_pool.API_VERSION, inference_pool.KIND, name):
+        picker = inference_pool.epp_name(name)
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"),
+                                  ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+                                  ("rbac.authorization.k8s.io/v1", "Role"),
+                                  ("v1", "ServiceAccount")):
+            _delete_owned(kube, body, api_version, kind, picker)
+
+
 def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
     uid = body["metadata"].get("uid")
     return any(ref.get("uid") == uid and ref.get("kind") == crd.KIND
@@ -456,11 +668,14 @@ def _owned_by(obj: dict[str, Any], body: dict[str, Any]) -> bool:
 
 
 def _delete_owned(kube: Kube, body: dict[str, Any], api_version: str, kind: str,
-                  name: str) -> None:
+                  name: str) -> bool:
+    """Deletes the object if it exists and this LLMService owns it; whether it did."""
     namespace = body["metadata"].get("namespace", "default")
     live = kube.get(api_version, kind, namespace, name)
     if live is not None and _owned_by(live, body):
         kube.delete(api_version, kind, namespace, name)
+        return True
+    return False
 
 
 def _delete_stale_jobs(kube: Kube, body: dict[str, Any], pair_hash: str | None) -> None:
@@ -491,6 +706,9 @@ def _report_serving(body: dict[str, Any], spec: LLMServiceSpec | None,
     })
     if spec is not None:
         new_status["endpoint"] = resources.endpoint(body, spec)
+        new_status["url"] = resources.service_url(body, spec, cluster_domain())
+        new_status["model"] = spec.model.display
+        new_status["draft"] = spec.draft.display if spec.draft is not None else None
     if deployment is not None:
         annotations = (deployment.get("metadata") or {}).get("annotations") or {}
         served = {"model": annotations.get(resources.ANNOTATION_MODEL, "")}
@@ -518,6 +736,7 @@ def _observe_existing(kube: Kube, body: dict[str, Any], spec: LLMServiceSpec | N
     _report_serving(body, spec, deployment, rollout, new_status, conditions, generation)
     if deployment is None:
         new_status.pop("endpoint", None)
+        new_status.pop("url", None)
     if validating:
         conditions[-1] = st.condition(st.PROGRESSING, True, "Validating",
                                       "waiting for the validation Job before rolling out",
@@ -534,6 +753,8 @@ def _finish(kube: Kube, body: dict[str, Any], old_status: dict[str, Any],
             outcome: Outcome) -> Outcome:
     meta = body["metadata"]
     new_status["phase"] = outcome.phase
+    conditions = conditions + st.kstatus_conditions(outcome.phase, outcome.message,
+                                                    meta.get("generation"))
     new_status["conditions"] = st.merge_conditions(old_status.get("conditions"), conditions,
                                                    drop=drop, now=stamp)
     patch = status_patch(old_status, new_status)

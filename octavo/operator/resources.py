@@ -11,11 +11,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from octavo.operator import crd
+from octavo.operator import crd, inference_pool, model_volumes, pod_override, scaling
 from octavo.operator.spec import LLMServiceSpec
 
 CONTAINER_PORT = 8000
-SERVER_CONTAINER = "server"
+SERVER_CONTAINER = pod_override.SERVER_CONTAINER
 CHECK_CONTAINER = "check-pair"
 TERMINATION_LOG = "/dev/termination-log"
 FIELD_MANAGER = "octavo-operator"
@@ -39,7 +39,7 @@ GRACE_MARGIN_SECONDS = 10
 STARTUP_PROBE_PERIOD_SECONDS = 10
 STARTUP_PROBE_FAILURES = 180  # 30 minutes
 
-QUEUE_METRIC = "octavo:num_requests_waiting"
+QUEUE_METRIC = scaling.QUEUE_METRIC
 
 # Validation Job: one pod, no retries inside the Job. Exit 1 (incompatible) is a verdict; exit 2
 # (a model could not be read), a crash or the deadline (spec.speculative.validationTimeoutSeconds)
@@ -127,14 +127,29 @@ def endpoint(body: dict[str, Any], spec: LLMServiceSpec) -> str:
     return f"http://{name}.{namespace}.svc:{spec.service_port}/v1"
 
 
-def serve_args(spec: LLMServiceSpec) -> list[str]:
-    """The `octavo serve` command line for this spec: the engine's flags from EngineArgs, then
-    the server's own options."""
+def service_url(body: dict[str, Any], spec: LLMServiceSpec,
+                cluster_domain: str | None = None) -> str:
+    """The in-cluster base URL of the Service (status.url): http://NAME.NAMESPACE.svc:PORT,
+    with the cluster domain appended when one is configured."""
+    name, namespace = _meta(body)
+    host = f"{name}.{namespace}.svc" + (f".{cluster_domain.strip('.')}" if cluster_domain else "")
+    return f"http://{host}:{spec.service_port}"
+
+
+def operator_serve_args(spec: LLMServiceSpec) -> list[str]:
+    """The `octavo serve` command line the spec's fields make: the engine's flags from
+    EngineArgs, then the server's own options (spec.extraArgs not included)."""
     return ["octavo", "serve", *spec.engine_args().to_cli_args(),
             "--host", "0.0.0.0",
             "--port", str(CONTAINER_PORT),
             "--served-model-name", spec.model.served_name,
             "--shutdown-timeout", str(spec.shutdown_timeout_seconds)]
+
+
+def serve_args(spec: LLMServiceSpec) -> list[str]:
+    """The serving container's full command line: the operator's flags, then spec.extraArgs
+    (checked against the server's parser by admission, extra_args.check, before any rollout)."""
+    return [*operator_serve_args(spec), *spec.extra_args]
 
 
 def check_pair_args(spec: LLMServiceSpec) -> list[str]:
@@ -192,11 +207,21 @@ def _with_user_env(env: list[dict[str, Any]],
     return [var for var in env if var["name"] not in user_names] + [dict(v) for v in user_env]
 
 
+def _hub_token_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """HF_TOKEN from spec.model.hubTokenSecretRef for pods that fetch from the hub themselves
+    (no model cache delivery: with one, only the download Job holds the token)."""
+    ref = spec.model.hub_token_secret
+    if spec.cache_delivery or not ref:
+        return []
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": ref["name"], "key": ref.get("key", "HF_TOKEN")}}}]
+
+
 def _env(service_name: str, spec: LLMServiceSpec) -> list[dict[str, Any]]:
     """The serving container's environment: scratch paths, the API key, the spec's env."""
     secret, key = api_key_ref(service_name, spec)
-    env = _base_env() + [{"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {
-        "name": secret, "key": key}}}]
+    env = _base_env() + _hub_token_env(spec) + [{"name": API_KEY_ENV, "valueFrom": {
+        "secretKeyRef": {"name": secret, "key": key}}}]
     # Admission refuses a spec that sets the key itself; dropping it here too means no spec can
     # serve without one.
     return _with_user_env(env, [var for var in spec.env if var.get("name") != API_KEY_ENV])
@@ -208,7 +233,8 @@ def _check_pair_env(spec: LLMServiceSpec) -> list[dict[str, Any]]:
     def needed(var: dict[str, Any]) -> bool:
         source = var.get("valueFrom") or {}
         return "secretKeyRef" not in source or var.get("name") in CHECK_PAIR_SECRET_ENV
-    return _with_user_env(_base_env(), [var for var in spec.env if needed(var)])
+    return _with_user_env(_base_env() + _hub_token_env(spec),
+                          [var for var in spec.env if needed(var)])
 
 
 def _add_placement(pod_spec: dict[str, Any], spec) -> None:
@@ -239,11 +265,12 @@ def _container_security_context() -> dict[str, Any]:
     }
 
 
-def _cache_volume(spec: LLMServiceSpec) -> dict[str, Any]:
-    if spec.model_cache is not None:
-        return {"name": "model-cache", "persistentVolumeClaim": {
-            "claimName": spec.model_cache["claimName"], "readOnly": not spec.cache_writable}}
-    return {"name": "model-cache", "emptyDir": {}}
+def _model_volumes(service_name: str, spec: LLMServiceSpec
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model cache and the pvc:// / oci:// sources (model_volumes.py)."""
+    volumes, mounts = model_volumes.source_volumes(spec)
+    return ([model_volumes.cache_volume(service_name, spec), *volumes],
+            [model_volumes.cache_mount(spec), *mounts])
 
 
 def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
@@ -264,21 +291,17 @@ def serving_resources(spec: LLMServiceSpec) -> dict[str, Any]:
     limits = {"cpu": cpu, "memory": memory, "ephemeral-storage": ephemeral_limit}
     if gpus > 0:
         # Extended resources are requested through limits (requests default to them).
-        limits["nvidia.com/gpu"] = str(gpus)
+        limits[spec.gpu_resource_name] = str(gpus)
+    for resource_name, quantity in (spec.extra_resources or {}).items():
+        limits[resource_name] = str(quantity)
     return {"requests": requests, "limits": limits}
 
 
 def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
     name, _ = _meta(body)
-    volumes: list[dict[str, Any]] = [
-        {"name": "tmp", "emptyDir": {}},
-        _cache_volume(spec),
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "model-cache", "mountPath": spec.cache_mount,
-         "readOnly": not spec.cache_writable},
-    ]
+    model_vols, model_mounts = _model_volumes(name, spec)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, *model_vols]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}, *model_mounts]
     if spec.tensor_parallel_size > 1:
         # NCCL and the TP workers exchange tensors through shared memory; a container's default
         # 64 MiB /dev/shm is far too small.
@@ -320,7 +343,7 @@ def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         "automountServiceAccountToken": False,
     }
     _add_placement(pod_spec, spec)
-    return {
+    template = {
         "metadata": {
             "labels": {**labels(name), **selector_labels(name)},
             "annotations": {
@@ -331,6 +354,7 @@ def pod_template(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         },
         "spec": pod_spec,
     }
+    return pod_override.merge(template, spec.pod_template, frozenset({API_KEY_ENV}))
 
 
 def deployment(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
@@ -340,17 +364,15 @@ def deployment(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]:
         annotations[ANNOTATION_DRAFT] = spec.draft.display
     deploy_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(name)},
-        # A new pod must be ready before an old one goes: with no spare GPUs the rollout waits
-        # and the old pods keep serving, rather than dropping capacity.
-        "strategy": {"type": "RollingUpdate",
-                     "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        # Default: a new pod must be ready before an old one goes (spec.rollout can change it).
+        "strategy": scaling.rolling_update(spec.rollout),
         "progressDeadlineSeconds": STARTUP_PROBE_PERIOD_SECONDS * STARTUP_PROBE_FAILURES + 600,
         "revisionHistoryLimit": 3,
         "template": pod_template(body, spec),
     }
     if spec.autoscaling is None:
-        # With autoscaling the HPA owns replicas; leaving the field out of the applied object
-        # keeps the operator from fighting it.
+        # With autoscaling the HPA (or KEDA's) owns replicas; leaving the field out of the
+        # applied object keeps the operator from fighting it.
         deploy_spec["replicas"] = spec.replicas
     return {
         "apiVersion": "apps/v1",
@@ -387,36 +409,33 @@ def pod_disruption_budget(body: dict[str, Any], spec: LLMServiceSpec) -> dict[st
 
 
 def horizontal_pod_autoscaler(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any] | None:
-    """Scales on the waiting-queue length per pod, read from the custom metrics API (a Prometheus
-    adapter serving the runtime's `octavo:num_requests_waiting` gauge as a pods metric)."""
-    if spec.autoscaling is None:
+    """The HPA of spec.autoscaling (mode HPA); None otherwise (see scaling.py)."""
+    if scaling.mode(spec.autoscaling) != scaling.MODE_HPA:
         return None
     name, _ = _meta(body)
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": _object_meta(body, name),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": int(spec.autoscaling.get("minReplicas", 1)),
-            "maxReplicas": int(spec.autoscaling["maxReplicas"]),
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": QUEUE_METRIC},
-                    "target": {"type": "AverageValue",
-                               "averageValue": str(spec.autoscaling.get("targetQueueDepth", 8))},
-                },
-            }],
-            # Loading a replica takes minutes: scale up promptly, scale down slowly.
-            "behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
-                "scaleDown": {"stabilizationWindowSeconds": 600,
-                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 300}]},
-            },
-        },
-    }
+    return scaling.horizontal_pod_autoscaler(_object_meta(body, name), name, spec.autoscaling)
+
+
+def scaled_object(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any] | None:
+    """The KEDA ScaledObject of spec.autoscaling (mode KEDA); None otherwise."""
+    if scaling.mode(spec.autoscaling) != scaling.MODE_KEDA:
+        return None
+    name, namespace = _meta(body)
+    return scaling.scaled_object(_object_meta(body, name), namespace, name, spec.autoscaling)
+
+
+def inference_pool_objects(body: dict[str, Any], spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """The InferencePool and its endpoint picker's objects (spec.inferencePool); [] without."""
+    if spec.inference_pool is None:
+        return []
+    name, namespace = _meta(body)
+
+    def meta(object_name: str, component: str) -> dict[str, Any]:
+        return _object_meta(body, object_name, component=component)
+
+    return [inference_pool.inference_pool(meta, name, selector_labels(name), CONTAINER_PORT,
+                                          spec.inference_pool),
+            *inference_pool.endpoint_picker_objects(meta, name, namespace, spec.inference_pool)]
 
 
 # Egress of an LLMService's pods under the default NetworkPolicy: DNS, and HTTPS anywhere (the
@@ -478,11 +497,8 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
         "command": check_pair_args(spec),
         "env": _check_pair_env(spec),
         "resources": copy.deepcopy(CHECK_PAIR_RESOURCES),
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "model-cache", "mountPath": spec.cache_mount,
-             "readOnly": not spec.cache_writable},
-        ],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         *_model_volumes(service_name, spec)[1]],
         "terminationMessagePath": TERMINATION_LOG,
         # If the command dies before writing its verdict, the log tail explains why.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -493,12 +509,13 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, _cache_volume(spec)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *_model_volumes(service_name, spec)[0]],
         "securityContext": _pod_security_context(),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
     }
     _add_placement(pod_spec, spec)
+    pod_spec = pod_override.with_placement(pod_spec, spec.pod_template)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -518,6 +535,14 @@ def validation_job(body: dict[str, Any], spec: LLMServiceSpec) -> dict[str, Any]
             },
         },
     }
+
+
+def optional_objects(body: dict[str, Any], spec: LLMServiceSpec) -> list[dict[str, Any]]:
+    """Objects of kinds a cluster may lack (their CRDs come with KEDA and the Gateway API
+    Inference Extension), in apply order: the ScaledObject, the InferencePool and its picker."""
+    objects = inference_pool_objects(body, spec)
+    keda = scaled_object(body, spec)
+    return objects + ([keda] if keda is not None else [])
 
 
 def serving_objects(body: dict[str, Any], spec: LLMServiceSpec) -> list[dict[str, Any]]:

@@ -12,6 +12,12 @@ SPEC_VALID = "SpecValid"
 PAIR_COMPATIBLE = "PairCompatible"
 AVAILABLE = "Available"
 PROGRESSING = "Progressing"
+MODEL_READY = "ModelReady"
+# kstatus (sigs.k8s.io/cli-utils) conditions: `kubectl wait --for=condition=Ready`, Flux and
+# Argo CD read these; Reconciling and Stalled are "abnormal-true" (True only while it applies).
+READY_CONDITION = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
 
 # Phases (the CRD's enum).
 VALIDATING = "Validating"
@@ -61,7 +67,8 @@ def merge_conditions(old: list[dict[str, Any]] | None, new: list[dict[str, Any]]
         same = before is not None and before.get("status") == cond["status"]
         stamp = before.get("lastTransitionTime") if same else None
         result.append({**cond, "lastTransitionTime": stamp or now})
-    order = {SPEC_VALID: 0, PAIR_COMPATIBLE: 1, AVAILABLE: 2, PROGRESSING: 3}
+    order = {READY_CONDITION: -3, RECONCILING: -2, STALLED: -1, SPEC_VALID: 0, MODEL_READY: 1,
+             PAIR_COMPATIBLE: 2, AVAILABLE: 3, PROGRESSING: 4}
     return sorted(result, key=lambda c: order.get(c.get("type", ""), 99))
 
 
@@ -111,3 +118,19 @@ def rollout_of(deployment: dict[str, Any] | None) -> Rollout:
                        f"{ready} ready", desired, ready, total)
     return Rollout(DEGRADED, "ReplicasNotReady", f"only {ready}/{desired} replicas ready",
                    desired, ready, total)
+
+
+def kstatus_conditions(phase: str, message: str, generation: int | None) -> list[dict[str, Any]]:
+    """Ready, Reconciling and Stalled for a phase, as kstatus reads them: Ready=True only when
+    every replica of the current spec serves; Reconciling=True while it is getting there
+    (validating, downloading, rolling out); Stalled=True when it cannot get there without a
+    change (blocked spec or pair, failed download, stalled rollout)."""
+    reconciling = phase in (VALIDATING, DEPLOYING)
+    stalled = phase in (BLOCKED, DEGRADED)
+    return [
+        condition(READY_CONDITION, phase == READY, phase, message, generation),
+        condition(RECONCILING, reconciling, phase if reconciling else "Settled",
+                  message if reconciling else "", generation),
+        condition(STALLED, stalled, phase if stalled else "NotStalled",
+                  message if stalled else "", generation),
+    ]

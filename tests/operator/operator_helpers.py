@@ -46,6 +46,7 @@ RESOURCES = {
     "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", ["status"]),
     "autoscaling/v2/horizontalpodautoscalers": ("HorizontalPodAutoscaler", ["status"]),
     "batch/v1/jobs": ("Job", ["status"]),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", ["status"]),
 }
 
 
@@ -104,7 +105,8 @@ async def run_validation_job(kube, job: dict[str, Any], tmp_path: Path) -> int:
     return code
 
 
-async def set_job_result(kube, job: dict[str, Any], exit_code: int, message: str) -> None:
+async def set_job_result(kube, job: dict[str, Any], exit_code: int, message: str,
+                         container: str = "check-pair") -> None:
     meta = job["metadata"]
     namespace = meta["namespace"]
     suffix = uuid.uuid4().hex[:5]  # a retried Job (same name) gets pods of its own
@@ -117,7 +119,7 @@ async def set_job_result(kube, job: dict[str, Any], exit_code: int, message: str
                                 "batch.kubernetes.io/job-name": meta["name"],
                                 "batch.kubernetes.io/controller-uid": meta.get("uid", "")}},
         "status": {"phase": "Succeeded" if exit_code == 0 else "Failed",
-                   "containerStatuses": [{"name": "check-pair", "state": {"terminated": {
+                   "containerStatuses": [{"name": container, "state": {"terminated": {
                        "exitCode": exit_code, "message": message,
                        "reason": "Completed" if exit_code == 0 else "Error"}}}]},
     }

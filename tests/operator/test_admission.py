@@ -50,9 +50,9 @@ def test_draft_equal_to_target():
                                                              "revision": "small"}})) == []
 
 
-def test_model_and_draft_need_a_name_or_path():
-    assert "spec.model needs a name" in check_llmservice({"model": {}})[0]
-    assert "draftModel needs a name or a path" in \
+def test_model_and_draft_need_a_source_name_or_path():
+    assert "spec.model needs a source" in check_llmservice({"model": {}})[0]
+    assert "draftModel needs a source, a name or a path" in \
         check_llmservice(spec(speculative={"draftModel": {"revision": "x"}}))[0]
 
 
@@ -154,3 +154,52 @@ def test_the_charts_default_policy_and_the_examples():
         ["Secret 'hf-token'", "Secret 'llama-70b-key'"]
     allowing = Policy(chart_default.images, ("hf-token", "*-key"), ("*",))
     assert check_policy(load_example("speculative.yaml")["spec"], allowing) == []
+
+
+def test_model_sources_are_checked_and_name_the_fix():
+    assert check_llmservice({"model": {"source": "hf://org/m@v1"}}) == []
+    bad = check_llmservice({"model": {"source": "s3://bucket/m"}})
+    assert bad and bad[0].startswith("spec.model.source: ") and "hf://, pvc://, oci://" in bad[0]
+    both = check_llmservice({"model": {"source": "hf://org/m", "name": "org/m"}})
+    assert both == ["spec.model sets source and name: keep source (hf://org/name is the hub id's "
+                    "form)"]
+    draft = check_llmservice({"model": {"source": "hf://org/m"},
+                              "speculative": {"draftModel": {"source": "pvc://Bad/x"}}})
+    assert draft[0].startswith("spec.speculative.draftModel.source: ")
+    same = check_llmservice({"model": {"source": "hf://org/m@v1"},
+                             "speculative": {"draftModel": {"source": "hf://org/m@v1"}}})
+    assert "is the target itself" in same[0]
+
+
+def test_policy_covers_the_delivery_fields():
+    spec = {"model": {"source": "pvc://finance-data/llama", "hubTokenSecretRef": {"name": "db"}},
+            "speculative": {"draftModel": {"source": "oci://evil.example/draft:1"}}}
+    policy = Policy(images=("ghcr.io/octavo-dev/octavo-runtime",), secrets=("hf-*",),
+                    claims=("model-*",))
+    errors = check_policy(spec, policy)
+    assert errors[0].startswith("spec.model.hubTokenSecretRef names Secret 'db'")
+    assert errors[1].startswith("spec.model.source 'finance-data' is not an allowed claim")
+    assert errors[2].startswith("spec.speculative.draftModel.source image 'evil.example/draft:1' "
+                                "is not an allowed image")
+    off = Policy(image_volumes=False)
+    assert check_policy({"model": {"source": "oci://registry.local/m:1"}}, off) == [
+        "spec.model.source 'oci://registry.local/m:1' needs Kubernetes image volumes, which this "
+        "cluster does not enable: use hf:// or pvc://, or ask a cluster admin to set the "
+        "octavo-operator chart value modelDelivery.imageVolumes"]
+    # Claims the operator creates itself are not the user's to name: no entry needed.
+    assert check_policy({"model": {"source": "hf://org/m"}, "modelCache": {"size": "10Gi"}},
+                        Policy(claims=())) == []
+
+
+def test_the_delivery_examples_under_the_charts_default_policy():
+    chart_default = Policy(images=("ghcr.io/octavo-dev/octavo-runtime",), secrets=(),
+                           claims=("*",), image_volumes=False)
+    assert check_llmservice(load_example("model-pvc.yaml")["spec"]) == []
+    assert check_policy(load_example("model-pvc.yaml")["spec"], chart_default) == []
+    hf = load_example("model-hf-cache.yaml")["spec"]
+    assert check_llmservice(hf) == []
+    assert check_policy(hf, Policy(chart_default.images, ("hf-token",), ("*",))) == []
+    assert "needs Kubernetes image volumes" in check_policy(
+        load_example("model-oci.yaml")["spec"], chart_default)[0]
+    assert check_policy(load_example("model-oci.yaml")["spec"],
+                        Policy(("registry.local/models/*",), (), ("*",), image_volumes=True)) == []

@@ -49,9 +49,13 @@ def test_names_subresources_and_printer_columns():
                                                 "statusReplicasPath": ".status.replicas",
                                                 "labelSelectorPath": ".status.selector"}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {"Model": ".spec.model.name", "Draft": ".spec.speculative.draftModel.name",
-                       "Replicas": ".spec.replicas", "Ready": ".status.readyReplicas",
-                       "Phase": ".status.phase", "Age": ".metadata.creationTimestamp"}
+    # Status-backed: the Model column shows path and source models too, Replicas the live pods,
+    # Ready the kstatus condition.
+    assert columns == {"Model": ".status.model", "Draft": ".status.draft",
+                       "Ready": '.status.conditions[?(@.type=="Ready")].status',
+                       "Replicas": ".status.replicas", "Available": ".status.readyReplicas",
+                       "Phase": ".status.phase", "URL": ".status.url",
+                       "Age": ".metadata.creationTimestamp"}
 
 
 def _walk(schema, path="$"):
@@ -65,9 +69,13 @@ def _walk(schema, path="$"):
 
 
 def test_schema_is_structural():
-    """Every node has a type (or explicitly preserves unknown fields), no oneOf/anyOf at
-    type level, and defaults sit only where the type allows them."""
+    """Every node has a type (or explicitly preserves unknown fields, or is an int-or-string),
+    no oneOf/anyOf at type level but the int-or-string's own, and defaults sit only where the
+    type allows them."""
     for path, node in _walk(SCHEMA):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node.get("anyOf") == [{"type": "integer"}, {"type": "string"}], path
+            continue
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
         assert not {"oneOf", "anyOf", "allOf"} & set(node), path
         if "default" in node:
@@ -98,7 +106,9 @@ def test_defaults_fill_a_minimal_spec():
 NOT_ENGINE_SETTINGS = {"model", "speculative", "speculative.draftModel", "speculative.validationTimeoutSeconds",
                        "replicas", "shutdownTimeoutSeconds",
                        "resources", "image", "imagePullPolicy", "env", "apiKeySecretRef", "modelCache",
-                       "autoscaling", "service"}
+                       "autoscaling", "service",
+                       # production fields: extraArgs is checked against the server's parser
+                       "podTemplate", "extraArgs", "rollout", "inferencePool"}
 
 
 def _spec_keys(schema, prefix=""):
@@ -182,6 +192,9 @@ def test_cel_rules_cover_what_json_schema_cannot():
     """CEL is evaluated by the API server (the e2e suite); here: the rules exist, and the same
     checks run in admission.py for clusters without them."""
     spec = SCHEMA["properties"]["spec"]["properties"]
-    assert spec["model"]["x-kubernetes-validations"][0]["rule"] == "has(self.name) || has(self.path)"
+    assert spec["model"]["x-kubernetes-validations"][0]["rule"] == \
+        "has(self.name) || has(self.path) || has(self.source)"
+    assert spec["modelCache"]["x-kubernetes-validations"][0]["rule"] == \
+        "has(self.claimName) || has(self.size)"
     assert spec["autoscaling"]["x-kubernetes-validations"][0]["rule"] == \
         "self.maxReplicas >= self.minReplicas"

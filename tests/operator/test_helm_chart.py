@@ -32,6 +32,7 @@ VALUE_SETS = {
     "policy": ["--set", "policy.allowedImages={registry.local/ml/*,ghcr.io/org/runtime}",
                "--set", "policy.allowedSecrets={hf-token,team-*}",
                "--set", "policy.allowedClaims={model-*}",
+               "--set", "modelDelivery.imageVolumes=true", "--set", "clusterDomain=cluster.local",
                "--set", "validation.retryBaseSeconds=5", "--set", "validation.retryMaxSeconds=60",
                "--set-json", 'networkPolicy.ingressFrom=[{"namespaceSelector": {"matchLabels": '
                '{"kubernetes.io/metadata.name": "gateway"}}}]'],
@@ -40,9 +41,16 @@ VALUE_SETS = {
     "monitoring": ["--set", "monitoring.grafanaDashboard.enabled=true", "--set", "monitoring.podMonitor.enabled=true",
                    "--set", "monitoring.serviceMonitor.enabled=true", "--set", "watchNamespaces={ml}",
                    "--set", "monitoring.podMonitor.labels.release=kube-prometheus-stack"],
+    "cert-manager": ["--set", "webhook.enabled=true", "--set", "webhook.certManager.enabled=true"],
+    "cert-manager-issuer": ["--set", "webhook.enabled=true", "--set", "webhook.certManager.enabled=true",
+                            "--set", "webhook.certManager.issuerRef.name=corp-ca",
+                            "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer"],
+    "inference-extension": ["--set", "inferenceExtension.enabled=true", "--set",
+                            "inferenceExtension.endpointPickerImage=registry.local/epp:v1"],
 }
 # prometheus-operator's kinds: no schema for them in kubernetes-validate (checked by structure below)
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor"}
+CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +95,7 @@ def test_lint(helm, name):
 def test_every_rendered_object_validates(helm, name):
     docs = render(helm, VALUE_SETS[name])
     for doc in docs:
-        if doc["kind"] not in MONITORING_KINDS:
+        if doc["kind"] not in MONITORING_KINDS | CERT_MANAGER_KINDS:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = {d["kind"] for d in docs}
     assert {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "Deployment"} <= kinds
@@ -135,11 +143,14 @@ def test_rbac_is_least_privilege(helm):
                                                       "delete"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list"},
+        # model cache claims it creates and deletes; not watched (their Jobs' events are)
+        ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},
         ("", "secrets"): {"create"},  # the generated API key; never read
         ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch",
                                                    "delete"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
+        ("keda.sh", "scaledobjects"): {"get", "list", "watch", "create", "patch", "delete"},
     }
     # Listed namespaces: RoleBindings there, nothing cluster-wide.
     assert by_kind(docs, "ClusterRoleBinding") == []
@@ -182,8 +193,10 @@ def test_default_policy_and_settings_reach_the_operator(helm):
 
     env = operator_env(render(helm, []))
     policy = admission.Policy.from_env(env)
-    # Secure by default: the runtime repository only, no Secrets, any claim.
-    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",))
+    # Secure by default: the runtime repository only, no Secrets, any claim, no ServiceAccount.
+    # oci:// sources off until the cluster is known to have image volumes (modelDelivery).
+    assert policy == admission.Policy(("ghcr.io/octavo-dev/octavo-runtime",), (), ("*",),
+                                      image_volumes=False, service_accounts=())
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("30", "600")
     assert reconcile.network_policy_settings(env) == resources.NetworkPolicySettings()
 
@@ -194,7 +207,9 @@ def test_policy_values_reach_the_operator(helm):
     env = operator_env(render(helm, VALUE_SETS["policy"]))
     assert admission.Policy.from_env(env) == admission.Policy(
         ("ghcr.io/octavo-dev/octavo-runtime", "registry.local/ml/*", "ghcr.io/org/runtime"),
-        ("hf-token", "team-*"), ("model-*",))
+        ("hf-token", "team-*"), ("model-*",), image_volumes=True, service_accounts=())
+    assert reconcile.cluster_domain(env) == "cluster.local"
+    assert reconcile.cluster_domain(operator_env(render(helm, []))) is None
     assert (env[reconcile.RETRY_BASE_ENV], env[reconcile.RETRY_MAX_ENV]) == ("5", "60")
     settings = reconcile.network_policy_settings(env)
     assert settings == resources.NetworkPolicySettings(ingress_from=({"namespaceSelector": {
@@ -229,6 +244,13 @@ def test_validating_admission_policy_mirrors_the_operators_policy(helm):
     assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0][
         "values"] == ["ml"]
     assert by_kind(render(helm, VALUE_SETS["open"]), "ValidatingAdmissionPolicy") == []
+    # Claims include pvc:// sources, Secrets the hub token's; oci:// is refused unless
+    # modelDelivery.imageVolumes (the policy value set turns it on).
+    assert "pvc://" in variables["claimRefs"] and "hubTokenSecretRef" in variables["secretRefs"]
+    assert not any("oci://" in v["expression"] for v in policy["spec"]["validations"])
+    default_policy, = by_kind(render(helm, []), "ValidatingAdmissionPolicy")
+    oci_rule, = [v for v in default_policy["spec"]["validations"] if "oci://" in v["expression"]]
+    assert "modelDelivery.imageVolumes" in oci_rule["message"]
 
 
 @pytest.mark.parametrize("name, port", [("defaults", "liveness"), ("namespaced+webhook", "webhook")])
@@ -304,3 +326,88 @@ def test_monitors_select_the_serving_pods_the_operator_creates(helm):
     config_map, = by_kind(docs, "ConfigMap")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(config_map["data"]["octavo.json"]) == json.loads((CHART / "dashboards" / "octavo.json").read_text())
+
+
+# --- #25: cert-manager, the Inference Extension's RBAC, values.schema.json -------------------
+
+
+def test_cert_manager_certificates_replace_gen_ca(helm):
+    docs = render(helm, VALUE_SETS["cert-manager"])
+    assert render_text(helm, VALUE_SETS["cert-manager"]) == \
+        render_text(helm, VALUE_SETS["cert-manager"])  # nothing random: Argo CD stays in sync
+    assert by_kind(docs, "Secret") == []  # cert-manager writes the TLS Secret
+    config, = by_kind(docs, "ValidatingWebhookConfiguration")
+    assert "caBundle" not in config["webhooks"][0]["clientConfig"]
+    certificates = {c["metadata"]["name"]: c for c in by_kind(docs, "Certificate")}
+    serving = certificates["octavo-octavo-operator-webhook"]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == \
+        "octavo-system/octavo-octavo-operator-webhook"
+    assert set(serving["spec"]["dnsNames"]) == {
+        "octavo-octavo-operator", "octavo-octavo-operator.octavo-system",
+        "octavo-octavo-operator.octavo-system.svc"}
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert {"name": "webhook-tls", "secret": {"secretName": serving["spec"]["secretName"]}} in \
+        pod["volumes"]
+    # The self-signed bootstrap: selfSigned Issuer -> CA Certificate -> CA Issuer -> serving.
+    issuers = {i["metadata"]["name"]: i["spec"] for i in by_kind(docs, "Issuer")}
+    ca = certificates["octavo-octavo-operator-webhook-ca"]
+    assert ca["spec"]["isCA"] is True
+    assert issuers[ca["spec"]["issuerRef"]["name"]] == {"selfSigned": {}}
+    assert issuers[serving["spec"]["issuerRef"]["name"]] == {"ca": {"secretName": ca["spec"]["secretName"]}}
+
+    docs = render(helm, VALUE_SETS["cert-manager-issuer"])
+    assert by_kind(docs, "Issuer") == []
+    serving, = by_kind(docs, "Certificate")
+    assert serving["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer",
+                                            "group": "cert-manager.io"}
+
+
+def test_inference_extension_rbac_and_picker_image(helm):
+    def rules(docs):
+        role, = [r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith(
+            ("-llmservice-editor", "-llmservice-viewer"))]
+        return {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"]
+                for r in rule["resources"]}
+
+    docs = render(helm, VALUE_SETS["inference-extension"])
+    verbs = rules(docs)
+    assert verbs[("inference.networking.k8s.io", "inferencepools")] >= {"get", "list", "watch",
+                                                                        "create", "patch", "delete"}
+    assert verbs[("", "pods")] == {"get", "list", "watch"}  # the picker's Role needs watch
+    assert verbs[("rbac.authorization.k8s.io", "roles")] == {"get", "create", "patch", "delete"}
+    assert "delete" in verbs[("apps", "deployments")]
+    assert operator_env(docs)["OCTAVO_EPP_IMAGE"] == "registry.local/epp:v1"
+    policy, = by_kind(docs, "ValidatingAdmissionPolicy")
+    assert "registry.local/epp:v1" in json.dumps(policy)
+    off = rules(render(helm, []))
+    assert ("inference.networking.k8s.io", "inferencepools") not in off
+    assert "delete" not in off[("apps", "deployments")]
+    assert "OCTAVO_EPP_IMAGE" not in operator_env(render(helm, []))
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (["--set", "webhok.enabled=true"], "additional properties 'webhok' not allowed"),
+    (["--set", "webhook.failurePolicy=Sometimes"], "value must be one of"),
+    (["--set", "webhook.certManager.issuerRef.kind=Secret"], "value must be one of"),
+    (["--set", "livenessPort=0"], "minimum"),
+    (["--set", "modelDelivery.imageVolume=true"],
+     "additional properties 'imageVolume' not allowed"),
+    (["--set", "modelDelivery.imageVolumes=yes"],
+     "'/modelDelivery/imageVolumes': got string, want boolean"),
+    (["--set", "clusterDomain=Cluster_Local"], "'/clusterDomain'"),
+])
+def test_values_schema_refuses_mistakes(helm, values, fragment):
+    out = subprocess.run([helm, "template", "octavo", str(CHART), *values], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and fragment in out.stderr, out.stderr
+
+
+def test_service_account_allow_list_reaches_the_operator_and_the_policy(helm):
+    docs = render(helm, ["--set", "policy.allowedServiceAccounts={inference-*}"])
+    assert operator_env(docs)["OCTAVO_ALLOWED_SERVICE_ACCOUNTS"] == "inference-*"
+    policy, = by_kind(docs, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    import re
+    pattern, = json.loads(variables["serviceAccountPatterns"])
+    assert re.fullmatch(pattern, "inference-a") and not re.fullmatch(pattern, "default")
+    assert operator_env(render(helm, []))["OCTAVO_ALLOWED_SERVICE_ACCOUNTS"] == ""  # none
