@@ -2,13 +2,13 @@
 tools and tool messages rendered by a Hermes/Qwen2.5-style template, named tool choices read back
 as tool calls (streamed deltas add up to the whole answer), and the 400s for bad tool requests.
 
-The tiny model cannot call tools by itself: tests that need its output to be valid JSON wait for
-the grammar backend (issue #23 part A) that enforces SamplingParams.structured_outputs.
+The tiny model cannot call tools by itself: tests of required and named tool choices get valid
+JSON because the grammar backend (octavo.runtime.structured) enforces the schema the tool plan
+puts in SamplingParams.structured_outputs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Literal
 
@@ -69,18 +69,6 @@ CONVERSATION = [
          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
     {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
 ]
-
-
-def grammar_backend_available() -> bool:
-    """Whether structured_outputs is enforced: part A of issue #23 adds the backend. xgrammar alone
-    (installed) is not enough; its module in octavo is."""
-    return any(importlib.util.find_spec(name) is not None for name in
-               ("octavo.runtime.structured", "octavo.runtime.structured_outputs"))
-
-
-needs_grammar = pytest.mark.skipif(not grammar_backend_available(), reason=(
-    "needs the grammar backend (issue #23 part A: octavo.runtime.structured) so the tiny model's output is "
-    "valid JSON"))
 
 
 @pytest.fixture
@@ -146,7 +134,6 @@ async def test_named_tool_choice_is_a_tool_call_and_its_stream_adds_up(openai_cl
     assert arguments == call.function.arguments and finish == choice.finish_reason
 
 
-@needs_grammar
 @pytest.mark.parametrize("stream", [False, True])
 async def test_named_tool_choice_arguments_validate_against_the_schema(openai_client, stream):
     base = dict(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS, tool_choice=NAMED, max_tokens=64,
@@ -156,7 +143,6 @@ async def test_named_tool_choice_arguments_validate_against_the_schema(openai_cl
     jsonschema.validate(json.loads(call.function.arguments), WEATHER_SCHEMA)
 
 
-@needs_grammar
 async def test_required_tool_choice_calls_a_tool(openai_client):
     result = await openai_client.chat.completions.create(model=MODEL_NAME, messages=CONVERSATION[:1], tools=TOOLS,
                                                          tool_choice="required", parallel_tool_calls=False,
@@ -168,7 +154,6 @@ async def test_required_tool_choice_calls_a_tool(openai_client):
         json.loads(call.function.arguments)
 
 
-@needs_grammar
 def test_langchain_bind_tools_with_a_named_tool(live_server):
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
