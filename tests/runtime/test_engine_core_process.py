@@ -357,3 +357,23 @@ async def test_the_async_engine_checks_a_spec_in_the_front(llama_dir):
         await engine.check_structured_outputs(StructuredOutputsParams(json=SCHEMA), TIMEOUT_S)  # compiles: no error
     finally:
         engine.shutdown()
+
+
+def test_llm_with_multiprocessing_constrains_and_fails_a_bad_grammar_alone(llama_dir):
+    import re
+
+    from octavo import LLM
+    from octavo.runtime.sampling_params import StructuredOutputsParams
+
+    llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks_override=64, enable_multiprocessing=True)
+    try:
+        assert isinstance(llm.llm_engine, FrontEngine)
+        good, bad = llm.generate(PROMPTS[:2], [
+            SamplingParams(temperature=1.0, seed=2, max_tokens=40, structured_outputs=StructuredOutputsParams(
+                regex=REGEX)),
+            SamplingParams(max_tokens=5, structured_outputs=StructuredOutputsParams(regex="a("))], use_tqdm=False)
+        assert good.error is None and good.outputs[0].finish_reason == "stop"
+        assert re.fullmatch(REGEX, good.outputs[0].text), good.outputs[0].text
+        assert "invalid regex" in bad.error
+    finally:
+        llm.llm_engine.shutdown()
