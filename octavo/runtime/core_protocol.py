@@ -1,9 +1,10 @@
 """The messages between the front process and the engine core process (msgspec, msgpack).
 
 Front -> core: AddRequest (prompt token ids, sampling params with their structured-outputs
-spec, arrival time), AbortRequest (a request, or some samples of it), Shutdown. Core -> front: Ready once the engine is built,
+spec, arrival time), AbortRequest (a request, or some samples of it), ProfileRequest
+(start_profile / stop_profile), Shutdown. Core -> front: Ready once the engine is built,
 StepOutputs after every step or batch of messages (token ids only, no text: the front
-detokenizes), Dead when the core failed. The payload dataclasses (SamplingParams, RequestOutput,
+detokenizes), ProfileDone answering a ProfileRequest, Dead when the core failed. The payload dataclasses (SamplingParams, RequestOutput,
 EngineStats) cross as they are: msgspec encodes dataclasses field by field.
 """
 
@@ -32,6 +33,17 @@ class Shutdown(msgspec.Struct, tag=True):
     pass
 
 
+class ProfileRequest(msgspec.Struct, tag=True):
+    start: bool  # False: stop
+
+
+class ProfileDone(msgspec.Struct, tag=True):
+    """The core's answer to a ProfileRequest: the traces written so far, or why it failed."""
+
+    traces: list[str]
+    error: str | None = None
+
+
 class Ready(msgspec.Struct, tag=True):
     num_blocks: int
     block_size: int
@@ -55,14 +67,15 @@ class StepOutputs(msgspec.Struct, tag=True):
     num_adds_taken: int  # AddRequests the core has taken since it started
     num_messages_taken: int  # AddRequests and AbortRequests
     failed: dict[str, RequestFailure]  # request id -> why the core failed it alone
+    profile_traces: list[str] = msgspec.field(default_factory=list)  # the profiler's, when one is configured
 
 
 class Dead(msgspec.Struct, tag=True):
     error: str
 
 
-ToCore = AddRequest | AbortRequest | Shutdown
-FromCore = Ready | StepOutputs | Dead
+ToCore = AddRequest | AbortRequest | ProfileRequest | Shutdown
+FromCore = Ready | StepOutputs | ProfileDone | Dead
 
 encoder = msgspec.msgpack.Encoder()
 to_core_decoder = msgspec.msgpack.Decoder(ToCore)

@@ -19,8 +19,8 @@ import time
 import zmq
 
 from octavo.runtime.config import EngineArgs
-from octavo.runtime.core_protocol import (AbortRequest, AddRequest, Dead, Ready, RequestFailure, Shutdown,
-                                          StepOutputs, encoder, to_core_decoder)
+from octavo.runtime.core_protocol import (AbortRequest, AddRequest, Dead, ProfileDone, ProfileRequest, Ready,
+                                          RequestFailure, Shutdown, StepOutputs, encoder, to_core_decoder)
 from octavo.runtime.engine import LLMEngine
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.structured.compiler import GrammarError
@@ -123,7 +123,8 @@ class EngineCore:
                 continue
             running, waiting = engine.sequence_counts()
             self.outbox.send(encoder.encode(StepOutputs(outputs, engine.stats, running, waiting,
-                                                        self.num_adds_taken, self.num_messages_taken, failed)))
+                                                        self.num_adds_taken, self.num_messages_taken, failed,
+                                                        self.profile_traces())))
 
     def take_messages(self, failed: dict[str, RequestFailure]) -> bool:
         """Apply every message waiting; False on Shutdown."""
@@ -146,5 +147,22 @@ class EngineCore:
                     self.engine.abort_request(message.request_id)
                 else:
                     self.engine.abort_sequences(message.request_id, message.indices)
+            elif isinstance(message, ProfileRequest):
+                self.outbox.send(encoder.encode(self.profile(message.start)))
             elif isinstance(message, Shutdown):
                 return False
+
+    def profile(self, start: bool) -> ProfileDone:
+        """start_profile / stop_profile on the core's engine (its steps are what a trace records)."""
+        try:
+            if start:
+                self.engine.start_profile()
+            else:
+                self.engine.stop_profile()
+        except Exception as exc:  # noqa: BLE001 - the front raises it for its caller
+            return ProfileDone(self.profile_traces(), f"{exc}")
+        return ProfileDone(self.profile_traces())
+
+    def profile_traces(self) -> list[str]:
+        profiler = self.engine.profiler
+        return [str(path) for path in profiler.traces] if profiler is not None else []

@@ -4,23 +4,27 @@ This process tokenizes, detokenizes (IncrementalDetokenizer), checks stop string
 log-probabilities' token texts and builds RequestOutputs; the core (engine_core.py) schedules,
 runs the model and samples (under a request's grammar: structured outputs travel in its
 SamplingParams), and sends token ids. The front keeps a grammar compiler of its own only to
-answer the server's check of a spec (a 400 before the request is sent). A sample that hit a stop string is aborted in the
-core, which may have computed a step or two past it: those tokens are dropped here. `LLM` and
-`AsyncLLMEngine` drive it as they drive LLMEngine (`build_engine` picks one).
+answer the server's check of a spec (a 400 before the request is sent). A sample that hit a stop
+string is aborted in the core, which may have computed a step or two past it: those tokens are
+dropped here. start_profile / stop_profile profile the core's steps. `LLM` and `AsyncLLMEngine`
+drive it as they drive LLMEngine (`build_engine` picks one).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from octavo.runtime.config import EngineArgs
 from octavo.runtime.core_client import EngineCoreClient
-from octavo.runtime.core_protocol import AbortRequest, AddRequest, RequestFailure, StepOutputs
+from octavo.runtime.core_protocol import (AbortRequest, AddRequest, ProfileDone, ProfileRequest, RequestFailure,
+                                          StepOutputs)
 from octavo.runtime.engine import EngineStats, LLMEngine, PromptType, RequestGroup, check_prompt, parse_prompt
 from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.runtime.request import Request, RequestStatus
+from octavo.runtime.profiler import NO_PROFILER
 from octavo.runtime.request_text import completion_output, match_stop_string
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.structured.compiler import GrammarCompiler, GrammarError
@@ -30,6 +34,9 @@ MULTIPROCESSING_ENVS = ("OCTAVO_ENABLE_MULTIPROCESSING", "VLLM_ENABLE_V1_MULTIPR
 # How long one step() waits for the core before it returns no outputs (so a caller's loop can
 # take new requests while the core computes a long step).
 RECEIVE_TIMEOUT_S = 0.05
+# How long start_profile / stop_profile wait for the core's answer (a stop on an idle core writes
+# the trace before answering).
+PROFILE_ANSWER_TIMEOUT_S = 300.0
 
 
 def multiprocessing_enabled(engine_args: EngineArgs) -> bool:
@@ -48,6 +55,14 @@ def build_engine(engine_args: EngineArgs) -> "LLMEngine | FrontEngine":
     if multiprocessing_enabled(engine_args):
         return FrontEngine(engine_args)
     return LLMEngine.from_engine_args(engine_args)
+
+
+@dataclass
+class CoreProfiler:
+    """The core's StepProfiler as the front sees it: the traces it has written (StepOutputs and
+    ProfileDone carry them), as LLMEngine.profiler.traces lists them."""
+
+    traces: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -77,7 +92,8 @@ class FrontEngine:
                                  if self.tokenizer is not None else None)
         self.client = EngineCoreClient(engine_args)
         self.kv_cache = KVCacheSize(self.client.ready.num_blocks, self.client.ready.block_size)
-        self.profiler = None  # profiling runs with the in-process engine
+        self.profiler = CoreProfiler() if self.config.profiler_config is not None else None
+        self.early_messages: list[StepOutputs] = []  # arrived while start/stop_profile awaited the core
         self.groups: dict[str, RequestGroup] = {}
         self.failed_requests: dict[str, Exception] = {}
         self.stats = EngineStats()
@@ -108,10 +124,28 @@ class FrontEngine:
                      self.kv_cache.num_blocks, self.kv_cache.block_size)
 
     def start_profile(self) -> None:
-        raise RuntimeError("profiling runs with the in-process engine: unset multiprocessing "
-                           "(--no-enable-multiprocessing)")
+        """Profile the core's steps from its next one on (LLMEngine.start_profile, in the core)."""
+        self._profile(start=True)
 
-    stop_profile = start_profile
+    def stop_profile(self) -> None:
+        """Stop profiling; returns once the core has answered (an idle core has written the trace)."""
+        self._profile(start=False)
+
+    def _profile(self, start: bool) -> None:
+        if self.profiler is None:
+            raise RuntimeError(NO_PROFILER)
+        self.send(ProfileRequest(start))
+        deadline = time.monotonic() + PROFILE_ANSWER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for message in self.client.receive(RECEIVE_TIMEOUT_S):
+                if isinstance(message, ProfileDone):
+                    self.profiler.traces = [Path(path) for path in message.traces]
+                    if message.error is not None:
+                        raise RuntimeError(message.error)
+                    return
+                self.early_messages.append(message)  # step() applies them in order
+        raise TimeoutError(f"the engine core did not answer {'start' if start else 'stop'}_profile in "
+                           f"{PROFILE_ANSWER_TIMEOUT_S:.0f} s")
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams | None = None,
@@ -171,7 +205,8 @@ class FrontEngine:
     def step(self) -> list[RequestOutput]:
         """Outputs of the core's steps that arrived (waits up to RECEIVE_TIMEOUT_S for one)."""
         outputs: list[RequestOutput] = []
-        for message in self.client.receive(RECEIVE_TIMEOUT_S):
+        early, self.early_messages = self.early_messages, []
+        for message in early + self.client.receive(0.0 if early else RECEIVE_TIMEOUT_S):
             if isinstance(message, StepOutputs):
                 outputs.extend(self._apply(message))
         return outputs
@@ -180,6 +215,8 @@ class FrontEngine:
         self.stats = message.stats
         self.kv_cache.usage = message.stats.kv_cache_usage
         self.core_counts = (message.num_running, message.num_waiting)
+        if self.profiler is not None:
+            self.profiler.traces = [Path(path) for path in message.profile_traces]
         self.num_messages_taken = message.num_messages_taken
         self.pending_adds = [(number, n) for number, n in self.pending_adds if number > message.num_adds_taken]
         for request_id, failure in message.failed.items():

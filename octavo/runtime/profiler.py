@@ -23,6 +23,8 @@ from octavo.runtime.config import ProfilerConfig
 logger = logging.getLogger("octavo")
 
 PHASE_PREFIX = "octavo::"
+NO_PROFILER = ("no profiler is configured: set --profiler-config "
+               "'{\"profiler\": \"torch\", \"torch_profiler_dir\": DIR}' or $VLLM_TORCH_PROFILER_DIR")
 _NOT_RECORDING = contextlib.nullcontext()  # reusable: a nullcontext keeps no state
 
 

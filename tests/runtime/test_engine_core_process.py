@@ -377,3 +377,30 @@ def test_llm_with_multiprocessing_constrains_and_fails_a_bad_grammar_alone(llama
         assert "invalid regex" in bad.error
     finally:
         llm.llm_engine.shutdown()
+
+
+def test_start_and_stop_profile_profile_the_cores_steps(llama_dir, tmp_path):
+    from test_profiler import step_ranges
+
+    from octavo import LLM
+
+    llm = LLM(model=str(llama_dir), device="cpu", num_gpu_blocks_override=64, enable_multiprocessing=True,
+              profiler_config={"profiler": "torch", "torch_profiler_dir": str(tmp_path / "unlimited")})
+    limited = LLM(model=str(llama_dir), device="cpu", num_gpu_blocks_override=64, enable_multiprocessing=True,
+                  profiler_config={"profiler": "torch", "torch_profiler_dir": str(tmp_path / "limited"),
+                                   "delay_iterations": 2, "max_iterations": 3})
+    try:
+        params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        llm.start_profile()
+        llm.generate(["a b c"], params, use_tqdm=False)
+        assert llm.llm_engine.profiler.traces == []  # unlimited: still recording
+        llm.stop_profile()  # the core is idle: the trace is written before stop_profile returns
+        (trace,) = llm.llm_engine.profiler.traces
+        assert trace.parent == tmp_path / "unlimited" and step_ranges(trace) == 6
+        limited.start_profile()
+        limited.generate(["a b c"], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True), use_tqdm=False)
+        (trace,) = limited.llm_engine.profiler.traces  # ended by its limit in the core, reported with the steps
+        assert step_ranges(trace) == 3
+    finally:
+        llm.llm_engine.shutdown()
+        limited.llm_engine.shutdown()
