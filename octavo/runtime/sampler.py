@@ -5,10 +5,17 @@ per-row parameters as tensors.
 Log-probabilities are those of the model's raw distribution (before penalties and temperature),
 as vLLM reports them. A seeded request draws its randomness from its own generator, so its output
 does not depend on what else is in the batch.
+
+Nothing here waits for the device: every choice (which filters run, whether a batch is all greedy)
+is made from the requests' parameters on the host, and per-row values reach the device in one
+non-blocking copy each. Under asynchronous scheduling the next step's host work then runs while
+this step's forward and sampling are still on the GPU (a `bool(tensor)` or a blocking copy would
+make the host wait for the forward).
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import torch
@@ -66,39 +73,68 @@ def needs_penalties(request: Request) -> bool:
     return needs_history(params) or (params.min_tokens > 0 and request.num_output_tokens < params.min_tokens)
 
 
+def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`, copied without waiting for work queued there."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
     """Repetition (HF's: prompt + output tokens), presence and frequency (OpenAI's: output tokens)
-    penalties, and min_tokens (end-of-sequence tokens masked until enough were produced)."""
-    vocab = logits.shape[-1]
+    penalties, and min_tokens (end-of-sequence tokens masked until enough were produced). Each
+    kind is one indexed update over (row, token) pairs gathered on the host."""
+    vocab, device = logits.shape[-1], logits.device
+    repeated: tuple[list[int], list[int], list[float]] = ([], [], [])  # rows, tokens, penalties
+    counted: tuple[list[int], list[int], list[float], list[float], list[float]] = ([], [], [], [], [])
+    stopped: tuple[list[int], list[int]] = ([], [])
     for row, request in enumerate(requests):
         params = request.sampling_params
         if params.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(request.all_token_ids)), dtype=torch.long, device=logits.device)
-            seen = seen[seen < vocab]
-            values = logits[row, seen]
-            values = torch.where(values > 0, values / params.repetition_penalty, values * params.repetition_penalty)
-            logits[row, seen] = values
-        if params.presence_penalty or params.frequency_penalty:
-            if request.output_token_ids:
-                out = torch.tensor(request.output_token_ids, dtype=torch.long, device=logits.device)
-                counts = torch.bincount(out[out < vocab], minlength=vocab).to(logits.dtype)
-                logits[row] -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+            seen = sorted(t for t in set(request.all_token_ids) if t < vocab)
+            repeated[0].extend([row] * len(seen))
+            repeated[1].extend(seen)
+            repeated[2].extend([params.repetition_penalty] * len(seen))
+        if (params.presence_penalty or params.frequency_penalty) and request.output_token_ids:
+            counts = collections.Counter(t for t in request.output_token_ids if t < vocab)
+            counted[0].extend([row] * len(counts))
+            counted[1].extend(counts)
+            counted[2].extend(counts.values())
+            counted[3].extend([params.frequency_penalty] * len(counts))
+            counted[4].extend([params.presence_penalty] * len(counts))
         # A grammar decides when its output may end: min_tokens never holds back its stop token
         # (masking it would leave a finished grammar nothing to sample).
         if (params.min_tokens and request.num_output_tokens < params.min_tokens
                 and getattr(request, "grammar", None) is None):
-            stops = [t for t in params.all_stop_token_ids if t < vocab]
-            if stops:
-                logits[row, stops] = float("-inf")
+            stops = sorted({t for t in params.all_stop_token_ids if t < vocab})
+            stopped[0].extend([row] * len(stops))
+            stopped[1].extend(stops)
+    if repeated[0]:
+        rows, tokens = to_device(repeated[0], torch.long, device), to_device(repeated[1], torch.long, device)
+        penalty = to_device(repeated[2], logits.dtype, device)
+        values = logits[rows, tokens]
+        logits[rows, tokens] = torch.where(values > 0, values / penalty, values * penalty)
+    if counted[0]:
+        rows, tokens = to_device(counted[0], torch.long, device), to_device(counted[1], torch.long, device)
+        counts, frequency, presence = (to_device(v, logits.dtype, device) for v in counted[2:])
+        logits[rows, tokens] -= frequency * counts + presence
+    if stopped[0]:
+        rows, tokens = to_device(stopped[0], torch.long, device), to_device(stopped[1], torch.long, device)
+        logits[rows, tokens] = float("-inf")
     return logits
 
 
 def filter_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                             min_p: torch.Tensor) -> torch.Tensor:
+                             min_p: torch.Tensor, *, truncate: bool | None = None,
+                             use_min_p: bool | None = None) -> torch.Tensor:
     """Mask (to -inf) what top-k, top-p and min-p exclude; each row has its own values
-    (top_k 0 = off, top_p 1 = off, min_p 0 = off)."""
+    (top_k 0 = off, top_p 1 = off, min_p 0 = off). `truncate` / `use_min_p`: whether any row uses
+    top-k or top-p / min-p, when the caller knows it on the host (else read off the tensors,
+    which waits for the device)."""
     vocab = logits.shape[-1]
-    if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):
+    if truncate is None:
+        truncate = bool((top_k > 0).any()) or bool((top_p < 1.0).any())
+    if use_min_p is None:
+        use_min_p = bool((min_p > 0).any())
+    if truncate:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(vocab, device=logits.device).expand_as(sorted_logits)
         k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
@@ -109,7 +145,7 @@ def filter_top_k_top_p_min_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: t
         drop[:, 0] = False  # always keep the best token
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    if bool((min_p > 0).any()):
+    if use_min_p:
         probs = logits.softmax(dim=-1)
         threshold = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
         logits = logits.masked_fill(probs < threshold, float("-inf"))
@@ -125,13 +161,17 @@ class Sampler:
     def processed_logits(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         """Penalties, temperature and filters applied: what sampling draws from."""
         logits = apply_penalties(logits.clone(), requests)
-        temperature = torch.tensor([max(r.sampling_params.temperature, 1e-5) if not r.sampling_params.greedy else 1.0
-                                    for r in requests], device=logits.device)
+        params = [r.sampling_params for r in requests]
+        device = logits.device
+        temperature = to_device([1.0 if p.greedy else max(p.temperature, 1e-5) for p in params],
+                                torch.float32, device)
         logits = logits / temperature[:, None]
-        top_k = torch.tensor([r.sampling_params.top_k for r in requests], device=logits.device)
-        top_p = torch.tensor([r.sampling_params.top_p for r in requests], device=logits.device)
-        min_p = torch.tensor([r.sampling_params.min_p for r in requests], device=logits.device)
-        return filter_top_k_top_p_min_p(logits, top_k, top_p, min_p)
+        top_k = to_device([p.top_k for p in params], torch.long, device)
+        top_p = to_device([p.top_p for p in params], torch.float32, device)
+        min_p = to_device([p.min_p for p in params], torch.float32, device)
+        return filter_top_k_top_p_min_p(logits, top_k, top_p, min_p,
+                                        truncate=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
+                                        use_min_p=any(p.min_p > 0 for p in params))
 
     def random_noise(self, shape: tuple[int, int], requests: list[Request]) -> torch.Tensor:
         """Exponential(1) noise per row: a seeded request's row from its own generator."""
@@ -146,10 +186,11 @@ class Sampler:
         """Greedy rows take the argmax; others sample by the exponential race
         (argmax of p / E with E ~ Exp(1), which draws from p). `probs`: processed's softmax, if
         the caller has it."""
-        greedy = torch.tensor([r.sampling_params.greedy for r in requests], device=processed.device)
+        flags = [r.sampling_params.greedy for r in requests]
         argmax = processed.argmax(dim=-1)
-        if bool(greedy.all()):
+        if all(flags):
             return argmax
+        greedy = to_device(flags, torch.bool, processed.device)
         probs = processed.softmax(dim=-1) if probs is None else probs
         sampled = (probs / self.random_noise(tuple(probs.shape), requests)).argmax(dim=-1)
         return torch.where(greedy, argmax, sampled)
