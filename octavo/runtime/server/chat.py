@@ -2,8 +2,8 @@
 chat.completion objects, whole or streamed.
 
 A stream opens each choice with a role delta, carries content deltas (and tool_calls deltas,
-tool_calling.py), closes each choice with an empty delta and its finish_reason, adds a usage chunk when asked (stream_options.include_usage)
-and ends with [DONE].
+tool_calling.py), closes each choice with an empty delta and its finish_reason, adds a usage
+chunk when asked (stream_options.include_usage) and ends with [DONE].
 """
 
 from __future__ import annotations
