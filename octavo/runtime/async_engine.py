@@ -9,6 +9,7 @@ gone, task cancelled) aborts its request, which frees its KV blocks on the engin
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import queue
@@ -85,6 +86,14 @@ class _Add:
 @dataclass
 class _Abort:
     request_id: str
+
+
+@dataclass
+class _Call:
+    """Run `fn` on the engine thread between steps (what must not race a step: the profiler)."""
+
+    fn: Callable[[], Any]
+    result: concurrent.futures.Future
 
 
 class _Stream:
@@ -226,7 +235,22 @@ class AsyncLLMEngine:
         if stream is not None:
             stream.put(None)
 
-    def _send(self, message: _Add | _Abort) -> None:
+    async def start_profile(self) -> None:
+        """Profile from the next step on (vLLM's; RuntimeError when no profiler is configured)."""
+        await self._on_engine_thread(self.engine.start_profile)
+
+    async def stop_profile(self) -> None:
+        """Stop profiling; returns once the trace is written or will be after the current step."""
+        await self._on_engine_thread(self.engine.stop_profile)
+
+    async def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
+        if self.errored is not None or not self._thread.is_alive():
+            raise EngineDeadError(f"engine loop is not running: {self.errored!r}")
+        call = _Call(fn, concurrent.futures.Future())
+        self._send(call)
+        return await asyncio.wrap_future(call.result)
+
+    def _send(self, message: _Add | _Abort | _Call) -> None:
         self._inbox.put(message)
         self._wakeup.set()
 
@@ -245,6 +269,12 @@ class AsyncLLMEngine:
             except queue.Empty:
                 break
             took_any = True
+            if isinstance(message, _Call):
+                try:
+                    message.result.set_result(message.fn())
+                except Exception as exc:  # noqa: BLE001 - the caller hears it; the loop goes on
+                    message.result.set_exception(exc)
+                continue
             if isinstance(message, _Abort):
                 self.engine.abort_request(message.request_id)
                 owners.pop(message.request_id, None)

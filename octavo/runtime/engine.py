@@ -25,7 +25,7 @@ from octavo.runtime.config import EngineArgs, EngineConfig
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.outputs import Logprob, RequestOutput
-from octavo.runtime.profiler import NO_PROFILER, StepProfiler
+from octavo.runtime.profiler import NO_PROFILER, ProfilerNotConfigured, StepProfiler
 from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.request_text import completion_output, match_stop_string
 from octavo.runtime.sampler import SampledRow, Sampler, needs_history
@@ -366,13 +366,13 @@ class LLMEngine:
         """Profile from the next step on (the profiler config's delay and limit apply). Call it
         from the thread that runs the steps."""
         if self.profiler is None:
-            raise RuntimeError(NO_PROFILER)
+            raise ProfilerNotConfigured(NO_PROFILER)
         self.profiler.start()
 
     def stop_profile(self) -> None:
         """Stop profiling and write the trace (now if the engine is idle, else after this step)."""
         if self.profiler is None:
-            raise RuntimeError(NO_PROFILER)
+            raise ProfilerNotConfigured(NO_PROFILER)
         self.profiler.stop()
         if not self.has_unfinished_requests():
             self.profiler.idle()

@@ -24,7 +24,7 @@ from octavo.runtime.core_protocol import (AbortRequest, AddRequest, ProfileDone,
 from octavo.runtime.engine import EngineStats, LLMEngine, PromptType, RequestGroup, check_prompt, parse_prompt
 from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.runtime.request import Request, RequestStatus
-from octavo.runtime.profiler import NO_PROFILER
+from octavo.runtime.profiler import NO_PROFILER, ProfilerNotConfigured
 from octavo.runtime.request_text import completion_output, match_stop_string
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.structured.compiler import GrammarCompiler, GrammarError
@@ -133,7 +133,7 @@ class FrontEngine:
 
     def _profile(self, start: bool) -> None:
         if self.profiler is None:
-            raise RuntimeError(NO_PROFILER)
+            raise ProfilerNotConfigured(NO_PROFILER)
         self.send(ProfileRequest(start))
         deadline = time.monotonic() + PROFILE_ANSWER_TIMEOUT_S
         while time.monotonic() < deadline:

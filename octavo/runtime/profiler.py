@@ -25,6 +25,12 @@ logger = logging.getLogger("octavo")
 PHASE_PREFIX = "octavo::"
 NO_PROFILER = ("no profiler is configured: set --profiler-config "
                "'{\"profiler\": \"torch\", \"torch_profiler_dir\": DIR}' or $VLLM_TORCH_PROFILER_DIR")
+
+
+class ProfilerNotConfigured(RuntimeError):
+    """start_profile / stop_profile on an engine built without a profiler (the server's 400)."""
+
+
 _NOT_RECORDING = contextlib.nullcontext()  # reusable: a nullcontext keeps no state
 
 

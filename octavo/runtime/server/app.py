@@ -116,6 +116,19 @@ def build_app(engine: AsyncLLMEngine | None, settings: ServerSettings | None = N
     async def version() -> VersionResponse:
         return VersionResponse(version=__version__)
 
+    @app.post("/start_profile", response_class=Response, responses={400: _ERRORS[400], 503: _ERRORS[503]})
+    async def start_profile() -> Response:
+        """vLLM's: record the engine's next steps with the torch profiler (--profiler-config);
+        a 400 naming the flag when none is configured."""
+        await state.profile("start")
+        return Response(status_code=200)
+
+    @app.post("/stop_profile", response_class=Response, responses={400: _ERRORS[400], 503: _ERRORS[503]})
+    async def stop_profile() -> Response:
+        """vLLM's: stop recording; the trace is written to the profiler's directory."""
+        await state.profile("stop")
+        return Response(status_code=200)
+
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         body, content_type = state.metrics.render()

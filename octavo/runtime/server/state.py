@@ -21,6 +21,7 @@ from typing import Any
 
 from octavo.runtime.async_engine import AsyncLLMEngine, EngineDeadError, RequestFailedError
 from octavo.runtime.outputs import RequestOutput
+from octavo.runtime.profiler import ProfilerNotConfigured
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.server.errors import APIError, bad_request
 from octavo.runtime.server.metrics import ServerMetrics
@@ -170,6 +171,17 @@ class ServingState:
             return None
         core = self.engine.engine
         return self.engine.stats, core.config, core.kv_cache.num_blocks
+
+    async def profile(self, action: str) -> None:
+        """start_profile / stop_profile on the engine thread; no profiler configured is a 400."""
+        refusal = self.unavailable()
+        if refusal is not None:
+            raise refusal
+        control = self.engine.start_profile if action == "start" else self.engine.stop_profile
+        try:
+            await control()
+        except ProfilerNotConfigured as exc:
+            raise bad_request(str(exc)) from exc
 
     # ---- checks before the engine ------------------------------------------------------------
     def admit(self, body: Any) -> str:
