@@ -9,6 +9,8 @@
 #   bash bench/run_gpu_suite.sh controlled # spec vs no-spec A/B: the controlled 8B pair at c = 1 and 64
 #   bash bench/run_gpu_suite.sh profile    # the 1000-request offline run, then 30 of its steady-state steps under
 #                                          # the torch profiler: GPU-busy share, host ms per phase (sync, async)
+#   bash bench/run_gpu_suite.sh profile-serve # a launched server at concurrency 64, then the same level again under
+#                                          # its profiler (POST /start_profile, /stop_profile): the served timeline
 #   bash bench/run_gpu_suite.sh overlap    # the 1000-request offline run four ways: in-process or engine-core process,
 #                                          # with or without asynchronous scheduling (#21's A/B, about 7 minutes)
 #   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
@@ -84,6 +86,11 @@ case "$PHASE" in
       bench 280 throughput "${LLAMA[@]}" --num-prompts 1000 --"$mode" --profiler-config "$PROFILER" \
         --tag "profile-$mode" "$@"
     done ;;
+  profile-serve)
+    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
+    PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
+    bench 500 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 64 --profiler-config "$PROFILER" \
+      --tag profile-serve-c64 "$@" ;;
   overlap)
     for core in no-enable-multiprocessing enable-multiprocessing; do
       for mode in no-async-scheduling async-scheduling; do
@@ -127,7 +134,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|overlap|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|overlap|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -467,6 +467,33 @@ def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dic
     return skipped
 
 
+def profile_level(args: Any, load: Workload, base_url: str, model: str) -> dict | None:
+    """With --profiler-config on a launched server: the largest concurrency level once more, between
+    the server's POST /start_profile and /stop_profile (the timed levels ran unprofiled), summarised
+    from the traces the server wrote meanwhile (its delay and limit pick the steps)."""
+    import httpx
+
+    from octavo.bench import profile
+    from octavo.runtime.config import ProfilerConfig
+
+    config = ProfilerConfig.resolve(args.profiler_config)
+    if config is None:
+        return None
+    directory = Path(config.torch_profiler_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    before = set(directory.glob("*.pt.trace.json*"))
+    concurrency = max(args.concurrency)
+    count = args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
+    httpx.post(base_url + "/start_profile", timeout=60.0).raise_for_status()
+    load.measure(base_url, model, load.requests(count, args.seed + 1000 * concurrency), concurrency,
+                 f"concurrency {concurrency}, profiled")
+    httpx.post(base_url + "/stop_profile", timeout=600.0).raise_for_status()  # returns once written
+    traces = sorted(set(directory.glob("*.pt.trace.json*")) - before, key=lambda p: p.stat().st_mtime)
+    if not traces:
+        raise RuntimeError(f"the server wrote no trace to {directory} between /start_profile and /stop_profile")
+    return profile.summarize_files(traces)
+
+
 def hf_levels(args: Any, load: Workload, spec: ModelSpec, dtype: Any, device: Any) -> list[dict]:
     """One static batch of the level's first c requests per concurrency level."""
     from octavo.bench import hf_baseline
@@ -575,6 +602,8 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
             recorded.update(base_url=base_url, server_command=shlex.join(command))
         model = result["model"]["served_name"] = args.served_model_name or served_model_name(base_url, spec.path)
         recorded["skipped_levels"] = sweep(args, load, base_url, model, levels, records, save)
+        if args.launch and levels:
+            result["profile"] = profile_level(args, load, base_url, model)  # at max(args.concurrency)
         if load.json_schema is not None:
             result["structured_outputs"] = structured_summary(scrape_counters(base_url))
 

@@ -183,3 +183,18 @@ def test_serve_launches_the_server_with_the_engine_core_process(bench, llama_dir
     assert code == 0 and data["total_errors"] == 0
     assert data["levels"][0]["output_tokens"] == 12
     assert "--enable-multiprocessing" in data["settings"]["server_command"].split()
+
+
+def test_serve_profile_reruns_the_largest_level_under_the_servers_profiler(bench, llama_dir, tmp_path):
+    """--profiler-config on a launched server: the timed levels run unprofiled, then the largest
+    level again between POST /start_profile and /stop_profile; the trace the server wrote is
+    summarised (3 requests of 4 tokens at concurrency 2: at least 6 steps)."""
+    config = '{"profiler": "torch", "torch_profiler_dir": "%s"}' % (tmp_path / "traces")
+    code, data, files = bench("serve", "--model", str(llama_dir), "--launch", "--launch-timeout", "180",
+                              "--concurrency", "1,2", "--num-prompts", "3", "--input-len", "8", "--output-len", "4",
+                              "--num-warmups", "1", "--profiler-config", config, *ENGINE)
+    assert code == 0 and data["total_errors"] == 0
+    ((name, summary),) = data["profile"].items()
+    assert (tmp_path / "traces" / name).is_file()
+    assert summary["num_steps"] >= 6 and summary["phases"]["step"]["count"] == summary["num_steps"]
+    assert summary["gpu_busy_fraction"] is None  # no device on a CPU
