@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -244,11 +245,26 @@ class AsyncLLMEngine:
         await self._on_engine_thread(self.engine.stop_profile)
 
     async def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
-        if self.errored is not None or not self._thread.is_alive():
+        if not self.is_running:
             raise EngineDeadError(f"engine loop is not running: {self.errored!r}")
         call = _Call(fn, concurrent.futures.Future())
         self._send(call)
+        if not self.is_running:  # it stopped meanwhile: nobody may be left to run the call
+            self._fail_pending_calls()
         return await asyncio.wrap_future(call.result)
+
+    def _fail_pending_calls(self) -> None:
+        """Answer every call still queued with EngineDeadError (the loop has stopped), so that no
+        caller waits forever; requests and aborts queued with them need no answer."""
+        error = EngineDeadError(f"engine loop is not running: {self.errored!r}")
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(message, _Call) and not message.result.done():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    message.result.set_exception(error)
 
     def _send(self, message: _Add | _Abort | _Call) -> None:
         self._inbox.put(message)
@@ -296,6 +312,7 @@ class AsyncLLMEngine:
         try:
             self._serve(profile)
         finally:
+            self._fail_pending_calls()
             if profile is not None:
                 profile.profile.disable()
                 profile.idle(force=True)

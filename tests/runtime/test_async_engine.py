@@ -133,3 +133,32 @@ async def test_the_step_after_first_tokens_runs_with_a_short_gil_switch_interval
     expected[first_token_step[0] + 1] = 0.0005
     assert intervals == expected
     assert sys.getswitchinterval() == default
+
+
+async def test_profile_calls_run_on_the_engine_thread_and_never_wait_on_a_stopped_one(llama_dir, tmp_path):
+    """start_profile / stop_profile go through the engine thread (between steps) and return; once
+    the loop has stopped, a call is answered with EngineDeadError at once instead of waiting."""
+    from octavo.runtime.async_engine import EngineDeadError
+    from octavo.runtime.profiler import ProfilerNotConfigured
+
+    engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+        model=str(llama_dir), dtype="float32", num_gpu_blocks_override=64,
+        profiler_config={"profiler": "torch", "torch_profiler_dir": str(tmp_path)}))
+    try:
+        await asyncio.wait_for(engine.start_profile(), TIMEOUT)
+        await asyncio.wait_for(collect(engine, "a b", SamplingParams(max_tokens=3, temperature=0.0), "p"), TIMEOUT)
+        await asyncio.wait_for(engine.stop_profile(), TIMEOUT)
+        assert len(engine.engine.profiler.traces) == 1
+    finally:
+        engine.shutdown()
+    with pytest.raises(EngineDeadError):
+        await asyncio.wait_for(engine.stop_profile(), 5)
+
+    plain = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(model=str(llama_dir), dtype="float32",
+                                                            num_gpu_blocks_override=64))
+    try:
+        with pytest.raises(ProfilerNotConfigured):
+            await asyncio.wait_for(plain.start_profile(), TIMEOUT)
+        assert plain.is_running  # the refusal reached the caller, not the loop
+    finally:
+        plain.shutdown()
