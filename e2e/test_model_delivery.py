@@ -96,13 +96,7 @@ def test_delivered_once_served_by_two_replicas_restart_reuses_failure_keeps_serv
         broken["spec"]["model"]["source"] = "hf://octavo-e2e/missing@v2"
         serving.apply(cluster, namespace, broken)
 
-        def failed():
-            cluster.check_alive()
-            current = serving.get(cluster, namespace, "cached")
-            cond = serving.condition(current, "ModelReady")
-            return current if cond and cond.get("reason") == "DownloadFailed" else None
-
-        current = wait_for(failed, 180, "ModelReady=False/DownloadFailed", interval_s=1)
+        current = wait_download_failed(cluster, namespace, "cached")
         assert "octavo-e2e/missing" in serving.condition(current, "ModelReady")["message"]
         assert serving.condition(current, "Stalled")["status"] == "True"
         assert current["status"]["readyReplicas"] == 2
@@ -112,6 +106,17 @@ def test_delivered_once_served_by_two_replicas_restart_reuses_failure_keeps_serv
         assert serving.complete(base_url, DEMO_REPO, api_key=key)["usage"]["completion_tokens"] >= 1
         assert len(download_jobs(cluster, namespace)) == 2
         assert hub.downloads[DEMO_REPO] == len(files)
+
+
+def wait_download_failed(cluster, namespace: str, name: str) -> dict:
+    """The LLMService once its ModelReady condition says DownloadFailed (at most 180 s)."""
+    def failed():
+        cluster.check_alive()
+        current = serving.get(cluster, namespace, name)
+        cond = serving.condition(current, "ModelReady")
+        return current if cond and cond.get("reason") == "DownloadFailed" else None
+
+    return wait_for(failed, 180, "ModelReady=False/DownloadFailed", interval_s=1)
 
 
 def llmservice(name: str, spec: dict) -> dict:
@@ -158,13 +163,7 @@ def test_failed_download_is_a_condition(cluster, operator, crd, namespace):
         "resources": {"gpusPerReplica": 0}})
     serving.apply(cluster, namespace, document)
 
-    def failed():
-        cluster.check_alive()
-        llms = serving.get(cluster, namespace, "fetch")
-        cond = serving.condition(llms, "ModelReady")
-        return llms if cond and cond.get("reason") == "DownloadFailed" else None
-
-    llms = wait_for(failed, 180, "ModelReady=False/DownloadFailed", interval_s=1)
+    llms = wait_download_failed(cluster, namespace, "fetch")
     assert llms["status"]["phase"] == "Blocked"
     assert serving.condition(llms, "Stalled")["status"] == "True"
     assert serving.condition(llms, "Ready")["status"] == "False"

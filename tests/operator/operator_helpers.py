@@ -141,3 +141,17 @@ async def mark_deployment_ready(kube, namespace: str, name: str, ready: int | No
     await asyncio.to_thread(kube.patch_status, "apps/v1", "Deployment", namespace, name, {
         "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
         "availableReplicas": replicas})
+
+
+def assert_declared(schema: dict, value: Any, path: str, schema_name: str) -> None:
+    """Every field of `value` is declared in `schema` (an API server would prune an undeclared
+    one silently); below x-kubernetes-preserve-unknown-fields anything goes."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in value.items():
+            assert key in schema["properties"], f"{path}.{key} is not in {schema_name}"
+            assert_declared(schema["properties"][key], sub, f"{path}.{key}", schema_name)
+    elif isinstance(value, list) and "items" in schema:
+        for item in value:
+            assert_declared(schema["items"], item, f"{path}[]", schema_name)

@@ -16,7 +16,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from operator_helpers import K8S_VERSION, REPO, as_stored, load_example, obj, objs
+from operator_helpers import K8S_VERSION, REPO, as_stored, assert_declared, load_example, obj, objs
 
 from octavo.operator import admission, crd, extra_args, pod_override, reconcile, resources, scaling
 from octavo.operator.spec import LLMServiceSpec
@@ -37,19 +37,7 @@ def validate_upstream(filename: str, manifest: dict) -> None:
     server would prune an undeclared field silently)."""
     schema = upstream_schema(filename)
     jsonschema.Draft4Validator(schema).validate(manifest)
-    _declared(schema["properties"]["spec"], manifest["spec"], "spec")
-
-
-def _declared(schema, value, path):
-    if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return
-    if isinstance(value, dict) and "properties" in schema:
-        for key, sub in value.items():
-            assert key in schema["properties"], f"{path}.{key} is not in the upstream schema"
-            _declared(schema["properties"][key], sub, f"{path}.{key}")
-    elif isinstance(value, list) and "items" in schema:
-        for item in value:
-            _declared(schema["items"], item, f"{path}[]")
+    assert_declared(schema["properties"]["spec"], manifest["spec"], "spec", "the upstream schema")
 
 
 def build(name_or_spec):

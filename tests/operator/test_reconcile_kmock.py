@@ -17,7 +17,7 @@ import shutil
 
 import jsonschema
 import pytest
-from operator_helpers import exists, mark_deployment_ready, obj, objs, run_validation_job
+from operator_helpers import assert_declared, exists, mark_deployment_ready, obj, objs, run_validation_job
 
 from octavo.operator import crd, reconcile, resources
 from octavo.operator.spec import LLMServiceSpec
@@ -63,18 +63,8 @@ def status(k8s, name):
     the schema does not declare would be pruned by a real API server."""
     current = obj(k8s, LLMS, NS, name).get("status", {})
     jsonschema.Draft4Validator(crd.STATUS_SCHEMA).validate(current)
-    assert_declared(crd.STATUS_SCHEMA, current, "status")
+    assert_declared(crd.STATUS_SCHEMA, current, "status", "the CRD's schema")
     return current
-
-
-def assert_declared(schema, value, path):
-    if isinstance(value, dict) and "properties" in schema:
-        for key, sub in value.items():
-            assert key in schema["properties"], f"{path}.{key} is not in the CRD's schema"
-            assert_declared(schema["properties"][key], sub, f"{path}.{key}")
-    elif isinstance(value, list) and "items" in schema:
-        for item in value:
-            assert_declared(schema["items"], item, f"{path}[]")
 
 
 def condition(k8s, name, type_):
