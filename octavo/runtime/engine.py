@@ -27,7 +27,8 @@ from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.outputs import Logprob, RequestOutput
 from octavo.runtime.profiler import NO_PROFILER, ProfilerNotConfigured, StepProfiler
 from octavo.runtime.request import Request, RequestStatus
-from octavo.runtime.request_text import completion_output, match_stop_string
+from octavo.runtime.request_text import (check_text_params, completion_output, match_stop_string,
+                                         new_detokenizer)
 from octavo.runtime.sampler import SampledRow, Sampler, needs_history
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.scheduler import Scheduler, SchedulerOutput
@@ -37,7 +38,7 @@ from octavo.runtime.spec.verify import verify_step
 from octavo.runtime.step_record import ITERATION_TOKEN_BUCKETS, StepRecord, StepTrace
 from octavo.runtime.structured.compiler import GrammarCompiler
 from octavo.runtime.structured.matcher import BitmaskFiller, RequestGrammar
-from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
+from octavo.runtime.tokenizer import eos_token_ids, load_tokenizer
 
 logger = logging.getLogger("octavo")
 
@@ -263,10 +264,7 @@ class LLMEngine:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = (params or SamplingParams()).with_eos(self.eos_token_ids)
-        if params.detokenize and self.tokenizer is None:
-            params.detokenize = False
-        if params.stop and not params.detokenize:
-            raise ValueError("stop strings need detokenization (a tokenizer and detokenize=True)")
+        check_text_params(params, self.tokenizer)
         text, token_ids = parse_prompt(prompt, self.tokenizer)
         self.validate_prompt(token_ids)
         arrival = arrival_time if arrival_time is not None else time.monotonic()
@@ -280,8 +278,7 @@ class LLMEngine:
                             arrival_time=arrival, generator=generator,
                             prefix_source=children[0] if index else None, shares_prefix=params.n > 1)
             if params.detokenize:
-                child.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens,
-                                                           params.spaces_between_special_tokens)
+                child.detokenizer = new_detokenizer(self.tokenizer, token_ids, params)
             children.append(child)
         grammar = None
         if params.structured_outputs is not None:

@@ -25,10 +25,11 @@ from octavo.runtime.engine import EngineStats, LLMEngine, PromptType, RequestGro
 from octavo.runtime.outputs import CompletionOutput, Logprob, RequestOutput
 from octavo.runtime.request import Request, RequestStatus
 from octavo.runtime.profiler import NO_PROFILER, ProfilerNotConfigured
-from octavo.runtime.request_text import completion_output, match_stop_string
+from octavo.runtime.request_text import (check_text_params, completion_output, match_stop_string,
+                                         new_detokenizer)
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.structured.compiler import GrammarCompiler, GrammarError
-from octavo.runtime.tokenizer import IncrementalDetokenizer, eos_token_ids, load_tokenizer
+from octavo.runtime.tokenizer import eos_token_ids, load_tokenizer
 
 MULTIPROCESSING_ENVS = ("OCTAVO_ENABLE_MULTIPROCESSING", "VLLM_ENABLE_V1_MULTIPROCESSING")
 # How long one step() waits for the core before it returns no outputs (so a caller's loop can
@@ -153,10 +154,7 @@ class FrontEngine:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = (params or SamplingParams()).clone()
-        if params.detokenize and self.tokenizer is None:
-            params.detokenize = False
-        if params.stop and not params.detokenize:
-            raise ValueError("stop strings need detokenization (a tokenizer and detokenize=True)")
+        check_text_params(params, self.tokenizer)
         if params.structured_outputs is not None and self.grammar_compiler is None:
             raise ValueError("structured outputs need the model's tokenizer (this model has none)")
         text, token_ids = parse_prompt(prompt, self.tokenizer)
@@ -167,8 +165,7 @@ class FrontEngine:
             child = Request(request_id if params.n == 1 else f"{request_id}-{index}", token_ids, params,
                             parent_id=request_id, index=index, prompt=text, arrival_time=arrival)
             if params.detokenize:
-                child.detokenizer = IncrementalDetokenizer(self.tokenizer, token_ids, params.skip_special_tokens,
-                                                           params.spaces_between_special_tokens)
+                child.detokenizer = new_detokenizer(self.tokenizer, token_ids, params)
             children.append(child)
         core_params = params.clone()  # the core sends token deltas and knows no text
         core_params.stop, core_params.detokenize = [], False

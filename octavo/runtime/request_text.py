@@ -4,9 +4,27 @@ of the multiprocess engine (which detokenizes while the engine core only samples
 
 from __future__ import annotations
 
+from typing import Any
+
 from octavo.runtime.outputs import CompletionOutput
 from octavo.runtime.request import Request
-from octavo.runtime.sampling_params import RequestOutputKind
+from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
+from octavo.runtime.tokenizer import IncrementalDetokenizer
+
+
+def check_text_params(params: SamplingParams, tokenizer: Any) -> None:
+    """A model without a tokenizer produces no text (detokenize is switched off), and stop strings
+    need text: a ValueError (the request fails alone) when they cannot be checked."""
+    if params.detokenize and tokenizer is None:
+        params.detokenize = False
+    if params.stop and not params.detokenize:
+        raise ValueError("stop strings need detokenization (a tokenizer and detokenize=True)")
+
+
+def new_detokenizer(tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams) -> IncrementalDetokenizer:
+    """One sample's incremental detokenizer, primed with the prompt, as its params ask."""
+    return IncrementalDetokenizer(tokenizer, prompt_token_ids, params.skip_special_tokens,
+                                  params.spaces_between_special_tokens)
 
 
 def match_stop_string(request: Request, delta: str) -> bool:
