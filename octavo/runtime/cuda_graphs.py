@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from octavo.runtime.host_staging import stage
 from octavo.runtime.layers.attention import AttentionMetadata
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
@@ -144,8 +145,8 @@ class GraphBuffers:
             pos, slots, lens = positions, meta.slot_mapping, meta.seq_lens
             self.input_ids[: input_ids.shape[0]].copy_(input_ids, non_blocking=True)
         else:
-            rows = padded.rows.to(self.device, non_blocking=True)
-            pos, slots, lens = padded.positions, padded.slot_mapping, padded.seq_lens
+            rows, pos, slots, lens = stage([padded.rows, padded.positions, padded.slot_mapping, padded.seq_lens],
+                                           self.device)
             self.input_ids[: pos.shape[0]].zero_()
             self.input_ids.index_copy_(0, rows, input_ids)
         batch, used = lens.shape[0], pos.shape[0]

@@ -22,6 +22,7 @@ import torch
 
 from octavo.runtime import distributed
 from octavo.runtime.config import EngineArgs, EngineConfig
+from octavo.runtime.host_staging import to_device
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
 from octavo.runtime.outputs import Logprob, RequestOutput
@@ -492,8 +493,7 @@ class LLMEngine:
         bitmask = torch.empty((len(rows), self.grammar_compiler.bitmask_width), dtype=torch.int32,
                               pin_memory=device.type == "cuda")
         self._bitmask_filler.fill([sampled[i].grammar for i in rows], bitmask)
-        return (bitmask.to(device, non_blocking=True),
-                torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True))
+        return to_device(bitmask, torch.int32, device), to_device(rows, torch.long, device)
 
     def _patch(self, sched: SchedulerOutput, prev: "InFlight") -> tuple[torch.Tensor, torch.Tensor] | None:
         """(rows of this step's flat batch, the device tensor of those tokens): requests whose
@@ -512,7 +512,7 @@ class LLMEngine:
         if not dst:
             return None
         device = prev.tokens.device
-        return torch.tensor(dst).to(device, non_blocking=True), prev.tokens[torch.tensor(src).to(device, non_blocking=True)]
+        return to_device(dst, torch.long, device), prev.tokens[to_device(src, torch.long, device)]
 
     def _resolve(self, step: "InFlight") -> list[Request]:
         """Read a launched step's tokens back and apply them: placeholders take their values,

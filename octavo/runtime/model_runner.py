@@ -18,7 +18,9 @@ import torch
 
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, StepGraph, graph_key
+from octavo.runtime.block_table import BlockTableRows
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
+from octavo.runtime.host_staging import stage, to_device
 from octavo.runtime.inference import inference
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
@@ -76,15 +78,14 @@ class StepInputs:
         """The step on `device`; `host` may hold numpy arrays (as a worker receives it) and is
         kept as CPU tensors."""
         host = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in host.items()}
-
-        def put(name: str) -> torch.Tensor:
-            return host[name].to(device, non_blocking=True)
-
-        meta = AttentionMetadata(slot_mapping=put("slot_mapping"), query_start_loc=put("query_start_loc"),
-                                 seq_lens=put("seq_lens"), block_tables=put("block_tables"),
+        names = ("input_ids", "positions", "slot_mapping", "query_start_loc", "seq_lens", "block_tables",
+                 "logits_indices")
+        put = dict(zip(names, stage([host[name] for name in names], device)))
+        meta = AttentionMetadata(slot_mapping=put["slot_mapping"], query_start_loc=put["query_start_loc"],
+                                 seq_lens=put["seq_lens"], block_tables=put["block_tables"],
                                  decode_only=bool(host["decode_only"]))
-        return cls(input_ids=put("input_ids"), positions=put("positions"), meta=meta,
-                   logits_indices=put("logits_indices"), host=host, **rows)
+        return cls(input_ids=put["input_ids"], positions=put["positions"], meta=meta,
+                   logits_indices=put["logits_indices"], host=host, **rows)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class ModelRunner:
         self.scheduler_config = scheduler_config
         self.device = device
         self.block_size = cache_config.block_size
+        self.block_rows = BlockTableRows(max(64, scheduler_config.max_num_seqs))
         start = time.perf_counter()
         self.model = build_model(model_config, device, self.parallel.group)
         ping(self.parallel)  # every rank's shard is built before the first collective
@@ -228,54 +230,66 @@ class ModelRunner:
 
     # ---- one step ---------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
-        block_size = self.block_size
+        """The step as flat arrays: one pass over the requests for what only they know (token
+        ids, progress, which rows need logits), the per-token arithmetic in numpy, block-table
+        rows from the persistent table (only new block ids are written)."""
+        scheduled = sched.scheduled
         input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts = [0]
-        seq_lens: list[int] = []
+        firsts: list[int] = []
+        counts: list[int] = []
         logits_positions: list[int] = []
         sample_rows: dict[str, list[int]] = {}
         prompt_rows: dict[str, tuple[int, list[int]]] = {}
-        for item in sched.scheduled:
+        for item in scheduled:
             req = item.request
-            first = req.num_computed_tokens
-            last = first + item.num_new_tokens
-            tokens = req.all_token_ids[first:last]
-            if len(tokens) < item.num_new_tokens:
-                tokens = tokens + req.spec_token_ids[: item.num_new_tokens - len(tokens)]
+            first, count = req.num_computed_tokens, item.num_new_tokens
             offset = len(input_ids)
-            input_ids.extend(tokens)
-            positions.extend(range(first, last))
-            table = req.block_ids
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(first, last))
-            starts.append(len(input_ids))
-            seq_lens.append(last)
+            if count == 1 and first < len(req.all_token_ids):
+                input_ids.append(req.all_token_ids[first])
+            else:
+                tokens = req.all_token_ids[first : first + count]
+                if len(tokens) < count:
+                    tokens = tokens + req.spec_token_ids[: count - len(tokens)]
+                input_ids.extend(tokens)
+            firsts.append(first)
+            counts.append(count)
+            end = offset + count
             if req.needs_prompt_logprobs:
                 # Row for position p predicts prompt token p + 1; skip positions already reported.
                 lo = max(first, len(req.prompt_logprobs) - 1)
-                hi = min(last, req.num_prompt_tokens - 1)
+                hi = min(first + count, req.num_prompt_tokens - 1)
                 if hi > lo:
                     rows = list(range(len(logits_positions), len(logits_positions) + hi - lo))
-                    logits_positions.extend(offset + p - first for p in range(lo, hi))
+                    logits_positions.extend(range(offset + lo - first, offset + hi - first))
                     prompt_rows[req.request_id] = (lo, rows)
-            if item.completes_sequence:
-                count = item.num_spec_tokens + 1
-                rows = list(range(len(logits_positions), len(logits_positions) + count))
-                logits_positions.extend(range(len(input_ids) - count, len(input_ids)))
-                sample_rows[req.request_id] = rows
-        width = max(len(item.request.block_ids) for item in sched.scheduled)
-        tables = torch.tensor([item.request.block_ids + [0] * (width - len(item.request.block_ids))
-                               for item in sched.scheduled], dtype=torch.int32)
+            if first + count - item.num_spec_tokens >= req.num_tokens:  # item.completes_sequence
+                sampled = item.num_spec_tokens + 1
+                sample_rows[req.request_id] = list(range(len(logits_positions), len(logits_positions) + sampled))
+                logits_positions.extend(range(end - sampled, end))
+        first_arr = np.array(firsts, dtype=np.int64)
+        count_arr = np.array(counts, dtype=np.int64)
+        starts = np.zeros(len(scheduled) + 1, dtype=np.int64)
+        np.cumsum(count_arr, out=starts[1:])
+        if len(scheduled) == starts[-1]:  # one token each: no per-token expansion
+            positions, owner = first_arr, None
+        else:
+            positions = np.repeat(first_arr - starts[:-1], count_arr) + np.arange(starts[-1], dtype=np.int64)
+            owner = np.repeat(np.arange(len(scheduled)), count_arr)
+        rows = self.block_rows.rows_for([item.request for item in scheduled])
+        table = self.block_rows.table
+        token_rows = rows if owner is None else rows[owner]
+        slots = table[token_rows, positions // self.block_size].astype(np.int64) * self.block_size \
+            + positions % self.block_size
+        width = max(len(item.request.block_ids) for item in scheduled)
         host = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "positions": torch.tensor(positions, dtype=torch.long),
-            "slot_mapping": torch.tensor(slots, dtype=torch.long),
-            "query_start_loc": torch.tensor(starts, dtype=torch.int32),
-            "seq_lens": torch.tensor(seq_lens, dtype=torch.int32),
-            "block_tables": tables,
+            "positions": torch.from_numpy(positions),
+            "slot_mapping": torch.from_numpy(slots),
+            "query_start_loc": torch.from_numpy(starts.astype(np.int32)),
+            "seq_lens": torch.from_numpy((first_arr + count_arr).astype(np.int32)),
+            "block_tables": torch.from_numpy(table[rows, :width]),
             "logits_indices": torch.tensor(logits_positions, dtype=torch.long),
-            "decode_only": all(item.num_new_tokens == 1 for item in sched.scheduled),
+            "decode_only": len(scheduled) == starts[-1],
         }
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
@@ -424,7 +438,7 @@ class ModelRunner:
         if not rows:
             empty = torch.empty(0, dtype=torch.long, device=output.logits.device)
             return empty, output.logits[:0]
-        logits = output.logits.index_select(0, torch.tensor(rows).to(output.logits.device, non_blocking=True))
+        logits = output.logits.index_select(0, to_device(rows, torch.long, output.logits.device))
         if grammar_bitmask is not None:
             apply_token_bitmask(logits, *grammar_bitmask)
         return self.sampler.sample(logits, requests), logits

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from octavo.runtime.host_staging import to_device
 from octavo.runtime.request import Request
 
 
@@ -71,11 +72,6 @@ def needs_history(params) -> bool:
 def needs_penalties(request: Request) -> bool:
     params = request.sampling_params
     return needs_history(params) or (params.min_tokens > 0 and request.num_output_tokens < params.min_tokens)
-
-
-def to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A host list as a tensor on `device`, copied without waiting for work queued there."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 def apply_penalties(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from octavo.runtime.host_staging import to_device
 from octavo.runtime.model_runner import RunnerOutput
 from octavo.runtime.request import Request
 from octavo.runtime.sampler import Lookahead, SampledRow, Sampler, needs_penalties
@@ -116,7 +117,7 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
     counts = [item.num_spec_tokens for item in items]
     k = max(counts)
     row_index = [r for item in items for r in output.inputs.sample_rows[item.request.request_id]]
-    raw = output.logits.index_select(0, torch.tensor(row_index).to(device, non_blocking=True))
+    raw = output.logits.index_select(0, to_device(row_index, torch.long, device))
     # Penalties and min_tokens at draft position i see the drafts before it.
     views = [Lookahead(request, request.spec_token_ids[:i]) for request, n in zip(requests, counts)
              for i in range(n + 1)]
@@ -130,8 +131,8 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
     draft_tokens = torch.full((len(items), k), -1, dtype=torch.int64)
     for b, (request, n) in enumerate(zip(requests, counts)):
         draft_tokens[b, :n] = torch.tensor(request.spec_token_ids[:n])
-    draft_tokens = draft_tokens.to(device, non_blocking=True)
-    num_draft = torch.tensor(counts).to(device, non_blocking=True)
+    draft_tokens = to_device(draft_tokens, torch.int64, device)
+    num_draft = to_device(counts, torch.long, device)
     num_accepted = [0] * len(items)
     emitted: list[list[int]] = [[] for _ in items]
 
@@ -144,8 +145,8 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
     if greedy_rows:
         # Row b's k + 1 argmaxes in one gather; past its own count it repeats its last row.
         gather = torch.tensor([[starts[b] + min(i, counts[b]) for i in range(k + 1)] for b in greedy_rows])
-        target_argmax = processed.argmax(dim=-1)[gather.to(device, non_blocking=True)]
-        index = torch.tensor(greedy_rows).to(device, non_blocking=True)
+        target_argmax = processed.argmax(dim=-1)[to_device(gather, torch.long, device)]
+        index = to_device(greedy_rows, torch.long, device)
         collect(greedy_verify(target_argmax, draft_tokens[index], num_draft[index]), greedy_rows)
     sampled_rows = [b for b, r in enumerate(requests) if not r.sampling_params.greedy]
     if sampled_rows:

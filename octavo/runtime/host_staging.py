@@ -1,0 +1,47 @@
+"""Host-to-device copies that never wait for the GPU.
+
+A copy from pageable host memory makes the CUDA driver synchronise the stream before it starts
+(CUDA runtime API, "API synchronization behavior"): under asynchronous scheduling, the next step's
+inputs would wait for the step still running, and the overlap would be gone. So every copy of a
+step goes through page-locked memory from torch's pinned caching allocator, which does not hand a
+buffer out again before the copies that read it have run. A step's arrays share one pinned slab
+and one copy. On a CPU the tensors are returned as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+ALIGN = 16  # bytes: each array of a slab starts where a fresh allocation would be aligned for Triton
+
+
+def stage(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Host tensors on `device`, in one pinned slab and one non-blocking copy."""
+    if device.type != "cuda":
+        return [t.to(device) for t in tensors]
+    offsets, total = [], 0
+    for tensor in tensors:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
+    slab = torch.empty(max(total, ALIGN), dtype=torch.uint8, pin_memory=True)
+    for tensor, offset in zip(tensors, offsets):
+        _segment(slab, offset, tensor).copy_(tensor)
+    on_device = slab.to(device, non_blocking=True)
+    return [_segment(on_device, offset, tensor) for tensor, offset in zip(tensors, offsets)]
+
+
+def to_device(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list (or CPU tensor) as a `dtype` tensor on `device`, without waiting for the device."""
+    tensor = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def _segment(slab: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    nbytes = like.numel() * like.element_size()
+    return slab[offset : offset + nbytes].view(like.dtype).view(like.shape)
