@@ -14,6 +14,7 @@ from octavo.bench.env import environment, settings
 from octavo.bench.measure import DeviceClock, percentile, progress, summarize
 from octavo.bench.models import build_llm, model_facts, release, resolve_model
 from octavo.bench.workload import BenchRequest, fixed_requests
+from octavo.runtime.config import DEFAULT_MAX_NUM_SEQS
 
 logger = logging.getLogger("octavo")
 
@@ -124,7 +125,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
     save = save_partial or (lambda result: None)
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     batch_sizes = sorted(set(args.batch_size))
-    args.max_num_seqs = max(args.max_num_seqs, max(batch_sizes))  # each batch runs as one
+    args.max_num_seqs = max(args.max_num_seqs or DEFAULT_MAX_NUM_SEQS, max(batch_sizes))  # each batch runs as one
     result: dict = {"kind": "latency", "tag": args.tag, "env": environment(args.device, args)}
     roofline = roofline_mod.measure(args.device) if args.roofline else None
 

@@ -103,6 +103,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
 
 
+DEFAULT_MAX_NUM_SEQS = 256  # max_num_seqs when none is given (usage_defaults may widen it for the LLM class)
 DEFAULT_NUM_SPECULATIVE_TOKENS = 4  # the cap on k when none is given (adaptive k picks below it)
 
 
@@ -223,7 +224,7 @@ class EngineConfig:
     parallel_config: ParallelConfig
     device: torch.device
     enforce_eager: bool
-    async_scheduling: bool = False
+    async_scheduling: bool = True
     speculative_config: SpeculativeConfig | None = None
     disable_log_stats: bool = True
     profiler_config: ProfilerConfig | None = None
@@ -345,7 +346,8 @@ class EngineArgs(CliArgs):
                       "float16 checkpoint)", choices=DTYPES)
     seed: int = _arg(0, "seed of the generator that requests without a seed of their own share")
     max_model_len: int | None = _arg(None, "context length in tokens; unset: the model's maximum")
-    max_num_seqs: int = _arg(256, "most sequences in one step's batch")
+    max_num_seqs: int | None = _arg(None, "most sequences in one step's batch; unset: 256 (the offline LLM class "
+                                    "on a GPU of 70 GiB or more: 1024)")
     max_num_batched_tokens: int | None = _arg(None, "most tokens in one step; unset: 8192 with chunked prefill, "
                                               "else max_model_len (at least 2048)")
     enable_chunked_prefill: bool = _arg(True, "cut long prompts into chunks that share steps with decodes")
@@ -360,9 +362,9 @@ class EngineArgs(CliArgs):
     device: str = _arg("auto", "auto, cuda, cuda:N or cpu; auto: cuda if there is one")
     tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
     enforce_eager: bool = _arg(False, "never capture CUDA graphs")
-    async_scheduling: bool = _arg(False, "schedule and launch each step before the last one's tokens are read "
-                                         "back, so host work overlaps the GPU (not with speculation or tensor "
-                                         "parallelism; off by default until measured on a GPU)")
+    async_scheduling: bool = _arg(True, "schedule and launch each step before the last one's tokens are read "
+                                        "back, so host work overlaps the GPU (not with speculation or tensor "
+                                        "parallelism, which run steps in order)")
     enable_multiprocessing: bool | None = _arg(None, "run the scheduler, model and sampler (the engine core) in a "
                                                "process of their own while this one tokenizes, detokenizes "
                                                "and streams; unset: $OCTAVO_ENABLE_MULTIPROCESSING or "
@@ -415,7 +417,8 @@ class EngineArgs(CliArgs):
             logger.warning("engine argument %s=%r is not used by octavo and is ignored", name, unknown[name])
         return cls(**known)
 
-    def _resolve_device(self) -> torch.device:
+    def resolved_device(self) -> torch.device:
+        """The device `device` names ("auto": cuda if there is one)."""
         import torch
 
         if self.device == "auto":
@@ -427,7 +430,7 @@ class EngineArgs(CliArgs):
             logger.info("trust_remote_code=True accepted: %s", self._ACCEPTED_NOOPS["trust_remote_code"])
         if not self.use_v2_block_manager:
             logger.info("use_v2_block_manager=False accepted: %s", self._ACCEPTED_NOOPS["use_v2_block_manager"])
-        if self.enforce_eager and self._resolve_device().type == "cpu":
+        if self.enforce_eager and self.resolved_device().type == "cpu":
             logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
 
     # speculative_config's keys: vLLM's names, and adaptive k's knobs, as SpeculativeConfig has them.
@@ -482,11 +485,12 @@ class EngineArgs(CliArgs):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}; got {self.block_size}")
-        if self.max_num_seqs < 1:
-            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        max_num_seqs = self.max_num_seqs if self.max_num_seqs is not None else DEFAULT_MAX_NUM_SEQS
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
-        device = self._resolve_device()
+        device = self.resolved_device()
         model_config = self._model_config(self.model, self.tokenizer, self.revision, device)
         from octavo.runtime.tp_shapes import check_tensor_parallel
 
@@ -521,7 +525,7 @@ class EngineArgs(CliArgs):
                 enable_prefix_caching=self.enable_prefix_caching,
             ),
             scheduler_config=SchedulerConfig(
-                max_num_seqs=self.max_num_seqs,
+                max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_batched,
                 max_model_len=max_model_len,
                 enable_chunked_prefill=self.enable_chunked_prefill,

@@ -13,6 +13,7 @@ from octavo.runtime.front_engine import build_engine
 from octavo.runtime.outputs import CompletionOutput, RequestOutput
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.tokenizer import apply_chat_template
+from octavo.runtime.usage_defaults import apply_offline_defaults
 
 logger = logging.getLogger("octavo")
 
@@ -22,6 +23,7 @@ class LLM:
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
         self.engine_args = EngineArgs.from_kwargs(model=model, **kwargs)
+        apply_offline_defaults(self.engine_args)
         self.llm_engine = build_engine(self.engine_args)
         self._counter = itertools.count()
 

@@ -384,9 +384,12 @@ def test_start_and_stop_profile_profile_the_cores_steps(llama_dir, tmp_path):
 
     from octavo import LLM
 
+    # In order (one step per token: the counts below); asynchronous scheduling adds a last read-back step.
     llm = LLM(model=str(llama_dir), device="cpu", num_gpu_blocks_override=64, enable_multiprocessing=True,
+              async_scheduling=False,
               profiler_config={"profiler": "torch", "torch_profiler_dir": str(tmp_path / "unlimited")})
     limited = LLM(model=str(llama_dir), device="cpu", num_gpu_blocks_override=64, enable_multiprocessing=True,
+                  async_scheduling=False,
                   profiler_config={"profiler": "torch", "torch_profiler_dir": str(tmp_path / "limited"),
                                    "delay_iterations": 2, "max_iterations": 3})
     try:

@@ -142,7 +142,7 @@ def test_a_non_flag_field_set_is_an_error_not_a_silent_loss():
     with pytest.raises(ValueError, match="served_model_name is no flag .*--served-model-name"):
         EngineArgs(served_model_name="x").to_cli_args()
     with pytest.raises(ValueError, match="cannot be written as a flag"):
-        dataclasses.replace(EngineArgs(), max_num_seqs=None).to_cli_args()
+        dataclasses.replace(EngineArgs(), tensor_parallel_size=None).to_cli_args()
 
 
 def test_importing_the_flags_imports_no_torch():

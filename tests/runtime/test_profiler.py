@@ -43,7 +43,7 @@ def test_stop_on_an_idle_engine_writes_at_once(llama_dir, tmp_path):
     llm.stop_profile()
     (trace,) = llm.llm_engine.profiler.traces
     assert trace.parent == tmp_path and trace.name.endswith(".pt.trace.json.gz")
-    assert step_ranges(trace) == 5
+    assert step_ranges(trace) == 5 + 1  # asynchronous scheduling: a last step reads the fifth token back
 
 
 def test_profiled_output_equals_unprofiled(llama_dir, tmp_path):

@@ -236,7 +236,7 @@ def test_cli_help_shows_server_and_engine_flags_with_defaults():
     text = " ".join(parser.format_help().split())
     for shown in ("--port PORT", "--served-model-name", "--trust-remote-code, --no-trust-remote-code",
                   "--enable-chunked-prefill, --no-enable-chunked-prefill", "--speculative-config JSON",
-                  "most sequences in one step's batch (default: 256)", "(default: auto)"):
+                  "most sequences in one step's batch; unset: 256", "(default: auto)"):
         assert shown in text
 
 
