@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from octavo.runtime.block_table import BlockTableRows
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, StepGraph, graph_key
-from octavo.runtime.block_table import BlockTableRows
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
 from octavo.runtime.host_staging import stage, to_device
 from octavo.runtime.inference import inference

@@ -13,7 +13,7 @@ from operator_helpers import EXAMPLES, K8S_VERSION, REPO, load_example
 
 from octavo.operator import crd
 from octavo.operator.spec import ENGINE_SETTINGS
-from octavo.runtime.config import DEFAULT_NUM_SPECULATIVE_TOKENS, DTYPES, EngineArgs
+from octavo.runtime.config import DEFAULT_MAX_NUM_SEQS, DEFAULT_NUM_SPECULATIVE_TOKENS, DTYPES, EngineArgs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -138,6 +138,8 @@ def test_crd_defaults_are_the_engines(key):
     if name == "num_speculative_tokens":  # the engine's default is a cap applied when a draft is set
         engine_default = EngineArgs(speculative_model="d").speculative_settings()[name]
         assert engine_default == DEFAULT_NUM_SPECULATIVE_TOKENS
+    elif name == "max_num_seqs":  # unset resolves to the server's 256 (only the offline LLM class widens it)
+        engine_default = DEFAULT_MAX_NUM_SEQS
     else:
         engine_default = getattr(EngineArgs(), name)
     assert _node(key).get("default") == engine_default
