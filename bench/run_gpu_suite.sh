@@ -22,6 +22,7 @@
 #                                          # layers (fits one card) with the 8B-shape draft: memory planning, code path
 #   bash bench/run_gpu_suite.sh tp         # 2+ GPUs (nvidia-h200-x2): TP tests, 70B and 8B at TP 2
 #
+# PACK=1 packs $OUT into one suite-PHASE.tgz at the end (the device tool returns at most 8 files).
 # Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
 # --a-draft --a-name old --b-name new` (bench/README.md). The device machine has no network: octavo
 # runs from this checkout through PYTHONPATH, and wheels carried in .whl (fastapi, uvicorn, pydantic
@@ -139,4 +140,10 @@ esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
 for md in "$OUT"/*.md; do [ -f "$md" ] && { echo; cat "$md"; }; done
+# The device tool brings back at most 8 files a call: with PACK=1, everything but the plots goes
+# back as one archive (plots are left out: they are the bulk of it).
+if [ "${PACK:-0}" = 1 ]; then
+  (cd "$OUT" && tar czf "/tmp/suite-$PHASE.tgz" --exclude='*.png' . && rm -rf ./* && mv "/tmp/suite-$PHASE.tgz" .)
+  ls -la "$OUT"
+fi
 exit $status

@@ -1,6 +1,6 @@
 """Seeded requests: random token-id prompts (no tokenizer needed, so dummy-weight models work)
 and output lengths, fixed or uniform over a range. The same seed gives the same requests to
-octavo and to the HF baseline."""
+octavo, the HF baseline and the vLLM peer."""
 
 from __future__ import annotations
 
@@ -30,21 +30,31 @@ def parse_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def random_prompt(rng: random.Random, length: int, vocab_size: int) -> list[int]:
-    return rng.choices(range(vocab_size), k=length)
+PEER_TOKEN_IDS = (100, 32000)  # the token ids of the vLLM peer's make_requests: [100, 32000)
+
+
+def token_id_range(vocab_size: int) -> tuple[int, int]:
+    """The peer's [100, 32000), cut to the vocabulary (all of it for one of 100 ids or fewer)."""
+    high = min(PEER_TOKEN_IDS[1], vocab_size)
+    return (PEER_TOKEN_IDS[0] if high > PEER_TOKEN_IDS[0] else 0), high
 
 
 def random_requests(num_requests: int, input_range: tuple[int, int], output_range: tuple[int, int],
                     vocab_size: int, seed: int) -> list[BenchRequest]:
-    """num_requests requests with prompt and output lengths uniform over the inclusive ranges."""
+    """num_requests requests with prompt and output lengths uniform over the inclusive ranges.
+
+    The draw is the vLLM peer's `make_requests()` (../shared/peers/vllm-0.24.0/bench_vllm.py), step
+    for step: for a vocabulary of 32,000 ids or more, the same seed and ranges give both engines
+    the same requests."""
     if num_requests < 1:
         raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
     rng = random.Random(seed)
+    low, high = token_id_range(vocab_size)
     requests = []
     for _ in range(num_requests):
         prompt_len = rng.randint(*input_range)
         output_len = rng.randint(*output_range)
-        requests.append(BenchRequest(random_prompt(rng, prompt_len, vocab_size), output_len))
+        requests.append(BenchRequest([rng.randrange(low, high) for _ in range(prompt_len)], output_len))
     return requests
 
 

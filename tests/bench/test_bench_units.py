@@ -4,6 +4,7 @@ reports. No model, no torch."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -27,10 +28,28 @@ def test_random_requests_are_seeded_and_in_range():
     other = random_requests(50, (256, 768), (128, 384), 1000, seed=8)
     assert first == again and first != other
     assert all(256 <= r.prompt_len <= 768 and 128 <= r.output_len <= 384 for r in first)
-    assert all(0 <= t < 1000 for r in first for t in r.prompt_token_ids)
+    assert all(100 <= t < 1000 for r in first for t in r.prompt_token_ids)
+    assert all(0 <= t < 50 for r in random_requests(3, (4, 8), (1, 2), 50, seed=0) for t in r.prompt_token_ids)
     fixed = fixed_requests(4, 16, 8, 100, seed=0)
     assert {(r.prompt_len, r.output_len) for r in fixed} == {(16, 8)}
     assert [len(b) for b in batches(list(range(10)), 4)] == [4, 4, 2]
+
+
+def peer_make_requests(n=1000, seed=0, prompt_len=(256, 768), output_len=(128, 384), token_ids=(100, 32000)):
+    """The vLLM peer's generator (../shared/peers/vllm-0.24.0/bench_vllm.py), copied verbatim."""
+    rng = random.Random(seed)
+    reqs = []
+    for _ in range(n):
+        p = rng.randint(prompt_len[0], prompt_len[1])
+        o = rng.randint(output_len[0], output_len[1])
+        reqs.append(([rng.randrange(token_ids[0], token_ids[1]) for _ in range(p)], o))
+    return reqs
+
+
+def test_the_offline_workload_is_the_peers_request_for_request():
+    ours = random_requests(1000, (256, 768), (128, 384), 128256, seed=0)
+    assert [(r.prompt_token_ids, r.output_len) for r in ours] == peer_make_requests()
+    assert sum(r.prompt_len for r in ours) == 512544 and sum(r.output_len for r in ours) == 256568
 
 
 def test_percentile_matches_linear_interpolation():
