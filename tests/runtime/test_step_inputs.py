@@ -159,9 +159,13 @@ def test_staged_copies_do_not_wait_for_queued_work():
     """A copy from pageable memory waits for the stream to drain; a staged one is queued behind
     the running kernel (the stream is still busy when it returns) and lands in order."""
     device = torch.device("cuda")
+    values = torch.arange(1000)
+    # Once first: a fresh page-locked allocation (cudaHostAlloc) may synchronise; the caching
+    # allocator then hands the same blocks out again, as it does step after step in the engine.
+    stage([values, values.to(torch.int32)], device)
+    to_device(list(range(7)), torch.long, device)
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)  # about a second of GPU time at ~2 GHz
-    values = torch.arange(1000)
     staged = stage([values, values.to(torch.int32)], device)
     listed = to_device(list(range(7)), torch.long, device)
     assert not torch.cuda.current_stream().query(), "a staged copy waited for the queued kernel"
