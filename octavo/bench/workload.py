@@ -34,7 +34,7 @@ PEER_TOKEN_IDS = (100, 32000)  # the token ids of the vLLM peer's make_requests:
 
 
 def token_id_range(vocab_size: int) -> tuple[int, int]:
-    """The peer's [100, 32000), cut to the vocabulary (all of it for one of 100 ids or fewer)."""
+    """The peer's [100, 32000), cut to the vocabulary (the whole of it when it has 100 ids or fewer)."""
     high = min(PEER_TOKEN_IDS[1], vocab_size)
     return (PEER_TOKEN_IDS[0] if high > PEER_TOKEN_IDS[0] else 0), high
 

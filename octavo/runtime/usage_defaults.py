@@ -5,7 +5,7 @@ wider batch spreads each step's weight reads over more tokens. Measured on an H2
 dummy bf16 weights, the 1000-request workload, asynchronous scheduling, 2026-12-06): 9,177 output
 tok/s at 256 sequences, 9,500 at 512, 10,031 at 1024, all at 16,384 tokens a step
 (bench/results/2026-12-06-overlap-h200.md). The server keeps 256 sequences: its batch is its
-clients' concurrency, and a first token there should not wait behind a 16k-token step.
+clients' concurrency, and no served measurement here went past 64 of them.
 """
 
 from __future__ import annotations
