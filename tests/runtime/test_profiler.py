@@ -3,19 +3,16 @@ profiler config says, covering the steps its delay and limit pick, with the engi
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import pytest
 
 from octavo import LLM, SamplingParams
+from octavo.bench import profile
 from octavo.runtime.config import ProfilerConfig
 
 
 def step_ranges(path) -> int:
-    with gzip.open(path, "rt") as f:
-        events = json.load(f)["traceEvents"]
-    return sum(1 for e in events if e.get("name") == "octavo::step" and e.get("ph") == "X")
+    """The trace's octavo::step ranges, as `octavo bench`'s profile summary counts them."""
+    return profile.summarize_trace(profile.load_events(path))["num_steps"]
 
 
 def make_llm(model_dir, tmp_path, **settings):

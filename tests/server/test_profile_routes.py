@@ -4,19 +4,16 @@ profiler configured, a 400 that names the flag."""
 
 from __future__ import annotations
 
-import gzip
-import json
-
 import httpx
 import pytest
 
+from octavo.bench import profile
 from server_testing import MAX_MODEL_LEN, MODEL_NAME, NUM_BLOCKS
 
 
 def recorded_steps(path) -> int:
-    with gzip.open(path, "rt") as f:
-        events = json.load(f)["traceEvents"]
-    return sum(1 for e in events if e.get("name") == "octavo::step" and e.get("ph") == "X")
+    """The trace's octavo::step ranges, as `octavo bench`'s profile summary counts them."""
+    return profile.summarize_trace(profile.load_events(path))["num_steps"]
 
 
 async def test_without_a_profiler_the_routes_say_how(client):
