@@ -262,7 +262,7 @@ class ModelRunner:
                     rows = list(range(len(logits_positions), len(logits_positions) + hi - lo))
                     logits_positions.extend(range(offset + lo - first, offset + hi - first))
                     prompt_rows[req.request_id] = (lo, rows)
-            if first + count - item.num_spec_tokens >= req.num_tokens:  # item.completes_sequence
+            if item.completes_sequence:
                 sampled = item.num_spec_tokens + 1
                 sample_rows[req.request_id] = list(range(len(logits_positions), len(logits_positions) + sampled))
                 logits_positions.extend(range(end - sampled, end))

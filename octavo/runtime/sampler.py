@@ -7,8 +7,8 @@ as vLLM reports them. A seeded request draws its randomness from its own generat
 does not depend on what else is in the batch.
 
 Nothing here waits for the device: every choice (which filters run, whether a batch is all greedy)
-is made from the requests' parameters on the host, and per-row values reach the device in one
-non-blocking copy each. Under asynchronous scheduling the next step's host work then runs while
+is made from the requests' parameters on the host, and per-row values reach the device in
+non-blocking copies from pinned memory (host_staging). Under asynchronous scheduling the next step's host work then runs while
 this step's forward and sampling are still on the GPU (a `bool(tensor)` or a blocking copy would
 make the host wait for the forward).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from octavo.runtime.host_staging import to_device
+from octavo.runtime.host_staging import stage, to_device
 from octavo.runtime.request import Request
 
 
@@ -159,12 +159,12 @@ class Sampler:
         logits = apply_penalties(logits.clone(), requests)
         params = [r.sampling_params for r in requests]
         device = logits.device
-        temperature = to_device([1.0 if p.greedy else max(p.temperature, 1e-5) for p in params],
-                                torch.float32, device)
+        temperature, top_k, top_p, min_p = stage([
+            torch.tensor([1.0 if p.greedy else max(p.temperature, 1e-5) for p in params], dtype=torch.float32),
+            torch.tensor([p.top_k for p in params], dtype=torch.long),
+            torch.tensor([p.top_p for p in params], dtype=torch.float32),
+            torch.tensor([p.min_p for p in params], dtype=torch.float32)], device)  # one copy
         logits = logits / temperature[:, None]
-        top_k = to_device([p.top_k for p in params], torch.long, device)
-        top_p = to_device([p.top_p for p in params], torch.float32, device)
-        min_p = to_device([p.min_p for p in params], torch.float32, device)
         return filter_top_k_top_p_min_p(logits, top_k, top_p, min_p,
                                         truncate=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
                                         use_min_p=any(p.min_p > 0 for p in params))
