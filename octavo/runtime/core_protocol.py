@@ -4,8 +4,9 @@ Front -> core: AddRequest (prompt token ids, sampling params with their structur
 spec, arrival time), AbortRequest (a request, or some samples of it), ProfileRequest
 (start_profile / stop_profile), Shutdown. Core -> front: Ready once the engine is built,
 StepOutputs after every step or batch of messages (token ids only, no text: the front
-detokenizes), ProfileDone answering a ProfileRequest, Dead when the core failed. The payload dataclasses (SamplingParams, RequestOutput,
-EngineStats) cross as they are: msgspec encodes dataclasses field by field.
+detokenizes), ProfileDone answering a ProfileRequest, Dead when the core failed. The payload
+dataclasses (SamplingParams, RequestOutput, EngineStats) cross as they are: msgspec encodes
+dataclasses field by field.
 """
 
 from __future__ import annotations
