@@ -7,6 +7,7 @@
 # then, on one warm machine, calls back to back:
 #   bash bench/peer_ab.sh stash        # carry [".peer/part00"], then part01 .. part04 the same way
 #   bash bench/peer_ab.sh run          # carry [".peer/part05", ".peer/install.sh", ".peer/bench_vllm.py", ".whl"]
+#   bash bench/peer_ab.sh serve        # carry [".whl"]: after `run`, the served comparison (below)
 # `stash` copies the carried pieces to /tmp/peer (kept while the machine stays warm); `run` installs
 # vLLM into /tmp/vllm-site, runs its bench, then octavo's on the same requests, results in $OUT.
 set -uo pipefail
@@ -14,9 +15,33 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results/suite}"; mkdir -p "$OUT" /tmp/peer
 cp -n .peer/* /tmp/peer/ 2>/dev/null
 ls /tmp/peer
-[ "${1:-}" = run ] || exit 0
+case "${1:-}" in run|serve) ;; *) exit 0 ;; esac
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+if [ "$1" = serve ]; then
+  # Both servers on the model folder that bench_vllm.py wrote in `run` (same config, same
+  # synthetic tokenizer), dummy weights, the same streaming client and requests (128/128).
+  # vLLM first; then octavo, each with its own defaults but the same context length.
+  M=/tmp/llama31-8b-dummy
+  [ -f $M/tokenizer.json ] || { echo "run 'run' first on this machine: $M is missing"; exit 3; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
+  S=(--model $M --load-format dummy --dtype bfloat16 --concurrency 1,16,64 --prompts-per-user 4
+     --min-prompts-per-level 16 --input-len 128 --output-len 128 --max-model-len 2048 --out "$OUT")
+  echo "=== vLLM server ($(date +%T))"
+  PYTHONPATH=/tmp/vllm-site VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+    python3 -m vllm.entrypoints.openai.api_server --model $M --load-format dummy --dtype bfloat16 \
+    --max-model-len 2048 --host 127.0.0.1 --port 8100 --served-model-name m > "$OUT/vllm-server.log" 2>&1 &
+  VLLM_PID=$!
+  for _ in $(seq 200); do curl -sf http://127.0.0.1:8100/v1/models > /dev/null && break; sleep 1; done
+  echo "vLLM up at $(date +%T)"
+  PYTHONPATH="$PWD:/tmp/site" timeout -k 10 150 python3 -m octavo.bench serve "${S[@]}" \
+    --base-url http://127.0.0.1:8100 --served-model-name m --tag peer-vllm 2>&1 | grep -E "^\| [0-9]"
+  kill -INT $VLLM_PID; wait $VLLM_PID
+  echo "=== octavo server ($(date +%T))"
+  PYTHONPATH="$PWD:/tmp/site" timeout -k 10 200 python3 -m octavo.bench serve "${S[@]}" --launch \
+    --tag peer-octavo 2>&1 | grep -E "^\| [0-9]"
+  exit 0
+fi
 ( cd /tmp/peer && SITE=/tmp/vllm-site bash install.sh > "$OUT/peer-install.log" 2>&1 ) || { tail -20 "$OUT/peer-install.log"; exit 3; }
 echo "=== vLLM ($(date +%T))"
 PYTHONPATH=/tmp/vllm-site VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \

@@ -1,5 +1,8 @@
-"""CUDA graphs for small-query steps: plain decode (one token per request) and speculative steps
-(a few tokens per request: the target verifying k proposals, the draft catching up).
+"""CUDA graphs for small-query steps: plain decode (one token per request), speculative steps
+(a few tokens per request: the target verifying k proposals, the draft catching up), and one
+request's prefill of up to PREFILL_GRAPH_LENS[-1] tokens (the step behind time to first token
+when a server is not busy: run eagerly, its hundreds of kernel launches take about as long as
+the GPU's work).
 
 A graph is captured per (batch size, query length Q) over static buffers. A step whose requests
 each have at most Q new tokens replays the smallest graph that holds it: every request's tokens
@@ -21,6 +24,23 @@ from octavo.runtime.host_staging import stage
 from octavo.runtime.layers.attention import AttentionMetadata
 
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+# Query lengths of the one-request prefill graphs. A prompt pads up to the next one, which costs
+# little while a step reads weights more than it computes (up to a few hundred tokens on an H100);
+# longer prefills run eagerly, where the launches hide behind the GPU's work.
+PREFILL_GRAPH_LENS = (16, 32, 64, 96, 128, 192, 256)
+
+
+def capture_keys(max_num_seqs: int, query_lens: tuple[int, ...], prefill_lens: tuple[int, ...],
+                 max_num_batched_tokens: int, spec_max_batch: int) -> list[tuple[int, int]]:
+    """The (batch size, query length) graphs to capture: every size in CAPTURE_SIZES up to
+    max_num_seqs (rounded up to the next one) for each query length (multi-token ones up to
+    `spec_max_batch` requests), and one-request graphs for the prefill lengths a step can hold."""
+    sizes = [s for s in CAPTURE_SIZES if s <= max_num_seqs]
+    if not sizes or sizes[-1] < max_num_seqs <= CAPTURE_SIZES[-1]:
+        sizes.append(next(s for s in CAPTURE_SIZES if s >= max_num_seqs))
+    keys = [(size, q) for q in sorted(set(query_lens)) for size in sizes if q == 1 or size <= spec_max_batch]
+    keys += [(1, q) for q in sorted(set(prefill_lens)) if q <= max_num_batched_tokens and (1, q) not in keys]
+    return keys
 
 
 @dataclass
@@ -83,8 +103,10 @@ class GraphBuffers:
     """Static inputs shared by every captured graph; a replay copies the step's (padded) inputs
     into their first rows and pads the remaining requests (slot -1, context Q)."""
 
-    def __init__(self, max_batch: int, max_query_len: int, max_blocks: int, device: torch.device) -> None:
-        max_tokens = max_batch * max_query_len
+    def __init__(self, max_batch: int, max_query_len: int, max_blocks: int, device: torch.device,
+                 max_tokens: int | None = None) -> None:
+        """`max_tokens`: the most tokens of any graph (default max_batch x max_query_len)."""
+        max_tokens = max_tokens or max_batch * max_query_len
         self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((max_tokens,), -1, dtype=torch.long, device=device)

@@ -22,6 +22,7 @@ import torch
 
 from octavo.runtime import distributed
 from octavo.runtime.config import EngineArgs, EngineConfig
+from octavo.runtime.cuda_graphs import PREFILL_GRAPH_LENS
 from octavo.runtime.host_staging import to_device
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner, RunnerOutput
@@ -191,10 +192,13 @@ class LLMEngine:
         # their k must depend on nothing else (timings, other requests).
         self.fixed_k: set[str] = set()
         # Asynchronous scheduling: the next step is launched before this one's tokens are read
-        # back. Not with a proposer (drafts need the tokens) nor across tensor-parallel workers
-        # (they are sent token ids from the host).
-        self.async_scheduling = config.async_scheduling and self.proposer is None and self.workers is None
+        # back. Not across tensor-parallel workers (they are sent token ids from the host). With a
+        # proposer, plain steps overlap; a step that drafts first reads the last tokens back
+        # (drafts continue them), and a speculative step is read back at once.
+        self.async_scheduling = config.async_scheduling and self.workers is None
         self._inflight: InFlight | None = None
+        self._last_resolved = 0.0  # perf_counter when a step was last read back
+        self._pending_k: int | None = None  # adaptive k's answer for a step that first read tokens back
         self.history_sampled: set[str] = set()  # requests whose penalties read every earlier token
         self.num_sampled_groups = 0  # requests with n > 1: only then do sequences and requests differ
         self.profiler = StepProfiler(config.profiler_config, config.device) if config.profiler_config else None
@@ -224,8 +228,10 @@ class LLMEngine:
             knee = 256.0 if config.device.type == "cuda" else 64.0  # where a forward turns compute-bound
             self.controller = AdaptiveK(spec, self.proposer.draft_cost_ratio, knee)
         num_blocks = self.model_runner.initialize_kv_cache()
-        # Under speculation the target also verifies k + 1 tokens per request through graphs.
-        self.model_runner.capture_cuda_graphs((1, spec.num_speculative_tokens + 1) if spec else (1,))
+        # Under speculation the target also verifies k + 1 tokens per request through graphs; a
+        # lone prefill (a request arriving at an idle server) replays one too.
+        self.model_runner.capture_cuda_graphs((1, spec.num_speculative_tokens + 1) if spec else (1,),
+                                              PREFILL_GRAPH_LENS)
         if self.proposer is not None:
             self.proposer.initialize(num_blocks)
 
@@ -385,16 +391,31 @@ class LLMEngine:
         phase = self._phase
         if self.grammar_waiting:
             self._admit_compiled()
-        with phase("propose"):
-            k_asked = self._propose() if self.proposer is not None else 0
+        k_asked, self._pending_k = self._pending_k, None
+        if k_asked is None:
+            k_asked = self._step_k() if self.proposer is not None else 0
+        drafting = self.proposer is not None and (k_asked > 0 or bool(self.fixed_k))
         prev, self._inflight = self._inflight, None
         touched: list[Request] = []
+        if prev is not None and drafting:
+            # Drafts continue the last tokens: read them back, and hand them out before any
+            # draft work (a first token never waits for it); the next step drafts with this k.
+            self._pending_k = k_asked
+            with phase("resolve"):
+                touched += self._resolve(prev)
+            self.stats.num_steps += 1
+            self._update_gauges()
+            with phase("outputs"):
+                return self._outputs(touched)
         if prev is not None and (self.history_sampled or self.constrained):
             with phase("resolve"):
                 # Penalties read every token before the next one is sampled; a grammar's bitmask
                 # needs the matcher advanced past it.
                 touched += self._resolve(prev)
             prev = None
+        if drafting:
+            with phase("propose"):
+                self._propose(k_asked)
         with phase("schedule"):
             sched = self.scheduler.schedule()
         for request in sched.finished:
@@ -408,7 +429,7 @@ class LLMEngine:
         if not sched.is_empty:
             with phase("launch"):
                 launched = self._launch(sched, prev, started, k_asked)
-            if self.async_scheduling:
+            if self.async_scheduling and not launched.speculated:  # verdicts are applied at once
                 self._inflight = launched
             else:
                 with phase("resolve"):
@@ -575,23 +596,29 @@ class LLMEngine:
                 self.kv_cache.cache_computed_blocks(request)  # every token it covers is known now
                 if request.num_computed_tokens >= request.num_prompt_tokens:
                     self.scheduler.release_siblings(request)  # they share the blocks just cached
-        self._record(StepRecord(step.started, time.perf_counter() - step.started, len(step.sched.scheduled),
+        # A step's time: from its start, or from the last read-back when it was launched before
+        # that (overlapped steps then take the time between read-backs, what a step costs).
+        now = time.perf_counter()
+        started, self._last_resolved = max(step.started, self._last_resolved), now
+        self._record(StepRecord(started, now - started, len(step.sched.scheduled),
                                 step.num_decoding, step.num_prefill, step.k_asked, k, num_speculated, num_drafted,
                                 num_accepted, num_judged, num_emitted))
         return touched
 
-    def _propose(self) -> int:
-        """Drafts for the coming step, before the scheduler counts them; the k adaptive k asked for."""
+    def _step_k(self) -> int:
+        """The k adaptive k asks for in the coming step (0: plain decoding)."""
         scheduler = self.scheduler
-        running = scheduler.running
-        if not running or scheduler.can_admit():
+        if not scheduler.running or scheduler.can_admit():
             return 0  # a prompt may be admitted: its first token must not wait for draft work
-        k = self.controller.step_k(len(running))
-        if k == 0 and not self.fixed_k:
-            return 0
+        return self.controller.step_k(len(scheduler.running))
+
+    def _propose(self, k: int) -> None:
+        """Drafts for the coming step, before the scheduler counts them (every token read back)."""
+        if not self.scheduler.running or self.scheduler.can_admit():
+            return
         k_max = self.config.speculative_config.num_speculative_tokens
         plan: list[tuple[Request, int]] = []
-        for request in running:
+        for request in self.scheduler.running:
             # Decoding, its first token delivered (a draft's prefill never delays a first token).
             # Constrained requests run without drafts: a draft would need the grammar's verdict.
             if (request.num_output_tokens and request.num_computed_tokens == request.num_tokens - 1
@@ -601,7 +628,6 @@ class LLMEngine:
                     plan.append((request, cap))
         if plan:
             self.proposer.propose(plan)
-        return k
 
     def _draft_cap(self, request: Request, k: int) -> int:
         """Drafts worth verifying: never past max_tokens or max_model_len."""

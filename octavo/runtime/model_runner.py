@@ -18,7 +18,7 @@ import torch
 
 from octavo.runtime.block_table import BlockTableRows
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
-from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, StepGraph, graph_key
+from octavo.runtime.cuda_graphs import GraphBuffers, StepGraph, capture_keys, graph_key
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
 from octavo.runtime.host_staging import stage, to_device
 from octavo.runtime.inference import inference
@@ -372,28 +372,29 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         logger.info("attention kernels compiled and tuned in %.1fs", time.perf_counter() - start)
 
-    def capture_cuda_graphs(self, query_lens: tuple[int, ...] = (1,)) -> None:
+    def capture_cuda_graphs(self, query_lens: tuple[int, ...] = (1,), prefill_lens: tuple[int, ...] = ()) -> None:
         """Warm the kernels up (warm_up_prefill_kernels), then, unless eager, capture a graph per
         batch size in CAPTURE_SIZES (up to max_num_seqs) and query length:
         1 for plain decode, k + 1 under speculation (the target's verification, the draft's
         catch-up). Multi-token graphs stop at SPEC_GRAPH_MAX_BATCH requests: beyond that adaptive
-        speculation is off anyway. Logs the cost."""
+        speculation is off anyway. `prefill_lens`: query lengths of one-request graphs (a lone
+        prefill; those above max_num_batched_tokens are skipped). Logs the cost."""
         if self.device.type != "cuda" or not self.kv_caches:
             return
         query_lens = tuple(sorted(set(query_lens)))
-        self.parallel.call("capture_cuda_graphs", query_lens)  # every rank captures alike, in lockstep
+        # every rank captures alike, in lockstep
+        self.parallel.call("capture_cuda_graphs", query_lens, prefill_lens)
         self.warm_up_prefill_kernels()
         if self.enforce_eager:
             return
         start = time.perf_counter()
         free_before = torch.cuda.mem_get_info(self.device)[0]
-        max_seqs = self.scheduler_config.max_num_seqs
-        sizes = [s for s in CAPTURE_SIZES if s <= max_seqs]
-        if not sizes or sizes[-1] < max_seqs <= CAPTURE_SIZES[-1]:
-            sizes.append(next(s for s in CAPTURE_SIZES if s >= max_seqs))
-        keys = [(size, q) for q in query_lens for size in sizes if q == 1 or size <= SPEC_GRAPH_MAX_BATCH]
+        keys = capture_keys(self.scheduler_config.max_num_seqs, query_lens, prefill_lens,
+                            self.scheduler_config.max_num_batched_tokens, SPEC_GRAPH_MAX_BATCH)
+        sizes = [size for size, _ in keys]
         max_blocks = -(-self.scheduler_config.max_model_len // self.block_size)
-        self.graph_buffers = GraphBuffers(max(sizes), max(query_lens), max_blocks, self.device)
+        self.graph_buffers = GraphBuffers(max(sizes), max(q for _, q in keys), max_blocks, self.device,
+                                          max_tokens=max(size * q for size, q in keys))
         pool = torch.cuda.graph_pool_handle()
         # The garbage collector must not run during a capture: collecting an old engine's graphs
         # then resets them mid-capture ("operation not permitted when stream is capturing"), which
@@ -413,7 +414,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
         logger.info("captured %d CUDA graphs (batch sizes %s..%s, tokens per request %s) in %.1fs using %.0f MiB",
-                    len(keys), min(sizes), max(sizes), "/".join(map(str, query_lens)),
+                    len(keys), min(sizes), max(sizes), "/".join(map(str, sorted({q for _, q in keys}))),
                     time.perf_counter() - start, used / 2**20)
 
     def release_cuda_graphs(self) -> None:

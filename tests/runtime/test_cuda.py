@@ -69,3 +69,35 @@ def test_graph_replay_matches_eager_on_a_llama_3_1_8b_shape(tmp_path):
                 item.request.append_token(1)
     engine.abort_request([str(i) for i in range(8)])
     assert replayed and worst < 1e-3
+
+
+def test_a_lone_prefill_replays_a_one_request_graph_with_eager_outputs(llama_dir):
+    """Prompts of 5 to 100 tokens, one request at a time: each prefill replays the smallest
+    one-request prefill graph that holds it (padded), and the greedy tokens equal an eager engine's."""
+    prompts = [list(range(7, 7 + n)) for n in (5, 13, 40, 100)]
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+    def run(enforce_eager: bool) -> tuple[list[list[int]], list[tuple[int, int]]]:
+        # No prefix caching: every prompt is prefilled whole (they share a prefix).
+        llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks_override=128, enforce_eager=enforce_eager,
+                  enable_prefix_caching=False)
+        runner = llm.llm_engine.model_runner
+        replayed: list[tuple[int, int]] = []
+        replay = runner.graph_buffers.replay if runner.graph_buffers is not None else None
+
+        def counting(entry, *args):
+            replayed.append((entry.size, entry.query_len))
+            return replay(entry, *args)
+
+        if replay is not None:
+            runner.graph_buffers.replay = counting
+        tokens = [llm.generate({"prompt_token_ids": p}, params, use_tqdm=False)[0].outputs[0].token_ids
+                  for p in prompts]
+        del llm
+        gc.collect()
+        return tokens, replayed
+
+    graphed, replayed = run(enforce_eager=False)
+    eager, _ = run(enforce_eager=True)
+    assert [(1, q) for q in (16, 16, 64, 128)] == [key for key in replayed if key[1] > 1]
+    assert graphed == eager

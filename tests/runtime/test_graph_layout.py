@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from octavo import LLM
-from octavo.runtime.cuda_graphs import GraphBuffers, graph_key, pad_step
+from octavo.runtime.cuda_graphs import CAPTURE_SIZES, GraphBuffers, capture_keys, graph_key, pad_step
 from octavo.runtime.layers.attention import AttentionMetadata
 
 
@@ -53,7 +53,24 @@ def test_graph_key_picks_the_smallest_graph_that_holds_the_step():
     assert graph_key(step([1] * 9), keys) is None
 
 
-@pytest.mark.parametrize("new", [[1, 3, 2], [4, 4, 4], [1, 1, 1], [2]], ids=["mixed", "uniform", "decode", "alone"])
+def test_capture_keys_add_one_request_prefill_graphs_that_a_step_can_hold():
+    keys = capture_keys(48, (1, 5), (16, 32, 64, 5), max_num_batched_tokens=32, spec_max_batch=8)
+    sizes = [s for s in CAPTURE_SIZES if s <= 48]
+    assert [k for k in keys if k[1] == 1] == [(s, 1) for s in sizes]
+    assert [k for k in keys if k[1] == 5] == [(s, 5) for s in sizes if s <= 8]  # (1, 5) once
+    assert [k for k in keys if k[1] not in (1, 5)] == [(1, 16), (1, 32)]  # 64 > max_num_batched_tokens
+    assert capture_keys(300, (1,), (), 8192, 64)[-1] == (256, 1)  # the largest size caps the sizes
+    assert capture_keys(20, (1,), (), 8192, 64)[-1] == (24, 1)  # rounded up to a captured size
+    # A lone prefill replays the smallest prefill graph that holds it; a second request runs eager.
+    step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)}
+    assert graph_key(step([13]), sorted(keys)) == (1, 16)
+    assert graph_key(step([17]), sorted(keys)) == (1, 32)
+    assert graph_key(step([17, 1]), sorted(keys)) is None
+    assert graph_key(step([33]), sorted(keys)) is None
+
+
+@pytest.mark.parametrize("new", [[1, 3, 2], [4, 4, 4], [1, 1, 1], [2], [13]],
+                         ids=["mixed", "uniform", "decode", "alone", "prefill-chunk"])
 def test_padded_layout_matches_the_unpadded_step(llama_dir, new):
     llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks_override=64)
     runner = llm.llm_engine.model_runner
@@ -79,9 +96,10 @@ def test_padded_layout_matches_the_unpadded_step(llama_dir, new):
         step = flat_step(contexts, new, tables, block_size, vocab)
         step_on_device = on_device(step, decode_only=max(new) == 1)
         expected = model(*step_on_device)
-        buffers = GraphBuffers(max_batch=4, max_query_len=4, max_blocks=8, device=device)
+        # A one-request prefill graph (1, 16) for the chunk; (4, 4) or (4, 1) for the others.
+        size, query_len = (1, 16) if max(new) > 4 else (4, 1 if max(new) == 1 else 4)
+        buffers = GraphBuffers(max_batch=4, max_query_len=16, max_blocks=8, device=device, max_tokens=16)
         buffers.block_tables.fill_(13)  # stale rows of earlier steps: real blocks, never read back
-        query_len = 1 if max(new) == 1 else 4
-        got = buffers.run_eager(model, 4, query_len, step, *step_on_device)
+        got = buffers.run_eager(model, size, query_len, step, *step_on_device)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
