@@ -23,7 +23,10 @@ import torch
 from octavo.runtime.host_staging import stage
 from octavo.runtime.layers.attention import AttentionMetadata
 
-CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256]
+# Batch sizes with decode graphs (those up to max_num_seqs, rounded up to the next one): a batch
+# pads to the next size, at most a quarter more rows (an eighth past 512).
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+                 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024]
 # Query lengths of the one-request prefill graphs. A prompt pads up to the next one, which costs
 # little while a step reads weights more than it computes (up to a few hundred tokens on an H100);
 # longer prefills run eagerly, where the launches hide behind the GPU's work.

@@ -59,7 +59,8 @@ def test_capture_keys_add_one_request_prefill_graphs_that_a_step_can_hold():
     assert [k for k in keys if k[1] == 1] == [(s, 1) for s in sizes]
     assert [k for k in keys if k[1] == 5] == [(s, 5) for s in sizes if s <= 8]  # (1, 5) once
     assert [k for k in keys if k[1] not in (1, 5)] == [(1, 16), (1, 32)]  # 64 > max_num_batched_tokens
-    assert capture_keys(300, (1,), (), 8192, 64)[-1] == (256, 1)  # the largest size caps the sizes
+    assert capture_keys(300, (1,), (), 8192, 64)[-1] == (320, 1)  # rounded up to a captured size
+    assert capture_keys(5000, (1,), (), 8192, 64)[-1] == (CAPTURE_SIZES[-1], 1)  # the largest caps them
     assert capture_keys(20, (1,), (), 8192, 64)[-1] == (24, 1)  # rounded up to a captured size
     # A lone prefill replays the smallest prefill graph that holds it; a second request runs eager.
     step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)}
