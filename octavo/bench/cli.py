@@ -155,8 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "(structured outputs); the result reports grammar compile time")
     serve.add_argument("--prompt-text", help="a UTF-8 text file: prompts are windows of its tokens (the model's "
                                              "tokenizer) at seeded offsets instead of random token ids")
-    serve.add_argument("--warmup-each-level", action="store_true",
-                       help="one untimed round (c requests) just before each level, after the warm-up")
     serve.add_argument("--time-budget", type=float,
                        help="seconds: start no level once the sweep (warm-up included) has run this long")
     serve.add_argument("--latency-anchor", action="store_true",
