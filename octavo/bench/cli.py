@@ -41,6 +41,11 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hf-overrides", help="JSON object of config.json fields to override (implies dummy)")
 
 
+def _lengths(parser: Any, default: int | None = 128) -> None:
+    parser.add_argument("--input-len", type=int, default=default, help="prompt tokens")
+    parser.add_argument("--output-len", type=int, default=default, help="output tokens")
+
+
 def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None:
     group = parser.add_argument_group("anchors and output")
     if anchors:
@@ -85,13 +90,12 @@ def _spec_flags(spec: argparse.ArgumentParser) -> None:
     runs.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
     runs.add_argument("--rounds", type=int, default=4, help="rounds per level")
     runs.add_argument("--instances", type=int, default=1, help="servers per arm")
-    runs.add_argument("--min-requests", type=int, default=32, help="timed requests per run = max(this, "
-                                                                    "--requests-per-user x c)")
+    runs.add_argument("--min-requests", type=int, default=32,
+                      help="timed requests per run = max(this, --requests-per-user x c)")
     runs.add_argument("--requests-per-user", type=int, default=4)
-    runs.add_argument("--input-len", type=int, default=128)
-    runs.add_argument("--output-len", type=int, default=128)
-    runs.add_argument("--num-warmups", type=int, help="requests when a server starts (default: 2 alone, then 2x "
-                                                      "the largest c at it)")
+    _lengths(runs)
+    runs.add_argument("--num-warmups", type=int,
+                      help="requests when a server starts (default: 2 alone, then 2x the largest c at it)")
     runs.add_argument("--temperature", type=float, default=0.0)
     runs.add_argument("--time-budget", type=float, default=540.0,
                       help="seconds: no round starts once the run has used this (shared by the pairs)")
@@ -109,8 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              description="Fixed batch, prompt and output lengths: prefill time and decode ms/step.")
     _model_flags(latency)
     latency.add_argument("--batch-size", type=int_list, default=[1, 8, 32, 128], help="comma list, e.g. 1,8,32,128")
-    latency.add_argument("--input-len", type=int, default=128)
-    latency.add_argument("--output-len", type=int, default=128)
+    _lengths(latency)
     latency.add_argument("--num-iters", type=int, default=3, help="timed runs per batch size")
     latency.add_argument("--num-iters-warmup", type=int, default=1)
     latency.add_argument("--hf-num-iters", type=int, default=1, help="timed HF runs per batch size")
@@ -122,8 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     throughput.add_argument("--num-prompts", type=int, default=1000)
     throughput.add_argument("--input-len-range", default="256:768", help="LOW:HIGH, uniform")
     throughput.add_argument("--output-len-range", default="128:384", help="LOW:HIGH, uniform")
-    throughput.add_argument("--input-len", type=int, help="fixed prompt length (overrides the range)")
-    throughput.add_argument("--output-len", type=int, help="fixed output length (overrides the range)")
+    _lengths(throughput, default=None)  # fixed lengths override the ranges
     throughput.add_argument("--num-warmups", type=int, default=64,
                             help="untimed requests of the same length ranges first (kernels compile, tune)")
     throughput.add_argument("--hf-num-prompts", type=int,
@@ -140,8 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--server-args", default="", help="extra arguments for `octavo serve` (one string)")
     serve.add_argument("--served-model-name", help="the 'model' field to send (default: ask /v1/models)")
     serve.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
-    serve.add_argument("--input-len", type=int, default=128)
-    serve.add_argument("--output-len", type=int, default=128)
+    _lengths(serve)
     serve.add_argument("--input-len-range", help="LOW:HIGH (overrides --input-len)")
     serve.add_argument("--output-len-range", help="LOW:HIGH (overrides --output-len)")
     serve.add_argument("--num-prompts", type=int, help="requests per level (default: see --prompts-per-user)")
@@ -155,8 +156,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                              "(structured outputs); the result reports grammar compile time")
     serve.add_argument("--prompt-text", help="a UTF-8 text file: prompts are windows of its tokens (the model's "
                                              "tokenizer) at seeded offsets instead of random token ids")
-    serve.add_argument("--warmup-each-level", action="store_true",
-                       help="one untimed round (c requests) just before each level, after the warm-up")
     serve.add_argument("--time-budget", type=float,
                        help="seconds: start no level once the sweep (warm-up included) has run this long")
     serve.add_argument("--latency-anchor", action="store_true",
@@ -175,16 +174,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kernels = sub.add_parser("kernels", help="attention kernels: decode GB/s and prefill TFLOP/s vs the device",
                              description="Paged decode attention against copy bandwidth and prefill attention "
                                          "against the matmul peak (CUDA), each checked against its reference.")
-    kernels.add_argument("--quick", action="store_true", help="fewer points")
     kernels.add_argument("--device", default="cuda")
     _report_flags(kernels, anchors=False)
 
     report = sub.add_parser("report", help="Markdown (and combined sweep charts) from result JSON files",
                             description="Render result JSON files as Markdown; two or more serve results "
-                                        "also give sweep charts with one line per result.")
+                                        "also give sweep charts (serve-comparison-*.png) with one line per result.")
     report.add_argument("files", nargs="+", help="result .json files")
     report.add_argument("--out", help="directory for combined charts")
-    report.add_argument("--stem", default="serve-comparison", help="file name stem of the combined charts")
     for mode in sub.choices.values():
         mode.set_defaults(_bench_parser=mode)
 
@@ -201,10 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if command == "report":
-            text, paths = report.combined([report.load(p) for p in args.files], args.out, args.stem)
-            print(text)
-            for path in paths:
-                print(f"wrote {path}")
+            text, paths = report.combined([report.load(p) for p in args.files], args.out)
+            print(text, *(f"wrote {path}" for path in paths), sep="\n")
             return 0
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
         mode = importlib.import_module(f"octavo.bench.{command}")
@@ -213,9 +208,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"octavo bench {command}: error: {exc}", file=sys.stderr)
         return 2
     paths = report.write_all(result, args.out)
-    print(report.markdown(result))
-    for path in paths:
-        print(f"wrote {path}")
-    failed = result.get("total_errors") or result.get("interrupted") or any(
-        entry.get("error") for entry in result.get("pairs", [])) or result.get("failed")
+    print(report.markdown(result), *(f"wrote {path}" for path in paths), sep="\n")
+    failed = result.get("total_errors") or result.get("interrupted") or result.get("failed") or any(
+        entry.get("error") for entry in result.get("pairs", []))
     return 1 if failed else 0

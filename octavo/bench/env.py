@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SHA = re.compile(r"[0-9a-f]{40}")
 
 
 def _version(package: str) -> str | None:
@@ -26,56 +27,49 @@ def _version(package: str) -> str | None:
 
 
 def _commit_from_files() -> str | None:
-    """HEAD's commit read from .git's files, for copies of a checkout whose object store did not
-    travel (git itself then refuses to resolve HEAD)."""
+    """HEAD read from .git's files, for copies of a checkout whose object store did not travel."""
     git_dir = REPO_ROOT / ".git"
     try:
         head = (git_dir / "HEAD").read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{40}", head):
-            return head
         ref = head.removeprefix("ref: ").strip()
-        ref_file = git_dir / ref
-        if ref_file.is_file():
-            value = ref_file.read_text().strip()
-            return value if re.fullmatch(r"[0-9a-f]{40}", value) else None
-        for line in (git_dir / "packed-refs").read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1] == ref and re.fullmatch(r"[0-9a-f]{40}", parts[0]):
-                return parts[0]
+        if SHA.fullmatch(head):
+            return head
+        if (git_dir / ref).is_file():
+            head = (git_dir / ref).read_text().strip()
+        else:
+            head = next((line.split()[0] for line in (git_dir / "packed-refs").read_text().splitlines()
+                         if line.split()[1:] == [ref]), head)
     except OSError:
-        pass
-    return None
+        return None
+    return head if SHA.fullmatch(head) else None
 
 
 def git_commit() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout. OCTAVO_GIT_COMMIT overrides; without a working git
     repository the commit is read from .git's files and dirtiness is unknown."""
-    forced = os.environ.get("OCTAVO_GIT_COMMIT")
-    if forced:
-        return forced, None
+    if os.environ.get("OCTAVO_GIT_COMMIT"):
+        return os.environ["OCTAVO_GIT_COMMIT"], None
     try:
         found = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                                text=True, timeout=10)
-        commit = found.stdout.strip()
-        if found.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        if found.returncode != 0 or not SHA.fullmatch(found.stdout.strip()):
             return _commit_from_files(), None
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                 capture_output=True, text=True, timeout=10).stdout
-        return commit, bool(status.strip())
+        return found.stdout.strip(), bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         return _commit_from_files(), None
 
 
 def device_info(device: str | None = None) -> dict:
     """The accelerator the run used (or the CPU), by name."""
+    cpu = {"type": "cpu", "name": platform.processor() or platform.machine()}
     try:
         import torch
     except ImportError:
-        return {"type": "cpu", "name": platform.processor() or platform.machine()}
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith(("cuda", "auto")))
-    if not use_cuda:
-        return {"type": "cpu", "name": platform.processor() or platform.machine(),
-                "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+        return cpu
+    if not torch.cuda.is_available() or not (device is None or str(device).startswith(("cuda", "auto"))):
+        return {**cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     props = torch.cuda.get_device_properties(0)
     return {"type": "cuda", "name": props.name, "count": torch.cuda.device_count(),
             "memory_gib": round(props.total_memory / 2**30, 1), "capability": f"{props.major}.{props.minor}",
@@ -86,17 +80,14 @@ def device_slug(info: dict) -> str:
     """Short device name for file names: "NVIDIA H100 80GB HBM3" -> "h100"."""
     if info.get("type") != "cuda":
         return "cpu"
-    for word in info.get("name", "").replace("-", " ").split():
-        lowered = word.lower()
-        if lowered not in ("nvidia", "tesla", "geforce", "rtx") and any(c.isdigit() for c in lowered):
-            return lowered
-    return "cuda"
+    words = info.get("name", "").replace("-", " ").lower().split()
+    return next((w for w in words if w not in ("nvidia", "tesla", "geforce", "rtx") and any(c.isdigit() for c in w)),
+                "cuda")
 
 
 def command_line(args: Any = None) -> str:
-    """The `octavo bench MODE ...` command that produced a result: from sys.argv when it holds the
-    mode, else (called in process, as the tests do) rebuilt from the parsed flags that differ from
-    their defaults."""
+    """The `octavo bench MODE ...` that produced a result: from sys.argv when it holds the mode, else
+    (called in process, as the tests do) rebuilt from the parsed flags that differ from their defaults."""
     mode = getattr(args, "bench_command", None)
     argv = list(sys.argv)
     if mode and mode in argv[1:3]:
@@ -106,15 +97,13 @@ def command_line(args: Any = None) -> str:
         return shlex.join([Path(argv[0]).name] + argv[1:]) if argv else "octavo bench"
     words = ["octavo", "bench", mode]
     for action in parser._actions:  # argparse keeps no public list of a parser's options
-        if not action.option_strings or action.dest == "help" or action.help == argparse.SUPPRESS:
-            continue
         value = getattr(args, action.dest, None)
-        if value == action.default or value is None:
+        if not action.option_strings or action.help == argparse.SUPPRESS or value in (None, action.default):
             continue
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
         if isinstance(value, bool):  # a store_true flag, or --x / --no-x
             words.append(action.option_strings[0] if value else action.option_strings[-1])
         else:
+            flag = next((o for o in reversed(action.option_strings) if o.startswith("--")), action.option_strings[0])
             words += [flag, ",".join(map(str, value)) if isinstance(value, list) else
                       json.dumps(value) if isinstance(value, dict) else str(value)]
     return shlex.join(words)
@@ -123,18 +112,10 @@ def command_line(args: Any = None) -> str:
 def environment(device: str | None = None, args: Any = None) -> dict:
     commit, dirty = git_commit()
     now = _dt.datetime.now(_dt.timezone.utc)
-    return {
-        "date": now.strftime("%Y-%m-%d"),
-        "time_utc": now.isoformat(timespec="seconds"),
-        "command": command_line(args),
-        "cwd": os.getcwd(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "device": device_info(device),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": {name: _version(name) for name in ("octavo", "torch", "triton", "transformers", "httpx")},
-    }
+    return {"date": now.strftime("%Y-%m-%d"), "time_utc": now.isoformat(timespec="seconds"),
+            "command": command_line(args), "cwd": os.getcwd(), "git_commit": commit, "git_dirty": dirty,
+            "device": device_info(device), "python": platform.python_version(), "platform": platform.platform(),
+            "versions": {name: _version(name) for name in ("octavo", "torch", "triton", "transformers", "httpx")}}
 
 
 def settings(args: Any, **more: Any) -> dict:

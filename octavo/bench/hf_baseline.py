@@ -1,7 +1,7 @@
-"""The anchor: HF transformers `generate` on the same model shape and the same requests, run the
-way a user would run it: random weights of the same dtype, sdpa attention, greedy, fixed output
-length (min_new_tokens = max_new_tokens), static batches left-padded to their longest prompt,
-each batch generating as many tokens as its longest request needs."""
+"""The anchor: HF transformers `generate` on the same model shape and requests, run as a user
+would: random weights of the same dtype, sdpa attention, greedy, fixed output length
+(min_new_tokens = max_new_tokens), static batches left-padded to their longest prompt, each
+generating as many tokens as its longest request needs."""
 
 from __future__ import annotations
 
@@ -23,10 +23,6 @@ class GenerateTiming:
     batch_size: int
     new_tokens: int
 
-    @property
-    def decode_ms_per_step(self) -> float:
-        return sum(self.step_ms) / len(self.step_ms) if self.step_ms else 0.0
-
 
 class HFModel:
     """An HF transformers model of the given config with random weights."""
@@ -42,13 +38,11 @@ class HFModel:
             try:
                 self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
             except ValueError:  # e.g. BLOOM: transformers has no sdpa path for it
-                logger.info("HF baseline: %s has no sdpa attention in transformers; using eager",
-                            config.model_type)
+                logger.info("HF baseline: %s has no sdpa attention in transformers; using eager", config.model_type)
                 self.model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
         self.model.eval()
         self.pad_token_id = config.pad_token_id if isinstance(getattr(config, "pad_token_id", None), int) else 0
         self.clock = DeviceClock(self.device)
-        self.num_params = sum(p.numel() for p in self.model.parameters())
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> GenerateTiming:
         """One static batch: left-padded prompts, exactly new_tokens tokens each, greedy."""
@@ -70,40 +64,33 @@ class HFModel:
         for row, prompt in enumerate(prompts):
             input_ids[row, width - len(prompt):] = torch.tensor(prompt)
             attention_mask[row, width - len(prompt):] = 1
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
         start = clock.now()
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                      num_beams=1, pad_token_id=self.pad_token_id, use_cache=True,
+            out = self.model.generate(input_ids=input_ids.to(self.device),
+                                      attention_mask=attention_mask.to(self.device), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                                      pad_token_id=self.pad_token_id, use_cache=True,
                                       stopping_criteria=StoppingCriteriaList([StepClock()]))
         end = clock.now()
-        generated = out.shape[1] - width
-        if generated != new_tokens:
-            raise RuntimeError(f"HF generate produced {generated} tokens, expected {new_tokens}")
-        steps = [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
-        return GenerateTiming(prefill_ms=(stamps[0] - start) * 1e3 if stamps else (end - start) * 1e3,
-                              step_ms=steps, total_ms=(end - start) * 1e3, batch_size=len(prompts),
-                              new_tokens=new_tokens)
-
-    def warm_up(self, prompts: list[list[int]]) -> None:
-        self.generate(prompts, 2)
+        if out.shape[1] - width != new_tokens:
+            raise RuntimeError(f"HF generate produced {out.shape[1] - width} tokens, expected {new_tokens}")
+        return GenerateTiming(prefill_ms=((stamps[0] if stamps else end) - start) * 1e3,
+                              step_ms=[(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])],
+                              total_ms=(end - start) * 1e3, batch_size=len(prompts), new_tokens=new_tokens)
 
 
 def latency(model: HFModel, batch: list[BenchRequest], num_iters: int) -> list[GenerateTiming]:
     """Time `num_iters` runs of one static batch (after a two-token warm-up of the same shape)."""
     prompts = [r.prompt_token_ids for r in batch]
-    output_len = max(r.output_len for r in batch)
-    model.warm_up(prompts)
-    return [model.generate(prompts, output_len) for _ in range(num_iters)]
+    model.generate(prompts, 2)
+    return [model.generate(prompts, max(r.output_len for r in batch)) for _ in range(num_iters)]
 
 
 def throughput(model: HFModel, requests: list[BenchRequest], batch_size: int) -> dict:
-    """Run `requests` in consecutive static batches; count the tokens each request asked for as
+    """Run `requests` in consecutive static batches; only the tokens each request asked for count as
     output (what a padded batch generates beyond that is waste, reported separately)."""
     groups = batches(requests, batch_size)
-    model.warm_up([r.prompt_token_ids for r in groups[0]])
+    model.generate([r.prompt_token_ids for r in groups[0]], 2)  # warm-up
     records = []
     total_ms = 0.0
     bar = progress(len(requests), "HF generate (static batches)", unit="req")
@@ -111,29 +98,20 @@ def throughput(model: HFModel, requests: list[BenchRequest], batch_size: int) ->
         for index, group in enumerate(groups):
             new_tokens = max(r.output_len for r in group)
             timing = model.generate([r.prompt_token_ids for r in group], new_tokens)
-            for r in group:
-                records.append({"batch": index, "prompt_len": r.prompt_len, "output_len": r.output_len,
-                                "generated_tokens": new_tokens, "batch_size": len(group),
-                                "batch_prefill_ms": timing.prefill_ms, "batch_ms": timing.total_ms,
-                                "e2e_ms": timing.total_ms, "ttft_ms": timing.prefill_ms})
+            records += [{"batch": index, "prompt_len": r.prompt_len, "output_len": r.output_len,
+                         "generated_tokens": new_tokens, "batch_size": len(group),
+                         "batch_prefill_ms": timing.prefill_ms, "batch_ms": timing.total_ms,
+                         "e2e_ms": timing.total_ms, "ttft_ms": timing.prefill_ms}
+                        for r in group]
             total_ms += timing.total_ms
             bar.update(len(group))
     finally:
         bar.close()
     prompt_tokens = sum(r.prompt_len for r in requests)
     output_tokens = sum(r.output_len for r in requests)
-    generated = sum(rec["generated_tokens"] for rec in records)
     elapsed = total_ms / 1e3
-    return {
-        "num_requests": len(requests),
-        "batch_size": batch_size,
-        "num_batches": len(groups),
-        "elapsed_s": elapsed,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "generated_tokens_incl_padding": generated,
-        "requests_per_s": len(requests) / elapsed,
-        "output_tokens_per_s": output_tokens / elapsed,
-        "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed,
-        "records": records,
-    }
+    return {"num_requests": len(requests), "batch_size": batch_size, "num_batches": len(groups), "elapsed_s": elapsed,
+            "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "generated_tokens_incl_padding": sum(rec["generated_tokens"] for rec in records),
+            "requests_per_s": len(requests) / elapsed, "output_tokens_per_s": output_tokens / elapsed,
+            "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed, "records": records}

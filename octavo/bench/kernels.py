@@ -1,16 +1,8 @@
 """`octavo bench kernels` (PROTOCOL workload 5): the paged attention kernels against the device's
-ceilings, measured in the same run (roofline.py). Needs a CUDA device.
-
-- Decode: 32 query / 8 KV heads (GQA 8:1), head_dim 128, bf16, block 16; contexts 1k/4k/16k, batch
-  1..256. GB/s = the bytes a step must move (every context token's K and V, the queries and the
-  output) / its time, against the copy bandwidth. Timed as CUDA-graph replays over rotating block
-  tables drawn at random from one large pool, so the bytes touched exceed L2 many times over.
-- Prefill: one causal sequence of 1k/4k/8k tokens, no cached prefix, same heads. TFLOP/s =
-  4 x head_dim x query heads x visible (query, key) pairs / time, against the bf16 matmul peak.
-
-Before a shape is timed its output is checked against the torch reference (decode at batch <= 8,
-where the reference stays small) within bf16's tolerance; a mismatch marks the run failed.
-"""
+ceilings measured in the same run (roofline.py), CUDA only. Decode (32 query / 8 KV heads, head_dim
+128, bf16, block 16) in GB/s, timed as CUDA-graph replays over rotating random block tables so the
+bytes touched exceed L2; prefill (one causal sequence) in TFLOP/s of visible (query, key) pairs.
+Each shape's output is first checked against the torch reference; a mismatch fails the run."""
 
 from __future__ import annotations
 
@@ -114,7 +106,7 @@ def benchmark(args: Any, save_partial) -> dict:
     device = torch.device(args.device)
     result: dict = {"kind": "kernels", "tag": args.tag, "env": environment(args.device, args),
                     "model": {"name": "attention"}, "roofline": roofline.measure(device), "decode": [], "prefill": []}
-    contexts, batches = ([1024, 4096], [1, 32, 256]) if args.quick else ([1024, 4096, 16384], [1, 8, 32, 64, 128, 256])
+    contexts, batches = [1024, 4096, 16384], [1, 8, 32, 64, 128, 256]
     tokens = max(contexts) * max(batches) + 64 * 1024
     k_pool = torch.randn(tokens // BLOCK, BLOCK, KV_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
     v_pool = torch.randn_like(k_pool)
@@ -126,7 +118,7 @@ def benchmark(args: Any, save_partial) -> dict:
             save_partial(result)
     del k_pool, v_pool
     torch.cuda.empty_cache()
-    for seq_len in ([1024, 4096] if args.quick else [1024, 4096, 8192]):
+    for seq_len in (1024, 4096, 8192):
         row = prefill_point(seq_len, device)
         row["of_matmul"] = row["tflops"] / result["roofline"]["matmul_tflops"]
         result["prefill"].append(row)

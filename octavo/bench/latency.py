@@ -1,7 +1,7 @@
 """Latency mode: one fixed batch (bs prompts of input_len tokens, output_len tokens each) run to
-completion, several times. Reported per batch size: the prefill phase (until every request has
-its first token) and the median time of a decode step after it, with the device synchronized
-before every clock read, beside HF transformers on the same batch and the roofline's floor."""
+completion, several times. Per batch size: the prefill phase (until every request has its first
+token) and the median decode step after it, the device synchronized before every clock read,
+beside HF transformers on the same batch and the roofline's floor."""
 
 from __future__ import annotations
 
@@ -25,22 +25,18 @@ def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar=None)
 
     clock = DeviceClock(engine.config.device)
     prompt_tokens_target = engine.stats.prompt_tokens + sum(r.prompt_len for r in batch)
-    start = clock.now()
+    start = last = clock.now()
     for index, request in enumerate(batch):
         params = SamplingParams(max_tokens=request.output_len, ignore_eos=True, temperature=0.0,
                                 detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY)
         engine.add_request(f"{tag}-{index}", {"prompt_token_ids": request.prompt_token_ids}, params)
     prefill_end = None
     step_ms: list[float] = []
-    prefill_steps = 0
-    output_tokens = 0
-    last = start
+    prefill_steps = output_tokens = 0
     while engine.has_unfinished_requests():
         outputs = engine.step()
         now = clock.now()
-        for output in outputs:
-            if output.finished:
-                output_tokens += len(output.outputs[0].token_ids)
+        output_tokens += sum(len(output.outputs[0].token_ids) for output in outputs if output.finished)
         if prefill_end is None:
             prefill_steps += 1
             # The engine counts a request's prompt tokens when its first token is sampled.
@@ -51,10 +47,9 @@ def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar=None)
             if bar is not None:
                 bar.update(1)
         last = now
-    expected = sum(r.output_len for r in batch)
-    if output_tokens != expected:
+    if output_tokens != sum(r.output_len for r in batch):
         raise RuntimeError(f"the engine produced {output_tokens} output tokens for a batch that asked for "
-                           f"{expected}: a request stopped early or failed")
+                           f"{sum(r.output_len for r in batch)}: a request stopped early or failed")
     return {"prefill_ms": ((prefill_end or last) - start) * 1e3, "prefill_steps": prefill_steps,
             "step_ms": step_ms, "total_ms": (last - start) * 1e3, "output_tokens": output_tokens}
 
@@ -62,13 +57,13 @@ def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar=None)
 def octavo_row(llm: Any, batch_size: int, input_len: int, output_len: int, num_iters: int, num_warmup: int,
                seed: int) -> dict:
     engine = llm.llm_engine
-    vocab = engine.config.model_config.vocab_size
     iterations = []
     bar = progress((num_iters + num_warmup) * max(output_len - 1, 1), f"octavo bs={batch_size}", unit="step")
     try:
         for it in range(num_warmup + num_iters):
             # Fresh prompts each iteration: a repeated prompt would hit the prefix cache.
-            batch = fixed_requests(batch_size, input_len, output_len, vocab, seed + 7919 * it + batch_size)
+            batch = fixed_requests(batch_size, input_len, output_len, engine.config.model_config.vocab_size,
+                                   seed + 7919 * it + batch_size)
             result = run_engine_batch(engine, batch, f"lat-bs{batch_size}-it{it}", bar)
             if it >= num_warmup:
                 iterations.append(result)
@@ -81,16 +76,11 @@ def summarize_iterations(iterations: list[dict], batch_size: int, output_len: in
     steps = [ms for it in iterations for ms in it["step_ms"]]
     step_ms = percentile(steps, 50) if steps else 0.0
     total_ms = percentile([it["total_ms"] for it in iterations], 50)
-    return {
-        "prefill_ms": percentile([it["prefill_ms"] for it in iterations], 50),
-        "decode_ms_per_step": step_ms,
-        "decode_step_ms": summarize(steps),
-        "total_ms": total_ms,
-        "output_tokens_per_s": batch_size * output_len / (total_ms / 1e3),
-        "decode_tokens_per_s": batch_size / (step_ms / 1e3) if step_ms else 0.0,
-        "num_iters": len(iterations),
-        "iterations": iterations,
-    }
+    return {"prefill_ms": percentile([it["prefill_ms"] for it in iterations], 50), "decode_ms_per_step": step_ms,
+            "decode_step_ms": summarize(steps), "total_ms": total_ms,
+            "output_tokens_per_s": batch_size * output_len / (total_ms / 1e3),
+            "decode_tokens_per_s": batch_size / (step_ms / 1e3) if step_ms else 0.0,
+            "num_iters": len(iterations), "iterations": iterations}
 
 
 def hf_row(model: Any, batch_size: int, input_len: int, output_len: int, num_iters: int, seed: int,
@@ -98,51 +88,42 @@ def hf_row(model: Any, batch_size: int, input_len: int, output_len: int, num_ite
     from octavo.bench import hf_baseline
 
     batch = fixed_requests(batch_size, input_len, output_len, vocab, seed + batch_size)
-    timings = hf_baseline.latency(model, batch, num_iters)
     iterations = [{"prefill_ms": t.prefill_ms, "step_ms": t.step_ms, "total_ms": t.total_ms,
-                   "output_tokens": t.batch_size * t.new_tokens} for t in timings]
+                   "output_tokens": t.batch_size * t.new_tokens} for t in hf_baseline.latency(model, batch, num_iters)]
     return summarize_iterations(iterations, batch_size, output_len)
 
 
 def add_ratios(rows: list[dict], roofline: dict | None, facts: dict, input_len: int, output_len: int) -> None:
     context = input_len + output_len / 2  # mean context over the decode steps
     for row in rows:
-        ours = row["octavo"]
-        ratios: dict = {}
-        if row.get("hf"):
-            ratios["hf_step_over_octavo_step"] = row["hf"]["decode_ms_per_step"] / ours["decode_ms_per_step"]
-            ratios["octavo_tps_over_hf_tps"] = ours["output_tokens_per_s"] / row["hf"]["output_tokens_per_s"]
+        ours, hf = row["octavo"], row.get("hf")
+        row["ratios"] = ratios = {}
+        if hf:
+            ratios["hf_step_over_octavo_step"] = hf["decode_ms_per_step"] / ours["decode_ms_per_step"]
+            ratios["octavo_tps_over_hf_tps"] = ours["output_tokens_per_s"] / hf["output_tokens_per_s"]
         if roofline is not None:
             row["floor"] = roofline_mod.decode_step_floor_ms(roofline, facts, row["batch_size"], context)
             row["floor"]["prefill_ms"] = roofline_mod.prefill_floor_ms(roofline, facts, row["batch_size"] * input_len)
             ratios["octavo_step_over_floor"] = ours["decode_ms_per_step"] / row["floor"]["floor_ms"]
-        row["ratios"] = ratios
 
 
-def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> dict:
+def benchmark(args: Any, save: Callable[[dict], None]) -> dict:
     import torch
 
-    save = save_partial or (lambda result: None)
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     batch_sizes = sorted(set(args.batch_size))
     args.max_num_seqs = max(args.max_num_seqs or DEFAULT_MAX_NUM_SEQS, max(batch_sizes))  # each batch runs as one
-    result: dict = {"kind": "latency", "tag": args.tag, "env": environment(args.device, args)}
+    env = environment(args.device, args)
     roofline = roofline_mod.measure(args.device) if args.roofline else None
-
     llm = build_llm(args, spec)
     facts = model_facts(llm)
-    dtype = llm.llm_engine.config.model_config.dtype
-    device = llm.llm_engine.config.device
+    dtype, device = llm.llm_engine.config.model_config.dtype, llm.llm_engine.config.device
     if roofline is not None:
         roofline.update(roofline_mod.summary(roofline, facts))
     rows: list[dict] = []
-    result.update({
-        "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
-                  "hf_overrides": spec.overrides, **facts},
-        "settings": settings(args, batch_sizes=batch_sizes, torch_threads=torch.get_num_threads()),
-        "roofline": roofline,
-        "rows": rows,
-    })
+    result = {"kind": "latency", "tag": args.tag, "env": env, "model": spec.describe(**facts),
+              "settings": settings(args, batch_sizes=batch_sizes, torch_threads=torch.get_num_threads()),
+              "roofline": roofline, "rows": rows}
     for bs in batch_sizes:
         rows.append({"batch_size": bs, "input_len": args.input_len, "output_len": args.output_len,
                      "octavo": octavo_row(llm, bs, args.input_len, args.output_len, args.num_iters,
@@ -152,7 +133,6 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
         save(result)
     del llm
     release()
-
     if args.baseline == "hf":
         from octavo.bench.hf_baseline import HFModel
 
@@ -165,5 +145,4 @@ def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> 
             save(result)
         del model
         release()
-    add_ratios(rows, roofline, facts, args.input_len, args.output_len)
     return result

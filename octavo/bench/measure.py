@@ -12,8 +12,7 @@ from typing import Any
 
 
 class DeviceClock:
-    """perf_counter read after the device has finished its queued work, so host timestamps
-    bracket device time (CUDA work is asynchronous)."""
+    """perf_counter read after the device has finished its queued work (CUDA work is asynchronous)."""
 
     def __init__(self, device: Any = None) -> None:
         self._sync = None
@@ -34,35 +33,25 @@ def percentile(values: Sequence[float], q: float) -> float:
         return math.nan
     ordered = sorted(values)
     position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    low, high = ordered[math.floor(position)], ordered[math.ceil(position)]
+    return low + (high - low) * (position - math.floor(position))
 
 
 def summarize(values: Iterable[float]) -> dict[str, float]:
-    """mean, p50, p90, p99, min, max (NaN-free: an empty input gives zeros and count 0)."""
+    """count, mean, p50, p90, p99, min, max (an empty input gives zeros and count 0, never NaN)."""
     values = [float(v) for v in values]
     if not values:
         return {"count": 0, "mean": 0.0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "min": 0.0, "max": 0.0}
-    return {
-        "count": len(values),
-        "mean": sum(values) / len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "min": min(values),
-        "max": max(values),
-    }
+    return {"count": len(values), "mean": sum(values) / len(values), "p50": percentile(values, 50),
+            "p90": percentile(values, 90), "p99": percentile(values, 99), "min": min(values), "max": max(values)}
 
 
 def progress(total: int | None, desc: str, unit: str = "it"):
-    """A tqdm bar on stderr; redrawn at most every few seconds when stderr is not a terminal, so
-    logs captured from a remote run stay readable."""
+    """A tqdm bar on stderr, redrawn every 10 s when stderr is no terminal (readable remote logs)."""
     from tqdm.auto import tqdm
 
-    interactive = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                mininterval=0.5 if interactive else 10.0)
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
 
 # ---- paired ratios over rounds ---------------------------------------------------------------------
@@ -80,11 +69,9 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 
 def t_interval(ratios: Sequence[float]) -> tuple[float, float] | None:
-    """90% interval of the geometric mean of paired ratios (one per round): Student's t on the
-    log-ratios, mean +- t(n - 1) x standard error. None below 2 ratios. Why not a percentile
-    bootstrap: at 4-8 rounds its 90% interval covered only 74-82% (simulated on normal
-    log-ratios); t's is exact for normal log-ratios at any n. Between rows of the table the
-    next lower degrees of freedom are used (slightly wide, never narrow)."""
+    """90% interval of the geometric mean of paired ratios: Student's t on the log-ratios (None
+    below 2). A percentile bootstrap covered only 74-82% at 4-8 rounds; t is exact for normal
+    log-ratios at any n. Between rows of T_95 the next lower degrees of freedom (wide, never narrow)."""
     if len(ratios) < 2:
         return None
     if min(ratios) <= 0:
@@ -97,8 +84,7 @@ def t_interval(ratios: Sequence[float]) -> tuple[float, float] | None:
 
 
 def verdict(interval: Sequence[float] | None, higher_is_better: bool = True) -> str:
-    """What an interval of B / A says about B: "better", "worse" or "no difference measured" (only
-    a whole interval on one side of 1 is a finding)."""
+    """What an interval of B / A says about B: only a whole interval on one side of 1 is a finding."""
     if interval is None:
         return "too few rounds"
     if interval[0] > 1.0 or interval[1] < 1.0:
@@ -112,5 +98,4 @@ def spread(values: Sequence[float]) -> dict | None:
         return None
     mean = math.fsum(values) / len(values)
     cv = statistics.stdev(values) / mean if len(values) >= 2 and mean else None
-    return {"n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values),
-            "cv": cv}
+    return {"n": len(values), "median": statistics.median(values), "min": min(values), "max": max(values), "cv": cv}

@@ -1,11 +1,6 @@
-"""Which model a benchmark runs, and the octavo engine built for it.
-
-`--config NAME` names a public config.json kept in bench/configs/ (or a path to one); it is
-written into a temporary directory as config.json and loaded with random weights
-(load_format="dummy"), so no checkpoint or tokenizer is needed. `--model DIR` uses a local model
-directory as it is. `--hf-overrides JSON` changes config fields (shrinking a real shape for a
-smoke test, say); it implies dummy weights.
-"""
+"""Which model a benchmark runs, and the octavo engine built for it: `--config NAME` (a public
+config.json in bench/configs, or a path to one) with random weights, so no checkpoint or tokenizer
+is needed; `--model DIR` as it is; `--hf-overrides JSON` changes config fields (implies dummy)."""
 
 from __future__ import annotations
 
@@ -24,6 +19,7 @@ from typing import Any
 logger = logging.getLogger("octavo")
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "bench" / "configs"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -35,73 +31,59 @@ class ModelSpec:
     config_source: str | None = None  # the config.json it was made from, if any
     temporary: bool = False  # a directory this process made (and may add files to)
 
+    def describe(self, **facts: Any) -> dict:
+        """The result's "model" entry."""
+        return {"name": self.label, "config_source": self.config_source, "load_format": self.load_format,
+                "hf_overrides": self.overrides, **facts}
+
 
 def available_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
 def config_file(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".json" and path.is_file():
-        return path
-    candidate = CONFIG_DIR / f"{name_or_path}.json"
-    if candidate.is_file():
-        return candidate
+    for path in (Path(name_or_path), CONFIG_DIR / f"{name_or_path}.json"):
+        if path.suffix == ".json" and path.is_file():
+            return path
     raise ValueError(f"no model config {name_or_path!r}: name one of {', '.join(available_configs()) or '(none)'}"
                      f" in {CONFIG_DIR}, or give a path to a config.json file")
 
 
-def materialize_config(config: dict, prefix: str = "octavo-bench-") -> str:
-    """A temporary directory holding `config` as config.json, removed when the process exits."""
-    directory = tempfile.mkdtemp(prefix=prefix)
+def dummy_model(source: Path, label: str, overrides: dict, load_format: str | None, why: str) -> ModelSpec:
+    """A temporary directory (removed at exit) holding `source` with `overrides` as config.json."""
+    if load_format not in (None, "auto", "dummy"):
+        raise ValueError(f"{why}: use --load-format dummy (got {load_format!r})")
+    directory = tempfile.mkdtemp(prefix="octavo-bench-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    return directory
-
-
-def parse_overrides(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--hf-overrides must be a JSON object, e.g. '{{\"num_hidden_layers\": 2}}': {exc}") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"--hf-overrides must be a JSON object, got {type(value).__name__}")
-    return value
+    Path(directory, "config.json").write_text(json.dumps({**json.loads(source.read_text()), **overrides}, indent=2))
+    return ModelSpec(directory, label, "dummy", overrides, str(source), temporary=True)
 
 
 def resolve_model(model: str | None, config: str | None, load_format: str | None,
                   hf_overrides: str | None) -> ModelSpec:
-    overrides = parse_overrides(hf_overrides)
+    try:
+        overrides = json.loads(hf_overrides) if hf_overrides else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--hf-overrides must be a JSON object, e.g. '{{\"num_hidden_layers\": 2}}': {exc}") from exc
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--hf-overrides must be a JSON object, got {type(overrides).__name__}")
     if bool(model) == bool(config):
         raise ValueError("give exactly one of --model DIR (a local model directory) or --config NAME "
                          f"(one of {', '.join(available_configs())}, with random weights)")
     if config:
         source = config_file(config)
-        with open(source) as f:
-            data = json.load(f)
-        if load_format not in (None, "auto", "dummy"):
-            raise ValueError(f"--config has no weights: use --load-format dummy (got {load_format!r})")
-        data.update(overrides)
-        return ModelSpec(materialize_config(data), source.stem, "dummy", overrides, str(source), temporary=True)
+        return dummy_model(source, source.stem, overrides, load_format, "--config has no weights")
     from octavo.runtime.demo import resolve_demo
 
     model = str(resolve_demo(model) or model)  # octavo-demo, octavo-demo-draft
-    if not os.path.isfile(os.path.join(model, "config.json")):
+    source = Path(model, "config.json")
+    if not source.is_file():
         raise ValueError(f"--model {model!r} is not a directory holding config.json")
     label = Path(model).resolve().name
     if overrides:
-        if load_format not in (None, "auto", "dummy"):
-            raise ValueError("--hf-overrides changes the model's shape, so its weights cannot load: "
-                             "add --load-format dummy")
-        with open(os.path.join(model, "config.json")) as f:
-            data = json.load(f)
-        data.update(overrides)
-        return ModelSpec(materialize_config(data), label, "dummy", overrides, os.path.join(model, "config.json"),
-                         temporary=True)
-    return ModelSpec(os.path.abspath(model), label, load_format or "auto", {}, os.path.join(model, "config.json"))
+        return dummy_model(source, label, overrides, load_format,
+                           "--hf-overrides changes the model's shape, so its weights cannot load")
+    return ModelSpec(os.path.abspath(model), label, load_format or "auto", {}, str(source))
 
 
 def build_llm(args: Any, spec: ModelSpec, **changes: Any):
@@ -109,8 +91,7 @@ def build_llm(args: Any, spec: ModelSpec, **changes: Any):
     from octavo.bench.cli import engine_args
     from octavo.runtime.llm import LLM
 
-    settings = dataclasses.asdict(engine_args(args, model=spec.path, load_format=spec.load_format, **changes))
-    return LLM(**settings)
+    return LLM(**dataclasses.asdict(engine_args(args, model=spec.path, load_format=spec.load_format, **changes)))
 
 
 def model_facts(llm: Any) -> dict:
@@ -124,20 +105,12 @@ def model_facts(llm: Any) -> dict:
     kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     element = torch.tensor([], dtype=config.dtype).element_size()
-    return {
-        "architecture": config.architecture,
-        "dtype": str(config.dtype).replace("torch.", ""),
-        "num_params": num_params,
-        "weight_bytes": weight_bytes,
-        "kv_bytes_per_token": 2 * hf.num_hidden_layers * kv_heads * head_dim * element,
-        "num_layers": hf.num_hidden_layers,
-        "hidden_size": hf.hidden_size,
-        "vocab_size": hf.vocab_size,
-        "max_model_len": llm.llm_engine.max_model_len,
-        "num_kv_blocks": engine.kv_cache.num_blocks,
-        "block_size": engine.kv_cache.block_size,
-        "device": str(llm.llm_engine.config.device),
-    }
+    return {"architecture": config.architecture, "dtype": str(config.dtype).replace("torch.", ""),
+            "num_params": num_params, "weight_bytes": weight_bytes,
+            "kv_bytes_per_token": 2 * hf.num_hidden_layers * kv_heads * head_dim * element,
+            "num_layers": hf.num_hidden_layers, "hidden_size": hf.hidden_size, "vocab_size": hf.vocab_size,
+            "max_model_len": engine.max_model_len, "num_kv_blocks": engine.kv_cache.num_blocks,
+            "block_size": engine.kv_cache.block_size, "device": str(engine.config.device)}
 
 
 def release() -> None:
@@ -146,18 +119,14 @@ def release() -> None:
     gc.collect()
     try:
         import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            free, total = torch.cuda.mem_get_info()
-            logger.info("device memory after release: %.1f GiB allocated by torch, %.1f of %.1f GiB free",
-                        torch.cuda.memory_allocated() / 2**30, free / 2**30, total / 2**30)
     except ImportError:
-        pass
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        logger.info("device memory after release: %.1f GiB allocated by torch, %.1f of %.1f GiB free",
+                    torch.cuda.memory_allocated() / 2**30, free / 2**30, total / 2**30)
 
 
 def has_tokenizer(path: str) -> bool:
@@ -165,13 +134,10 @@ def has_tokenizer(path: str) -> bool:
 
 
 def write_synthetic_tokenizer(directory: str, vocab_size: int, eos_token_id: int | None = None) -> None:
-    """A word-level tokenizer of the model's vocabulary size in which id i decodes to "w<i>".
-
-    A model with dummy weights and no tokenizer streams no text, so a server has nothing to send
-    per token; with this, every token decodes to a short word and the server detokenizes and streams
-    as it would for a real model (the cost of detokenizing is part of what a serving benchmark
-    measures). Ids 1..95 are the printable ASCII characters instead, so that structured outputs
-    (a JSON schema's braces, quotes and digits) can be spelled in this vocabulary too."""
+    """A word-level tokenizer of the model's vocabulary size in which id i decodes to "w<i>", so a
+    dummy model's server detokenizes and streams text per token as for a real model (detokenizing
+    is part of what a serving benchmark measures). Ids 1..95 are the printable ASCII characters
+    instead, so that structured outputs (a JSON schema's braces, quotes, digits) can be spelled."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -1,22 +1,13 @@
-"""The target/draft pairs `octavo bench spec` serves, and how the controlled one is made.
+"""The target/draft pairs `octavo bench spec` serves: demo (the shipped pair on its held-out plays,
+held-out-shakespeare.txt) and controlled, a pair whose agreement is set by one number.
 
-demo: the shipped demo pair (octavo/runtime/demo/DATA_CARD.md) on held-out text,
-held-out-shakespeare.txt beside this file (Julius Caesar and Twelfth Night: the pair's validation
-plays).
-
-controlled: a pair whose agreement is set by one number, and stated. From a target config with L
-layers, a draft depth D < L, a scale s and a seed: the target's weights are octavo's dummy
-initialiser (normal(0, 0.02), norms 1); the draft is the target's config with D layers whose token
-embedding, layers 0..D-1, final norm and LM head are copies of the target's; in the target, each
-later layer's self_attn.o_proj and mlp.down_proj (what writes into the residual stream) are
-multiplied by s. s = 0 makes the target compute the draft's function (every draft accepted);
-acceptance falls steeply as s grows. The target keeps its shapes, so a token costs what the real
-model's does. Unless given, s is calibrated to a target acceptance (greedy, k fixed, random-token
-prompts) by `find_scale` in one engine rescaled in place between measurements; the pair at that s
-is written as safetensors checkpoints with Hugging Face names and a synthetic word-level tokenizer,
-so a server loads it like any model (19 GB for llama-3.1-8b with D = 2). This runs in a child
-process (`python -m octavo.bench.pairs`): the parent, which launches servers next, holds no device
-memory. A workdir already holding the pair asked for is reused.
+The controlled pair, from a target config of L layers, a draft depth D and a scale s: dummy weights;
+the draft is the target's first D layers, token embedding, final norm and LM head (copies); in the
+target each later layer's o_proj and down_proj (what writes the residual stream) are multiplied by
+s. s = 0 makes the target compute the draft's function; acceptance falls steeply as s grows, while a
+token costs what the real model's does. s is calibrated to a target acceptance unless given, and the
+pair is exported as safetensors checkpoints with a synthetic tokenizer, in a child process
+(`python -m octavo.bench.pairs`) so the parent, which launches servers next, holds no device memory.
 """
 
 from __future__ import annotations
@@ -46,12 +37,6 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def is_draft_parameter(name: str, draft_layers: int) -> bool:
-    """Everything but the decoder layers past the draft's depth."""
-    index = layer_index(name)
-    return index is None or index < draft_layers
-
-
 def is_scaled_parameter(name: str, draft_layers: int) -> bool:
     index = layer_index(name)
     return index is not None and index >= draft_layers and any(p in name for p in _WRITES_RESIDUAL)
@@ -62,7 +47,8 @@ def controlled_state_dicts(target_state: dict, draft_layers: int, scale: float) 
     later output projections are scaled."""
     target = {name: t * scale if is_scaled_parameter(name, draft_layers) else t.clone()
               for name, t in target_state.items()}
-    draft = {name: t.clone() for name, t in target_state.items() if is_draft_parameter(name, draft_layers)}
+    draft = {name: t.clone() for name, t in target_state.items()
+             if layer_index(name) is None or layer_index(name) < draft_layers}
     return target, draft
 
 
@@ -138,16 +124,14 @@ def measure_acceptance(llm: Any, num_prompts: int = 8, prompt_len: int = 32, max
     from octavo.bench.workload import random_requests
 
     engine = llm.llm_engine
-    stats = engine.stats
-    before = (stats.spec_draft_tokens, stats.spec_accepted_tokens, stats.spec_emitted_tokens)
+    names = ("spec_draft_tokens", "spec_accepted_tokens", "spec_emitted_tokens")
+    before = [getattr(engine.stats, name) for name in names]
     requests = random_requests(num_prompts, (prompt_len, prompt_len), (max_tokens, max_tokens),
                                engine.config.model_config.vocab_size, seed)
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True, seed=seed,
                             detokenize=False)
     llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in requests], params, use_tqdm=False)
-    drafted, accepted, emitted = (now - then for now, then in
-                                  zip((stats.spec_draft_tokens, stats.spec_accepted_tokens, stats.spec_emitted_tokens),
-                                      before))
+    drafted, accepted, emitted = (getattr(engine.stats, name) - then for name, then in zip(names, before))
     return {"temperature": temperature, "drafted": drafted, "accepted": accepted,
             "acceptance_rate": accepted / drafted if drafted else math.nan,
             "tokens_per_verification": emitted / (emitted - accepted) if emitted > accepted else math.nan}
@@ -358,19 +342,19 @@ def construction_text(pair: dict) -> str:
                f"s = {e['scale']:.4g}: {e['acceptance_rate']:.3f}" for e in pair["evaluations"]) + ")"
            if request["scale"] is None else "given")
     ceiling = pair.get("bandwidth_ceiling")
-    return (
-        f"{request['config']} config{' with ' + json.dumps(request['hf_overrides']) if request.get('hf_overrides') else ''}"
-        f", octavo's dummy weights (normal(0, 0.02), norms 1, seed {request['seed']}). Draft: the target's config with "
-        f"{depth} of its {layers} layers; its token embedding, layers 0..{depth - 1}, final norm and LM head are exact "
-        f"copies of the target's. Target: each layer {depth}..{layers - 1} has self_attn.o_proj and mlp.down_proj "
-        f"multiplied by s = {scale:.5g} ({how}). At that s, in process with k = {request['k']} fixed on "
-        f"{request['prompts']} random-token prompts of {request['prompt_len']} tokens, {request['output_len']} "
-        f"generated: acceptance {greedy['acceptance_rate']:.3f} greedy ({greedy['tokens_per_verification']:.2f} tokens "
-        f"per verification), {pair['measured_at_scale']['temperature_1']['acceptance_rate']:.3f} at temperature 1. "
-        "Served from safetensors checkpoints (Hugging Face names) with a synthetic word-level tokenizer."
-        + (f" The draft streams {pair['draft_weight_ratio']:.3f}x the target's weight bytes per forward, so at this "
-           f"acceptance even a purely bandwidth-bound engine gains at most {ceiling['speedup']:.2f}x at concurrency 1 "
-           f"(k = {ceiling['k']})." if ceiling else ""))
+    overrides = f" with {json.dumps(request['hf_overrides'])}" if request.get("hf_overrides") else ""
+    return (f"{request['config']} config{overrides}, octavo's dummy weights (normal(0, 0.02), norms 1, seed "
+            f"{request['seed']}). Draft: the target's config with {depth} of its {layers} layers; its token "
+            f"embedding, layers 0..{depth - 1}, final norm and LM head are exact copies of the target's. Target: each "
+            f"layer {depth}..{layers - 1} has self_attn.o_proj and mlp.down_proj multiplied by s = {scale:.5g} "
+            f"({how}). At that s, in process with k = {request['k']} fixed on {request['prompts']} random-token "
+            f"prompts of {request['prompt_len']} tokens, {request['output_len']} generated: acceptance "
+            f"{greedy['acceptance_rate']:.3f} greedy ({greedy['tokens_per_verification']:.2f} tokens per "
+            f"verification), {pair['measured_at_scale']['temperature_1']['acceptance_rate']:.3f} at temperature 1. "
+            "Served from safetensors checkpoints (Hugging Face names) with a synthetic word-level tokenizer."
+            + (f" The draft streams {pair['draft_weight_ratio']:.3f}x the target's weight bytes per forward, so at "
+               f"this acceptance even a purely bandwidth-bound engine gains at most {ceiling['speedup']:.2f}x at "
+               f"concurrency 1 (k = {ceiling['k']})." if ceiling else ""))
 
 
 if __name__ == "__main__":  # the child of controlled_pair: python -m octavo.bench.pairs REQUEST_JSON WORKDIR

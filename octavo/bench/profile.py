@@ -1,11 +1,6 @@
-"""What a torch-profiler trace of engine steps says (issue #21's first question): how much of the
-wall time the GPU is busy, and where each step's host milliseconds go.
-
-The engine marks its phases while the profiler records (octavo/runtime/profiler.py): step,
-propose, schedule, launch (inputs + forward + sampling queued), resolve (read back, append,
-detokenize, stop checks), wait (inside resolve: the host waiting for the device) and outputs.
-`wait` is the GPU's lead over the host: where it is near zero, the GPU is the one waiting.
-"""
+"""What a torch-profiler trace of engine steps says (issue #21): how much of the wall time the GPU
+is busy, and where each step's host milliseconds go, by the phases the engine marks
+(octavo/runtime/profiler.py). `wait` is the GPU's lead over the host: near zero, the GPU waits."""
 
 from __future__ import annotations
 
@@ -21,8 +16,7 @@ DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 
 def load_events(path: str | Path) -> list[dict]:
     """The complete ('X') events of a Chrome trace, .json or .json.gz."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt") as f:
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt") as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     return [e for e in events if e.get("ph") == "X" and "dur" in e]
@@ -38,21 +32,19 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
     """Total length covered by (start, end) intervals, overlaps counted once."""
     total, reach = 0.0, float("-inf")
     for start, end in sorted(intervals):
-        if end <= reach:
-            continue
-        total += end - max(start, reach)
-        reach = end
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
     return total
 
 
 def summarize_trace(events: list[dict]) -> dict:
     """Per-phase host ms per step, and the GPU's busy fraction over the recorded steps' span
-    (first step's start to last step's end; None without device events, e.g. on a CPU)."""
+    (None without device events, e.g. on a CPU)."""
     phases: dict[str, list[float]] = {}
     for event in events:
-        name = event.get("name", "")
-        if name.startswith(PHASE_PREFIX) and on_host(event):
-            phases.setdefault(name[len(PHASE_PREFIX):], []).append(event["dur"] / 1e3)
+        if event.get("name", "").startswith(PHASE_PREFIX) and on_host(event):
+            phases.setdefault(event["name"][len(PHASE_PREFIX):], []).append(event["dur"] / 1e3)
     steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                    if e.get("name") == PHASE_PREFIX + "step" and on_host(e))
     if not steps:
@@ -63,15 +55,10 @@ def summarize_trace(events: list[dict]) -> dict:
               if e.get("cat") in DEVICE_CATEGORIES]
     device = [(s, e) for s, e in device if e > s]
     busy_ms = union_length(device) / 1e3 if device else None
-    num_steps = len(steps)
-    per_step = {name: {"total_ms": sum(durations), "per_step_ms": sum(durations) / num_steps,
-                       "p50_ms": summarize(durations)["p50"], "count": len(durations)}
-                for name, durations in sorted(phases.items())}
     return {
-        "num_steps": num_steps,
-        "wall_ms": wall_ms,
-        "step_ms": summarize((end - start) / 1e3 for start, end in steps),
-        "phases": per_step,
+        "num_steps": len(steps), "wall_ms": wall_ms, "step_ms": summarize((end - start) / 1e3 for start, end in steps),
+        "phases": {name: {"total_ms": sum(ms), "per_step_ms": sum(ms) / len(steps), "p50_ms": summarize(ms)["p50"],
+                          "count": len(ms)} for name, ms in sorted(phases.items())},
         "device_busy_ms": busy_ms,
         "gpu_busy_fraction": busy_ms / wall_ms if busy_ms is not None and wall_ms > 0 else None,
         "num_device_events": len(device),

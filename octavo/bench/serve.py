@@ -1,21 +1,14 @@
-"""Serving sweep: a streaming client for an OpenAI-compatible `/v1/completions` endpoint, run at
-fixed concurrency levels (c requests always in flight: c users who each send the next request
-as soon as the last one ends). Prompts are token ids (`"prompt": [ids]`), `ignore_eos` pins the
-output length, so any model, dummy weights included, gets the same work.
-
-Per request: TTFT (request sent -> first token), TPOT ((end-to-end - TTFT) / (tokens - 1)),
-inter-token latencies (gaps between streamed chunks), end-to-end latency. Per level: p50/p90/p99
-of each, per-user tokens/s (1 / TPOT) and total output tokens/s (all tokens / level wall time).
-
-With --launch, `octavo serve` is started on loopback for the model and stopped afterwards; the
-HF baseline (one static batch of c requests per level) and the latency anchor (octavo's own
-batch-1 step time, in process) then run on the freed device.
-"""
+"""Serving sweep: a streaming client for an OpenAI-compatible `/v1/completions` endpoint at fixed
+concurrency levels (c users who each send the next request as soon as the last one ends). Prompts
+are token ids and `ignore_eos` pins the output length, so any model, dummy weights included, gets
+the same work. With --launch, `octavo serve` runs on loopback for the sweep; the HF baseline and
+the latency anchor then run on the freed device. The metrics are defined in bench/README.md."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,69 +26,59 @@ from typing import Any
 from octavo.bench import roofline as roofline_mod
 from octavo.bench.env import environment, settings
 from octavo.bench.measure import percentile, progress, summarize
-from octavo.bench.models import ModelSpec, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
+from octavo.bench.models import ModelSpec, build_llm, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
 from octavo.bench.workload import BenchRequest, parse_range, random_requests, text_requests
 
 logger = logging.getLogger("octavo")
-
-COMPLETIONS_PATH = "/v1/completions"
 
 
 # ---- the client ----------------------------------------------------------------------------------
 async def stream_completion(client: Any, model: str, request: BenchRequest, temperature: float = 0.0,
                             json_schema: dict | None = None) -> dict:
-    """Send one streaming completion; return its timings (seconds on perf_counter) and errors.
-    `json_schema`: the output is constrained to it (structured outputs), and may end before
-    output_len when the schema is complete."""
+    """Send one streaming completion; return its timings and errors. Under `json_schema` (structured
+    outputs) the output may end before output_len, once the schema is complete."""
     payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
                "temperature": temperature, "ignore_eos": True, "stream": True,
                "stream_options": {"include_usage": True}}
     if json_schema is not None:
         payload["structured_outputs"] = {"json": json_schema}
     chunk_times: list[float] = []
-    usage = None
-    error = None
+    usage = error = None
     sent = time.perf_counter()
     try:
-        async with client.stream("POST", COMPLETIONS_PATH, json=payload) as response:
+        async with client.stream("POST", "/v1/completions", json=payload) as response:
             if response.status_code != 200:
-                body = (await response.aread()).decode(errors="replace")
-                error = f"HTTP {response.status_code}: {body[:300]}"
+                error = f"HTTP {response.status_code}: {(await response.aread()).decode(errors='replace')[:300]}"
             else:
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
+                    data = line[5:].strip() if line.startswith("data:") else None
                     if data == "[DONE]":
                         break
-                    now = time.perf_counter()
-                    chunk = json.loads(data)
+                    if data is None:
+                        continue
+                    now, chunk = time.perf_counter(), json.loads(data)
                     if chunk.get("error"):
                         error = f"error event: {json.dumps(chunk['error'])[:300]}"
                         break
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
+                    usage = chunk.get("usage") or usage
                     if carries_tokens(chunk.get("choices") or []):
                         chunk_times.append(now)
     except Exception as exc:  # connection resets, timeouts, bad JSON: the request failed, the sweep goes on
         error = f"{type(exc).__name__}: {exc}"
-    done = time.perf_counter()
-    return token_record(request, sent, done, chunk_times, usage, error, may_end_early=json_schema is not None)
+    return token_record(request, sent, time.perf_counter(), chunk_times, usage, error,
+                        may_end_early=json_schema is not None)
 
 
 def carries_tokens(choices: list[dict]) -> bool:
     """A chunk with choices carries new tokens unless it only reports the finish (empty text and a
     finish_reason), which OpenAI-style servers may send as a separate last chunk."""
-    if not choices:
-        return False
     return any(c.get("text") or c.get("token_ids") or not c.get("finish_reason") for c in choices)
 
 
 def token_record(request: BenchRequest, sent: float, done: float, chunk_times: list[float],
                  usage: dict | None, error: str | None, may_end_early: bool = False) -> dict:
-    """Timings of one streamed request. The token count is the server's `usage` when sent, else
-    one token per token-carrying chunk. `may_end_early`: a constrained output whose schema is
-    complete stops before output_len (not an error)."""
+    """Timings of one streamed request. The token count is the server's `usage` when sent, else one
+    per token-carrying chunk. `may_end_early`: a constrained output that stops early is no error."""
     tokens = usage.get("completion_tokens") if usage else None
     if not isinstance(tokens, int):
         tokens = len(chunk_times)
@@ -110,11 +91,9 @@ def token_record(request: BenchRequest, sent: float, done: float, chunk_times: l
     record: dict = {"prompt_len": request.prompt_len, "output_len": request.output_len, "output_tokens": tokens,
                     "num_chunks": len(chunk_times), "sent_s": sent, "e2e_ms": (done - sent) * 1e3, "error": error}
     if chunk_times:
-        ttft = chunk_times[0] - sent
-        gaps = [(b - a) * 1e3 for a, b in zip(chunk_times, chunk_times[1:])]
-        record["ttft_ms"] = ttft * 1e3
+        record["ttft_ms"] = (chunk_times[0] - sent) * 1e3
         record["tpot_ms"] = (chunk_times[-1] - chunk_times[0]) * 1e3 / (tokens - 1) if tokens > 1 else 0.0
-        record["itl_ms"] = [round(g, 3) for g in gaps]
+        record["itl_ms"] = [round((b - a) * 1e3, 3) for a, b in zip(chunk_times, chunk_times[1:])]
     return record
 
 
@@ -147,24 +126,15 @@ async def run_level(base_url: str, model: str, requests: list[BenchRequest], con
 
 def summarize_level(concurrency: int, records: list[dict], wall_s: float) -> dict:
     ok = [r for r in records if not r["error"]]
-    prompt_tokens = sum(r["prompt_len"] for r in ok)
-    output_tokens = sum(r["output_tokens"] for r in ok)
-    return {
-        "concurrency": concurrency,
-        "num_requests": len(records),
-        "num_errors": len(records) - len(ok),
-        "duration_s": wall_s,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "requests_per_s": len(ok) / wall_s,
-        "output_tokens_per_s": output_tokens / wall_s,
-        "total_tokens_per_s": (prompt_tokens + output_tokens) / wall_s,
-        "per_user_tokens_per_s": summarize(1e3 / r["tpot_ms"] for r in ok if r.get("tpot_ms")),
-        "ttft_ms": summarize(r["ttft_ms"] for r in ok if "ttft_ms" in r),
-        "tpot_ms": summarize(r["tpot_ms"] for r in ok if "tpot_ms" in r),
-        "itl_ms": summarize(g for r in ok for g in r.get("itl_ms", [])),
-        "e2e_ms": summarize(r["e2e_ms"] for r in ok),
-    }
+    prompt_tokens, output_tokens = sum(r["prompt_len"] for r in ok), sum(r["output_tokens"] for r in ok)
+    return {"concurrency": concurrency, "num_requests": len(records), "num_errors": len(records) - len(ok),
+            "duration_s": wall_s, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "requests_per_s": len(ok) / wall_s, "output_tokens_per_s": output_tokens / wall_s,
+            "total_tokens_per_s": (prompt_tokens + output_tokens) / wall_s,
+            "per_user_tokens_per_s": summarize(1e3 / r["tpot_ms"] for r in ok if r.get("tpot_ms")),
+            **{name: summarize(r[name] for r in ok if name in r) for name in ("ttft_ms", "tpot_ms")},
+            "itl_ms": summarize(g for r in ok for g in r.get("itl_ms", [])),
+            "e2e_ms": summarize(r["e2e_ms"] for r in ok)}
 
 
 # ---- the server's counters -----------------------------------------------------------------------
@@ -179,14 +149,10 @@ def parse_counters(text: str) -> dict[str, float]:
             name, rest = line[: line.index("{")], line[line.rindex("}") + 1:].split()
         else:
             name, *rest = line.split()
-        if not name.endswith("_total") or not rest:
-            continue
-        try:
-            value = float(rest[0])
-        except ValueError:
-            continue
-        key = name[len("octavo:"): -len("_total")]
-        values[key] = values.get(key, 0.0) + value
+        if name.endswith("_total") and rest:
+            with contextlib.suppress(ValueError):
+                key = name[len("octavo:"): -len("_total")]
+                values[key] = values.get(key, 0.0) + float(rest[0])
     return values
 
 
@@ -198,20 +164,7 @@ def scrape_counters(base_url: str) -> dict[str, float] | None:
         response = httpx.get(base_url + "/metrics", timeout=10.0)
     except httpx.HTTPError:
         return None
-    if response.status_code != 200:
-        return None
-    return parse_counters(response.text) or None
-
-
-def structured_summary(counters: dict[str, float] | None) -> dict | None:
-    """Grammar compilation since the server started (a launched server: this run): how many
-    grammars compiled and the compile time per new schema."""
-    if not counters:
-        return None
-    compiled = counters.get("structured_output_grammars_compiled", 0.0)
-    seconds = counters.get("structured_output_compile_seconds", 0.0)
-    return {"grammars_compiled": int(compiled), "compile_ms_total": seconds * 1e3,
-            "compile_ms_per_schema": seconds * 1e3 / compiled if compiled else None}
+    return (parse_counters(response.text) or None) if response.status_code == 200 else None
 
 
 def counter_deltas(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
@@ -221,14 +174,10 @@ def counter_deltas(before: dict[str, float] | None, after: dict[str, float] | No
 
 
 def spec_summary(deltas: dict[str, float] | None) -> dict | None:
-    """Speculative decoding over one level, from the server's counter deltas (None without a draft).
-
-    Each verified request-step emits its accepted drafts plus one token of the target's, so the
-    number of verified request-steps is emitted - accepted. acceptance_rate = accepted / drafted;
-    tokens_per_verification = emitted / verified request-steps (the mean accepted length + 1, k = 0
-    rows of a verification step included); drafts_per_verification = the mean k chosen;
-    verified_fraction = share of all generated tokens that came out of verification steps;
-    accepted_fraction = share of all generated tokens that were accepted drafts."""
+    """Speculative decoding over one level from the server's counter deltas (None without a draft).
+    A verified request-step emits its accepted drafts plus one token of the target's, so there are
+    emitted - accepted of them; tokens_per_verification = the mean accepted length + 1 and
+    drafts_per_verification = the mean k; the fractions are shares of all generated tokens."""
     if not deltas or "spec_decode_num_draft_tokens" not in deltas:
         return None
     drafted = deltas.get("spec_decode_num_draft_tokens", 0.0)
@@ -236,35 +185,38 @@ def spec_summary(deltas: dict[str, float] | None) -> dict | None:
     emitted = deltas.get("spec_decode_num_emitted_tokens", 0.0)
     generated = deltas.get("generation_tokens", 0.0)
     steps = emitted - accepted
-    return {
-        "drafted": int(drafted), "accepted": int(accepted), "emitted": int(emitted), "verifications": int(steps),
-        "acceptance_rate": accepted / drafted if drafted else None,
-        "tokens_per_verification": emitted / steps if steps else None,
-        "drafts_per_verification": drafted / steps if steps else None,
-        "verified_fraction": emitted / generated if generated else None,
-        "accepted_fraction": accepted / generated if generated else None,
-    }
+
+    def share(part: float, whole: float) -> float | None:
+        return part / whole if whole else None
+
+    return {"drafted": int(drafted), "accepted": int(accepted), "emitted": int(emitted), "verifications": int(steps),
+            "acceptance_rate": share(accepted, drafted), "tokens_per_verification": share(emitted, steps),
+            "drafts_per_verification": share(drafted, steps), "verified_fraction": share(emitted, generated),
+            "accepted_fraction": share(accepted, generated)}
+
+
+def structured_summary(counters: dict[str, float] | None) -> dict | None:
+    """Grammar compilation since the server started (a launched server: this run)."""
+    if not counters:
+        return None
+    compiled = counters.get("structured_output_grammars_compiled", 0.0)
+    seconds = counters.get("structured_output_compile_seconds", 0.0)
+    return {"grammars_compiled": int(compiled), "compile_ms_total": seconds * 1e3,
+            "compile_ms_per_schema": seconds * 1e3 / compiled if compiled else None}
 
 
 # ---- the server ----------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def serve_command(model_path: str, engine: Any, extra: str = "") -> list[str]:
     """`octavo serve MODEL` with the flags of these EngineArgs (those away from their defaults),
-    then `extra` (a string of more `octavo serve` arguments). -P: the server imports octavo from its
-    PYTHONPATH (python_env), never from the working directory."""
+    then `extra` (more `octavo serve` arguments in one string). -P: the server imports octavo from
+    its PYTHONPATH (python_env), never from the working directory."""
     flags = dataclasses.replace(engine, model=None).to_cli_args()
     return [sys.executable, "-P", "-m", "octavo.cli", "serve", model_path, *flags, *shlex.split(extra or "")]
 
 
 def python_env(pythonpath: str | None = None, **variables: str) -> dict:
-    """This process's environment for a child Python (a server): `pythonpath` first (another
-    version of octavo, say), then the checkout this process imported octavo from, then the
-    inherited PYTHONPATH; plus `variables`."""
+    """This process's environment for a child Python (a server): `pythonpath` first (another version
+    of octavo, say), then the checkout octavo was imported from, then the inherited PYTHONPATH."""
     import octavo
 
     root = Path(octavo.__file__).resolve().parents[1]
@@ -280,31 +232,20 @@ def imported_octavo(env: dict) -> str:
 
 
 def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float, log_path: str) -> None:
-    """Poll /health until it answers 200 (the server answers 503 while loading); fail early if the
-    server process exits."""
+    """Poll /health until it answers 200 (503 while loading); fail early if the server exits."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} before it was ready; "
-                               f"its log ({log_path}) ends:\n{tail(log_path)}")
-        try:
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
             if httpx.get(base_url + "/health", timeout=2.0).status_code == 200:
                 return
-        except httpx.HTTPError:
-            pass
         time.sleep(0.5)
-    raise RuntimeError(f"the server was not ready within {timeout_s:.0f}s (raise --launch-timeout); "
-                       f"its log ({log_path}) ends:\n{tail(log_path)}")
-
-
-def tail(path: str, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    with open(log_path, errors="replace") as f:
+        tail = "".join(f.readlines()[-30:])
+    why = (f"exited with code {process.returncode} before it was ready" if process.poll() is not None
+           else f"was not ready within {timeout_s:.0f}s (raise --launch-timeout)")
+    raise RuntimeError(f"the server {why}; its log ({log_path}) ends:\n{tail}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -313,26 +254,24 @@ def stop(process: subprocess.Popen) -> None:
         if process.poll() is not None:
             return
         process.send_signal(sig)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
-@contextmanager
+@contextlib.contextmanager
 def launched_server(command: list[str], log_path: str, timeout_s: float, env: dict | None = None):
     """`command` (serve_command's) on a free loopback port, its output in log_path; yields
     (base_url, the full command) once /health answers, and stops the server after."""
-    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     command = [*command, "--host", "127.0.0.1", "--port", str(port)]
-    base_url = f"http://127.0.0.1:{port}"
     logger.info("launching: %s (log: %s)", shlex.join(command), log_path)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env or python_env())
     try:
-        wait_ready(base_url, process, timeout_s, log_path)
-        yield base_url, command
+        wait_ready(f"http://127.0.0.1:{port}", process, timeout_s, log_path)
+        yield f"http://127.0.0.1:{port}", command
     finally:
         stop(process)
 
@@ -340,13 +279,10 @@ def launched_server(command: list[str], log_path: str, timeout_s: float, env: di
 def served_model_name(base_url: str, fallback: str) -> str:
     import httpx
 
-    try:
-        response = httpx.get(base_url + "/v1/models", timeout=10.0)
-        data = response.json().get("data") or []
+    with contextlib.suppress(httpx.HTTPError, ValueError):
+        data = httpx.get(base_url + "/v1/models", timeout=10.0).json().get("data") or []
         if data and data[0].get("id"):
             return data[0]["id"]
-    except (httpx.HTTPError, ValueError):
-        pass
     return fallback
 
 
@@ -354,8 +290,7 @@ def served_model_name(base_url: str, fallback: str) -> str:
 @dataclass
 class Workload:
     """What the client sends: prompts of random token ids, or windows of a text in the model's
-    tokens (a draft's acceptance depends on the text it continues); their lengths (fixed, or uniform
-    over the ranges); the sampling temperature and the per-request timeout."""
+    tokens; their lengths (fixed, or uniform over the ranges); temperature and per-request timeout."""
 
     vocab_size: int
     input_range: tuple[int, int]
@@ -367,15 +302,15 @@ class Workload:
     json_schema: dict | None = None  # every request constrained to it (--json-schema)
 
     def use_text(self, path: str, model_dir: str) -> None:
-        """Prompts from now on are windows of the UTF-8 file `path` in the model's tokens (its own
-        tokenizer, no special tokens; each prompt starts with BOS when the tokenizer has one)."""
+        """Prompts from now on are windows of the UTF-8 file `path` in the model's own tokens (no
+        special tokens; each prompt starts with BOS when the tokenizer has one)."""
         from transformers import AutoTokenizer
 
         if not has_tokenizer(model_dir):
             raise ValueError(f"prompts from a text need the model's tokenizer, and {model_dir} has none")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        text = Path(path).read_text(encoding="utf-8")
-        self.corpus_ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        self.corpus_ids = tokenizer(Path(path).read_text(encoding="utf-8"), add_special_tokens=False,
+                                    verbose=False)["input_ids"]
         self.bos_token_id = tokenizer.bos_token_id
         if len(self.corpus_ids) < 2 * self.input_range[1]:
             raise ValueError(f"{path} is {len(self.corpus_ids)} tokens long: give at least twice the longest "
@@ -393,8 +328,8 @@ class Workload:
 
     def measure(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
                 desc: str) -> tuple[dict, list[dict]]:
-        """One timed level between two /metrics scrapes: its summary, with the server's counter
-        deltas, speculation's and the perf_counter window it ran in, and its records."""
+        """One timed level between two /metrics scrapes: its summary (with the counter deltas,
+        speculation's and the perf_counter window it ran in) and its records."""
         before = scrape_counters(base_url)
         start = time.perf_counter()
         records, wall = self.run(base_url, model, requests, concurrency, desc)
@@ -406,42 +341,29 @@ class Workload:
             record["concurrency"] = concurrency
         return summary, records
 
-    def warm(self, base_url: str, model: str, concurrency: int, count: int, seed: int) -> None:
-        """`count` untimed requests at `concurrency`; any failure stops the benchmark."""
-        records, _ = self.run(base_url, model, self.requests(count, seed), concurrency,
-                              f"warm-up at concurrency {concurrency}")
-        failed = [r["error"] for r in records if r["error"]]
-        if failed:
-            raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
-
     def warm_up(self, base_url: str, model: str, largest: int, num_warmups: int | None, seed: int) -> None:
-        """Before anything is timed: by default two requests alone, then twice the largest
-        concurrency at it, so that kernels the server compiles or tunes on first use (single
-        prefills, mixed prefill/decode steps, every context length) are ready."""
-        if num_warmups is None:
-            plan = [(1, 2), (largest, 2 * largest)]
-        else:
-            plan = [(min(num_warmups, largest), num_warmups)] if num_warmups > 0 else []
+        """Untimed requests first: by default two alone, then twice the largest concurrency at it, so
+        that kernels compiled or tuned on first use are ready. Any failure stops the benchmark."""
+        plan = [(1, 2), (largest, 2 * largest)] if num_warmups is None else (
+            [(min(num_warmups, largest), num_warmups)] if num_warmups > 0 else [])
         for index, (concurrency, count) in enumerate(plan):
-            self.warm(base_url, model, concurrency, count, seed - 1 - index)
+            records, _ = self.run(base_url, model, self.requests(count, seed - 1 - index), concurrency,
+                                  f"warm-up at concurrency {concurrency}")
+            failed = [r["error"] for r in records if r["error"]]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {len(records)} warm-up requests failed; first: {failed[0]}")
 
 
-def workload(args: Any, vocab_size: int) -> Workload:
-    """The serve mode's workload from its flags (a range wins over a fixed length)."""
-    input_range = parse_range(args.input_len_range) if args.input_len_range else (args.input_len, args.input_len)
-    output_range = parse_range(args.output_len_range) if args.output_len_range else (args.output_len, args.output_len)
-    load = Workload(vocab_size, input_range, output_range, args.temperature, args.request_timeout)
-    if getattr(args, "json_schema", None):
-        load.json_schema = json.loads(Path(args.json_schema).read_text())
-    return load
+def level_requests(args: Any, load: Workload, concurrency: int) -> list[BenchRequest]:
+    """A level's timed requests: --num-prompts, or max(--min-prompts-per-level, --prompts-per-user x c)."""
+    count = args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
+    return load.requests(count, args.seed + 1000 * concurrency)
 
 
 def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dict], records: list[dict],
           save: Callable[[], None]) -> list[int]:
-    """Warm up, then run every concurrency level, appending summaries and records as they come.
-    With --warmup-each-level, one untimed round (c requests) runs just before each level. With
-    --time-budget, no level starts once the sweep has run that long; returns the levels skipped.
-    Each level records the server's counter deltas over it (/metrics), speculation's included."""
+    """Warm up, then run every concurrency level, appending summaries and records as they come. With
+    --time-budget no level starts once the sweep has run that long; returns the levels skipped."""
     start = time.monotonic()
     load.warm_up(base_url, model, max(args.concurrency), args.num_warmups, args.seed)
     skipped: list[int] = []
@@ -451,11 +373,8 @@ def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dic
             logger.warning("concurrency %d skipped: the sweep has run %.0f s of its %.0f s budget", concurrency,
                            time.monotonic() - start, args.time_budget)
             continue
-        if args.warmup_each_level:
-            load.warm(base_url, model, concurrency, concurrency, args.seed - 500 - concurrency)
-        count = args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
-        summary, level_records = load.measure(base_url, model, load.requests(count, args.seed + 1000 * concurrency),
-                                              concurrency, f"concurrency {concurrency}")
+        summary, level_records = load.measure(base_url, model, level_requests(args, load, concurrency), concurrency,
+                                              f"concurrency {concurrency}")
         levels.append(summary)
         records.extend(level_records)
         spec = summary["spec"]
@@ -468,9 +387,8 @@ def sweep(args: Any, load: Workload, base_url: str, model: str, levels: list[dic
 
 
 def profile_level(args: Any, load: Workload, base_url: str, model: str) -> dict | None:
-    """With --profiler-config on a launched server: the largest concurrency level once more, between
-    the server's POST /start_profile and /stop_profile (the timed levels ran unprofiled), summarised
-    from the traces the server wrote meanwhile (its delay and limit pick the steps)."""
+    """With --profiler-config on a launched server: the largest level once more between POST
+    /start_profile and /stop_profile, summarised from the traces the server wrote meanwhile."""
     import httpx
 
     from octavo.bench import profile
@@ -483,9 +401,8 @@ def profile_level(args: Any, load: Workload, base_url: str, model: str) -> dict 
     directory.mkdir(parents=True, exist_ok=True)
     before = set(directory.glob("*.pt.trace.json*"))
     concurrency = max(args.concurrency)
-    count = args.num_prompts or max(args.min_prompts_per_level, args.prompts_per_user * concurrency)
     httpx.post(base_url + "/start_profile", timeout=60.0).raise_for_status()
-    load.measure(base_url, model, load.requests(count, args.seed + 1000 * concurrency), concurrency,
+    load.measure(base_url, model, level_requests(args, load, concurrency), concurrency,
                  f"concurrency {concurrency}, profiled")
     httpx.post(base_url + "/stop_profile", timeout=600.0).raise_for_status()  # returns once written
     traces = sorted(set(directory.glob("*.pt.trace.json*")) - before, key=lambda p: p.stat().st_mtime)
@@ -505,26 +422,24 @@ def hf_levels(args: Any, load: Workload, spec: ModelSpec, dtype: Any, device: An
         timing = hf_baseline.latency(model, batch, 1)[0]
         step = percentile(timing.step_ms, 50) if timing.step_ms else 0.0
         output_tokens = sum(r.output_len for r in batch)
-        levels.append({
-            "concurrency": concurrency, "num_requests": len(batch), "num_errors": 0,
-            "duration_s": timing.total_ms / 1e3, "output_tokens": output_tokens,
-            "prompt_tokens": sum(r.prompt_len for r in batch),
-            "output_tokens_per_s": output_tokens / (timing.total_ms / 1e3),
-            # One batch: every request shares the batch's timings, so each percentile is that value.
-            "per_user_tokens_per_s": summarize([1e3 / step if step else 0.0] * len(batch)),
-            "ttft_ms": summarize([timing.prefill_ms] * len(batch)), "tpot_ms": summarize([step] * len(batch)),
-            "itl_ms": summarize(timing.step_ms), "e2e_ms": summarize([timing.total_ms] * len(batch)),
-        })
+
+        def same(value: float) -> dict:  # one batch: every request shares its timings
+            return summarize([value] * len(batch))
+
+        levels.append({"concurrency": concurrency, "num_requests": len(batch), "num_errors": 0,
+                       "duration_s": timing.total_ms / 1e3, "output_tokens": output_tokens,
+                       "prompt_tokens": sum(r.prompt_len for r in batch),
+                       "output_tokens_per_s": output_tokens / (timing.total_ms / 1e3),
+                       "per_user_tokens_per_s": same(1e3 / step if step else 0.0), "ttft_ms": same(timing.prefill_ms),
+                       "tpot_ms": same(step), "itl_ms": summarize(timing.step_ms), "e2e_ms": same(timing.total_ms)})
     del model
     release()
     return levels
 
 
 def latency_anchor(args: Any, spec: ModelSpec) -> dict:
-    """octavo's batch-1 decode step time on this device, in process (the server is stopped), without
-    a draft."""
+    """octavo's batch-1 decode step on this device, in process (the server stopped), without a draft."""
     from octavo.bench.latency import octavo_row
-    from octavo.bench.models import build_llm
 
     llm = build_llm(args, spec, speculative_model=None, num_speculative_tokens=None)
     row = octavo_row(llm, 1, args.input_len, args.output_len, num_iters=args.anchor_iters, num_warmup=1,
@@ -536,22 +451,12 @@ def latency_anchor(args: Any, spec: ModelSpec) -> dict:
             "decode_step_ms": row["decode_step_ms"]}
 
 
-def model_config(spec: ModelSpec) -> dict:
-    return json.loads(Path(spec.path, "config.json").read_text())
-
-
-def local_device_and_dtype(args: Any, config: dict):
+def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
     import torch
 
-    from octavo.runtime.config import resolve_dtype
-
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto")
-                          else args.device)
-    return device, resolve_dtype(args.dtype, config.get("torch_dtype") or config.get("dtype"), device)
-
-
-def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
     from octavo.bench.cli import engine_args
+    from octavo.bench.report import file_stem
+    from octavo.runtime.config import resolve_dtype
 
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     if not args.launch and not args.base_url:
@@ -559,28 +464,32 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
     if not args.launch and (args.baseline == "hf" or args.latency_anchor or args.speculative_model):
         raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server stops, "
                          "and --speculative-model is for the server this benchmark starts: use them with --launch")
-    config = model_config(spec)
+    config = json.loads(Path(spec.path, "config.json").read_text())
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
         raise ValueError(f"{spec.path}/config.json names no vocab_size; token-id prompts need one")
-    load = workload(args, vocab_size)
+    load = Workload(vocab_size, parse_range(args.input_len_range) if args.input_len_range else (args.input_len,) * 2,
+                    parse_range(args.output_len_range) if args.output_len_range else (args.output_len,) * 2,
+                    args.temperature, args.request_timeout)
+    if args.json_schema:
+        load.json_schema = json.loads(Path(args.json_schema).read_text())
     if args.prompt_text:
         load.use_text(args.prompt_text, spec.path)
-    device, dtype = local_device_and_dtype(args, config)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto")
+                          else args.device)
+    dtype = resolve_dtype(args.dtype, config.get("torch_dtype") or config.get("dtype"), device)
     levels: list[dict] = []
     records: list[dict] = []
     result: dict = {
         "kind": "serve", "tag": args.tag, "env": environment(args.device, args),
-        "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
-                  "hf_overrides": spec.overrides, "vocab_size": vocab_size,
-                  "dtype": str(dtype).replace("torch.", "") if args.launch else args.dtype},
+        "model": spec.describe(vocab_size=vocab_size,
+                               dtype=str(dtype).replace("torch.", "") if args.launch else args.dtype),
         "settings": settings(args, launched=bool(args.launch), server_command=None, synthetic_tokenizer=False,
                              prompt_corpus_tokens=len(load.corpus_ids or []) or None, skipped_levels=[]),
         "roofline": roofline_mod.measure(args.device) if args.roofline else None,
-        "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0,
-        "records": records,
+        "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0, "records": records,
     }
-    recorded = result["settings"]
+    recorded, ratios = result["settings"], result["ratios"]
 
     def save() -> None:
         result["total_errors"] = sum(level["num_errors"] for level in levels)
@@ -589,8 +498,6 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
     with contextlib.ExitStack() as stack:
         base_url = (args.base_url or "").rstrip("/")
         if args.launch:
-            from octavo.bench.report import file_stem
-
             if spec.temporary and not has_tokenizer(spec.path):
                 eos = config.get("eos_token_id")
                 write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
@@ -606,13 +513,10 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
             result["profile"] = profile_level(args, load, base_url, model)  # at max(args.concurrency)
         if load.json_schema is not None:
             result["structured_outputs"] = structured_summary(scrape_counters(base_url))
-
-    ratios = result["ratios"]
     if args.latency_anchor:
         anchor = result["anchor"] = latency_anchor(args, spec)
-        first = levels[0] if levels else None
-        if first and first["concurrency"] == 1 and first["tpot_ms"]["count"]:
-            ratios["tpot_c1_over_latency_bs1_step"] = first["tpot_ms"]["p50"] / anchor["decode_ms_per_step"]
+        if levels and levels[0]["concurrency"] == 1 and levels[0]["tpot_ms"]["count"]:
+            ratios["tpot_c1_over_latency_bs1_step"] = levels[0]["tpot_ms"]["p50"] / anchor["decode_ms_per_step"]
         save()
     if args.baseline == "hf":
         hf = result["hf_levels"] = hf_levels(args, load, spec, dtype, device)

@@ -1,29 +1,8 @@
 """`octavo bench spec`: two live servers, arm A and arm B, compared as a paired, interleaved,
-repeated A/B with a 90% t interval.
-
-By default A serves the target alone and B the target with its draft (adaptive k): does speculation
-pay? Per-arm `octavo serve` arguments (--a-args), draft or not (--a-draft, --no-b-draft) and a
-PYTHONPATH entry put first in the arm's servers' environment (--a-pythonpath) make an arm any
-configuration or version of octavo: an old commit's `octavo` package copied to /tmp/old against this
-checkout, both with the draft, is `--a-draft --a-pythonpath /tmp/old --a-name old --b-name new`.
-
-Why this method: sweeps of one commit, one server after the other, differed by up to 26% in the
-demo pair's no-spec server alone, so their ratio could not say whether speculation costs throughput.
-Here every server is launched once and stays up (an idle engine waits on an event and disturbs
-nothing). Per concurrency c, R rounds; in each, every server runs once in ABBA order (even rounds A
-first, odd rounds B first: a drift weighs both alike), all on the round's requests: one untimed round
-of c, then max(--min-requests, --requests-per-user x c) timed requests with c in flight. Each round
-gives a paired ratio B / A of output tok/s, TTFT p50 and TPOT p50 (of each arm's mean over its
---instances); a level reports their geometric mean with a 90% interval over rounds
-(measure.t_interval), each arm's median and spread over rounds, and from each arm's /metrics
-counters the acceptance, mean k and share of output tokens that were accepted drafts.
-
-Pairs (--pair, a comma list, served one after another, sharing the time budget by weight): `demo`,
-`controlled` (pairs.py says how each is made) and `paths` (--target DIR, --draft DIR). The servers
-share the device: the i-th of M gets --gpu-memory-utilization U x (i + 1) / M (octavo's share caps the
-whole device's use) unless the flags size the KV cache. --trace sets OCTAVO_STEP_TRACE for every
-server and summarises each arm's timed steps by batch size and kind of step (trace.py).
-"""
+repeated A/B with a 90% t interval (by default the target alone against the target with its draft;
+per-arm flags and PYTHONPATH compare any two configurations or versions of octavo). Sweeps run one
+server after the other differed by up to 26% on their own, so every server stays up and each round
+runs them all in ABBA order on the same requests; bench/README.md describes the method."""
 
 from __future__ import annotations
 
@@ -41,18 +20,21 @@ from typing import Any
 from octavo.bench import pairs, trace
 from octavo.bench.env import environment, settings
 from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
-from octavo.bench.report import file_stem, header, table
+from octavo.bench.report import file_stem, header, num, percent, table
 from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
                                 served_model_name, spec_summary)
 
 logger = logging.getLogger("octavo")
 
-LEVELS = [1, 2, 4, 8, 16, 32, 64]
 PAIRS = ("demo", "controlled", "paths")
 PAIR_WEIGHTS = {"controlled": 1.5}  # shares of the time budget (an 8B pair starts and runs longer); others 1
 # The compared metrics, and whether a higher value is better (throughput) or worse (latency).
 METRICS = {"output_tokens_per_s": True, "ttft_ms_p50": False, "tpot_ms_p50": False}
 DEFAULT_K = 4
+DEMO_CONSTRUCTION = (
+    "The shipped demo pair: octavo-demo (4.2M parameters, 4 layers) verifies octavo-demo-draft (0.9M, 2 layers), "
+    "trained on 40 of Shakespeare's works (octavo/runtime/demo/DATA_CARD.md); prompts are windows of held-out "
+    "text (Julius Caesar and Twelfth Night, the pair's validation plays) after BOS.")
 
 
 @dataclass
@@ -71,8 +53,8 @@ def arms_from(args: Any) -> list[Arm]:
     names = [given or ("spec" if draft else "no-spec") for given, draft in zip((args.a_name, args.b_name), drafts)]
     if names[0] == names[1]:
         names = [f"{names[0]}-A", f"{names[1]}-B"]
-    paths = [os.path.abspath(p) if p else None for p in (args.a_pythonpath, args.b_pythonpath)]
-    return [Arm(names[0], drafts[0], args.a_args, paths[0]), Arm(names[1], drafts[1], args.b_args, paths[1])]
+    return [Arm(name, draft, extra, os.path.abspath(path) if path else None) for name, draft, extra, path in
+            zip(names, drafts, (args.a_args, args.b_args), (args.a_pythonpath, args.b_pythonpath))]
 
 
 # ---- the schedule and the statistics (pure) --------------------------------------------------------
@@ -135,7 +117,7 @@ def level_stats(runs: list[dict], instances: int) -> dict:
     """Everything the report says about one level, from its runs."""
     stats: dict[str, Any] = {metric: ratio_stats(round_values(runs, metric, instances), better)
                              for metric, better in METRICS.items()}
-    stats["arms"] = [{metric: spread([row[("a", "b")[arm]] for row in stats[metric]["per_round"]]) for metric in METRICS}
+    stats["arms"] = [{metric: spread([row["ab"[arm]] for row in stats[metric]["per_round"]]) for metric in METRICS}
                      | {"speculation": spec_summary(summed_counters([r["server_counters"] for r in runs
                                                                       if r["arm"] == arm]))}
                      for arm in (0, 1)]
@@ -145,27 +127,24 @@ def level_stats(runs: list[dict], instances: int) -> dict:
 
 # ---- the runs (I/O) --------------------------------------------------------------------------------
 class SpecBench:
+    """The whole run: every pair in turn, its servers up for all of its levels and rounds."""
+
     def __init__(self, args: Any, save_partial) -> None:
         from octavo.bench.cli import engine_args
 
         self.args, self.save_partial = args, save_partial
         self.started = time.monotonic()
         self.arms = arms_from(args)
+        self.k = args.num_speculative_tokens or DEFAULT_K
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         env = environment(args.device, args)
         self.cuda = env["device"].get("type") == "cuda"
-        self.doc: dict = {
-            "kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
-            "arms": [asdict(arm) for arm in self.arms],
-            "settings": settings(args, num_speculative_tokens=self.k, confidence=CONFIDENCE,
-                                 engine_flags=shlex.join(engine_args(args).to_cli_args())),
-            "pairs": [], "total_errors": 0, "total_seconds": None,
-        }
-
-    @property
-    def k(self) -> int:
-        return self.args.num_speculative_tokens or DEFAULT_K
+        self.doc: dict = {"kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
+                          "arms": [asdict(arm) for arm in self.arms],
+                          "settings": settings(args, num_speculative_tokens=self.k, confidence=CONFIDENCE,
+                                               engine_flags=shlex.join(engine_args(args).to_cli_args())),
+                          "pairs": [], "total_errors": 0, "total_seconds": None}
 
     def save(self) -> None:
         self.doc["total_seconds"] = time.monotonic() - self.started
@@ -173,7 +152,7 @@ class SpecBench:
                                        for level in entry["levels"] if level.get("stats"))
         self.save_partial(self.doc)
 
-    def run(self) -> dict:
+    def run(self) -> None:
         names = self.args.pair
         for index, name in enumerate(names):
             entry: dict = {"name": name, "servers": [], "levels": [], "error": None}
@@ -186,7 +165,6 @@ class SpecBench:
                 logger.exception("pair %s failed", name)
                 entry["error"] = f"{type(exc).__name__}: {exc}"
             self.save()
-        return self.doc
 
     def pair(self, entry: dict) -> tuple[str, str, str | None]:
         """(target, draft, prompt text or None) of the entry's pair; notes how it was made."""
@@ -194,10 +172,7 @@ class SpecBench:
         if entry["name"] == "demo":
             from octavo.runtime.demo import DEMO_DRAFT_DIR, DEMO_TARGET_DIR
 
-            entry["construction"] = (
-                "The shipped demo pair: octavo-demo (4.2M parameters, 4 layers) verifies octavo-demo-draft (0.9M, "
-                "2 layers), trained on 40 of Shakespeare's works (octavo/runtime/demo/DATA_CARD.md); prompts are "
-                "windows of held-out text (Julius Caesar and Twelfth Night, the pair's validation plays) after BOS.")
+            entry["construction"] = DEMO_CONSTRUCTION
             return str(DEMO_TARGET_DIR), str(DEMO_DRAFT_DIR), args.prompt_text or str(pairs.HELD_OUT_TEXT)
         if entry["name"] == "controlled":
             request = {"config": args.controlled_config, "draft_layers": args.draft_layers,
@@ -255,8 +230,9 @@ class SpecBench:
 
     def launch(self, stack: contextlib.ExitStack, entry: dict, target: str, draft: str,
                load: Workload) -> dict[tuple[int, int], tuple[str, str]]:
-        """Every server of the pair, one after another (each sizes its KV cache from the memory
-        free when it starts), warmed up; returns (base URL, model name) by (arm, instance)."""
+        """Every server of the pair, one after another (each sizes its KV cache from the memory free
+        when it starts), warmed up; returns (base URL, model name) by (arm, instance). The i-th of M
+        gets --gpu-memory-utilization U x (i + 1) / M unless the flags size the KV cache."""
         from octavo.bench.cli import engine_args
 
         args = self.args
@@ -327,8 +303,7 @@ def benchmark(args: Any, save_partial) -> dict:
     if args.model or args.speculative_model or args.speculative_config:
         raise ValueError("the pair names the model and the draft: give --pair (and --target/--draft with --pair "
                          "paths), not --model or --speculative-model/--speculative-config")
-    unknown = sorted(set(args.pair) - set(PAIRS))
-    if unknown or not args.pair:
+    if not args.pair or set(args.pair) - set(PAIRS):
         raise ValueError(f"--pair takes a comma list of {', '.join(PAIRS)}; got {','.join(args.pair)}")
     if args.rounds < 1 or args.instances < 1:
         raise ValueError("--rounds and --instances must be >= 1")
@@ -343,14 +318,6 @@ def benchmark(args: Any, save_partial) -> dict:
 
 
 # ---- Markdown --------------------------------------------------------------------------------------
-def number(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
-
-
-def percent(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
 def ratio_cell(stats: dict) -> str:
     """"1.030x [0.980–1.070]": the geometric mean of the paired ratios and its interval."""
     if stats["geomean"] is None:
@@ -365,9 +332,42 @@ def arm_text(arm: dict, k: int) -> str:
             + (f", `{arm['pythonpath']}` first on PYTHONPATH" if arm.get("pythonpath") else ""))
 
 
+def level_rows(level: dict, names: tuple[str, str]) -> tuple[list[list[str]], list[str]]:
+    """A level's per-arm rows and its row of B / A ratios."""
+    stats, c = level["stats"], str(level["concurrency"])
+    rows = []
+    for name, arm in zip(names, stats["arms"]):
+        speculation, tps = arm["speculation"] or {}, arm["output_tokens_per_s"] or {}
+        rows.append([c, name, f"{stats['output_tokens_per_s']['rounds']}/{level['rounds_planned']}",
+                     f"{num(tps.get('median'), 0)} [{num(tps.get('min'), 0)}–{num(tps.get('max'), 0)}]",
+                     percent(tps.get("cv")), num((arm["ttft_ms_p50"] or {}).get("median"), 1),
+                     num((arm["tpot_ms_p50"] or {}).get("median"), 2), num(speculation.get("acceptance_rate"), 3),
+                     num(speculation.get("drafts_per_verification"), 2), percent(speculation.get("accepted_fraction"))])
+    ratios = [c] + [ratio_cell(stats[m]) + (f", {names[1]} {stats[m]['verdict']}"
+                                            if stats[m]["verdict"] in ("better", "worse") else "") for m in METRICS]
+    return rows, ratios
+
+
+def trace_lines(entry: dict) -> list[str]:
+    """The step-trace table of a pair: rows over 1% of an arm's traced time, then all batch sizes."""
+    body = [[name, str(row["batch_size"]), row["kind"], f"{row['steps']:,}", f"{row['seconds']:.2f}",
+             percent(row["share"]), f"{row['step_ms_p50']:.3f}", f"{row['tokens_per_step']:.2f}",
+             num(row["acceptance_rate"], 3)]
+            for name, arm in entry["trace"].items() for row in arm["rows"]
+            if row["share"] >= 0.01 or row["batch_size"] == "all"]
+    missing = [name for name, arm in entry["trace"].items() if not arm["steps_read"]]
+    return (["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind of step, those over "
+             "1% of the arm's traced step time (share), then all batch sizes (the JSON has every row).", ""]
+            + ([table(["arm", "batch", "kind", "steps", "seconds", "share", "ms/step p50", "tokens/step",
+                       "acceptance"], body)] if body else [])
+            + ([f"No trace from {', '.join(missing)} (an engine that does not write OCTAVO_STEP_TRACE).", ""]
+               if missing else []))
+
+
 def markdown(doc: dict) -> str:
     settings = doc["settings"]
-    a, b = (arm["name"] for arm in doc["arms"])
+    names = tuple(arm["name"] for arm in doc["arms"])
+    a, b = names
     confidence = round(100 * settings["confidence"])
     lines = [header(doc, f"Speculative A/B, {a} vs {b}").rstrip("\n"), "",
              f"Arms: A = {arm_text(doc['arms'][0], settings['num_speculative_tokens'])}; "
@@ -386,44 +386,18 @@ def markdown(doc: dict) -> str:
         lines += [f"### {entry['name']} pair", "", entry.get("construction") or "", ""]
         if entry.get("error"):
             lines += [f"**Failed**: {entry['error']}", ""]
-        rows, ratios = [], []
-        for level in entry["levels"]:
-            stats, c = level["stats"], str(level["concurrency"])
-            for name, arm in zip((a, b), stats["arms"]):
-                speculation = arm["speculation"] or {}
-                tps = arm["output_tokens_per_s"] or {}
-                rows.append([c, name, f"{stats['output_tokens_per_s']['rounds']}/{level['rounds_planned']}",
-                             f"{number(tps.get('median'))} [{number(tps.get('min'))}–{number(tps.get('max'))}]",
-                             percent(tps.get("cv")), number((arm["ttft_ms_p50"] or {}).get("median"), 1),
-                             number((arm["tpot_ms_p50"] or {}).get("median"), 2),
-                             number(speculation.get("acceptance_rate"), 3),
-                             number(speculation.get("drafts_per_verification"), 2),
-                             percent(speculation.get("accepted_fraction"))])
-            ratios.append([c] + [ratio_cell(stats[m]) + (f", {b} {stats[m]['verdict']}" if stats[m]["verdict"] in
-                                                         ("better", "worse") else "") for m in METRICS])
-        if rows:
+        made = [level_rows(level, names) for level in entry["levels"]]
+        if made:
             lines += [table(["c", "arm", "rounds", "output tok/s median [min–max]", "tok/s CV", "TTFT p50 ms",
-                             "TPOT p50 ms", "acceptance", "mean k", "tokens from accepted drafts"], rows),
-                      table(["c", f"tok/s {b} / {a} [{confidence}% CI]", f"TTFT p50 {b} / {a}",
-                             f"TPOT p50 {b} / {a}"], ratios)]
+                             "TPOT p50 ms", "acceptance", "mean k", "tokens from accepted drafts"],
+                            [row for rows, _ in made for row in rows]),
+                      table(["c", f"tok/s {b} / {a} [{confidence}% CI]", f"TTFT p50 {b} / {a}", f"TPOT p50 {b} / {a}"],
+                            [ratios for _, ratios in made])]
         errors = sum(level["stats"]["num_errors"] for level in entry["levels"])
         if errors:
             lines += [f"**{errors} requests failed** (see `errors` in the runs of the JSON).", ""]
         if entry.get("trace"):
-            lines += ["Engine steps during the timed runs (OCTAVO_STEP_TRACE), by batch size and kind of step, "
-                      "those over 1% of the arm's traced step time (share), then all batch sizes (the JSON has "
-                      "every row).", ""]
-            body = [[name, str(row["batch_size"]), row["kind"], f"{row['steps']:,}", f"{row['seconds']:.2f}",
-                     percent(row["share"]), f"{row['step_ms_p50']:.3f}", f"{row['tokens_per_step']:.2f}",
-                     number(row["acceptance_rate"], 3)]
-                    for name, arm in entry["trace"].items() for row in arm["rows"]
-                    if row["share"] >= 0.01 or row["batch_size"] == "all"]
-            missing = [name for name, arm in entry["trace"].items() if not arm["steps_read"]]
-            lines += [table(["arm", "batch", "kind", "steps", "seconds", "share", "ms/step p50", "tokens/step",
-                             "acceptance"], body)] if body else []
-            lines += [f"No trace from {', '.join(missing)} (an engine that does not write OCTAVO_STEP_TRACE).",
-                      ""] if missing else []
+            lines += trace_lines(entry)
         lines += [f"- {s['arm']} #{s['instance']}: octavo from `{s['octavo']}`, up in {s['launch_s']:.0f} s, log "
                   f"`{s['log']}`: `{s['command']}`" for s in entry["servers"]] + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
-

@@ -1,7 +1,6 @@
-"""Offline throughput: N requests of seeded random prompt and output lengths handed to the engine
-at once (as `LLM.generate` does), timed from the first request added to the last one finished.
-The HF baseline runs the same requests (or the first K of them: stated in the report) in static
-batches; its tokens/s is what the ratio is taken against."""
+"""Offline throughput: N requests of seeded random lengths handed to the engine at once (as
+`LLM.generate` does), timed from the first request added to the last one finished. The HF
+baseline runs the same requests (or the first K: stated in the report) in static batches."""
 
 from __future__ import annotations
 
@@ -19,46 +18,39 @@ from octavo.bench.workload import BenchRequest, parse_range, random_requests
 logger = logging.getLogger("octavo")
 
 
-def length_ranges(args: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    """--input-len / --output-len (fixed) win over the --*-len-range flags."""
-    input_range = (args.input_len, args.input_len) if args.input_len else parse_range(args.input_len_range)
-    output_range = (args.output_len, args.output_len) if args.output_len else parse_range(args.output_len_range)
-    return input_range, output_range
-
-
-def sampling_params(requests: list[BenchRequest]):
+def run_octavo(llm: Any, requests: list[BenchRequest], use_tqdm: bool = True) -> dict:
     from octavo.runtime.sampling_params import SamplingParams
 
-    return [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0, detokenize=False)
-            for r in requests]
-
-
-def run_octavo(llm: Any, requests: list[BenchRequest], use_tqdm: bool = True) -> dict:
     clock = DeviceClock(llm.llm_engine.config.device)
-    prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
-    params = sampling_params(requests)
+    params = [SamplingParams(max_tokens=r.output_len, ignore_eos=True, temperature=0.0, detokenize=False)
+              for r in requests]
     start = clock.now()
     start_monotonic = time.monotonic()  # the engine stamps request metrics with time.monotonic
-    outputs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+    outputs = llm.generate([{"prompt_token_ids": r.prompt_token_ids} for r in requests], params, use_tqdm=use_tqdm)
     elapsed = clock.now() - start
     records = []
     for request, output in zip(requests, outputs):
-        metrics = output.metrics
-        produced = len(output.outputs[0].token_ids)
+        metrics, produced = output.metrics, len(output.outputs[0].token_ids)
         record = {"prompt_len": request.prompt_len, "output_len": request.output_len, "output_tokens": produced,
                   "error": output.error}
         if metrics is not None and metrics.first_token_time is not None:
-            finished = metrics.finished_time or metrics.last_token_time
             record.update({
                 "arrival_s": metrics.arrival_time - start_monotonic,
                 "ttft_ms": (metrics.first_token_time - metrics.arrival_time) * 1e3,
-                "e2e_ms": (finished - metrics.arrival_time) * 1e3,
+                "e2e_ms": ((metrics.finished_time or metrics.last_token_time) - metrics.arrival_time) * 1e3,
                 "tpot_ms": ((metrics.last_token_time - metrics.first_token_time) * 1e3 / (produced - 1)
                             if produced > 1 else 0.0),
-                "num_preemptions": metrics.num_preemptions,
-            })
+                "num_preemptions": metrics.num_preemptions})
         records.append(record)
-    return summarize_records(records, elapsed)
+    prompt_tokens = sum(r["prompt_len"] for r in records)
+    output_tokens = sum(r["output_tokens"] for r in records)
+    return {"num_requests": len(records),
+            "num_errors": sum(1 for r in records if r["error"] or r["output_tokens"] != r["output_len"]),
+            "elapsed_s": elapsed, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "requests_per_s": len(records) / elapsed, "output_tokens_per_s": output_tokens / elapsed,
+            "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed,
+            **{name: summarize(r[name] for r in records if name in r) for name in ("ttft_ms", "tpot_ms", "e2e_ms")},
+            "num_preemptions": sum(r.get("num_preemptions", 0) for r in records), "records": records}
 
 
 def profile_run(llm: Any, requests: list[BenchRequest]) -> dict:
@@ -66,89 +58,53 @@ def profile_run(llm: Any, requests: list[BenchRequest]) -> dict:
     requests again under the profiler (its delay and limit pick the steps), summarised per trace."""
     from octavo.bench import profile
 
-    engine = llm.llm_engine
-    before = len(engine.profiler.traces)
+    before = len(llm.llm_engine.profiler.traces)
     llm.start_profile()
     run_octavo(llm, requests, use_tqdm=False)
     llm.stop_profile()
-    return profile.summarize_files(engine.profiler.traces[before:])
+    return profile.summarize_files(llm.llm_engine.profiler.traces[before:])
 
 
-def summarize_records(records: list[dict], elapsed_s: float) -> dict:
-    prompt_tokens = sum(r["prompt_len"] for r in records)
-    output_tokens = sum(r["output_tokens"] for r in records)
-    return {
-        "num_requests": len(records),
-        "num_errors": sum(1 for r in records if r.get("error") or r["output_tokens"] != r["output_len"]),
-        "elapsed_s": elapsed_s,
-        "prompt_tokens": prompt_tokens,
-        "output_tokens": output_tokens,
-        "requests_per_s": len(records) / elapsed_s,
-        "output_tokens_per_s": output_tokens / elapsed_s,
-        "total_tokens_per_s": (prompt_tokens + output_tokens) / elapsed_s,
-        "ttft_ms": summarize(r["ttft_ms"] for r in records if "ttft_ms" in r),
-        "tpot_ms": summarize(r["tpot_ms"] for r in records if "tpot_ms" in r),
-        "e2e_ms": summarize(r["e2e_ms"] for r in records if "e2e_ms" in r),
-        "num_preemptions": sum(r.get("num_preemptions", 0) for r in records),
-        "records": records,
-    }
-
-
-def benchmark(args: Any, save_partial: Callable[[dict], None] | None = None) -> dict:
-    save = save_partial or (lambda result: None)
+def benchmark(args: Any, save: Callable[[dict], None]) -> dict:
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
-    input_range, output_range = length_ranges(args)
-    result: dict = {"kind": "throughput", "tag": args.tag, "env": environment(args.device, args)}
+    # --input-len / --output-len (fixed) win over the --*-len-range flags.
+    input_range = (args.input_len,) * 2 if args.input_len else parse_range(args.input_len_range)
+    output_range = (args.output_len,) * 2 if args.output_len else parse_range(args.output_len_range)
+    env = environment(args.device, args)
     roofline = roofline_mod.measure(args.device) if args.roofline else None
-
     llm = build_llm(args, spec)
     facts = model_facts(llm)
-    dtype = llm.llm_engine.config.model_config.dtype
-    device = llm.llm_engine.config.device
-    engine_max_num_seqs = llm.llm_engine.config.scheduler_config.max_num_seqs
+    config = llm.llm_engine.config
+    dtype, device, max_num_seqs = config.model_config.dtype, config.device, config.scheduler_config.max_num_seqs
     requests = random_requests(args.num_prompts, input_range, output_range, facts["vocab_size"], args.seed)
     # Warm-up on other prompts of the same length ranges: kernels that compile or tune on first use
     # (mixed prefill/decode steps, every context length) do so outside the timed run.
     if args.num_warmups > 0:
-        warmup = random_requests(min(args.num_prompts, args.num_warmups), input_range, output_range,
-                                 facts["vocab_size"], args.seed + 1)
-        run_octavo(llm, warmup, use_tqdm=False)
+        run_octavo(llm, random_requests(min(args.num_prompts, args.num_warmups), input_range, output_range,
+                                        facts["vocab_size"], args.seed + 1), use_tqdm=False)
     ours = run_octavo(llm, requests)
     logger.info("octavo: %.0f output tok/s over %d requests", ours["output_tokens_per_s"], len(requests))
     profile = profile_run(llm, requests) if llm.llm_engine.profiler is not None else None
-    del llm
+    del llm, config
     release()
+    result = {"kind": "throughput", "tag": args.tag, "env": env, "model": spec.describe(**facts),
+              "settings": settings(args, input_len_range=list(input_range), output_len_range=list(output_range)),
+              "roofline": roofline, "octavo": ours, "hf": None, "profile": profile, "floor": None, "ratios": {}}
     if roofline is not None:
         roofline.update(roofline_mod.summary(roofline, facts))
-    result.update({
-        "model": {"name": spec.label, "config_source": spec.config_source, "load_format": spec.load_format,
-                  "hf_overrides": spec.overrides, **facts},
-        "settings": settings(args, input_len_range=list(input_range), output_len_range=list(output_range)),
-        "roofline": roofline,
-        "octavo": ours,
-        "hf": None,
-        "profile": profile,
-        "floor": None,
-        "ratios": {},
-    })
-    if roofline is not None:
-        floor = roofline_mod.throughput_floor(roofline, facts, requests, engine_max_num_seqs)
-        result["floor"] = floor
+        floor = result["floor"] = roofline_mod.throughput_floor(roofline, facts, requests, max_num_seqs)
         result["ratios"]["octavo_over_ceiling"] = ours["output_tokens_per_s"] / floor["ceiling_output_tokens_per_s"]
     save(result)
-
     if args.baseline == "hf":
         from octavo.bench import hf_baseline
 
         subset_size = min(args.hf_num_prompts or args.hf_batch_size, len(requests))
         model = hf_baseline.HFModel(spec.path, dtype, device, args.seed)
-        hf = hf_baseline.throughput(model, requests[:subset_size], args.hf_batch_size)
+        hf = result["hf"] = hf_baseline.throughput(model, requests[:subset_size], args.hf_batch_size)
         del model
         release()
-        hf["subset_size"] = subset_size
-        hf["extrapolated"] = subset_size < len(requests)
-        hf["extrapolated_elapsed_s_all_requests"] = ours["output_tokens"] / hf["output_tokens_per_s"]
-        result["hf"] = hf
+        hf.update(subset_size=subset_size, extrapolated=subset_size < len(requests),
+                  extrapolated_elapsed_s_all_requests=ours["output_tokens"] / hf["output_tokens_per_s"])
         result["settings"]["hf_num_prompts"] = subset_size
         result["ratios"].update(output_tps_vs_hf=ours["output_tokens_per_s"] / hf["output_tokens_per_s"],
                                 total_tps_vs_hf=ours["total_tokens_per_s"] / hf["total_tokens_per_s"],

@@ -1,12 +1,9 @@
 """Engine step traces: where a server's time went, by batch size and kind of step.
 
-An engine started with OCTAVO_STEP_TRACE=FILE appends one JSON line per step to FILE: `started`
-(time.perf_counter() at the step's start, in seconds), `duration` (seconds), `num_requests`,
-`num_prefill_tokens` (prompt tokens computed in the step; 0 on a pure decode step), `k` (draft
-tokens per request; 0: plain decode), `num_drafted`, `num_accepted` and `num_emitted` (tokens
-appended over the batch). perf_counter is the machine's monotonic clock in every process, so the
-windows in which the client ran its timed requests select the steps that served them.
-"""
+OCTAVO_STEP_TRACE=FILE makes an engine append one JSON line per step (octavo/runtime/step_record.py):
+`started` (perf_counter seconds, the same clock in every process, so the client's timed windows
+select the steps that served them), `duration`, `num_requests`, `num_prefill_tokens`, `k`,
+`num_drafted`, `num_accepted` and `num_emitted`."""
 
 from __future__ import annotations
 
@@ -20,8 +17,7 @@ KINDS = ("plain", "speculative", "prefill")
 
 
 def read_steps(path: str | Path) -> list[dict]:
-    """A trace file's steps; a line cut short (a server stopped mid-write) is skipped; [] when the
-    file does not exist (an engine that does not trace, e.g. an older version of octavo)."""
+    """A trace file's steps, skipping a line cut short; [] without the file (an engine that does not trace)."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
@@ -36,11 +32,7 @@ def read_steps(path: str | Path) -> list[dict]:
 
 
 def step_kind(step: dict) -> str:
-    """"prefill" when the step computed prompt tokens, else "speculative" when it verified drafts,
-    else "plain"."""
-    if step["num_prefill_tokens"]:
-        return "prefill"
-    return "speculative" if step["k"] else "plain"
+    return "prefill" if step["num_prefill_tokens"] else "speculative" if step["k"] else "plain"
 
 
 def in_windows(steps: Iterable[dict], windows: Sequence[Sequence[float]]) -> list[dict]:
@@ -49,19 +41,16 @@ def in_windows(steps: Iterable[dict], windows: Sequence[Sequence[float]]) -> lis
 
 
 def summarize(steps: Sequence[dict]) -> list[dict]:
-    """Per batch size and kind of step, then per kind over all batch sizes ("all"): the steps, their
-    seconds and share of all the steps' time, the median step in ms, tokens emitted per step and the
-    acceptance of their drafts."""
+    """Per batch size and kind of step, then per kind over all batch sizes ("all"): steps, seconds,
+    share of all the steps' time, median ms, tokens emitted per step and acceptance of their drafts."""
     groups: dict[tuple, list[dict]] = {}
     for step in steps:
-        kind = step_kind(step)
-        groups.setdefault((step["num_requests"], kind), []).append(step)
-        groups.setdefault(("all", kind), []).append(step)
+        for batch in (step["num_requests"], "all"):
+            groups.setdefault((batch, step_kind(step)), []).append(step)
     total = sum(s["duration"] for s in steps) or 1.0
     rows = []
-    for (batch, kind), group in sorted(groups.items(), key=lambda item: (item[0][0] == "all",
-                                                                         item[0][0] if item[0][0] != "all" else 0,
-                                                                         KINDS.index(item[0][1]))):
+    for (batch, kind), group in sorted(groups.items(), key=lambda item: (
+            item[0][0] == "all", 0 if item[0][0] == "all" else item[0][0], KINDS.index(item[0][1]))):
         seconds = sum(s["duration"] for s in group)
         drafted = sum(s["num_drafted"] for s in group)
         rows.append({"batch_size": batch, "kind": kind, "steps": len(group), "seconds": seconds,

@@ -1,5 +1,5 @@
-"""Seeded requests: random token-id prompts (no tokenizer needed, so dummy-weight models work)
-and output lengths, fixed or uniform over a range. The same seed gives the same requests to
+"""Seeded requests: token-id prompts (no tokenizer needed, so dummy weights work) or windows of a
+text, and output lengths, fixed or uniform over a range. The same seed gives the same requests to
 octavo, the HF baseline and the vLLM peer."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ def parse_range(text: str) -> tuple[int, int]:
     """"256:768" -> (256, 768), inclusive; "128" -> (128, 128)."""
     parts = str(text).split(":")
     try:
-        low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (None, None)
+        low, high = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
     except ValueError:
-        low = high = None
-    if low is None or high is None or low < 1 or high < low:
+        low = high = 0
+    if low < 1 or high < low:
         raise ValueError(f"a length range is LOW:HIGH with 1 <= LOW <= HIGH (e.g. 256:768), got {text!r}")
     return low, high
 
@@ -41,47 +41,41 @@ def token_id_range(vocab_size: int) -> tuple[int, int]:
 
 def random_requests(num_requests: int, input_range: tuple[int, int], output_range: tuple[int, int],
                     vocab_size: int, seed: int) -> list[BenchRequest]:
-    """num_requests requests with prompt and output lengths uniform over the inclusive ranges.
-
-    The draw is the vLLM peer's `make_requests()` (../shared/peers/vllm-0.24.0/bench_vllm.py), step
-    for step: for a vocabulary of 32,000 ids or more, the same seed and ranges give both engines
-    the same requests."""
+    """Prompt and output lengths uniform over the inclusive ranges, drawn step for step as the vLLM
+    peer's `make_requests()` (../shared/peers/vllm-0.24.0/bench_vllm.py): both engines get the same
+    requests."""
     if num_requests < 1:
         raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
     rng = random.Random(seed)
     low, high = token_id_range(vocab_size)
     requests = []
     for _ in range(num_requests):
-        prompt_len = rng.randint(*input_range)
-        output_len = rng.randint(*output_range)
+        prompt_len, output_len = rng.randint(*input_range), rng.randint(*output_range)
         requests.append(BenchRequest([rng.randrange(low, high) for _ in range(prompt_len)], output_len))
     return requests
 
 
 def fixed_requests(num_requests: int, input_len: int, output_len: int, vocab_size: int,
                    seed: int) -> list[BenchRequest]:
-    """num_requests requests of exactly input_len prompt and output_len output tokens."""
     return random_requests(num_requests, (input_len, input_len), (output_len, output_len), vocab_size, seed)
 
 
 def text_requests(corpus_ids: list[int], num_requests: int, input_range: tuple[int, int],
                   output_range: tuple[int, int], seed: int, bos_token_id: int | None = None) -> list[BenchRequest]:
-    """Prompts cut out of a tokenized text at seeded offsets (a draft's acceptance depends on the
-    text it continues, so a trained pair is measured on real text), each after BOS when given."""
+    """Prompts cut out of a tokenized text at seeded offsets, each after BOS when given (a draft's
+    acceptance depends on the text it continues, so a trained pair is measured on real text)."""
     if num_requests < 1:
         raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
     rng = random.Random(seed)
-    extra = 0 if bos_token_id is None else 1
+    bos = [] if bos_token_id is None else [bos_token_id]
     requests = []
     for _ in range(num_requests):
-        prompt_len = rng.randint(*input_range)
-        output_len = rng.randint(*output_range)
-        body = prompt_len - extra
+        prompt_len, output_len = rng.randint(*input_range), rng.randint(*output_range)
+        body = prompt_len - len(bos)
         if body > len(corpus_ids):
             raise ValueError(f"the prompt text has {len(corpus_ids)} tokens, fewer than a {prompt_len}-token prompt")
         start = rng.randrange(len(corpus_ids) - body + 1)
-        prompt = ([bos_token_id] if extra else []) + list(corpus_ids[start:start + body])
-        requests.append(BenchRequest(prompt, output_len))
+        requests.append(BenchRequest(bos + list(corpus_ids[start:start + body]), output_len))
     return requests
 
 
