@@ -107,15 +107,18 @@ class GraphBuffers:
     into their first rows and pads the remaining requests (slot -1, context Q)."""
 
     def __init__(self, max_batch: int, max_query_len: int, max_blocks: int, device: torch.device,
-                 max_tokens: int | None = None) -> None:
-        """`max_tokens`: the most tokens of any graph (default max_batch x max_query_len)."""
+                 max_tokens: int | None = None, block_size: int = 1) -> None:
+        """`max_tokens`: the most tokens of any graph (default max_batch x max_query_len);
+        `block_size`: the KV cache's, for the block-table columns padding may reach."""
         max_tokens = max_tokens or max_batch * max_query_len
         self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.positions = torch.zeros(max_tokens, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((max_tokens,), -1, dtype=torch.long, device=device)
         self.seq_lens = torch.ones(max_batch, dtype=torch.int32, device=device)
-        # Padding lengthens a context by up to Q - 1 tokens: room for the blocks it may reach.
-        self.block_tables = torch.zeros(max_batch, max_blocks + max_query_len, dtype=torch.int32, device=device)
+        # Padding lengthens a context by up to Q - 1 tokens: room for the blocks it may reach, and
+        # no more (the decode kernel splits contexts by the table's width: a wider one, more parts).
+        width = max_blocks + -(-max_query_len // block_size)
+        self.block_tables = torch.zeros(max_batch, width, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(max_batch + 1, dtype=torch.int32, device=device)
         self.starts = {}
         self.device = device

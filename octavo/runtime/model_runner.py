@@ -394,7 +394,7 @@ class ModelRunner:
         sizes = [size for size, _ in keys]
         max_blocks = -(-self.scheduler_config.max_model_len // self.block_size)
         self.graph_buffers = GraphBuffers(max(sizes), max(q for _, q in keys), max_blocks, self.device,
-                                          max_tokens=max(size * q for size, q in keys))
+                                          max_tokens=max(size * q for size, q in keys), block_size=self.block_size)
         pool = torch.cuda.graph_pool_handle()
         # The garbage collector must not run during a capture: collecting an old engine's graphs
         # then resets them mid-capture ("operation not permitted when stream is capturing"), which

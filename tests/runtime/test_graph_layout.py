@@ -99,7 +99,9 @@ def test_padded_layout_matches_the_unpadded_step(llama_dir, new):
         expected = model(*step_on_device)
         # A one-request prefill graph (1, 16) for the chunk; (4, 4) or (4, 1) for the others.
         size, query_len = (1, 16) if max(new) > 4 else (4, 1 if max(new) == 1 else 4)
-        buffers = GraphBuffers(max_batch=4, max_query_len=16, max_blocks=8, device=device, max_tokens=16)
+        buffers = GraphBuffers(max_batch=4, max_query_len=16, max_blocks=8, device=device, max_tokens=16,
+                               block_size=block_size)
+        assert buffers.block_tables.shape[1] == 8 + -(-16 // block_size)  # the blocks padding may reach
         buffers.block_tables.fill_(13)  # stale rows of earlier steps: real blocks, never read back
         got = buffers.run_eager(model, size, query_len, step, *step_on_device)
     assert got.shape == expected.shape
