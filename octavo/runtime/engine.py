@@ -391,10 +391,11 @@ class LLMEngine:
         phase = self._phase
         if self.grammar_waiting:
             self._admit_compiled()
-        k_asked, self._pending_k = self._pending_k, None
-        if k_asked is None:
-            k_asked = self._step_k() if self.proposer is not None else 0
-        drafting = self.proposer is not None and (k_asked > 0 or bool(self.fixed_k))
+        k_asked, drafting, pending = 0, False, self._pending_k
+        self._pending_k = None
+        if self.proposer is not None and self._may_draft():
+            k_asked = pending if pending is not None else self.controller.step_k(len(self.scheduler.running))
+            drafting = k_asked > 0 or bool(self.fixed_k)
         prev, self._inflight = self._inflight, None
         touched: list[Request] = []
         if prev is not None and drafting:
@@ -605,17 +606,13 @@ class LLMEngine:
                                 num_accepted, num_judged, num_emitted))
         return touched
 
-    def _step_k(self) -> int:
-        """The k adaptive k asks for in the coming step (0: plain decoding)."""
-        scheduler = self.scheduler
-        if not scheduler.running or scheduler.can_admit():
-            return 0  # a prompt may be admitted: its first token must not wait for draft work
-        return self.controller.step_k(len(scheduler.running))
+    def _may_draft(self) -> bool:
+        """Whether the coming step may speculate: something runs, and no waiting prompt could be
+        admitted (its first token must not wait for draft work)."""
+        return bool(self.scheduler.running) and not self.scheduler.can_admit()
 
     def _propose(self, k: int) -> None:
         """Drafts for the coming step, before the scheduler counts them (every token read back)."""
-        if not self.scheduler.running or self.scheduler.can_admit():
-            return
         k_max = self.config.speculative_config.num_speculative_tokens
         plan: list[tuple[Request, int]] = []
         for request in self.scheduler.running:
