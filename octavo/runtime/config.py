@@ -363,8 +363,8 @@ class EngineArgs(CliArgs):
     tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
     enforce_eager: bool = _arg(False, "never capture CUDA graphs")
     async_scheduling: bool = _arg(True, "schedule and launch each step before the last one's tokens are read "
-                                        "back, so host work overlaps the GPU (not with speculation or tensor "
-                                        "parallelism, which run steps in order)")
+                                        "back, so host work overlaps the GPU (not with tensor parallelism, which "
+                                        "runs steps in order; under speculation, plain steps)")
     enable_multiprocessing: bool | None = _arg(None, "run the scheduler, model and sampler (the engine core) in a "
                                                "process of their own while this one tokenizes, detokenizes "
                                                "and streams; unset: $OCTAVO_ENABLE_MULTIPROCESSING or "
