@@ -404,10 +404,7 @@ class LLMEngine:
             self._pending_k = k_asked
             with phase("resolve"):
                 touched += self._resolve(prev)
-            self.stats.num_steps += 1
-            self._update_gauges()
-            with phase("outputs"):
-                return self._outputs(touched)
+            return self._end_step(touched)
         if prev is not None and (self.history_sampled or self.constrained):
             with phase("resolve"):
                 # Penalties read every token before the next one is sampled; a grammar's bitmask
@@ -438,9 +435,13 @@ class LLMEngine:
         if prev is not None:
             with phase("resolve"):
                 touched += self._resolve(prev)
+        return self._end_step(touched)
+
+    def _end_step(self, touched: list[Request]) -> list[RequestOutput]:
+        """Count the step, publish its gauges, and build the outputs of the requests it moved."""
         self.stats.num_steps += 1
         self._update_gauges()
-        with phase("outputs"):
+        with self._phase("outputs"):
             return self._outputs(touched)
 
     def _launch(self, sched: SchedulerOutput, prev: "InFlight | None", started: float, k_asked: int) -> "InFlight":
