@@ -18,13 +18,13 @@ ls /tmp/peer
 case "${1:-}" in run|serve) ;; *) exit 0 ;; esac
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 if [ "$1" = serve ]; then
   # Both servers on the model folder that bench_vllm.py wrote in `run` (same config, same
   # synthetic tokenizer), dummy weights, the same streaming client and requests (128/128).
   # vLLM first; then octavo, each with its own defaults but the same context length.
   M=/tmp/llama31-8b-dummy
   [ -f $M/tokenizer.json ] || { echo "run 'run' first on this machine: $M is missing"; exit 3; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
   S=(--model $M --load-format dummy --dtype bfloat16 --concurrency 1,16,64 --prompts-per-user 4
      --min-prompts-per-level 16 --input-len 128 --output-len 128 --max-model-len 2048 --out "$OUT")
   echo "=== vLLM server ($(date +%T))"
@@ -48,7 +48,6 @@ PYTHONPATH=/tmp/vllm-site VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 DO
   timeout -k 10 280 python3 /tmp/peer/bench_vllm.py --batch-sizes 1,8,32,128 --lat-iters 3 \
   --out "$OUT/vllm.json" > "$OUT/vllm.log" 2>&1
 grep '^\[bench\]' "$OUT/vllm.log"; tail -3 "$OUT/vllm.log"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 echo "=== octavo ($(date +%T))"
 L=(--config llama-3.1-8b --dtype bfloat16 --out "$OUT")
 PYTHONPATH="$PWD:/tmp/site" timeout -k 10 150 python3 -m octavo.bench throughput "${L[@]}" --num-prompts 1000 \

@@ -13,6 +13,9 @@
 #                                          # its profiler (POST /start_profile, /stop_profile): the served timeline
 #   bash bench/run_gpu_suite.sh overlap    # the 1000-request offline run four ways: in-process or engine-core process,
 #                                          # with or without asynchronous scheduling (#21's A/B, about 7 minutes)
+#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs  # the CUDA graph tests, then latency bs 1/8 and the
+#                                          # 1000-request offline run, this checkout and DIR (an older
+#                                          # `octavo` package): one-request prefill graphs, decode graphs past 256
 #   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
 #   bash bench/run_gpu_suite.sh structured # c = 1 and 64, every request constrained by a JSON schema vs none
 #                                          # (two launched servers, same machine); grammar compile ms per schema
@@ -98,6 +101,16 @@ case "$PHASE" in
         bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --"$core" --"$mode" --tag "overlap-$core-$mode" "$@"
       done
     done ;;
+  graphs)
+    needs pytest pytest
+    [ -n "${OLD_TREE:-}" ] || { echo "phase 'graphs' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
+    run 150 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_cuda.py tests/runtime/test_graph_layout.py \
+      tests/spec/test_spec_lifecycle.py --junitxml "$OUT/pytest-graphs.xml"
+    for arm in old new; do
+      tree=$PWD; [ $arm = old ] && tree=$OLD_TREE
+      PYTHONPATH="$tree:$PYTHONPATH" bench 100 latency "${LLAMA[@]}" --batch-size 1,8 --num-iters 5 --tag "graphs-$arm" "$@"
+      PYTHONPATH="$tree:$PYTHONPATH" bench 120 throughput "${LLAMA[@]}" --num-prompts 1000 --tag "graphs-$arm" "$@"
+    done ;;
   families)
     for model in gpt2-xl bloomz-560m; do
       bench 120 latency --config "$model" --dtype float16 --batch-size 1,8,32 --baseline hf "$@"
@@ -135,7 +148,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|overlap|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|overlap|graphs|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
