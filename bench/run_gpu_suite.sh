@@ -1,29 +1,10 @@
 #!/usr/bin/env bash
 # The device suites: each phase is one device-tool call (under its 10-minute limit), all through
 # `octavo bench` or pytest, results (JSON, Markdown, PNG, server logs, suite-PHASE.log) in $OUT.
+# The phases, what each measures and how long it takes: bench/README.md ("On the GPU").
 #
-#   bash bench/run_gpu_suite.sh offline    # llama-3.1-8b: roofline, latency bs 1/8/32/128, 1000-request
-#                                          # throughput, each beside HF transformers (6-8 min on an H100)
-#   bash bench/run_gpu_suite.sh serve      # serving sweep c = 1..64, launched server, HF and latency anchors
-#   bash bench/run_gpu_suite.sh spec       # spec vs no-spec A/B: the demo pair at c = 1..64
-#   bash bench/run_gpu_suite.sh controlled # spec vs no-spec A/B: the controlled 8B pair at c = 1 and 64
-#   bash bench/run_gpu_suite.sh profile    # the 1000-request offline run, then 30 of its steady-state steps under
-#                                          # the torch profiler: GPU-busy share, host ms per phase (sync, async)
-#   bash bench/run_gpu_suite.sh profile-serve # a launched server at concurrency 64, then the same level again under
-#                                          # its profiler (POST /start_profile, /stop_profile): the served timeline
-#   bash bench/run_gpu_suite.sh overlap    # the 1000-request offline run four ways: in-process or engine-core process,
-#                                          # with or without asynchronous scheduling (#21's A/B, about 7 minutes)
-#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs  # the CUDA graph tests, then latency bs 1/8 and the
-#                                          # 1000-request offline run, this checkout and DIR (an older
-#                                          # `octavo` package): one-request prefill graphs, decode graphs past 256
-#   bash bench/run_gpu_suite.sh families   # gpt2-xl and bloomz-560m (fp16): latency and throughput vs HF
-#   bash bench/run_gpu_suite.sh structured # c = 1 and 64, every request constrained by a JSON schema vs none
-#                                          # (two launched servers, same machine); grammar compile ms per schema
-#   bash bench/run_gpu_suite.sh kernels    # attention kernels: decode GB/s, prefill TFLOP/s vs the device
-#   bash bench/run_gpu_suite.sh tests      # the engine's tests on CUDA: runtime, models, spec, kernels
-#   bash bench/run_gpu_suite.sh seed       # one GPU: the second seed's engine args on the 70B shape at 20 of its 80
-#                                          # layers (fits one card) with the 8B-shape draft: memory planning, code path
-#   bash bench/run_gpu_suite.sh tp         # 2+ GPUs (nvidia-h200-x2): TP tests, 70B and 8B at TP 2
+#   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]
+#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap   # DIR: a folder holding an older `octavo` package
 #
 # PACK=1 packs $OUT into one suite-PHASE.tgz at the end (the device tool returns at most 8 files).
 # Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
@@ -59,7 +40,8 @@ run() {  # run SECONDS CMD...: one command under a hard limit (SIGINT first: res
   stamp "exit code $rc"
   (( rc == 0 )) || status=1
 }
-bench() { local limit=$1; shift; run "$limit" "$PY" -m octavo.bench "$@" --out "$OUT"; }
+# -P: octavo is imported from PYTHONPATH (an OLD_TREE put first wins), never from the working directory.
+bench() { local limit=$1; shift; run "$limit" "$PY" -P -m octavo.bench "$@" --out "$OUT"; }
 needs() {
   "$PY" -c "import $1" 2>/dev/null && return 0
   echo "phase '$PHASE' needs $2: carry their wheels in .whl (bench/README.md)"
@@ -69,19 +51,20 @@ needs() {
 # The copy on the device may carry another checkout's git metadata: pass OCTAVO_GIT_COMMIT=$(git rev-parse HEAD).
 stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set OCTAVO_GIT_COMMIT)}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
+case "$PHASE" in
+  serve|spec|controlled|profile-serve|structured) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
+  graphs|tests|tp) needs pytest pytest ;;
+esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
 case "$PHASE" in
   offline)
     bench 230 latency "${LLAMA[@]}" --batch-size 1,8,32,128 --num-iters 3 --baseline hf --roofline "$@"
     bench 270 throughput "${LLAMA[@]}" --num-prompts 1000 --baseline hf --hf-num-prompts 128 --roofline "$@" ;;
   serve)
-    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     bench 560 serve "${LLAMA[@]}" --launch --launch-timeout 240 --latency-anchor --baseline hf --roofline "$@" ;;
   spec)
-    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     bench 580 spec --pair demo --rounds 4 --time-budget 500 "$@" ;;
   controlled)  # SPEC_SCALE= (empty) calibrates s to 70% acceptance first (about 2 more minutes)
-    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     bench 580 spec --pair controlled --controlled-scale "${SPEC_SCALE-0.01408}" --concurrency 1,64 --rounds 4 \
       --num-warmups 8 --time-budget 470 "$@" ;;
   profile)  # traces stay in /tmp/octavo-traces (large); the summaries are in the JSON and Markdown
@@ -91,18 +74,22 @@ case "$PHASE" in
         --tag "profile-$mode" "$@"
     done ;;
   profile-serve)
-    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
     bench 500 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 64 --profiler-config "$PROFILER" \
       --tag profile-serve-c64 "$@" ;;
-  overlap)
+  overlap)  # with OLD_TREE=DIR, DIR's octavo (asynchronous, flags as an older tree knows them) takes the place
+            # of the engine-core process's synchronous run: sync, async, old tree's async, core async in one call
     for core in no-enable-multiprocessing enable-multiprocessing; do
       for mode in no-async-scheduling async-scheduling; do
-        bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --"$core" --"$mode" --tag "overlap-$core-$mode" "$@"
+        if [ -n "${OLD_TREE:-}" ] && [ "$core-$mode" = enable-multiprocessing-no-async-scheduling ]; then
+          PYTHONPATH="$OLD_TREE:$PYTHONPATH" bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --async-scheduling \
+            --tag overlap-old-async "$@"
+        else
+          bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --"$core" --"$mode" --tag "overlap-$core-$mode" "$@"
+        fi
       done
     done ;;
   graphs)
-    needs pytest pytest
     [ -n "${OLD_TREE:-}" ] || { echo "phase 'graphs' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
     run 150 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_cuda.py tests/runtime/test_graph_layout.py \
       tests/spec/test_spec_lifecycle.py --junitxml "$OUT/pytest-graphs.xml"
@@ -118,7 +105,6 @@ case "$PHASE" in
         --output-len-range 64:256 --baseline hf --hf-batch-size 32 --hf-num-prompts 64 "$@"
     done ;;
   structured)  # carry xgrammar and apache-tvm-ffi wheels too
-    needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic"
     needs xgrammar "xgrammar and apache-tvm-ffi"
     bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
       --tag structured-off "$@"
@@ -127,7 +113,6 @@ case "$PHASE" in
   kernels)
     bench 400 kernels "$@" ;;
   tests)
-    needs pytest pytest
     plugins=()  # pytest-asyncio, for tests/runtime/test_async_engine.py, named when pytest will not load it itself
     if ! "$PY" -c "import pytest_asyncio" 2>/dev/null; then plugins=(--ignore tests/runtime/test_async_engine.py)
     elif [ -n "${PYTEST_DISABLE_PLUGIN_AUTOLOAD:-}" ]; then plugins=(-p pytest_asyncio); fi
@@ -140,7 +125,6 @@ case "$PHASE" in
     bench 250 latency "${SEED[@]}" --speculative-model /tmp/seed-draft --num-speculative-tokens 4 --batch-size 1,8 \
       --num-iters 3 --tag seed-70b-l20-draft8b "$@" ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
-    needs pytest pytest
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
     bench 200 latency --config llama-3.1-70b --dtype bfloat16 --tensor-parallel-size 2 --batch-size 1,8 \
       --num-iters 2 --roofline --tag tp2 "$@"

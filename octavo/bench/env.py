@@ -85,18 +85,15 @@ def device_slug(info: dict) -> str:
                 "cuda")
 
 
-def command_line(args: Any = None) -> str:
+def command_line(args: Any) -> str:
     """The `octavo bench MODE ...` that produced a result: from sys.argv when it holds the mode, else
     (called in process, as the tests do) rebuilt from the parsed flags that differ from their defaults."""
     mode = getattr(args, "bench_command", None)
     argv = list(sys.argv)
     if mode and mode in argv[1:3]:
         return shlex.join(["octavo", "bench"] + argv[argv.index(mode):])
-    parser = getattr(args, "_bench_parser", None)
-    if parser is None:
-        return shlex.join([Path(argv[0]).name] + argv[1:]) if argv else "octavo bench"
     words = ["octavo", "bench", mode]
-    for action in parser._actions:  # argparse keeps no public list of a parser's options
+    for action in args._bench_parser._actions:  # argparse keeps no public list of a parser's options
         value = getattr(args, action.dest, None)
         if not action.option_strings or action.help == argparse.SUPPRESS or value in (None, action.default):
             continue

@@ -20,8 +20,6 @@ class GenerateTiming:
     prefill_ms: float  # from the call to the first generated token (prefill + first sample)
     step_ms: list[float]  # each later token
     total_ms: float
-    batch_size: int
-    new_tokens: int
 
 
 class HFModel:
@@ -76,7 +74,7 @@ class HFModel:
             raise RuntimeError(f"HF generate produced {out.shape[1] - width} tokens, expected {new_tokens}")
         return GenerateTiming(prefill_ms=((stamps[0] if stamps else end) - start) * 1e3,
                               step_ms=[(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])],
-                              total_ms=(end - start) * 1e3, batch_size=len(prompts), new_tokens=new_tokens)
+                              total_ms=(end - start) * 1e3)
 
 
 def latency(model: HFModel, batch: list[BenchRequest], num_iters: int) -> list[GenerateTiming]:

@@ -24,10 +24,8 @@ def relative_error(out: Any, ref: Any) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def graph_ms(fns: list, replays: int) -> float:
+def graph_ms(fns: list, replays: int, device: Any) -> float:
     """Median ms of one call, from CUDA-graph replays of all `fns` back to back."""
-    import statistics
-
     import torch
 
     stream = torch.cuda.Stream()
@@ -40,15 +38,7 @@ def graph_ms(fns: list, replays: int) -> float:
     with torch.cuda.graph(graph):
         for fn in fns:
             fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(replays):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
-    return statistics.median(times)
+    return roofline.time_ms(graph.replay, device, replays) / len(fns)
 
 
 def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
@@ -72,7 +62,7 @@ def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
         error = relative_error(out, paged_decode_attention_ref(queries[0], k_pool, v_pool, tables[0], seq_lens, scale))
     fns = [lambda q=q, t=t: paged_decode_attention(q, k_pool, v_pool, t, seq_lens, scale)
            for q, t in zip(queries, tables)]
-    ms = graph_ms(fns, replays=20)
+    ms = graph_ms(fns, 20, device)
     return {"batch": batch, "context": context, "us": 1e3 * ms, "gbps": moved / ms / 1e6, "rel_err": error}
 
 

@@ -19,7 +19,7 @@ from octavo.runtime.config import DEFAULT_MAX_NUM_SEQS
 logger = logging.getLogger("octavo")
 
 
-def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar=None) -> dict:
+def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar: Any) -> dict:
     """Run one batch through LLMEngine.step() to completion, timing every step."""
     from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 
@@ -44,8 +44,7 @@ def run_engine_batch(engine: Any, batch: list[BenchRequest], tag: str, bar=None)
                 prefill_end = now
         else:
             step_ms.append((now - last) * 1e3)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         last = now
     if output_tokens != sum(r.output_len for r in batch):
         raise RuntimeError(f"the engine produced {output_tokens} output tokens for a batch that asked for "
@@ -89,7 +88,7 @@ def hf_row(model: Any, batch_size: int, input_len: int, output_len: int, num_ite
 
     batch = fixed_requests(batch_size, input_len, output_len, vocab, seed + batch_size)
     iterations = [{"prefill_ms": t.prefill_ms, "step_ms": t.step_ms, "total_ms": t.total_ms,
-                   "output_tokens": t.batch_size * t.new_tokens} for t in hf_baseline.latency(model, batch, num_iters)]
+                   "output_tokens": batch_size * output_len} for t in hf_baseline.latency(model, batch, num_iters)]
     return summarize_iterations(iterations, batch_size, output_len)
 
 

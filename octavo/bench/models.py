@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "bench" / "configs"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
-@dataclass
+@dataclasses.dataclass
 class ModelSpec:
     path: str  # directory holding config.json (and weights unless dummy)
     label: str  # config name or directory name, for reports
     load_format: str
-    overrides: dict = field(default_factory=dict)
+    overrides: dict = dataclasses.field(default_factory=dict)
     config_source: str | None = None  # the config.json it was made from, if any
     temporary: bool = False  # a directory this process made (and may add files to)
 
@@ -133,11 +132,12 @@ def has_tokenizer(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)
 
 
-def write_synthetic_tokenizer(directory: str, vocab_size: int, eos_token_id: int | None = None) -> None:
+def write_synthetic_tokenizer(directory: str, vocab_size: int, eos_token_id: Any = None) -> None:
     """A word-level tokenizer of the model's vocabulary size in which id i decodes to "w<i>", so a
     dummy model's server detokenizes and streams text per token as for a real model (detokenizing
     is part of what a serving benchmark measures). Ids 1..95 are the printable ASCII characters
-    instead, so that structured outputs (a JSON schema's braces, quotes, digits) can be spelled."""
+    instead, so that structured outputs (a JSON schema's braces, quotes, digits) can be spelled.
+    eos_token_id: the config's; one id is EOS (and keeps its word), a list (llama-3.1's) names none."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

@@ -250,10 +250,10 @@ def bandwidth_ceiling(acceptance: float | None, weight_ratio: float, k_max: int)
 
 
 # ---- calibration and export (the child process) -----------------------------------------------------
-def load_config(name_or_path: str, overrides: dict | None = None) -> dict:
+def load_config(name_or_path: str) -> dict:
     from octavo.bench.models import config_file
 
-    return {**json.loads(config_file(name_or_path).read_text()), **(overrides or {})}
+    return json.loads(config_file(name_or_path).read_text())
 
 
 def calibrate_and_export(request: dict, workdir: Path) -> dict:
@@ -265,7 +265,7 @@ def calibrate_and_export(request: dict, workdir: Path) -> dict:
     from octavo.bench.models import release, write_synthetic_tokenizer
 
     started = time.monotonic()
-    config = load_config(request["config"], request.get("hf_overrides"))
+    config = load_config(request["config"])
     k, prompts, length = request["k"], request["prompts"], request["prompt_len"] + request["output_len"]
     engine = {"dtype": request["dtype"], "device": request["device"], "max_model_len": length + k + 16,
               "enforce_eager": True, "max_num_seqs": max(prompts, 8)}
@@ -299,8 +299,7 @@ def calibrate_and_export(request: dict, workdir: Path) -> dict:
                            f"{need / 1e9:.1f} GB (give a --controlled-workdir on a larger disk)")
     written = save_checkpoint(pair.target, config, target_dir)
     written += save_checkpoint(pair.draft, {**config, "num_hidden_layers": request["draft_layers"]}, draft_dir)
-    eos = config.get("eos_token_id")
-    write_synthetic_tokenizer(str(target_dir), int(config["vocab_size"]), eos if isinstance(eos, int) else None)
+    write_synthetic_tokenizer(str(target_dir), int(config["vocab_size"]), config.get("eos_token_id"))
     for file in target_dir.glob("*token*"):
         shutil.copy(file, draft_dir / file.name)
     result = {
@@ -342,8 +341,7 @@ def construction_text(pair: dict) -> str:
                f"s = {e['scale']:.4g}: {e['acceptance_rate']:.3f}" for e in pair["evaluations"]) + ")"
            if request["scale"] is None else "given")
     ceiling = pair.get("bandwidth_ceiling")
-    overrides = f" with {json.dumps(request['hf_overrides'])}" if request.get("hf_overrides") else ""
-    return (f"{request['config']} config{overrides}, octavo's dummy weights (normal(0, 0.02), norms 1, seed "
+    return (f"{request['config']} config, octavo's dummy weights (normal(0, 0.02), norms 1, seed "
             f"{request['seed']}). Draft: the target's config with {depth} of its {layers} layers; its token "
             f"embedding, layers 0..{depth - 1}, final norm and LM head are exact copies of the target's. Target: each "
             f"layer {depth}..{layers - 1} has self_attn.o_proj and mlp.down_proj multiplied by s = {scale:.5g} "

@@ -335,7 +335,7 @@ def load(path: str) -> dict:
         return json.load(f)
 
 
-def combined(results: list[dict], out_dir: str | None, stem: str = "serve-comparison") -> tuple[str, list[str]]:
+def combined(results: list[dict], out_dir: str | None) -> tuple[str, list[str]]:
     """Markdown of every result, and (for two or more serve results) the sweep charts with one line
     per result, labelled by its tag or model."""
     serves = [r for r in results if r["kind"] == "serve"]
@@ -343,5 +343,5 @@ def combined(results: list[dict], out_dir: str | None, stem: str = "serve-compar
     if out_dir and len(serves) > 1:
         os.makedirs(out_dir, exist_ok=True)
         paths = plot_serve([(r.get("tag") or r["model"]["name"], r["levels"]) for r in serves],
-                           os.path.join(out_dir, stem))
+                           os.path.join(out_dir, "serve-comparison"))
     return "\n".join(markdown(r) for r in results), paths

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +96,8 @@ def token_record(request: BenchRequest, sent: float, done: float, chunk_times: l
     return record
 
 
-async def run_level(base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
-                    timeout_s: float, desc: str, temperature: float = 0.0,
-                    json_schema: dict | None = None) -> tuple[list[dict], float]:
+async def run_level(load: Workload, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
+                    desc: str) -> tuple[list[dict], float]:
     """Run `requests` with `concurrency` in flight; returns the records and the wall time."""
     import httpx
 
@@ -107,10 +105,11 @@ async def run_level(base_url: str, model: str, requests: list[BenchRequest], con
     pending = iter(range(len(requests)))
     bar = progress(len(requests), desc, unit="req")
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(timeout_s), limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
         async def user() -> None:
             for index in pending:  # one shared iterator: each request is taken once
-                records[index] = await stream_completion(client, model, requests[index], temperature, json_schema)
+                records[index] = await stream_completion(client, model, requests[index], load.temperature,
+                                                         load.json_schema)
                 bar.update(1)
 
         start = time.perf_counter()
@@ -287,7 +286,7 @@ def served_model_name(base_url: str, fallback: str) -> str:
 
 
 # ---- the sweep -----------------------------------------------------------------------------------
-@dataclass
+@dataclasses.dataclass
 class Workload:
     """What the client sends: prompts of random token ids, or windows of a text in the model's
     tokens; their lengths (fixed, or uniform over the ranges); temperature and per-request timeout."""
@@ -323,8 +322,7 @@ class Workload:
 
     def run(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
             desc: str) -> tuple[list[dict], float]:
-        return asyncio.run(run_level(base_url, model, requests, concurrency, self.timeout_s, desc, self.temperature,
-                                     self.json_schema))
+        return asyncio.run(run_level(self, base_url, model, requests, concurrency, desc))
 
     def measure(self, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
                 desc: str) -> tuple[dict, list[dict]]:
@@ -421,17 +419,11 @@ def hf_levels(args: Any, load: Workload, spec: ModelSpec, dtype: Any, device: An
         batch = load.requests(concurrency, args.seed + 1000 * concurrency)
         timing = hf_baseline.latency(model, batch, 1)[0]
         step = percentile(timing.step_ms, 50) if timing.step_ms else 0.0
-        output_tokens = sum(r.output_len for r in batch)
-
-        def same(value: float) -> dict:  # one batch: every request shares its timings
-            return summarize([value] * len(batch))
-
-        levels.append({"concurrency": concurrency, "num_requests": len(batch), "num_errors": 0,
-                       "duration_s": timing.total_ms / 1e3, "output_tokens": output_tokens,
-                       "prompt_tokens": sum(r.prompt_len for r in batch),
-                       "output_tokens_per_s": output_tokens / (timing.total_ms / 1e3),
-                       "per_user_tokens_per_s": same(1e3 / step if step else 0.0), "ttft_ms": same(timing.prefill_ms),
-                       "tpot_ms": same(step), "itl_ms": summarize(timing.step_ms), "e2e_ms": same(timing.total_ms)})
+        # One batch: every request shares its timings, and the gaps between tokens are the batch's (counted once).
+        records = [{"prompt_len": r.prompt_len, "output_tokens": r.output_len, "error": None, "tpot_ms": step,
+                    "ttft_ms": timing.prefill_ms, "e2e_ms": timing.total_ms, "itl_ms": [] if i else timing.step_ms}
+                   for i, r in enumerate(batch)]
+        levels.append(summarize_level(concurrency, records, timing.total_ms / 1e3))
     del model
     release()
     return levels
@@ -470,9 +462,8 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
         raise ValueError(f"{spec.path}/config.json names no vocab_size; token-id prompts need one")
     load = Workload(vocab_size, parse_range(args.input_len_range) if args.input_len_range else (args.input_len,) * 2,
                     parse_range(args.output_len_range) if args.output_len_range else (args.output_len,) * 2,
-                    args.temperature, args.request_timeout)
-    if args.json_schema:
-        load.json_schema = json.loads(Path(args.json_schema).read_text())
+                    args.temperature, args.request_timeout,
+                    json_schema=json.loads(Path(args.json_schema).read_text()) if args.json_schema else None)
     if args.prompt_text:
         load.use_text(args.prompt_text, spec.path)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto")
@@ -499,8 +490,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
         base_url = (args.base_url or "").rstrip("/")
         if args.launch:
             if spec.temporary and not has_tokenizer(spec.path):
-                eos = config.get("eos_token_id")
-                write_synthetic_tokenizer(spec.path, vocab_size, eos if isinstance(eos, int) else None)
+                write_synthetic_tokenizer(spec.path, vocab_size, config.get("eos_token_id"))
                 recorded["synthetic_tokenizer"] = True
             os.makedirs(args.out, exist_ok=True)
             log_path = os.path.join(args.out, file_stem(result) + "-server.log")

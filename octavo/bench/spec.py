@@ -13,7 +13,6 @@ import math
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,13 @@ PAIRS = ("demo", "controlled", "paths")
 PAIR_WEIGHTS = {"controlled": 1.5}  # shares of the time budget (an 8B pair starts and runs longer); others 1
 # The compared metrics, and whether a higher value is better (throughput) or worse (latency).
 METRICS = {"output_tokens_per_s": True, "ttft_ms_p50": False, "tpot_ms_p50": False}
-DEFAULT_K = 4
 DEMO_CONSTRUCTION = (
     "The shipped demo pair: octavo-demo (4.2M parameters, 4 layers) verifies octavo-demo-draft (0.9M, 2 layers), "
     "trained on 40 of Shakespeare's works (octavo/runtime/demo/DATA_CARD.md); prompts are windows of held-out "
     "text (Julius Caesar and Twelfth Night, the pair's validation plays) after BOS.")
 
 
-@dataclass
+@dataclasses.dataclass
 class Arm:
     """One side: its label, whether its servers get the pair's draft, extra `octavo serve`
     arguments, and a PYTHONPATH entry put first in its servers' environment."""
@@ -131,17 +129,18 @@ class SpecBench:
 
     def __init__(self, args: Any, save_partial) -> None:
         from octavo.bench.cli import engine_args
+        from octavo.runtime.config import DEFAULT_NUM_SPECULATIVE_TOKENS
 
         self.args, self.save_partial = args, save_partial
         self.started = time.monotonic()
         self.arms = arms_from(args)
-        self.k = args.num_speculative_tokens or DEFAULT_K
+        self.k = args.num_speculative_tokens or DEFAULT_NUM_SPECULATIVE_TOKENS  # what the servers' engines default to
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         env = environment(args.device, args)
         self.cuda = env["device"].get("type") == "cuda"
         self.doc: dict = {"kind": "spec", "tag": args.tag, "env": env, "model": {"name": "+".join(args.pair)},
-                          "arms": [asdict(arm) for arm in self.arms],
+                          "arms": [dataclasses.asdict(arm) for arm in self.arms],
                           "settings": settings(args, num_speculative_tokens=self.k, confidence=CONFIDENCE,
                                                engine_flags=shlex.join(engine_args(args).to_cli_args())),
                           "pairs": [], "total_errors": 0, "total_seconds": None}

@@ -5,6 +5,7 @@ octavo, the HF baseline and the vLLM peer."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -30,29 +31,29 @@ def parse_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-PEER_TOKEN_IDS = (100, 32000)  # the token ids of the vLLM peer's make_requests: [100, 32000)
-
-
-def token_id_range(vocab_size: int) -> tuple[int, int]:
-    """The peer's [100, 32000), cut to the vocabulary (the whole of it when it has 100 ids or fewer)."""
-    high = min(PEER_TOKEN_IDS[1], vocab_size)
-    return (PEER_TOKEN_IDS[0] if high > PEER_TOKEN_IDS[0] else 0), high
+def _draw(num_requests: int, input_range: tuple[int, int], output_range: tuple[int, int], seed: int,
+          prompt: Callable[[random.Random, int], list[int]]) -> list[BenchRequest]:
+    """Per request, from one seeded generator: its prompt length, its output length (uniform over the
+    inclusive ranges), then its prompt's token ids, prompt(rng, prompt length)."""
+    if num_requests < 1:
+        raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_requests):
+        prompt_len, output_len = rng.randint(*input_range), rng.randint(*output_range)
+        requests.append(BenchRequest(prompt(rng, prompt_len), output_len))
+    return requests
 
 
 def random_requests(num_requests: int, input_range: tuple[int, int], output_range: tuple[int, int],
                     vocab_size: int, seed: int) -> list[BenchRequest]:
-    """Prompt and output lengths uniform over the inclusive ranges, drawn step for step as the vLLM
-    peer's `make_requests()` (../shared/peers/vllm-0.24.0/bench_vllm.py): both engines get the same
-    requests."""
-    if num_requests < 1:
-        raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
-    rng = random.Random(seed)
-    low, high = token_id_range(vocab_size)
-    requests = []
-    for _ in range(num_requests):
-        prompt_len, output_len = rng.randint(*input_range), rng.randint(*output_range)
-        requests.append(BenchRequest([rng.randrange(low, high) for _ in range(prompt_len)], output_len))
-    return requests
+    """Drawn step for step as the vLLM peer's `make_requests()` (../shared/peers/vllm-0.24.0/bench_vllm.py),
+    so both engines get the same requests: token ids in the peer's [100, 32000), cut to the vocabulary
+    (the whole of it when it has 100 ids or fewer)."""
+    high = min(32000, vocab_size)
+    low = 100 if high > 100 else 0
+    return _draw(num_requests, input_range, output_range, seed,
+                 lambda rng, length: [rng.randrange(low, high) for _ in range(length)])
 
 
 def fixed_requests(num_requests: int, input_len: int, output_len: int, vocab_size: int,
@@ -64,19 +65,16 @@ def text_requests(corpus_ids: list[int], num_requests: int, input_range: tuple[i
                   output_range: tuple[int, int], seed: int, bos_token_id: int | None = None) -> list[BenchRequest]:
     """Prompts cut out of a tokenized text at seeded offsets, each after BOS when given (a draft's
     acceptance depends on the text it continues, so a trained pair is measured on real text)."""
-    if num_requests < 1:
-        raise ValueError(f"the number of requests must be >= 1, got {num_requests}")
-    rng = random.Random(seed)
     bos = [] if bos_token_id is None else [bos_token_id]
-    requests = []
-    for _ in range(num_requests):
-        prompt_len, output_len = rng.randint(*input_range), rng.randint(*output_range)
+
+    def window(rng: random.Random, prompt_len: int) -> list[int]:
         body = prompt_len - len(bos)
         if body > len(corpus_ids):
             raise ValueError(f"the prompt text has {len(corpus_ids)} tokens, fewer than a {prompt_len}-token prompt")
         start = rng.randrange(len(corpus_ids) - body + 1)
-        requests.append(BenchRequest(bos + list(corpus_ids[start:start + body]), output_len))
-    return requests
+        return bos + list(corpus_ids[start:start + body])
+
+    return _draw(num_requests, input_range, output_range, seed, window)
 
 
 def batches(items: list, size: int) -> list[list]:
