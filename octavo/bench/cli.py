@@ -171,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _spec_flags(spec)
     _report_flags(spec, anchors=False)
 
-    kernels = sub.add_parser("kernels", help="attention kernels: decode GB/s and prefill TFLOP/s vs the device",
+    kernels = sub.add_parser("kernels", help="attention kernels vs the ceilings; mixed steps; host μs a launch",
                              description="Paged decode attention against copy bandwidth and prefill attention "
                                          "against the matmul peak (CUDA), each checked against its reference.")
     kernels.add_argument("--device", default="cuda")
