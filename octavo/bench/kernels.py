@@ -174,7 +174,7 @@ def launch_costs(device: Any, calls: int = 200) -> dict:
     table = torch.arange(64, dtype=torch.int32, device=device).view(8, 8)
     lens = torch.full((8,), 100, dtype=torch.int32, device=device)
     starts = torch.arange(9, dtype=torch.int32, device=device) * 2
-    gate_up = tensor(8, 2 * 14336)
+    gate_up, two_each = tensor(8, 2 * 14336), tensor(16, HEADS, HEAD_DIM)
     entries = {
         "torch.add (anchor)": lambda: torch.add(x, residual),
         "rms_norm + residual": lambda: ops.rms_norm(x, weight, 1e-5, residual),
@@ -182,8 +182,8 @@ def launch_costs(device: Any, calls: int = 200) -> dict:
         "write_kv_cache": lambda: ops.write_kv_cache(key, val, cache, cache, positions),
         "silu_and_mul": lambda: ops.silu_and_mul(gate_up),
         "paged_decode_attention": lambda: ops.paged_decode_attention(q, cache, cache, table, lens, 0.1),
-        "paged_attention (2 tokens a request)": lambda: ops.paged_attention(
-            tensor(16, HEADS, HEAD_DIM), cache, cache, table, starts, lens, 0.1),
+        "paged_attention (2 tokens a request)": lambda: ops.paged_attention(two_each, cache, cache, table, starts,
+                                                                            lens, 0.1),
     }
     costs = {}
     for name, fn in entries.items():
