@@ -6,8 +6,8 @@ Two questions of #21 beside them: a mixed prefill+decode step's attention three 
 the prefill kernel, as the engine does; its decode rows split off to the decode kernel; torch's own
 paged flash attention, `varlen_attn`, where this torch has it), and the host microseconds one call
 of each kernel entry point costs (an eager step launches about ten per layer). Each shape's output is
-first checked against the torch reference (the mixed step: against the engine's call); a mismatch
-fails the run."""
+first checked against the torch reference (the mixed step's three ways too); a mismatch fails the
+run."""
 
 from __future__ import annotations
 
@@ -119,6 +119,7 @@ def mixed_point(name: str, batch: dict) -> dict:
     from triton.testing import do_bench
 
     from octavo.kernels.attention import paged_attention, paged_decode_attention
+    from octavo.kernels.attention_ref import paged_attention_ref
 
     q, k, v, table, starts, lens, d = (batch[key] for key in ("query", "k", "v", "table", "starts", "seq_lens",
                                                               "decodes"))
@@ -146,7 +147,7 @@ def mixed_point(name: str, batch: dict) -> dict:
         variants["torch_flash"] = flash
     except Exception as exc:  # an older torch, or its constraints (page size, dtype) refuse our cache
         row["torch_flash_unavailable"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    reference = one_call()
+    reference = paged_attention_ref(q, k, v, table, starts, lens, scale)
     for key, fn in variants.items():
         row[f"{key}_us"] = 1e3 * do_bench(fn, warmup=20, rep=100, return_mode="median")
         row[f"{key}_rel_err"] = relative_error(fn(), reference)
