@@ -1,13 +1,12 @@
 """Verification of speculative drafts: which proposals the target accepts, and the token it adds.
 
 `rejection_sample` and `greedy_verify` are pure tensor functions over a batch, shared by the engine
-and the sampling tests. Sampled rows go through exact rejection sampling, so the emitted tokens
-are distributed as the target's own; greedy rows accept while the draft matches the target's
-argmax. `verify_step` applies them to one engine step's logits.
+and the sampling tests; `verify_step` applies them to one engine step's logits.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,9 +25,9 @@ class VerifyResult:
     num_accepted: torch.Tensor  # [B] int64: accepted drafts per row (the row emits num_accepted + 1)
 
 
-def _accepted_prefix(accept: torch.Tensor) -> torch.Tensor:
-    """Length of the leading run of True per row."""
-    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
+def _accepted_prefix(accept: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of True per row, at most its real drafts (padding follows them)."""
+    return accept.to(torch.int64).cumprod(dim=1).sum(dim=1).minimum(num_draft)
 
 
 def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
@@ -38,13 +37,6 @@ def _assemble(draft_tokens: torch.Tensor, num_accepted: torch.Tensor, final: tor
     out[:, :k] = torch.where(positions[None, :] < num_accepted[:, None], draft_tokens.long(), -1)
     out[torch.arange(batch, device=out.device), num_accepted] = final.long()
     return out
-
-
-def _num_draft(draft_tokens: torch.Tensor, num_draft: torch.Tensor | None) -> torch.Tensor:
-    if num_draft is None:
-        return torch.full((draft_tokens.shape[0],), draft_tokens.shape[1], dtype=torch.int64,
-                          device=draft_tokens.device)
-    return num_draft.to(device=draft_tokens.device, dtype=torch.int64)
 
 
 def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | None, draft_tokens: torch.Tensor,
@@ -66,18 +58,17 @@ def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | Non
     normalisation needed.
     """
     batch, k = draft_tokens.shape
-    num_draft = _num_draft(draft_tokens, num_draft)
     rows = torch.arange(batch, device=draft_tokens.device)
+    if num_draft is None:
+        num_draft = torch.full((batch,), k, dtype=torch.int64, device=draft_tokens.device)
     if k == 0:
         final = (target_probs[:, 0] / recovery_noise).argmax(dim=-1)
         return VerifyResult(_assemble(draft_tokens, torch.zeros_like(num_draft), final), torch.zeros_like(num_draft))
-    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
     index = draft_tokens.long().clamp(min=0)[..., None]
     p_draft = target_probs[:, :k].gather(-1, index).squeeze(-1)
     q_draft = draft_probs.gather(-1, index).squeeze(-1) if draft_probs is not None else torch.ones_like(p_draft)
     # u < p/q written without the division: q > 0 for any token the draft could have drawn.
-    accept = (uniform_noise * q_draft < p_draft) & valid
-    num_accepted = _accepted_prefix(accept)
+    num_accepted = _accepted_prefix(uniform_noise * q_draft < p_draft, num_draft)
     p_final = target_probs[rows, num_accepted]
     rejected = (num_accepted < num_draft).to(target_probs.dtype)
     at = num_accepted.clamp(max=k - 1)
@@ -93,15 +84,12 @@ def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | Non
     return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
 
 
-def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor,
-                  num_draft: torch.Tensor | None = None) -> VerifyResult:
+def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor, num_draft: torch.Tensor) -> VerifyResult:
     """Greedy requests: accept drafts while they equal the target's argmax, then emit the target's
     argmax at the first disagreement (or one past the last draft). The output is the target's
     greedy sequence token for token."""
     batch, k = draft_tokens.shape
-    num_draft = _num_draft(draft_tokens, num_draft)
-    valid = torch.arange(k, device=draft_tokens.device)[None, :] < num_draft[:, None]
-    num_accepted = _accepted_prefix((target_argmax[:, :k] == draft_tokens) & valid)
+    num_accepted = _accepted_prefix(target_argmax[:, :k] == draft_tokens, num_draft)
     final = target_argmax[torch.arange(batch, device=draft_tokens.device), num_accepted]
     return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
 
@@ -125,16 +113,16 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
         processed = raw
     else:
         processed = sampler.processed_logits(raw, views)
-    starts = [0]
-    for n in counts:
-        starts.append(starts[-1] + n + 1)
-    draft_tokens = torch.full((len(items), k), -1, dtype=torch.int64)
-    for b, (request, n) in enumerate(zip(requests, counts)):
-        draft_tokens[b, :n] = torch.tensor(request.spec_token_ids[:n])
-    draft_tokens = to_device(draft_tokens, torch.int64, device)
+    starts = [0, *itertools.accumulate(n + 1 for n in counts)]
+    draft_tokens = to_device([r.spec_token_ids[:n] + [-1] * (k - n) for r, n in zip(requests, counts)],
+                             torch.int64, device)
     num_draft = to_device(counts, torch.long, device)
     num_accepted = [0] * len(items)
     emitted: list[list[int]] = [[] for _ in items]
+
+    def positions(rows: list[int]) -> torch.Tensor:
+        """Each row's k + 1 positions in `processed`: past its own drafts it repeats its last."""
+        return to_device([[starts[b] + min(i, counts[b]) for i in range(k + 1)] for b in rows], torch.long, device)
 
     def collect(verdict: VerifyResult, rows: list[int]) -> None:
         accepted, tokens = verdict.num_accepted.tolist(), verdict.output_tokens.tolist()
@@ -143,25 +131,27 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
 
     greedy_rows = [b for b, r in enumerate(requests) if r.sampling_params.greedy]
     if greedy_rows:
-        # Row b's k + 1 argmaxes in one gather; past its own count it repeats its last row.
-        gather = torch.tensor([[starts[b] + min(i, counts[b]) for i in range(k + 1)] for b in greedy_rows])
-        target_argmax = processed.argmax(dim=-1)[to_device(gather, torch.long, device)]
         index = to_device(greedy_rows, torch.long, device)
+        target_argmax = processed.argmax(dim=-1)[positions(greedy_rows)]
         collect(greedy_verify(target_argmax, draft_tokens[index], num_draft[index]), greedy_rows)
     sampled_rows = [b for b, r in enumerate(requests) if not r.sampling_params.greedy]
     if sampled_rows:
-        vocab = processed.shape[-1]
-        target_probs = torch.zeros((len(sampled_rows), k + 1, vocab), device=device)
-        drafts = [draft_probs(requests[b]) for b in sampled_rows]
-        q = None if all(d is None for d in drafts) else torch.zeros((len(sampled_rows), k, vocab), device=device)
-        for i, b in enumerate(sampled_rows):
-            n = counts[b]
-            target_probs[i, : n + 1] = processed[starts[b] : starts[b + 1]].softmax(dim=-1)
-            if q is not None:
-                q[i, :n] = drafts[i][:n] if drafts[i] is not None else torch.nn.functional.one_hot(
-                    draft_tokens[b, :n], vocab).to(q.dtype)
-        uniform, recovery = _noise(sampler, [requests[b] for b in sampled_rows], k, vocab, device)
-        index = torch.tensor(sampled_rows, device=device)
+        sampled, vocab = [requests[b] for b in sampled_rows], processed.shape[-1]
+        target_probs = processed.softmax(dim=-1)[positions(sampled_rows)]
+        drafts = [draft_probs(request) for request in sampled]
+        q = None
+        if any(d is not None for d in drafts):  # else every draft is a point mass (q = 1 at it)
+            q = torch.zeros((len(sampled_rows), k, vocab), device=device)
+            for i, (b, d) in enumerate(zip(sampled_rows, drafts)):
+                n = counts[b]
+                q[i, :n] = d[:n] if d is not None else torch.nn.functional.one_hot(draft_tokens[b, :n], vocab)
+        # Acceptance uniforms and the final token's race noise; a seeded request's from its generator.
+        uniform = torch.rand((len(sampled), k), generator=sampler.generator, device=device)
+        for row, request in enumerate(sampled):
+            if request.generator is not None:
+                uniform[row].uniform_(0.0, 1.0, generator=request.generator)
+        recovery = sampler.random_noise((len(sampled), vocab), sampled)
+        index = to_device(sampled_rows, torch.long, device)
         collect(rejection_sample(target_probs, q, draft_tokens[index], uniform, recovery, num_draft[index]),
                 sampled_rows)
 
@@ -173,21 +163,5 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
         rows = [starts[b] + i for b, tokens in enumerate(emitted) for i in range(len(tokens))]
         chosen = torch.tensor([t for tokens in emitted for t in tokens], device=device)
         described = Sampler.describe(raw.index_select(0, torch.tensor(rows, device=device)), chosen, owners)
-    results, at = [], 0
-    for b in range(len(items)):
-        results.append((described[at : at + len(emitted[b])], num_accepted[b]))
-        at += len(emitted[b])
-    return results
-
-
-def _noise(sampler: Sampler, requests: list[Request], k: int, vocab: int,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Acceptance uniforms and the final token's exponential race noise; a seeded request's
-    rows come from its own generator."""
-    uniform = torch.rand((len(requests), k), generator=sampler.generator, device=device)
-    recovery = torch.empty((len(requests), vocab), device=device).exponential_(generator=sampler.generator)
-    for row, request in enumerate(requests):
-        if request.generator is not None:
-            uniform[row].uniform_(0.0, 1.0, generator=request.generator)
-            recovery[row].exponential_(generator=request.generator)
-    return uniform, recovery
+    in_order = iter(described)
+    return [([next(in_order) for _ in tokens], n) for tokens, n in zip(emitted, num_accepted)]
