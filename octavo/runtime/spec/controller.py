@@ -18,9 +18,6 @@ The arm not chosen is measured again now and then (a probe of `probe_steps` step
 since the last probe pays for it within `probe_budget`: interval = probe cost / budget. So a
 pair that never pays (a draft as slow as the target) costs about the budget, and an expensive
 probe (a draft catching up on every context) comes rarely.
-
-Batch sizes are timed in buckets: each size below 8, then four an octave, so the batch varies by
-at most a quarter within one (a launch-bound step's time grows with the batch).
 """
 
 from __future__ import annotations
@@ -52,7 +49,8 @@ def prior_ratio(k: int, batch_size: int, draft_cost_ratio: float, knee: float = 
 
 
 def bucket(batch_size: int) -> int:
-    """The smallest batch size of batch_size's bucket."""
+    """The smallest batch size of batch_size's bucket: each size below 8, then four an octave, so the
+    batch varies by at most a quarter within one (a launch-bound step's time grows with the batch)."""
     if batch_size < 8:
         return batch_size
     shift = batch_size.bit_length() - 3
@@ -103,7 +101,10 @@ class AdaptiveK:
             b.probing = False
             best = self.best_k(batch_size)
             other = 0 if best else self.k_max  # the arm not chosen
-            cost = b.probe_cost if b.probe_cost is not None else self._probe_estimate(b, other)
+            cost = b.probe_cost  # what the last probe took; before the first, what it would take
+            if cost is None and b.plain:
+                plain = quantile(b.plain, self.config.plain_quantile)
+                cost = self.config.probe_steps * plain * self.ratio(b, b.size, other)
             if cost is not None and b.clock * self.config.probe_budget >= cost:
                 b.probing, b.probe_cost, b.clock = True, 0.0, 0.0
                 b.k, b.hold = other, self.config.probe_steps - 1
@@ -138,22 +139,12 @@ class AdaptiveK:
         """A step with k drafts over a plain step, measured, or the prior scaled to the nearest
         measured k, or the prior."""
         prior = prior_ratio(k, batch_size, self.draft_cost_ratio, self.knee)
-        near = self._nearest(b, k)
-        if not k or not b.plain or near is None:
+        measured = [kk for kk, times in b.spec.items() if times]
+        if not k or not b.plain or not measured:
             return prior
+        near = min(measured, key=lambda kk: (abs(kk - k), kk))
         seen = quantile(b.spec[near], self.config.spec_quantile) / quantile(b.plain, self.config.plain_quantile)
         return seen if near == k else prior * seen / prior_ratio(near, batch_size, self.draft_cost_ratio, self.knee)
-
-    @staticmethod
-    def _nearest(b: Bucket, k: int) -> int | None:
-        measured = [kk for kk, times in b.spec.items() if times]
-        return min(measured, key=lambda kk: (abs(kk - k), kk)) if measured else None
-
-    def _probe_estimate(self, b: Bucket, k: int) -> float | None:
-        """What a first probe of k drafts will take (later ones: what the last one took)."""
-        if not b.plain:
-            return None
-        return self.config.probe_steps * quantile(b.plain, self.config.plain_quantile) * self.ratio(b, b.size, k)
 
     # ---- after a step -----------------------------------------------------------------------
     def record(self, step: StepRecord) -> None:
@@ -182,14 +173,12 @@ class AdaptiveK:
         decode_only = not last.num_prefill_tokens and last.num_decoding == last.num_requests
         undisturbed = not step.num_prefill_tokens and step.num_requests == last.num_requests
         sample = decode_only and self._in_steady_run and undisturbed
-        self._in_steady_run = decode_only and self._same_arm(last, step)
+        same_arm = last.k == step.k and bucket(last.num_requests) == bucket(step.num_requests)
+        self._in_steady_run = decode_only and same_arm
         if sample:
             window = self.config.window
             times = b.plain if last.k == 0 else b.spec.setdefault(last.k, collections.deque(maxlen=window))
             times.append(seconds)
-
-    def _same_arm(self, a: StepRecord, b: StepRecord) -> bool:
-        return a.k == b.k and bucket(a.num_requests) == bucket(b.num_requests)
 
     def _bucket(self, batch_size: int) -> Bucket:
         key = bucket(batch_size)
