@@ -2,21 +2,20 @@
 
 Per step, for the requests in the plan: the draft catches up on the tokens it has not computed
 (a prefill the first time, the last step's accepted tokens after that), batched across requests,
-then runs k - 1 single-token steps. Greedy drafts stay on the device between steps (each argmax
-is the next step's input, read back once); sampled drafts are drawn exactly as the target will
-draw (penalties at each draft position, temperature, filters) and keep their distributions for
-rejection sampling. Draft KV is computed lazily: after steps without speculation the next
-catch-up covers the gap, so a draft that is not consulted costs nothing. Its prefix cache hashes
-only tokens the target has committed.
+then runs k - 1 single-token steps. Draft KV is computed lazily: after steps without speculation
+the next catch-up covers the gap, so a draft that is not consulted costs nothing. Its prefix
+cache hashes only tokens the target has committed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from octavo.runtime.config import EngineConfig, ModelConfig, SpeculativeConfig
 from octavo.runtime.inference import inference
@@ -48,7 +47,6 @@ class DraftSequence:
         self.block_ids: list[int] = []
         self.block_hashes: list[bytes] = []
         self.num_registered_blocks = 0
-        self.spec_token_ids: list[int] = []
         self.proposals: list[int] = []
         self.draft_probs: list[torch.Tensor] = []  # per proposal, the distribution it was drawn from
 
@@ -211,6 +209,8 @@ class DraftModelProposer(Proposer):
         for item in catch_up:
             item.request.num_computed_tokens += item.num_new_tokens
             self.kv.cache_computed_blocks(item.request)  # committed tokens only, so far
+        if not drafting:
+            return  # this step only advanced long catch-ups
         if self.on_device and all(r.sampling_params.greedy and not needs_penalties(r) for r, _, _ in drafting):
             self._argmax_on_device(output, drafting)
         else:
@@ -224,8 +224,6 @@ class DraftModelProposer(Proposer):
         step's host work is about as long as the draft's forward itself; waiting for each
         proposal would put the two in series k times per step. Requests run longest k first, so
         the ones still drafting at a step are a prefix of the batch."""
-        if not drafting:
-            return
         drafting = sorted(drafting, key=lambda d: -d[2])
         device = output.logits.device
         rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting])
@@ -241,9 +239,7 @@ class DraftModelProposer(Proposer):
                 seq.num_computed_tokens += 1
             tokens.append(self._to_target_vocab(output.logits).argmax(dim=-1))
         flat = torch.cat(tokens).tolist()  # the one wait for the device
-        offsets = [0]
-        for step_tokens in tokens:
-            offsets.append(offsets[-1] + step_tokens.shape[0])
+        offsets = [0, *itertools.accumulate(len(step_tokens) for step_tokens in tokens)]
         for i, ((_, seq, k), start) in enumerate(zip(drafting, base)):
             seq.proposals = [flat[offsets[step] + i] for step in range(k)]
             seq.all_token_ids[start:] = seq.proposals  # placeholders, then the last (kept for commit)
@@ -251,7 +247,7 @@ class DraftModelProposer(Proposer):
     def _sample_on_host(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
         self._take_proposals(output, drafting)
         active = drafting
-        for step in range(1, max((k for _, _, k in drafting), default=0)):
+        for step in range(1, max(k for _, _, k in drafting)):
             active = [d for d in active if d[2] > step]
             for _, seq, _ in active:
                 seq.all_token_ids.append(seq.proposals[-1])
@@ -265,8 +261,6 @@ class DraftModelProposer(Proposer):
     def _take_proposals(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
         """One draft token per request from the draft's distribution, processed exactly as the
         target's will be (penalties with the proposals so far, temperature, filters)."""
-        if not drafting:
-            return
         rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting],
                             device=output.logits.device)
         logits = self._to_target_vocab(output.logits.index_select(0, rows))
@@ -285,14 +279,10 @@ class DraftModelProposer(Proposer):
                 seq.draft_probs.append(probs[row])
 
     def _to_target_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        """A padded draft vocabulary is cut to the target's; a smaller one is padded with -inf
-        (ids the draft cannot propose)."""
-        width = logits.shape[-1]
-        if width > self.target_vocab:
-            return logits[:, : self.target_vocab]
-        if width < self.target_vocab:
-            return torch.cat([logits, logits.new_full((logits.shape[0], self.target_vocab - width), float("-inf"))], -1)
-        return logits
+        """A padded draft vocabulary is cut to the target's (F.pad crops by a negative width); a
+        smaller one is padded with -inf (ids the draft cannot propose)."""
+        missing = self.target_vocab - logits.shape[-1]
+        return F.pad(logits, (0, missing), value=float("-inf")) if missing else logits
 
 
 PROPOSER = DraftModelProposer
