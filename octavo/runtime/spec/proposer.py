@@ -2,15 +2,7 @@
 
 A proposer guesses the next tokens of running requests; the target verifies every guess in its
 next forward (spec/verify.py), so a proposer can be wrong at no cost to correctness, only to
-speed. The engine calls, per step and request:
-
-  propose(plan)      before scheduling: fill `request.spec_token_ids` (at most k ids each; fewer
-                     or none where it has no guess)
-  draft_probs(r)     the distributions the guesses were drawn from (sampled requests), or None
-                     for guesses that are point masses (greedy drafts, n-gram lookups)
-  commit(r)          after the step: the request's tokens are final up to `all_token_ids`;
-                     anything the proposer holds past the first rejected guess is stale
-  free(r)            the request finished, was aborted or preempted
+speed.
 """
 
 from __future__ import annotations
@@ -33,16 +25,18 @@ class Proposer:
         """Called once the target's KV cache has `num_blocks` blocks."""
 
     def propose(self, plan: list[tuple[Request, int]]) -> None:
+        """Before scheduling: fill each `request.spec_token_ids` with at most k guesses (or none)."""
         raise NotImplementedError
 
     def draft_probs(self, request: Request) -> torch.Tensor | None:
+        """The distributions the guesses were drawn from; None for point masses (greedy, n-gram)."""
         return None
 
     def commit(self, request: Request) -> None:
-        """The request's tokens are final: drop whatever stale state the proposer holds for it."""
+        """After a step: the request's tokens are final; what is held past a rejected guess is stale."""
 
     def free(self, request: Request) -> None:
-        """The request left the running batch."""
+        """The request finished, was aborted or preempted."""
 
     def shutdown(self) -> None:
         """Release device resources (CUDA graphs) before the engine's workers leave."""
