@@ -1,18 +1,15 @@
 """Adaptive k: how many tokens each request drafts in the next step (0 = plain decoding).
 
 Two calls: `step_k(batch_size)` before a step, `record(step)` after it. A draft token is worth
-what the acceptance rate says; it costs what steps at this batch size measurably take. So k is
-the one that maximises expected tokens per unit of step time,
+what the acceptance rate says and costs what steps at this batch size measurably take, so k
+maximises expected tokens per unit of step time,
 
     goodput(k) = (1 + f (E(a, k) - 1)) / ratio(k),   E(a, k) = 1 + a + ... + a^k,
 
 where a is the running acceptance rate, f the share of requests that had a draft to offer (an
-n-gram lookup may find none), and ratio(k) a speculative step's time over a plain one's at this
-batch size: measured where it was (plain steps read at a low quantile, since host noise only
-ever adds time and comes in bursts; speculative ones at the median, so that noise errs towards
-plain decoding), the prior model's shape scaled to the nearest measured k elsewhere, the prior
-alone before anything is measured. Speculation must win by `min_gain`, and plain decoding is
-timed first (a bucket's first `decide_every` steps). A decision holds for `decide_every` steps.
+n-gram lookup may find none) and ratio(k) a speculative step's time over a plain one's at this
+batch size (`AdaptiveK.ratio`). Speculation must win by `min_gain`; plain decoding is timed
+first (a bucket's first `decide_every` steps), and a decision holds for `decide_every` steps.
 
 The arm not chosen is measured again now and then (a probe of `probe_steps` steps) when the time
 since the last probe pays for it within `probe_budget`: interval = probe cost / budget. So a
@@ -32,9 +29,8 @@ KNEE_TOKENS = 256.0  # prior: tokens per forward past which a step is compute-bo
 FORWARD_OVERHEAD = 0.05  # prior: a forward's fixed launch cost, in target forwards
 
 
-def expected_tokens(acceptance: float, k: int) -> float:
+def expected_tokens(a: float, k: int) -> float:
     """Tokens a verification of k drafts emits when each is accepted with probability a."""
-    a = min(max(acceptance, 0.0), 1.0)
     return k + 1.0 if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
 
 
@@ -90,8 +86,8 @@ class AdaptiveK:
         self._probe_asked: Bucket | None = None  # the probe the step about to be recorded belongs to
         self._last_probe: Bucket | None = None  # the probe the last recorded step belongs to
 
-    # ---- before a step ----------------------------------------------------------------------
     def step_k(self, batch_size: int) -> int:
+        """Before a step: the k its requests draft (0: plain decoding), by the decision in force."""
         if not self.config.adaptive:
             return self.k_max
         b = self._bucket(batch_size)
@@ -136,8 +132,10 @@ class AdaptiveK:
         return best_k
 
     def ratio(self, b: Bucket, batch_size: int, k: int) -> float:
-        """A step with k drafts over a plain step, measured, or the prior scaled to the nearest
-        measured k, or the prior."""
+        """A step with k drafts over a plain step: measured where it was (plain steps read at a low
+        quantile, since host noise only ever adds time and comes in bursts; speculative ones at the
+        median, so that noise errs towards plain decoding), else the prior's shape scaled to the
+        nearest measured k, else the prior alone."""
         prior = prior_ratio(k, batch_size, self.draft_cost_ratio, self.knee)
         measured = [kk for kk, times in b.spec.items() if times]
         if not k or not b.plain or not measured:
@@ -146,7 +144,6 @@ class AdaptiveK:
         seen = quantile(b.spec[near], self.config.spec_quantile) / quantile(b.plain, self.config.plain_quantile)
         return seen if near == k else prior * seen / prior_ratio(near, batch_size, self.draft_cost_ratio, self.knee)
 
-    # ---- after a step -----------------------------------------------------------------------
     def record(self, step: StepRecord) -> None:
         """Learn from a finished step: acceptance from its verifications, and the previous step's
         time, from its start to this one's (so that what a step leaves behind, tokens to stream
@@ -176,8 +173,7 @@ class AdaptiveK:
         same_arm = last.k == step.k and bucket(last.num_requests) == bucket(step.num_requests)
         self._in_steady_run = decode_only and same_arm
         if sample:
-            window = self.config.window
-            times = b.plain if last.k == 0 else b.spec.setdefault(last.k, collections.deque(maxlen=window))
+            times = b.plain if last.k == 0 else b.spec.setdefault(last.k, collections.deque(maxlen=self.config.window))
             times.append(seconds)
 
     def _bucket(self, batch_size: int) -> Bucket:
