@@ -178,7 +178,6 @@ class AdaptiveK:
 
     def _bucket(self, batch_size: int) -> Bucket:
         key = bucket(batch_size)
-        b = self.buckets.get(key)
-        if b is None:
-            b = self.buckets[key] = Bucket(key, plain=collections.deque(maxlen=self.config.window))
-        return b
+        if key not in self.buckets:
+            self.buckets[key] = Bucket(key, plain=collections.deque(maxlen=self.config.window))
+        return self.buckets[key]

@@ -53,9 +53,8 @@ def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | Non
     Draft token x at position i is accepted with probability min(1, p(x) / q(x)); at the first
     rejection the row ends with a token drawn from norm(max(0, p - q)), and if every draft is
     accepted with a bonus token drawn from p at position K. Each emitted token is then distributed
-    exactly as p given the tokens before it. The final draw is an exponential race,
-    argmax(w / E) with E ~ Exp(1), which picks index i with probability w_i / sum(w): no
-    normalisation needed.
+    exactly as p given the tokens before it. The final draw is an exponential race, argmax(w / E)
+    with E ~ Exp(1) (Sampler.choose's), so w needs no normalisation.
     """
     batch, k = draft_tokens.shape
     rows = torch.arange(batch, device=draft_tokens.device)
@@ -94,7 +93,6 @@ def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor, num_d
     return VerifyResult(_assemble(draft_tokens, num_accepted, final), num_accepted)
 
 
-# ---- one engine step ----------------------------------------------------------------------------
 def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sampler,
                 draft_probs: Callable[[Request], torch.Tensor | None]) -> list[tuple[list[SampledRow], int]]:
     """Each speculated request's emitted tokens (accepted drafts, then one of the target's) with
@@ -109,10 +107,8 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
     # Penalties and min_tokens at draft position i see the drafts before it.
     views = [Lookahead(request, request.spec_token_ids[:i]) for request, n in zip(requests, counts)
              for i in range(n + 1)]
-    if all(v.sampling_params.greedy and not needs_penalties(v) for v in views):
-        processed = raw
-    else:
-        processed = sampler.processed_logits(raw, views)
+    plain = all(v.sampling_params.greedy and not needs_penalties(v) for v in views)
+    processed = raw if plain else sampler.processed_logits(raw, views)
     starts = [0, *itertools.accumulate(n + 1 for n in counts)]
     draft_tokens = to_device([r.spec_token_ids[:n] + [-1] * (k - n) for r, n in zip(requests, counts)],
                              torch.int64, device)

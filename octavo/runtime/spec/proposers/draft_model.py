@@ -128,8 +128,7 @@ class DraftModelProposer(Proposer):
     def check_no_leaks(self) -> None:
         if self.sequences:
             raise AssertionError(f"draft state left for requests {sorted(self.sequences)[:8]}")
-        if self.kv is not None:
-            self.kv.check_no_leaks()
+        self.kv.check_no_leaks()
 
     def draft_probs(self, request: Request) -> torch.Tensor | None:
         seq = self.sequences.get(request.request_id)
@@ -153,11 +152,6 @@ class DraftModelProposer(Proposer):
         seq.num_committed = len(tokens)
         seq.proposals, seq.draft_probs = [], []
         self.kv.truncate(seq, seq.num_computed_tokens)
-
-    # ---- proposing -------------------------------------------------------------------------
-    def _embeddable(self, request: Request) -> bool:
-        """A target with a larger (padded) vocabulary may emit an id the draft cannot embed."""
-        return self.draft_vocab >= self.target_vocab or max(request.all_token_ids) < self.draft_vocab
 
     def _sequence(self, request: Request) -> DraftSequence:
         seq = self.sequences.get(request.request_id)
@@ -188,21 +182,19 @@ class DraftModelProposer(Proposer):
         catch_up: list[ScheduledRequest] = []
         drafting: list[tuple[Request, DraftSequence, int]] = []
         for request, k in plan:
-            if not self._embeddable(request):
-                continue
+            if self.draft_vocab < self.target_vocab and max(request.all_token_ids) >= self.draft_vocab:
+                continue  # a target with a larger (padded) vocabulary emitted an id the draft cannot embed
             seq = self._sequence(request)
+            # A long catch-up goes in chunks; the request drafts once it has caught up.
             missing = request.num_tokens - seq.num_computed_tokens
-            if missing > budget:
-                # A long catch-up goes in chunks; this request drafts once it has caught up.
-                if budget > 0 and self._reserve(seq, seq.num_computed_tokens + budget, keep):
-                    catch_up.append(ScheduledRequest(seq, budget))
-                    budget = 0
+            chunk = min(missing, budget)
+            need = request.num_tokens + k - 1 if chunk == missing else seq.num_computed_tokens + chunk
+            if chunk == 0 or not self._reserve(seq, need, keep):
                 continue
-            if not self._reserve(seq, request.num_tokens + k - 1, keep):
-                continue
-            catch_up.append(ScheduledRequest(seq, missing))
-            budget -= missing
-            drafting.append((request, seq, k))
+            catch_up.append(ScheduledRequest(seq, chunk))
+            budget -= chunk
+            if chunk == missing:
+                drafting.append((request, seq, k))
         if not catch_up:
             return
         output = self.runner.execute(SchedulerOutput(scheduled=catch_up))
@@ -225,9 +217,9 @@ class DraftModelProposer(Proposer):
         proposal would put the two in series k times per step. Requests run longest k first, so
         the ones still drafting at a step are a prefix of the batch."""
         drafting = sorted(drafting, key=lambda d: -d[2])
-        device = output.logits.device
-        rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting])
-        tokens = [self._to_target_vocab(output.logits.index_select(0, rows.to(device))).argmax(dim=-1)]
+        rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting],
+                            device=output.logits.device)
+        tokens = [self._to_target_vocab(output.logits.index_select(0, rows)).argmax(dim=-1)]
         base = [seq.num_tokens for _, seq, _ in drafting]
         for step in range(1, drafting[0][2]):
             active = [seq for _, seq, k in drafting if k > step]
@@ -246,9 +238,8 @@ class DraftModelProposer(Proposer):
 
     def _sample_on_host(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
         self._take_proposals(output, drafting)
-        active = drafting
         for step in range(1, max(k for _, _, k in drafting)):
-            active = [d for d in active if d[2] > step]
+            active = [d for d in drafting if d[2] > step]
             for _, seq, _ in active:
                 seq.all_token_ids.append(seq.proposals[-1])
             output = self.runner.execute(SchedulerOutput(scheduled=[ScheduledRequest(seq, 1) for _, seq, _ in active]))
@@ -266,9 +257,8 @@ class DraftModelProposer(Proposer):
         logits = self._to_target_vocab(output.logits.index_select(0, rows))
         views = [Lookahead(request, seq.proposals) for request, seq, _ in drafting]
         greedy = [v.sampling_params.greedy for v in views]
-        probs = None
         if all(greedy) and not any(needs_penalties(v) for v in views):
-            tokens = logits.argmax(dim=-1)  # filters never drop the best token
+            tokens, probs = logits.argmax(dim=-1), None  # filters never drop the best token
         else:
             processed = self.sampler.processed_logits(logits, views)
             probs = None if all(greedy) else processed.softmax(dim=-1)
