@@ -11,10 +11,9 @@ n-gram lookup may find none) and ratio(k) a speculative step's time over a plain
 batch size (`AdaptiveK.ratio`). Speculation must win by `min_gain`; plain decoding is timed
 first (a bucket's first `decide_every` steps), and a decision holds for `decide_every` steps.
 
-The arm not chosen is measured again now and then (a probe of `probe_steps` steps) when the time
-since the last probe pays for it within `probe_budget`: interval = probe cost / budget. So a
-pair that never pays (a draft as slow as the target) costs about the budget, and an expensive
-probe (a draft catching up on every context) comes rarely.
+The arm not chosen is probed now and then (`probe_steps` steps) once the time since the last
+probe pays for it within `probe_budget` (interval = probe cost / budget): a pair that never pays
+(a draft as slow as the target) costs about the budget, and an expensive probe comes rarely.
 """
 
 from __future__ import annotations
@@ -132,10 +131,9 @@ class AdaptiveK:
         return best_k
 
     def ratio(self, b: Bucket, batch_size: int, k: int) -> float:
-        """A step with k drafts over a plain step: measured where it was (plain steps read at a low
-        quantile, since host noise only ever adds time and comes in bursts; speculative ones at the
-        median, so that noise errs towards plain decoding), else the prior's shape scaled to the
-        nearest measured k, else the prior alone."""
+        """A step with k drafts over a plain step: measured (plain times read low, since host noise
+        only adds time and comes in bursts; speculative ones at the median, so noise errs towards
+        plain decoding), else the prior's shape scaled to the nearest measured k, else the prior."""
         prior = prior_ratio(k, batch_size, self.draft_cost_ratio, self.knee)
         measured = [kk for kk, times in b.spec.items() if times]
         if not k or not b.plain or not measured:

@@ -1,8 +1,7 @@
 """What a proposer is: the one interface the engine drafts through.
 
 A proposer guesses the next tokens of running requests; the target verifies every guess in its
-next forward (spec/verify.py), so a proposer can be wrong at no cost to correctness, only to
-speed.
+next forward (spec/verify.py), so a wrong guess costs speed, never correctness.
 """
 
 from __future__ import annotations

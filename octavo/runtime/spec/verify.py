@@ -54,8 +54,7 @@ def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | Non
     rejection the row ends with a token drawn from norm(max(0, p - q)), and if every draft is
     accepted with a bonus token drawn from p at position K. Each emitted token is then distributed
     exactly as p given the tokens before it. The final draw is an exponential race, argmax(w / E)
-    with E ~ Exp(1) (Sampler.choose's), so w needs no normalisation.
-    """
+    with E ~ Exp(1) (Sampler.choose's), so w needs no normalisation."""
     batch, k = draft_tokens.shape
     rows = torch.arange(batch, device=draft_tokens.device)
     if num_draft is None:
@@ -84,9 +83,8 @@ def rejection_sample(target_probs: torch.Tensor, draft_probs: torch.Tensor | Non
 
 
 def greedy_verify(target_argmax: torch.Tensor, draft_tokens: torch.Tensor, num_draft: torch.Tensor) -> VerifyResult:
-    """Greedy requests: accept drafts while they equal the target's argmax, then emit the target's
-    argmax at the first disagreement (or one past the last draft). The output is the target's
-    greedy sequence token for token."""
+    """Greedy requests: accept drafts while they equal the target's argmax, then add its argmax at
+    the first disagreement (or past the last draft): the target's greedy output, token for token."""
     batch, k = draft_tokens.shape
     num_accepted = _accepted_prefix(target_argmax[:, :k] == draft_tokens, num_draft)
     final = target_argmax[torch.arange(batch, device=draft_tokens.device), num_accepted]
@@ -141,7 +139,6 @@ def verify_step(output: RunnerOutput, items: list[ScheduledRequest], sampler: Sa
             for i, (b, d) in enumerate(zip(sampled_rows, drafts)):
                 n = counts[b]
                 q[i, :n] = d[:n] if d is not None else torch.nn.functional.one_hot(draft_tokens[b, :n], vocab)
-        # Acceptance uniforms and the final token's race noise; a seeded request's from its generator.
         uniform = torch.rand((len(sampled), k), generator=sampler.generator, device=device)
         for row, request in enumerate(sampled):
             if request.generator is not None:

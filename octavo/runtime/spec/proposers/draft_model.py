@@ -1,10 +1,9 @@
 """A draft model proposes: a small model of the target's tokenizer, with its own paged KV cache.
 
-Per step, for the requests in the plan: the draft catches up on the tokens it has not computed
-(a prefill the first time, the last step's accepted tokens after that), batched across requests,
-then runs k - 1 single-token steps. Draft KV is computed lazily: after steps without speculation
-the next catch-up covers the gap, so a draft that is not consulted costs nothing. Its prefix
-cache hashes only tokens the target has committed.
+Per step the draft catches up, batched, on the tokens it has not computed (a prefill the first
+time, the last step's accepted tokens after that), then runs k - 1 single-token steps. Its KV is
+computed lazily: after steps without speculation the next catch-up covers the gap, so a draft not
+consulted costs nothing. Its prefix cache hashes only tokens the target has committed.
 """
 
 from __future__ import annotations
@@ -30,9 +29,8 @@ logger = logging.getLogger("octavo")
 
 
 class DraftSequence:
-    """A request as the draft's runner and KV cache see it (the attribute names of Request).
-
-    `all_token_ids` is the request's committed tokens, then the current proposals;
+    """A request as the draft's runner and KV cache see it (Request's attribute names):
+    `all_token_ids` holds its committed tokens, then the current proposals, and
     `num_computed_tokens` counts the positions whose K/V the draft holds."""
 
     prompt_logprobs = None
@@ -154,11 +152,10 @@ class DraftModelProposer(Proposer):
         self.kv.truncate(seq, seq.num_computed_tokens)
 
     def _sequence(self, request: Request) -> DraftSequence:
-        seq = self.sequences.get(request.request_id)
-        if seq is None:
-            seq = self.sequences[request.request_id] = DraftSequence(request)
-        else:
-            self.commit(request)
+        self.commit(request)  # nothing to commit for a request new to the draft
+        if request.request_id not in self.sequences:
+            self.sequences[request.request_id] = DraftSequence(request)
+        seq = self.sequences[request.request_id]
         if not seq.block_ids and seq.num_computed_tokens == 0:
             seq.num_computed_tokens = self.kv.lookup_prefix(seq)
         return seq
@@ -212,10 +209,9 @@ class DraftModelProposer(Proposer):
 
     def _argmax_on_device(self, output: RunnerOutput, drafting: list[tuple[Request, DraftSequence, int]]) -> None:
         """Greedy drafts: each step's argmax is the next step's input on the device, so the host
-        queues every step without waiting, and reads all proposals back once at the end. Why: a
-        step's host work is about as long as the draft's forward itself; waiting for each
-        proposal would put the two in series k times per step. Requests run longest k first, so
-        the ones still drafting at a step are a prefix of the batch."""
+        queues every step and reads all proposals back once. Why: a step's host work is about as
+        long as the draft's forward; waiting for each proposal would put the two in series k times
+        a step. Requests run longest k first: those still drafting at a step are a batch prefix."""
         drafting = sorted(drafting, key=lambda d: -d[2])
         rows = torch.tensor([output.inputs.sample_rows[seq.request_id][-1] for _, seq, _ in drafting],
                             device=output.logits.device)

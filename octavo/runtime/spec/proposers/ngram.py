@@ -1,11 +1,10 @@
 """Prompt lookup (n-gram) proposals: no draft model at all.
 
-The longest suffix of a request's tokens (prompt_lookup_max down to prompt_lookup_min tokens)
-that also occurs earlier in them is taken as a sign that the text repeats: the tokens that
-followed its latest earlier occurrence are proposed. Cheap (a vectorised search of the context),
-and strong where outputs copy their input (editing, extraction, code, summaries with quotes).
-A proposal is a point mass, so for sampled requests verification accepts a guess x with
-probability p(x) and otherwise draws from p with x removed: exact, like any other draft.
+Where the longest suffix of a request's tokens (prompt_lookup_max down to prompt_lookup_min
+tokens) also occurs earlier, the text is taken to repeat, and what followed its latest earlier
+occurrence is proposed: cheap (a vectorised search of the context), and strong where outputs copy
+their input (editing, extraction, code, summaries with quotes). A proposal is a point mass, so a
+sampled request accepts a guess x with probability p(x), else draws from p with x removed: exact.
 """
 
 from __future__ import annotations
