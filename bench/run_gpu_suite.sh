@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# The device suites: each phase is one device-tool call (under its 10-minute limit), all through
-# `octavo bench` or pytest, results (JSON, Markdown, PNG, server logs, suite-PHASE.log) in $OUT.
-# The phases, what each measures and how long it takes: bench/README.md ("On the GPU").
+# The device suites, one device-tool call (10-minute limit) a phase; bench/README.md ("On the GPU")
+# says what each measures. Results (JSON, Markdown, PNG, server logs, suite-PHASE.log) go to $OUT.
 #
-#   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]
+#   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]    # the flags go to the phase's commands
 #   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap   # DIR: a folder holding an older `octavo` package
 #
-# PACK=1 packs $OUT into one suite-PHASE.tgz at the end (the device tool returns at most 8 files).
-# Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
-# --a-draft --a-name old --b-name new` (bench/README.md). The device machine has no network: octavo
-# runs from this checkout through PYTHONPATH, and wheels carried in .whl (fastapi, uvicorn, pydantic
-# for the phases that serve) are installed into /tmp/site first.
+# The device has no network: octavo runs from this checkout through PYTHONPATH, and the wheels in
+# .whl (fastapi, uvicorn, pydantic for the phases that serve) are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -137,8 +133,8 @@ esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
 for md in "$OUT"/*.md; do [ -f "$md" ] && { echo; cat "$md"; }; done
-# The device tool brings back at most 8 files a call: with PACK=1, everything but the plots goes
-# back as one archive (plots are left out: they are the bulk of it).
+# PACK=1: the device tool brings back at most 8 files a call, so everything but the plots (the
+# bulk of it) goes back as one archive, suite-PHASE.tgz.
 if [ "${PACK:-0}" = 1 ]; then
   (cd "$OUT" && tar czf "/tmp/suite-$PHASE.tgz" --exclude='*.png' . && rm -rf ./* && mv "/tmp/suite-$PHASE.tgz" .)
   ls -la "$OUT"
