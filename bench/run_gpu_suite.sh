@@ -52,12 +52,13 @@ case "$PHASE" in
   graphs|tests|tp) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
+SERVED=("${LLAMA[@]}" --launch --launch-timeout 240)  # `octavo serve` started on loopback by the bench
 case "$PHASE" in
   offline)
     bench 230 latency "${LLAMA[@]}" --batch-size 1,8,32,128 --num-iters 3 --baseline hf --roofline "$@"
     bench 270 throughput "${LLAMA[@]}" --num-prompts 1000 --baseline hf --hf-num-prompts 128 --roofline "$@" ;;
   serve)
-    bench 560 serve "${LLAMA[@]}" --launch --launch-timeout 240 --latency-anchor --baseline hf --roofline "$@" ;;
+    bench 560 serve "${SERVED[@]}" --latency-anchor --baseline hf --roofline "$@" ;;
   spec)
     bench 580 spec --pair demo --rounds 4 --time-budget 500 "$@" ;;
   controlled)  # SPEC_SCALE= (empty) calibrates s to 70% acceptance first (about 2 more minutes)
@@ -71,8 +72,7 @@ case "$PHASE" in
     done ;;
   profile-serve)
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
-    bench 500 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 64 --profiler-config "$PROFILER" \
-      --tag profile-serve-c64 "$@" ;;
+    bench 500 serve "${SERVED[@]}" --concurrency 64 --profiler-config "$PROFILER" --tag profile-serve-c64 "$@" ;;
   overlap)  # with OLD_TREE=DIR, DIR's octavo (asynchronous, flags as an older tree knows them) takes the place
             # of the engine-core process's synchronous run: sync, async, old tree's async, core async in one call
     for core in no-enable-multiprocessing enable-multiprocessing; do
@@ -102,10 +102,9 @@ case "$PHASE" in
     done ;;
   structured)  # carry xgrammar and apache-tvm-ffi wheels too
     needs xgrammar "xgrammar and apache-tvm-ffi"
-    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
-      --tag structured-off "$@"
-    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
-      --json-schema bench/schemas/structured.json --tag structured-on "$@" ;;
+    bench 280 serve "${SERVED[@]}" --concurrency 1,64 --output-len 256 --tag structured-off "$@"
+    bench 280 serve "${SERVED[@]}" --concurrency 1,64 --output-len 256 --json-schema bench/schemas/structured.json \
+      --tag structured-on "$@" ;;
   kernels)
     bench 400 kernels "$@" ;;
   tests)
