@@ -242,11 +242,10 @@ class SpecBench:
         servers = {}
         for index, (arm_index, instance) in enumerate(order):
             arm = self.arms[arm_index]
-            engine = engine_args(args, **({"speculative_model": draft, "num_speculative_tokens": self.k}
-                                          if arm.draft else {}))
+            changes = {"speculative_model": draft, "num_speculative_tokens": self.k} if arm.draft else {}
             if self.cuda and not sized:
-                share = args.gpu_memory_utilization * (index + 1) / len(order)
-                engine = dataclasses.replace(engine, gpu_memory_utilization=round(share, 4))
+                changes["gpu_memory_utilization"] = round(args.gpu_memory_utilization * (index + 1) / len(order), 4)
+            engine = engine_args(args, **changes)
             stem = f"{file_stem(self.doc)}-{entry['name']}-{arm.name}-{instance}"
             steps = self.out / f"{stem}-steps.jsonl"
             steps.unlink(missing_ok=True)
