@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# The device suites: each phase is one device-tool call (under its 10-minute limit), all through
-# `octavo bench` or pytest, results (JSON, Markdown, PNG, server logs, suite-PHASE.log) in $OUT.
-# The phases, what each measures and how long it takes: bench/README.md ("On the GPU").
+# The device suites, one device-tool call (10-minute limit) a phase; bench/README.md ("On the GPU")
+# says what each measures. Results (JSON, Markdown, PNG, server logs, suite-PHASE.log) go to $OUT.
 #
-#   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]
+#   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]    # the flags go to the phase's commands
 #   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap   # DIR: a folder holding an older `octavo` package
 #
-# PACK=1 packs $OUT into one suite-PHASE.tgz at the end (the device tool returns at most 8 files).
-# Anything after the phase goes to its `octavo bench` command(s), e.g. `spec --a-pythonpath /tmp/old
-# --a-draft --a-name old --b-name new` (bench/README.md). The device machine has no network: octavo
-# runs from this checkout through PYTHONPATH, and wheels carried in .whl (fastapi, uvicorn, pydantic
-# for the phases that serve) are installed into /tmp/site first.
+# The device has no network: octavo runs from this checkout through PYTHONPATH, and the wheels in
+# .whl (fastapi, uvicorn, pydantic for the phases that serve) are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,12 +52,13 @@ case "$PHASE" in
   graphs|tests|tp) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
+SERVED=("${LLAMA[@]}" --launch --launch-timeout 240)  # `octavo serve` started on loopback by the bench
 case "$PHASE" in
   offline)
     bench 230 latency "${LLAMA[@]}" --batch-size 1,8,32,128 --num-iters 3 --baseline hf --roofline "$@"
     bench 270 throughput "${LLAMA[@]}" --num-prompts 1000 --baseline hf --hf-num-prompts 128 --roofline "$@" ;;
   serve)
-    bench 560 serve "${LLAMA[@]}" --launch --launch-timeout 240 --latency-anchor --baseline hf --roofline "$@" ;;
+    bench 560 serve "${SERVED[@]}" --latency-anchor --baseline hf --roofline "$@" ;;
   spec)
     bench 580 spec --pair demo --rounds 4 --time-budget 500 "$@" ;;
   controlled)  # SPEC_SCALE= (empty) calibrates s to 70% acceptance first (about 2 more minutes)
@@ -75,8 +72,7 @@ case "$PHASE" in
     done ;;
   profile-serve)
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
-    bench 500 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 64 --profiler-config "$PROFILER" \
-      --tag profile-serve-c64 "$@" ;;
+    bench 500 serve "${SERVED[@]}" --concurrency 64 --profiler-config "$PROFILER" --tag profile-serve-c64 "$@" ;;
   overlap)  # with OLD_TREE=DIR, DIR's octavo (asynchronous, flags as an older tree knows them) takes the place
             # of the engine-core process's synchronous run: sync, async, old tree's async, core async in one call
     for core in no-enable-multiprocessing enable-multiprocessing; do
@@ -106,10 +102,9 @@ case "$PHASE" in
     done ;;
   structured)  # carry xgrammar and apache-tvm-ffi wheels too
     needs xgrammar "xgrammar and apache-tvm-ffi"
-    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
-      --tag structured-off "$@"
-    bench 280 serve "${LLAMA[@]}" --launch --launch-timeout 240 --concurrency 1,64 --output-len 256 \
-      --json-schema bench/schemas/structured.json --tag structured-on "$@" ;;
+    bench 280 serve "${SERVED[@]}" --concurrency 1,64 --output-len 256 --tag structured-off "$@"
+    bench 280 serve "${SERVED[@]}" --concurrency 1,64 --output-len 256 --json-schema bench/schemas/structured.json \
+      --tag structured-on "$@" ;;
   kernels)
     bench 400 kernels "$@" ;;
   tests)
@@ -137,8 +132,8 @@ esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
 for md in "$OUT"/*.md; do [ -f "$md" ] && { echo; cat "$md"; }; done
-# The device tool brings back at most 8 files a call: with PACK=1, everything but the plots goes
-# back as one archive (plots are left out: they are the bulk of it).
+# PACK=1: the device tool brings back at most 8 files a call, so everything but the plots (the
+# bulk of it) goes back as one archive, suite-PHASE.tgz.
 if [ "${PACK:-0}" = 1 ]; then
   (cd "$OUT" && tar czf "/tmp/suite-$PHASE.tgz" --exclude='*.png' . && rm -rf ./* && mv "/tmp/suite-$PHASE.tgz" .)
   ls -la "$OUT"

@@ -46,6 +46,18 @@ def _lengths(parser: Any, default: int | None = 128) -> None:
     parser.add_argument("--output-len", type=int, default=default, help="output tokens")
 
 
+def _client_flags(parser: Any, timeout: float) -> None:
+    """The streaming client's flags, which serve and spec share."""
+    parser.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    _lengths(parser)
+    parser.add_argument("--num-warmups", type=int,
+                        help="requests when a server starts (default: 2 alone, then 2x the largest c at it)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
+    parser.add_argument("--launch-timeout", type=float, default=timeout, help="seconds to wait for a server")
+    parser.add_argument("--request-timeout", type=float, default=timeout)
+    parser.add_argument("--server-args", default="", help="extra `octavo serve` arguments of every server")
+
+
 def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None:
     group = parser.add_argument_group("anchors and output")
     if anchors:
@@ -87,21 +99,14 @@ def _spec_flags(spec: argparse.ArgumentParser) -> None:
         arms.add_argument(f"--{arm}-pythonpath", help=f"put first on arm {upper}'s servers' PYTHONPATH (a directory "
                                                       "holding another version's `octavo` package)")
     runs = spec.add_argument_group("rounds")
-    runs.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
+    _client_flags(runs, timeout=300.0)
     runs.add_argument("--rounds", type=int, default=4, help="rounds per level")
     runs.add_argument("--instances", type=int, default=1, help="servers per arm")
     runs.add_argument("--min-requests", type=int, default=32,
                       help="timed requests per run = max(this, --requests-per-user x c)")
     runs.add_argument("--requests-per-user", type=int, default=4)
-    _lengths(runs)
-    runs.add_argument("--num-warmups", type=int,
-                      help="requests when a server starts (default: 2 alone, then 2x the largest c at it)")
-    runs.add_argument("--temperature", type=float, default=0.0)
     runs.add_argument("--time-budget", type=float, default=540.0,
                       help="seconds: no round starts once the run has used this (shared by the pairs)")
-    runs.add_argument("--launch-timeout", type=float, default=300.0)
-    runs.add_argument("--request-timeout", type=float, default=300.0)
-    runs.add_argument("--server-args", default="", help="extra `octavo serve` arguments of every server")
     runs.add_argument("--trace", action="store_true", help="OCTAVO_STEP_TRACE for every server; summarise each "
                                                            "arm's timed steps by batch size and kind")
 
@@ -109,8 +114,10 @@ def _spec_flags(spec: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench_command", metavar="MODE")
 
-    latency = sub.add_parser("latency", help="fixed batches: prefill time and ms per decode step",
-                             description="Fixed batch, prompt and output lengths: prefill time and decode ms/step.")
+    def mode(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text)
+
+    latency = mode("latency", "fixed batches: prefill time and ms per decode step")
     _model_flags(latency)
     latency.add_argument("--batch-size", type=int_list, default=[1, 8, 32, 128], help="comma list, e.g. 1,8,32,128")
     _lengths(latency)
@@ -119,8 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     latency.add_argument("--hf-num-iters", type=int, default=1, help="timed HF runs per batch size")
     _report_flags(latency)
 
-    throughput = sub.add_parser("throughput", help="offline: N requests of seeded random lengths",
-                                description="Offline throughput over N requests of seeded random lengths.")
+    throughput = mode("throughput", "offline: N requests of seeded random lengths")
     _model_flags(throughput)
     throughput.add_argument("--num-prompts", type=int, default=1000)
     throughput.add_argument("--input-len-range", default="256:768", help="LOW:HIGH, uniform")
@@ -132,26 +138,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help="run HF on the first K requests only and extrapolate (default: one HF batch)")
     _report_flags(throughput)
 
-    serve = sub.add_parser("serve", help="streaming OpenAI client at fixed concurrency levels",
-                           description="Drive an OpenAI-compatible /v1/completions endpoint with streaming "
-                                       "requests at fixed concurrency levels.")
+    serve = mode("serve", "streaming requests to an OpenAI-compatible /v1/completions at fixed concurrency levels")
     _model_flags(serve)
     serve.add_argument("--base-url", help="a running server, e.g. http://127.0.0.1:8000")
     serve.add_argument("--launch", action="store_true", help="start `octavo serve` on loopback and stop it after")
-    serve.add_argument("--launch-timeout", type=float, default=600.0, help="seconds to wait for the server")
-    serve.add_argument("--server-args", default="", help="extra arguments for `octavo serve` (one string)")
     serve.add_argument("--served-model-name", help="the 'model' field to send (default: ask /v1/models)")
-    serve.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32, 64])
-    _lengths(serve)
+    _client_flags(serve, timeout=600.0)
     serve.add_argument("--input-len-range", help="LOW:HIGH (overrides --input-len)")
     serve.add_argument("--output-len-range", help="LOW:HIGH (overrides --output-len)")
     serve.add_argument("--num-prompts", type=int, help="requests per level (default: see --prompts-per-user)")
     serve.add_argument("--prompts-per-user", type=int, default=4, help="requests per level = this x concurrency")
     serve.add_argument("--min-prompts-per-level", type=int, default=8)
-    serve.add_argument("--num-warmups", type=int,
-                       help="warm-up requests (default: 2 alone, then 2x the largest concurrency at it)")
-    serve.add_argument("--request-timeout", type=float, default=600.0)
-    serve.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of every request")
     serve.add_argument("--json-schema", help="a JSON schema file: every request's output is constrained to it "
                                              "(structured outputs); the result reports grammar compile time")
     serve.add_argument("--prompt-text", help="a UTF-8 text file: prompts are windows of its tokens (the model's "
@@ -163,23 +160,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--anchor-iters", type=int, default=3)
     _report_flags(serve)
 
-    spec = sub.add_parser("spec", help="paired, interleaved A/B of two live servers (default: without and with "
-                                       "a draft) with a 90%% interval",
-                          description="Paired, interleaved, repeated A/B of two live servers: by default the "
-                                      "target alone (A) and with its draft (B); per-arm flags and PYTHONPATH "
-                                      "compare any two configurations or versions of octavo.")
+    spec = mode("spec", "paired, interleaved A/B of two live servers with an interval: by default the target "
+                        "alone (A) and with its draft (B); per-arm flags and PYTHONPATH compare any two "
+                        "configurations or versions of octavo")
     _spec_flags(spec)
     _report_flags(spec, anchors=False)
 
-    kernels = sub.add_parser("kernels", help="attention kernels vs the ceilings; mixed steps; host μs a launch",
-                             description="Paged decode attention against copy bandwidth and prefill attention "
-                                         "against the matmul peak (CUDA), each checked against its reference.")
+    kernels = mode("kernels", "paged attention kernels against copy bandwidth and the matmul peak, mixed steps, "
+                              "host μs a launch (CUDA)")
     kernels.add_argument("--device", default="cuda")
     _report_flags(kernels, anchors=False)
 
-    report = sub.add_parser("report", help="Markdown (and combined sweep charts) from result JSON files",
-                            description="Render result JSON files as Markdown; two or more serve results "
-                                        "also give sweep charts (serve-comparison-*.png) with one line per result.")
+    report = mode("report", "Markdown from result JSON files; two or more serve results also give sweep charts "
+                            "(serve-comparison-*.png), one line per result")
     report.add_argument("files", nargs="+", help="result .json files")
     report.add_argument("--out", help="directory for combined charts")
     for mode in sub.choices.values():

@@ -1,13 +1,8 @@
 """`octavo bench kernels` (PROTOCOL workload 5): the paged attention kernels against the device's
-ceilings measured in the same run (roofline.py), CUDA only. Decode (32 query / 8 KV heads, head_dim
-128, bf16, block 16) in GB/s, timed as CUDA-graph replays over rotating random block tables so the
-bytes touched exceed L2; prefill (one causal sequence) in TFLOP/s of visible (query, key) pairs.
-Two questions of #21 beside them: a mixed prefill+decode step's attention three ways (one call of
-the prefill kernel, as the engine does; its decode rows split off to the decode kernel; torch's own
-paged flash attention, `varlen_attn`, where this torch has it), and the host microseconds one call
-of each kernel entry point costs (an eager step launches about ten per layer). Each shape's output is
-first checked against the torch reference (the mixed step's three ways too); a mismatch fails the
-run."""
+ceilings measured in the same run (roofline.py), CUDA only: decode in GB/s over rotating block
+tables (L2 defeated), prefill in TFLOP/s; a mixed prefill+decode step's attention three ways; the
+host microseconds a call of each kernel entry point costs. bench/README.md ("kernels") says why.
+Every output is first checked against the torch reference; a mismatch fails the run."""
 
 from __future__ import annotations
 
@@ -72,23 +67,16 @@ def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
 
 
 def prefill_point(seq_len: int, device: Any) -> dict:
-    import torch
     from triton.testing import do_bench
 
     from octavo.kernels.attention import paged_attention
     from octavo.kernels.attention_ref import paged_attention_ref
 
-    blocks, scale = -(-seq_len // BLOCK), HEAD_DIM ** -0.5
-    k = torch.randn(blocks + 1, BLOCK, KV_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    table = torch.randperm(blocks + 1, device=device)[:blocks].view(1, blocks).to(torch.int32)
-    query = torch.randn(seq_len, HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
-    starts = torch.tensor([0, seq_len], dtype=torch.int32, device=device)
-    lens = torch.tensor([seq_len], dtype=torch.int32, device=device)
-    out = paged_attention(query, k, v, table, starts, lens, scale)  # autotunes on its first call
-    error = relative_error(out, paged_attention_ref(query, k, v, table, starts, lens, scale))
-    ms = do_bench(lambda: paged_attention(query, k, v, table, starts, lens, scale), warmup=25, rep=200,
-                  return_mode="median")
+    batch = mixed_batch([], [(0, seq_len)], device)  # one fresh prompt
+    inputs = [batch[key] for key in ("query", "k", "v", "table", "starts", "seq_lens")] + [HEAD_DIM ** -0.5]
+    out = paged_attention(*inputs)  # autotunes on its first call
+    error = relative_error(out, paged_attention_ref(*inputs))
+    ms = do_bench(lambda: paged_attention(*inputs), warmup=25, rep=200, return_mode="median")
     flops = 4 * HEAD_DIM * HEADS * seq_len * (seq_len + 1) // 2
     return {"seq_len": seq_len, "ms": ms, "tflops": flops / ms / 1e9, "rel_err": error}
 

@@ -72,14 +72,15 @@ def summarize_files(paths: list[str | Path]) -> dict:
 
 def markdown(profiles: dict) -> str:
     """A table per trace: host ms per step by phase, and the GPU-busy fraction."""
+    from octavo.bench.report import table
+
     lines = []
     for name, summary in profiles.items():
         busy = summary["gpu_busy_fraction"]
         lines += [f"Profile `{name}`: {summary['num_steps']} steps over {summary['wall_ms']:.1f} ms "
                   f"(step p50 {summary['step_ms']['p50']:.2f} ms); GPU busy "
                   + (f"{busy:.0%}" if busy is not None else "n/a (no device events)") + " of that span.", "",
-                  "| phase | ms per step | p50 ms | count |", "|---|---:|---:|---:|"]
-        lines += [f"| {phase} | {row['per_step_ms']:.3f} | {row['p50_ms']:.3f} | {row['count']} |"
-                  for phase, row in summary["phases"].items()]
-        lines.append("")
+                  table(["phase", "ms per step", "p50 ms", "count"],
+                        [[phase, f"{row['per_step_ms']:.3f}", f"{row['p50_ms']:.3f}", str(row["count"])]
+                         for phase, row in summary["phases"].items()])]
     return "\n".join(lines)

@@ -255,22 +255,27 @@ def goals(result: dict) -> list[dict]:
 
 
 # ---- charts ------------------------------------------------------------------------------------
-def save_chart(plot_fn, path: str, columns: int = 2) -> str:
-    """plot_fn(axes) on a row of log2-x axes (batch sizes, concurrency levels in plain numbers)."""
+def save_chart(path: str, xlabel: str, panels: list, title: str = "") -> str:
+    """Panels side by side on log2-x axes (batch sizes, concurrency levels in plain numbers), ticks
+    at the first line's x. A panel is (y label, title, lines); a line (label, xs, ys, plot keywords)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, columns, figsize=(6 * columns, 4.2), squeeze=False)
-    for axis in axes[0]:
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for axis, (ylabel, panel_title, lines) in zip(axes[0], panels):
         axis.set_xscale("log", base=2)
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.grid(True, alpha=0.3)
-    plot_fn(fig, axes[0])
-    for axis in axes[0]:
+        for label, xs, ys, style in lines:
+            axis.plot(xs, ys, label=label, **style)
+        axis.set_xticks(lines[0][1])
+        axis.set(xlabel=xlabel, ylabel=ylabel, title=panel_title)
         axis.legend()
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -294,39 +299,28 @@ def plot_serve(configurations: list[tuple[str, list[dict]]], stem_path: str) -> 
               ("generation-time", "end-to-end latency (s)", [("p50", lambda s: s["e2e_ms"]["p50"] / 1e3),
                                                               ("p90", lambda s: s["e2e_ms"]["p90"] / 1e3)]),
               ("ttft", "TTFT (ms)", [("p50", lambda s: s["ttft_ms"]["p50"]), ("p99", lambda s: s["ttft_ms"]["p99"])])]
-
-    def draw(series, ylabel):
-        def on(fig, axes):
-            for axis, (what, value) in zip(axes, series):
-                for label, levels in configurations:
-                    axis.plot([s["concurrency"] for s in levels], [value(s) for s in levels], marker="o", label=label)
-                axis.set_xticks([s["concurrency"] for s in configurations[0][1]])
-                axis.set(xlabel="concurrency (requests in flight)", ylabel=ylabel, title=what)
-        return on
-
-    return [save_chart(draw(series, ylabel), f"{stem_path}-{name}.png") for name, ylabel, series in charts]
+    paths = []
+    for name, ylabel, series in charts:
+        panels = [(ylabel, what, [(label, [s["concurrency"] for s in levels], [value(s) for s in levels],
+                                   {"marker": "o"}) for label, levels in configurations]) for what, value in series]
+        paths.append(save_chart(f"{stem_path}-{name}.png", "concurrency (requests in flight)", panels))
+    return paths
 
 
 def plot_latency(result: dict, stem_path: str) -> str:
     rows, settings = result["rows"], result["settings"]
-
-    def on(fig, axes):
-        xs = [row["batch_size"] for row in rows]
-        for axis, key, ylabel in zip(axes, ("decode_ms_per_step", "output_tokens_per_s"),
-                                     ("ms per decode step", "output tokens/s")):
-            axis.plot(xs, [r["octavo"][key] for r in rows], marker="o", label="octavo")
-            hf_rows = [r for r in rows if r.get("hf")]
-            if hf_rows:
-                axis.plot([r["batch_size"] for r in hf_rows], [r["hf"][key] for r in hf_rows], marker="s",
-                          label="HF transformers")
-            axis.set_xticks(xs)
-            axis.set(xlabel="batch size", ylabel=ylabel)
-        if any(r.get("floor") for r in rows):
-            axes[0].plot(xs, [r["floor"]["floor_ms"] for r in rows], linestyle="--", label="roofline floor")
-        fig.suptitle(f"latency: {result['model']['name']}, prompt {settings['input_len']}, "
-                     f"output {settings['output_len']}")
-
-    return save_chart(on, f"{stem_path}.png")
+    xs, hf_rows = [row["batch_size"] for row in rows], [row for row in rows if row.get("hf")]
+    panels = []
+    for key, ylabel in (("decode_ms_per_step", "ms per decode step"), ("output_tokens_per_s", "output tokens/s")):
+        lines = [("octavo", xs, [r["octavo"][key] for r in rows], {"marker": "o"})]
+        if hf_rows:
+            lines.append(("HF transformers", [r["batch_size"] for r in hf_rows], [r["hf"][key] for r in hf_rows],
+                          {"marker": "s"}))
+        panels.append((ylabel, "", lines))
+    if any(r.get("floor") for r in rows):
+        panels[0][2].append(("roofline floor", xs, [r["floor"]["floor_ms"] for r in rows], {"linestyle": "--"}))
+    return save_chart(f"{stem_path}.png", "batch size", panels, f"latency: {result['model']['name']}, prompt "
+                      f"{settings['input_len']}, output {settings['output_len']}")
 
 
 # ---- several results ---------------------------------------------------------------------------

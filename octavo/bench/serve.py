@@ -444,8 +444,6 @@ def latency_anchor(args: Any, spec: ModelSpec) -> dict:
 
 
 def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
-    import torch
-
     from octavo.bench.cli import engine_args
     from octavo.bench.report import file_stem
     from octavo.runtime.config import resolve_dtype
@@ -466,8 +464,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
                     json_schema=json.loads(Path(args.json_schema).read_text()) if args.json_schema else None)
     if args.prompt_text:
         load.use_text(args.prompt_text, spec.path)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device in (None, "auto")
-                          else args.device)
+    device = engine_args(args).resolved_device()
     dtype = resolve_dtype(args.dtype, config.get("torch_dtype") or config.get("dtype"), device)
     levels: list[dict] = []
     records: list[dict] = []

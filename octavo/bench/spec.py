@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,10 @@ def ratio_stats(rows: list[dict], higher_is_better: bool) -> dict:
 
 def summed_counters(deltas: list[dict | None]) -> dict[str, float] | None:
     """Counter deltas of several runs added up (None when no run has counters)."""
-    total: dict[str, float] = {}
+    total: Counter = Counter()
     for delta in filter(None, deltas):
-        for name, value in delta.items():
-            total[name] = total.get(name, 0.0) + value
-    return total or None
+        total.update(delta)  # adds (zero and negative deltas kept, unlike Counter's +)
+    return dict(total) or None
 
 
 def level_stats(runs: list[dict], instances: int) -> dict:
@@ -242,11 +242,10 @@ class SpecBench:
         servers = {}
         for index, (arm_index, instance) in enumerate(order):
             arm = self.arms[arm_index]
-            engine = engine_args(args, **({"speculative_model": draft, "num_speculative_tokens": self.k}
-                                          if arm.draft else {}))
+            changes = {"speculative_model": draft, "num_speculative_tokens": self.k} if arm.draft else {}
             if self.cuda and not sized:
-                share = args.gpu_memory_utilization * (index + 1) / len(order)
-                engine = dataclasses.replace(engine, gpu_memory_utilization=round(share, 4))
+                changes["gpu_memory_utilization"] = round(args.gpu_memory_utilization * (index + 1) / len(order), 4)
+            engine = engine_args(args, **changes)
             stem = f"{file_stem(self.doc)}-{entry['name']}-{arm.name}-{instance}"
             steps = self.out / f"{stem}-steps.jsonl"
             steps.unlink(missing_ok=True)
