@@ -3,7 +3,7 @@
 # says what each measures. Results (JSON, Markdown, PNG, server logs, suite-PHASE.log) go to $OUT.
 #
 #   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]    # the flags go to the phase's commands
-#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap   # DIR: a folder holding an older `octavo` package
+#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap|step   # DIR: a folder holding an older `octavo` package
 #
 # The device has no network: octavo runs from this checkout through PYTHONPATH, and the wheels in
 # .whl (fastapi, uvicorn, pydantic for the phases that serve) are installed into /tmp/site first.
@@ -48,7 +48,7 @@ needs() {
 stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set OCTAVO_GIT_COMMIT)}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
-  serve|spec|controlled|profile-serve|structured) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
+  serve|spec|controlled|profile-serve|structured|piecewise) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
   graphs|tests|tp) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
@@ -73,6 +73,13 @@ case "$PHASE" in
   profile-serve)
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
     bench 500 serve "${SERVED[@]}" --concurrency 64 --profiler-config "$PROFILER" --tag profile-serve-c64 "$@" ;;
+  piecewise)  # #21 item 5, opt-in until this measures it: cudagraph_mode FULL_DECODE_ONLY (today's), then
+              # FULL_AND_PIECEWISE; served c = 16 and 64 (steps with prefills beside decodes), then offline
+    for mode in FULL_DECODE_ONLY FULL_AND_PIECEWISE; do
+      GRAPHS=(--compilation-config "{\"cudagraph_mode\": \"$mode\"}")
+      bench 200 serve "${SERVED[@]}" "${GRAPHS[@]}" --concurrency 16,64 --tag "graphs-$mode" "$@"
+      bench 130 throughput "${LLAMA[@]}" "${GRAPHS[@]}" --num-prompts 1000 --tag "graphs-$mode" "$@"
+    done ;;
   overlap)  # with OLD_TREE=DIR, DIR's octavo (asynchronous, flags as an older tree knows them) takes the place
             # of the engine-core process's synchronous run: sync, async, old tree's async, core async in one call
     for core in no-enable-multiprocessing enable-multiprocessing; do
@@ -85,6 +92,17 @@ case "$PHASE" in
         fi
       done
     done ;;
+  step)  # #20's plain-step question: batch-1 decode of the demo target, OLD_TREE beside this tree (with and
+          # without asynchronous scheduling), then one request under the profiler (host phases, top kernels)
+    [ -n "${OLD_TREE:-}" ] || { echo "phase 'step' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
+    DEMO=(--model octavo/runtime/demo/target --batch-size 1 --input-len 32 --output-len 256 --num-iters 5)
+    PYTHONPATH="$OLD_TREE:$PYTHONPATH" bench 90 latency "${DEMO[@]}" --tag step-old "$@"
+    for mode in async-scheduling no-async-scheduling; do
+      bench 90 latency "${DEMO[@]}" --"$mode" --tag "step-new-$mode" "$@"
+    done
+    bench 120 throughput --model octavo/runtime/demo/target --num-prompts 1 --input-len-range 32:32 \
+      --output-len-range 512:512 --tag step-profile --profiler-config \
+      '{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 50}' "$@" ;;
   graphs)
     [ -n "${OLD_TREE:-}" ] || { echo "phase 'graphs' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
     run 150 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_cuda.py tests/runtime/test_graph_layout.py \
@@ -127,7 +145,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|overlap|graphs|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|piecewise|overlap|step|graphs|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -169,6 +169,8 @@ def launch_costs(device: Any, calls: int = 200) -> dict:
         "rms_norm + residual": lambda: ops.rms_norm(x, weight, 1e-5, residual),
         "rotary": lambda: ops.rotary(q, key, positions, cos_sin),
         "write_kv_cache": lambda: ops.write_kv_cache(key, val, cache, cache, positions),
+        "rotary_and_write_kv (both above, fused)": lambda: ops.rotary_and_write_kv(
+            q, key, val, positions, cos_sin, cache, cache, positions),
         "silu_and_mul": lambda: ops.silu_and_mul(gate_up),
         "paged_decode_attention": lambda: ops.paged_decode_attention(q, cache, cache, table, lens, 0.1),
         "paged_attention (2 tokens a request)": lambda: ops.paged_attention(two_each, cache, cache, table, starts,

@@ -12,6 +12,7 @@ from octavo.bench.measure import summarize
 
 PHASE_PREFIX = "octavo::"  # octavo.runtime.profiler's (not imported: this module needs no torch)
 DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+TOP_KERNELS = 12
 
 
 def load_events(path: str | Path) -> list[dict]:
@@ -55,6 +56,11 @@ def summarize_trace(events: list[dict]) -> dict:
               if e.get("cat") in DEVICE_CATEGORIES]
     device = [(s, e) for s, e in device if e > s]
     busy_ms = union_length(device) / 1e3 if device else None
+    kernels: dict[str, list[float]] = {}  # name -> durations (ms): which kernels a step's GPU time goes to
+    for event in events:
+        if event.get("cat") == "kernel" and span_start <= event["ts"] < span_end:
+            kernels.setdefault(event.get("name", "?"), []).append(event["dur"] / 1e3)
+    top = sorted(kernels.items(), key=lambda item: -sum(item[1]))[:TOP_KERNELS]
     return {
         "num_steps": len(steps), "wall_ms": wall_ms, "step_ms": summarize((end - start) / 1e3 for start, end in steps),
         "phases": {name: {"total_ms": sum(ms), "per_step_ms": sum(ms) / len(steps), "p50_ms": summarize(ms)["p50"],
@@ -62,6 +68,8 @@ def summarize_trace(events: list[dict]) -> dict:
         "device_busy_ms": busy_ms,
         "gpu_busy_fraction": busy_ms / wall_ms if busy_ms is not None and wall_ms > 0 else None,
         "num_device_events": len(device),
+        "top_kernels": [{"name": name[:120], "per_step_ms": sum(ms) / len(steps), "calls_per_step": len(ms) / len(steps)}
+                        for name, ms in top],
     }
 
 
@@ -83,4 +91,8 @@ def markdown(profiles: dict) -> str:
                   table(["phase", "ms per step", "p50 ms", "count"],
                         [[phase, f"{row['per_step_ms']:.3f}", f"{row['p50_ms']:.3f}", str(row["count"])]
                          for phase, row in summary["phases"].items()])]
+        if summary.get("top_kernels"):
+            lines += ["", table(["kernel", "ms per step", "calls per step"],
+                                [[f"`{k['name'][:60]}`", f"{k['per_step_ms']:.3f}", f"{k['calls_per_step']:.1f}"]
+                                 for k in summary["top_kernels"]])]
     return "\n".join(lines)

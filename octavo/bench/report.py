@@ -136,7 +136,9 @@ def latency_markdown(result: dict) -> str:
                         if has_hf else [])
                      + ([num(row["floor"]["floor_ms"], 2), ratio(row["ratios"].get("octavo_step_over_floor"))]
                         if has_floor else []))
-    note = (f"\nms/step: median decode step (device synchronized) over {settings['num_iters']} runs after "
+    step = ("(end - prefill) / (output tokens - 1), the device synchronized at the start and end of a run only"
+            if settings.get("decode_timing") == "end-to-end" else "median decode step (device synchronized)")
+    note = (f"\nms/step: {step}, median over {settings['num_iters']} runs after "
             f"{settings['num_iters_warmup']} warm-up; prefill: until every request has its first token; tok/s: "
             "batch x output tokens / end-to-end time.")
     if has_hf:

@@ -227,6 +227,16 @@ def _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, alibi_slopes)
             raise ValueError(f"{name} must be contiguous in head_dim (stride {t.stride(-1)})")
 
 
+def _output(query: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The caller's output (same shape and dtype as the query, last dimension contiguous) or a new one."""
+    if out is None:
+        return torch.empty_like(query, memory_format=torch.contiguous_format)
+    if out.shape != query.shape or out.dtype != query.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(query.shape)} {query.dtype} with a contiguous last dimension, "
+                         f"got {tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out
+
+
 def _block_d(head_dim: int) -> int:
     """Columns of the q/k tiles: a power of two, and at least 16 (tl.dot's smallest inner size;
     head dims below it are masked, as odd ones are)."""
@@ -247,8 +257,10 @@ def paged_decode_attention(
     scale: float,
     alibi_slopes: torch.Tensor | None = None,
     sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query token per request ([B, H, D]) at position seq_lens[b] - 1 -> [B, H, D].
+    """One query token per request ([B, H, D]) at position seq_lens[b] - 1 -> [B, H, D], written
+    to `out` when given (a row slice of a larger output: rows may be strided).
 
     No host synchronisation: the grid and the number of partitions come from tensor shapes
     (block_tables.shape[1] bounds the context), so the call can be captured in a CUDA graph.
@@ -256,7 +268,7 @@ def paged_decode_attention(
     _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, alibi_slopes)
     batch, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
-    out = torch.empty((batch, num_heads, head_dim), dtype=query.dtype, device=query.device)
+    out = _output(query, out)
     if batch == 0:
         return out
     group = num_heads // num_kv_heads
@@ -515,6 +527,7 @@ def paged_attention(
     scale: float,
     alibi_slopes: torch.Tensor | None = None,
     sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention for a flat batch of variable-length queries over paged K/V ([T, H, D]).
 
@@ -529,9 +542,9 @@ def paged_attention(
     batch = seq_lens.shape[0]
     if num_tokens == batch:
         return paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scale,
-                                      alibi_slopes, sliding_window)
+                                      alibi_slopes, sliding_window, out)
     _, block_size, num_kv_heads, _ = k_cache.shape
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=query.dtype, device=query.device)
+    out = _output(query, out)
     if num_tokens == 0 or batch == 0:
         return out
     group = num_heads // num_kv_heads

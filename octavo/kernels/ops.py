@@ -11,7 +11,7 @@ import os
 import torch
 
 from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
-from octavo.kernels.cache_ref import write_kv_cache_ref
+from octavo.kernels.cache_ref import rotary_and_write_kv_ref, write_kv_cache_ref
 from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mul_ref
 
 _TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
@@ -29,26 +29,31 @@ def write_kv_cache(key, value, k_cache, v_cache, slot_mapping) -> None:
     return write_kv_cache_ref(key, value, k_cache, v_cache, slot_mapping)
 
 
+def _into(out, result):
+    """The reference paths return a new tensor: copy it to the caller's output when one is given."""
+    return result if out is None else out.copy_(result)
+
+
 def paged_attention(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
-                    alibi_slopes=None, sliding_window=None):
+                    alibi_slopes=None, sliding_window=None, out=None):
     if use_triton(query):
         from octavo.kernels.attention import paged_attention as kernel
 
         return kernel(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
-                      alibi_slopes, sliding_window)
-    return paged_attention_ref(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
-                               scale, alibi_slopes, sliding_window)
+                      alibi_slopes, sliding_window, out)
+    return _into(out, paged_attention_ref(query, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
+                                          scale, alibi_slopes, sliding_window))
 
 
 def paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scale,
-                           alibi_slopes=None, sliding_window=None):
+                           alibi_slopes=None, sliding_window=None, out=None):
     if use_triton(query):
         from octavo.kernels.attention import paged_decode_attention as kernel
 
         return kernel(query, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes,
-                      sliding_window)
-    return paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale,
-                                      alibi_slopes, sliding_window)
+                      sliding_window, out)
+    return _into(out, paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale,
+                                                 alibi_slopes, sliding_window))
 
 
 def rms_norm(x, weight, eps, residual=None):
@@ -65,6 +70,14 @@ def rotary(query, key, positions, cos_sin_cache):
 
         return kernel(query, key, positions, cos_sin_cache)
     return rotary_ref(query, key, positions, cos_sin_cache)
+
+
+def rotary_and_write_kv(query, key, value, positions, cos_sin_cache, k_cache, v_cache, slot_mapping):
+    if use_triton(query):
+        from octavo.kernels.rotary import rotary_and_write_kv as kernel
+
+        return kernel(query, key, value, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    return rotary_and_write_kv_ref(query, key, value, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
 
 
 def silu_and_mul(x):

@@ -225,10 +225,26 @@ class EngineConfig:
     device: torch.device
     enforce_eager: bool
     async_scheduling: bool = True
+    piecewise_cuda_graphs: bool = False
     speculative_config: SpeculativeConfig | None = None
     disable_log_stats: bool = True
     profiler_config: ProfilerConfig | None = None
     structured_outputs_config: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+
+
+# vLLM's compilation_config["cudagraph_mode"] values octavo takes; the piecewise ones add piecewise graphs.
+CUDAGRAPH_MODES = ("NONE", "FULL_DECODE_ONLY", "FULL", "PIECEWISE", "FULL_AND_PIECEWISE")
+PIECEWISE_MODES = ("PIECEWISE", "FULL_AND_PIECEWISE")
+
+
+def cudagraph_mode(compilation_config: dict | None) -> str:
+    """compilation_config's cudagraph_mode (upper-cased; unset: FULL_DECODE_ONLY), or a ValueError naming
+    the values. Octavo's whole-step graphs hold decode and uniform steps under every mode but NONE."""
+    mode = (compilation_config or {}).get("cudagraph_mode") or "FULL_DECODE_ONLY"
+    if not isinstance(mode, str) or mode.upper() not in CUDAGRAPH_MODES:
+        raise ValueError(f"compilation_config's cudagraph_mode must be one of {', '.join(CUDAGRAPH_MODES)}; "
+                         f"got {mode!r}")
+    return mode.upper()
 
 
 FLAG_TYPES = (bool, int, float, str, dict, list)  # what a flag can hold; a dict is JSON, a list is strings
@@ -246,6 +262,7 @@ class EngineFlag:
     choices: tuple | None = None
     aliases: tuple[str, ...] = ()
     metavar: str | None = None
+    int_key: str | None = None  # a dict flag: a bare integer N reads as {int_key: N} (vLLM's -O3)
 
     @property
     def option(self) -> str:
@@ -305,7 +322,8 @@ class CliArgs:
                                 "field(default=..., metadata={'help': ...})")
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             flags.append(EngineFlag(f.name, kind, default, f.metadata["help"], f.metadata.get("choices"),
-                                    tuple(f.metadata.get("aliases", ())), f.metadata.get("metavar")))
+                                    tuple(f.metadata.get("aliases", ())), f.metadata.get("metavar"),
+                                    f.metadata.get("int_key")))
         return flags
 
     def to_cli_args(self) -> list[str]:
@@ -362,6 +380,12 @@ class EngineArgs(CliArgs):
     device: str = _arg("auto", "auto, cuda, cuda:N or cpu; auto: cuda if there is one")
     tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
     enforce_eager: bool = _arg(False, "never capture CUDA graphs")
+    compilation_config: dict | None = _arg(None, "vLLM's, as JSON; octavo reads its cudagraph_mode: "
+                                           "FULL_DECODE_ONLY (unset: whole-step graphs for decode, speculative "
+                                           "and one-request prefill steps), FULL_AND_PIECEWISE (also piecewise "
+                                           "graphs, attention outside, for the other steps up to 2048 tokens), "
+                                           "NONE (eager); its other keys, and -O's level (-O3), are accepted "
+                                           "and ignored", aliases=("-O",), int_key="level")
     async_scheduling: bool = _arg(True, "schedule and launch each step before the last one's tokens are read "
                                         "back, so host work overlaps the GPU (not with tensor parallelism, which "
                                         "runs steps in order; under speculation, plain steps)")
@@ -430,6 +454,10 @@ class EngineArgs(CliArgs):
             logger.info("trust_remote_code=True accepted: %s", self._ACCEPTED_NOOPS["trust_remote_code"])
         if not self.use_v2_block_manager:
             logger.info("use_v2_block_manager=False accepted: %s", self._ACCEPTED_NOOPS["use_v2_block_manager"])
+        ignored = sorted(set(self.compilation_config or {}) - {"cudagraph_mode"})
+        if ignored:
+            logger.info("compilation_config %s accepted without effect: octavo runs no torch.compile (only "
+                        "cudagraph_mode is read)", ", ".join(ignored))
         if self.enforce_eager and self.resolved_device().type == "cpu":
             logger.info("enforce_eager=True accepted: the CPU path never uses CUDA graphs")
 
@@ -502,6 +530,7 @@ class EngineArgs(CliArgs):
             raise ValueError(
                 f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len ({max_model_len}) "
                 "with chunked prefill off: raise it or enable chunked prefill")
+        graph_mode = cudagraph_mode(self.compilation_config)
         spec_config = None
         settings = self.speculative_settings()
         if settings is not None:
@@ -532,7 +561,8 @@ class EngineArgs(CliArgs):
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device=device,
-            enforce_eager=self.enforce_eager,
+            enforce_eager=self.enforce_eager or graph_mode == "NONE",
+            piecewise_cuda_graphs=graph_mode in PIECEWISE_MODES,
             async_scheduling=self.async_scheduling,
             speculative_config=spec_config,
             disable_log_stats=self.disable_log_stats,

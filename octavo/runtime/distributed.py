@@ -165,6 +165,7 @@ class RunnerSpec:
     scheduler_config: Any
     enforce_eager: bool
     tp_size: int
+    piecewise_cuda_graphs: bool = False
 
 
 @contextlib.contextmanager
@@ -218,11 +219,12 @@ def _groups(specs: list[RunnerSpec], rank: int, world_size: int) -> dict[str, TP
 
 def runner_specs(config: "EngineConfig") -> list[RunnerSpec]:
     specs = [RunnerSpec("target", config.model_config, config.cache_config, config.scheduler_config,
-                        config.enforce_eager, config.parallel_config.tensor_parallel_size)]
+                        config.enforce_eager, config.parallel_config.tensor_parallel_size,
+                        config.piecewise_cuda_graphs)]
     spec = config.speculative_config
     if spec is not None and spec.draft_tensor_parallel_size > 1:
         specs.append(RunnerSpec("draft", spec.draft_model_config, config.cache_config, config.scheduler_config,
-                                config.enforce_eager, spec.draft_tensor_parallel_size))
+                                config.enforce_eager, spec.draft_tensor_parallel_size, config.piecewise_cuda_graphs))
     return specs
 
 
@@ -466,7 +468,8 @@ def worker_main(rank: int, world_size: int, init_method: str, device_type: str, 
             if group is not None:
                 runners[spec.role] = runner_class(spec.model_config, spec.cache_config, spec.scheduler_config, device,
                                                  enforce_eager=spec.enforce_eager,
-                                                 parallel=RunnerParallel(group=group, role=spec.role))
+                                                 parallel=RunnerParallel(group=group, role=spec.role),
+                                                 piecewise_cuda_graphs=spec.piecewise_cuda_graphs)
         while True:
             role, method, args = pickle.loads(conn.recv_bytes())
             if method == "shutdown":

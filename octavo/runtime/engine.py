@@ -215,7 +215,8 @@ class LLMEngine:
         workers = self.workers
         self.model_runner = ModelRunner(config.model_config, config.cache_config, config.scheduler_config,
                                         config.device, enforce_eager=config.enforce_eager,
-                                        parallel=workers.parallel("target") if workers else None)
+                                        parallel=workers.parallel("target") if workers else None,
+                                        piecewise_cuda_graphs=config.piecewise_cuda_graphs)
         self.proposer = self.controller = None
         spec = config.speculative_config
         if spec is not None:

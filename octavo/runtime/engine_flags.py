@@ -71,7 +71,7 @@ def _argument(flag: EngineFlag) -> dict:
     if flag.type is bool:
         return {"action": argparse.BooleanOptionalAction}
     if flag.type is dict:
-        return {"type": _json_object(flag.option), "metavar": flag.metavar or "JSON"}
+        return {"type": _json_object(flag.option, flag.int_key), "metavar": flag.metavar or "JSON"}
     if flag.type is list:
         return {**kwargs, "nargs": "+", "action": _ListAction}
     if flag.choices:
@@ -118,8 +118,10 @@ def _add_underscore_spelling(group: argparse._ArgumentGroup, flag: EngineFlag, k
         group.add_argument(f"--{flag.name}", **kwargs, **hidden)
 
 
-def _json_object(option: str):
+def _json_object(option: str, int_key: str | None = None):
     def parse(text: str) -> dict:
+        if int_key and text.strip().isdigit():
+            return {int_key: int(text)}
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:

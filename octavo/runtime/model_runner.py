@@ -25,6 +25,7 @@ from octavo.runtime.inference import inference
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
 from octavo.runtime.models.registry import model_class, supports_tensor_parallel
+from octavo.runtime.piecewise_graphs import PiecewiseGraphs
 from octavo.runtime.request import Request
 from octavo.runtime.sampler import SampledRow, Sampler
 from octavo.runtime.scheduler import SchedulerOutput
@@ -97,13 +98,15 @@ class RunnerOutput:
 class ModelRunner:
     def __init__(self, model_config: ModelConfig, cache_config: CacheConfig,
                  scheduler_config: SchedulerConfig, device: torch.device, enforce_eager: bool = False,
-                 parallel: RunnerParallel | None = None) -> None:
+                 parallel: RunnerParallel | None = None, piecewise_cuda_graphs: bool = False) -> None:
         self.model_config = model_config
         # Tensor parallel: this rank's group; on rank 0, the workers every call is mirrored to.
         self.parallel = parallel if parallel is not None else current_runner_parallel()
         self.enforce_eager = enforce_eager or device.type != "cuda"
         self.graphs: dict[tuple[int, int], StepGraph] = {}  # (batch size, tokens per request)
         self.graph_buffers: GraphBuffers | None = None
+        self.piecewise_cuda_graphs = piecewise_cuda_graphs  # capture them (cudagraph_mode FULL_AND_PIECEWISE)
+        self.piecewise: PiecewiseGraphs | None = None
         self.cache_config = cache_config
         self.scheduler_config = scheduler_config
         self.device = device
@@ -346,6 +349,10 @@ class ModelRunner:
             if key is not None:
                 return self.graph_buffers.replay(self.graphs[key], inputs.host, inputs.input_ids, inputs.positions,
                                                  inputs.meta)
+        if self.piecewise is not None:
+            tokens = self.piecewise.bucket(inputs.input_ids.shape[0])
+            if tokens is not None:
+                return self.piecewise.run(tokens, inputs.input_ids, inputs.positions, inputs.meta)
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     # ---- start-up: kernels and CUDA graphs ---------------------------------------------------
@@ -407,14 +414,20 @@ class ModelRunner:
                 # Most tokens first: later graphs reuse the first one's memory.
                 for size, q in sorted(keys, key=lambda key: key[0] * key[1], reverse=True):
                     self.graphs[(size, q)] = self.graph_buffers.capture(self.model, size, q, pool)
+                if self.piecewise_cuda_graphs:
+                    self.piecewise = PiecewiseGraphs(self.scheduler_config.max_num_batched_tokens, self.device,
+                                                     self.block_size)
+                    for tokens in reversed(self.piecewise.buckets):
+                        self.piecewise.capture(self.model, tokens, pool)
         finally:
             if gc_was_enabled:
                 gc.enable()
         self._graph_keys = sorted(self.graphs)
         torch.cuda.synchronize(self.device)
         used = free_before - torch.cuda.mem_get_info(self.device)[0]
-        logger.info("captured %d CUDA graphs (batch sizes %s..%s, tokens per request %s) in %.1fs using %.0f MiB",
+        logger.info("captured %d CUDA graphs (batch sizes %s..%s, tokens per request %s%s) in %.1fs using %.0f MiB",
                     len(keys), min(sizes), max(sizes), "/".join(map(str, sorted({q for _, q in keys}))),
+                    f"; piecewise, token buckets {self.piecewise.buckets}" if self.piecewise else "",
                     time.perf_counter() - start, used / 2**20)
 
     def release_cuda_graphs(self) -> None:
@@ -422,7 +435,7 @@ class ModelRunner:
         if not self.graphs:
             return
         self.graphs.clear()
-        self.graph_buffers = None
+        self.graph_buffers = self.piecewise = None
         gc.collect()
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()

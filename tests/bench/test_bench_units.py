@@ -150,3 +150,25 @@ def test_engine_flags_reach_the_server_command():
     assert plain[6:] == []
     spec = parser.parse_args(["spec", "--max-num-seqs", "64", "--a-args", "--enforce-eager --seed 3"])
     assert cli.engine_args(spec).max_num_seqs == 64 and spec.a_args == "--enforce-eager --seed 3"
+
+
+def test_profile_summary_busy_share_phases_and_top_kernels():
+    from octavo.bench import profile
+
+    def host(name, ts, dur):
+        return {"ph": "X", "cat": "user_annotation", "name": name, "ts": ts, "dur": dur}
+
+    def kernel(name, ts, dur):
+        return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
+
+    events = [host("octavo::step", 0, 1000), host("octavo::launch", 0, 300), host("octavo::step", 1000, 1000),
+              host("octavo::launch", 1000, 500),
+              kernel("gemm", 100, 400), kernel("attn", 600, 100), kernel("gemm", 1100, 400), kernel("attn", 1500, 300),
+              kernel("outside", 5000, 100)]  # after the steps: not counted
+    summary = profile.summarize_trace(events)
+    assert summary["num_steps"] == 2 and summary["wall_ms"] == 2.0
+    assert summary["gpu_busy_fraction"] == pytest.approx(1.2 / 2.0)
+    assert summary["phases"]["launch"]["per_step_ms"] == pytest.approx(0.4)
+    assert [(k["name"], k["per_step_ms"], k["calls_per_step"]) for k in summary["top_kernels"]] == [
+        ("gemm", pytest.approx(0.4), 1.0), ("attn", pytest.approx(0.2), 1.0)]
+    assert "`gemm`" in profile.markdown({"t": summary})

@@ -151,3 +151,31 @@ def test_rejects_bad_shapes(kernels):
     with pytest.raises(ValueError, match="multiple"):
         kernels.attention.paged_decode_attention(query, k_cache, v_cache, block_tables,
                                                  torch.tensor([5], dtype=torch.int32), 0.125)
+
+
+def test_kernels_write_rows_of_a_given_output(kernels):
+    """out=: each kernel writes into rows of the caller's tensor (piecewise CUDA graphs keep
+    attention's output in one static buffer). Here the one-token requests of a mixed step go to the
+    decode kernel and the rest to the prefill kernel, into one output that equals the reference."""
+    q_lens, prefixes = [1, 1, 1, 6, 17], [40, 9, 70, 0, 12]
+    lens = [q + p for q, p in zip(q_lens, prefixes)]
+    k_cache, v_cache, block_tables = make_paged_kv(lens, 2, 64, 16, torch.float32, seed=11)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    starts = torch.tensor([0] + q_lens, dtype=torch.int32).cumsum(0).to(torch.int32)
+    query = make_query(sum(q_lens), 8, 2, 64, torch.float32, seed=11)
+    out, d = torch.full_like(query, float("nan")), 3
+    kernels.attention.paged_decode_attention(query[:d], k_cache, v_cache, block_tables[:d], seq_lens[:d], 0.125,
+                                             out=out[:d])
+    kernels.attention.paged_attention(query[d:], k_cache, v_cache, block_tables[d:], starts[d:] - starts[d],
+                                      seq_lens[d:], 0.125, out=out[d:])
+    ref = paged_attention_ref(query, k_cache, v_cache, block_tables, starts, seq_lens, 0.125)
+    assert kernels.relative_error(out, ref) < 1e-5
+
+
+def test_rejects_an_output_of_another_shape(kernels):
+    k_cache, v_cache, block_tables = make_paged_kv([5], 2, 64, 16, torch.float32, seed=0)
+    query = torch.randn(1, 4, 64)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels.attention.paged_decode_attention(query, k_cache, v_cache, block_tables,
+                                                 torch.tensor([5], dtype=torch.int32), 0.125,
+                                                 out=torch.empty(2, 4, 64))

@@ -101,3 +101,29 @@ def test_a_lone_prefill_replays_a_one_request_graph_with_eager_outputs(llama_dir
     eager, _ = run(enforce_eager=True)
     assert [(1, q) for q in (16, 16, 64, 128)] == [key for key in replayed if key[1] > 1]
     assert graphed == eager
+
+
+def test_piecewise_graphs_give_the_eager_tokens_on_mixed_steps(llama_dir):
+    """cudagraph_mode FULL_AND_PIECEWISE: steps that no whole-step graph holds (prefills beside
+    decodes) replay the piecewise graphs, and the greedy tokens equal an eager engine's."""
+    prompts = [list(range(7 + i, 7 + i + n)) for i, n in enumerate((5, 300, 40, 100, 17, 260))]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+    def run(piecewise: bool) -> tuple[list[list[int]], int]:
+        llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks_override=256, max_num_batched_tokens=512,
+                  enforce_eager=not piecewise, enable_prefix_caching=False,
+                  compilation_config={"cudagraph_mode": "FULL_AND_PIECEWISE"})
+        runner = llm.llm_engine.model_runner
+        runs = []
+        if piecewise:
+            replay = runner.piecewise.run
+            runner.piecewise.run = lambda tokens, *args: runs.append(tokens) or replay(tokens, *args)
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        del llm
+        gc.collect()
+        return [o.outputs[0].token_ids for o in outputs], len(runs)
+
+    graphed, runs = run(piecewise=True)
+    eager, _ = run(piecewise=False)
+    assert runs > 0
+    assert graphed == eager

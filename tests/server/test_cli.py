@@ -154,11 +154,13 @@ def test_accepted_vllm_flags_change_nothing_and_are_logged(caplog):
     from octavo.runtime.server.cli import _check, engine_args
 
     args = parse("m", "--swap-space", "8", "--max-seq-len-to-capture", "8192", "--disable-custom-all-reduce",
-                 "--enable-tokenizer-info-endpoint", "-O", "3", "--disable-log-requests", "--use-v2-block-manager")
+                 "--enable-tokenizer-info-endpoint", "--disable-log-requests", "--use-v2-block-manager")
     assert _check(args) is None
     assert engine_args(args) == engine_args(parse("m", "--disable-log-requests"))
     notes = vllm_flags.accepted_notes(args)
-    assert len(notes) == 5 and any(note.startswith("--swap-space accepted without effect") for note in notes)
+    assert len(notes) == 4 and any(note.startswith("--swap-space accepted without effect") for note in notes)
+    # -O (compilation_config) is an engine flag: a level is kept and ignored, cudagraph_mode is read.
+    assert engine_args(parse("m", "-O", "3")).compilation_config == {"level": 3}
 
 
 def test_python_m_entry_point_exits_2_in_one_line():

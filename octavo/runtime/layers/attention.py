@@ -1,8 +1,14 @@
 """Paged attention as a layer: write this step's K/V into the cache, then attend through the block
-tables. The kernel call (Triton on CUDA, torch reference elsewhere) is in octavo.kernels.ops."""
+tables. The kernel call (Triton on CUDA, torch reference elsewhere) is in octavo.kernels.ops.
+
+`attention_breaks(fn)`: while it is active, every layer's `attend` calls fn(layer, query, meta)
+instead. Piecewise CUDA graphs (piecewise_graphs.py) end a graph there: attention, whose work
+depends on the step's context lengths, runs between the graphs."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +49,39 @@ class PagedAttention(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """query [T, H, D], key/value [T, Hkv, D] -> [T, H * D]."""
         ops.write_kv_cache(key, value, self.k_cache, self.v_cache, meta.slot_mapping)
+        return self.attend(query, meta)
+
+    def attend(self, query: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """query [T, H, D] -> [T, H * D], this step's K/V already in the cache (a rotary model stores
+        them in its rotary kernel: ops.rotary_and_write_kv). Under attention_breaks: the break's."""
+        if _BREAK is not None:
+            return _BREAK(self, query, meta)
+        return self.run(query, meta)
+
+    def run(self, query: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention itself (never a break), written to `out` ([T, H, D]) when given."""
         if meta.decode_only:
             out = ops.paged_decode_attention(query, self.k_cache, self.v_cache, meta.block_tables,
                                              meta.seq_lens, self.scale, self.alibi_slopes,
-                                             self.sliding_window)
+                                             self.sliding_window, out=out)
         else:
             out = ops.paged_attention(query, self.k_cache, self.v_cache, meta.block_tables,
                                       meta.query_start_loc, meta.seq_lens, self.scale,
-                                      self.alibi_slopes, self.sliding_window)
+                                      self.alibi_slopes, self.sliding_window, out=out)
         return out.reshape(out.shape[0], self.num_heads * self.head_dim)
+
+
+_BREAK: Callable[[PagedAttention, torch.Tensor, AttentionMetadata], torch.Tensor] | None = None
+
+
+@contextlib.contextmanager
+def attention_breaks(fn: Callable[[PagedAttention, torch.Tensor, AttentionMetadata], torch.Tensor]) -> Iterator[None]:
+    """Route every PagedAttention.attend to fn(layer, query, meta) inside the block (one at a time)."""
+    global _BREAK
+    if _BREAK is not None:
+        raise RuntimeError("attention_breaks is already active")
+    _BREAK = fn
+    try:
+        yield
+    finally:
+        _BREAK = None

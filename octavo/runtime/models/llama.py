@@ -57,11 +57,12 @@ class LlamaAttention(nn.Module):
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         num_tokens = hidden.shape[0]
-        q, k = ops.rotary(q.reshape(num_tokens, self.num_heads, self.head_dim),
-                          k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
-                          positions, self.rotary_cache)
-        out = self.attn(q, k, v.reshape(num_tokens, self.num_kv_heads, self.head_dim), meta)
-        return self.o_proj(out)
+        q = ops.rotary_and_write_kv(q.reshape(num_tokens, self.num_heads, self.head_dim),
+                                    k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
+                                    v.reshape(num_tokens, self.num_kv_heads, self.head_dim),
+                                    positions, self.rotary_cache, self.attn.k_cache, self.attn.v_cache,
+                                    meta.slot_mapping)
+        return self.o_proj(self.attn.attend(q, meta))
 
 
 def qkv_bias_only(config: Any) -> bool:

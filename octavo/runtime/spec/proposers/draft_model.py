@@ -95,7 +95,8 @@ class DraftModelProposer(Proposer):
         self.target_vocab = engine_config.model_config.vocab_size
         self.draft_vocab = draft_config.vocab_size
         self.runner = ModelRunner(draft_config, engine_config.cache_config, engine_config.scheduler_config,
-                                  engine_config.device, enforce_eager=engine_config.enforce_eager)
+                                  engine_config.device, enforce_eager=engine_config.enforce_eager,
+                                  piecewise_cuda_graphs=engine_config.piecewise_cuda_graphs)
         self.draft_cost_ratio = streamed_weights(self.runner.model) / streamed_weights(target_runner.model)
         self.on_device = not self.runner.parallel.mirrored  # greedy drafts chained on the device
         self.kv: KVCacheManager | None = None
