@@ -172,3 +172,17 @@ def test_profile_summary_busy_share_phases_and_top_kernels():
     assert [(k["name"], k["per_step_ms"], k["calls_per_step"]) for k in summary["top_kernels"]] == [
         ("gemm", pytest.approx(0.4), 1.0), ("attn", pytest.approx(0.2), 1.0)]
     assert "`gemm`" in profile.markdown({"t": summary})
+
+
+def test_latency_decode_step_is_end_to_end_like_vllms():
+    """ms/step = (end - prefill) / (output tokens - 1), median over runs: the engine's own step()
+    intervals (which asynchronous scheduling shifts by a step) only give the spread."""
+    from octavo.bench.latency import summarize_iterations
+
+    runs = [{"prefill_ms": 20.0, "total_ms": 20.0 + 9 * 7.0, "step_ms": [1.0, 13.0] * 4, "output_tokens": 10},
+            {"prefill_ms": 22.0, "total_ms": 22.0 + 9 * 8.0, "step_ms": [8.0] * 9, "output_tokens": 10},
+            {"prefill_ms": 21.0, "total_ms": 21.0 + 9 * 7.5, "step_ms": [7.5] * 9, "output_tokens": 10}]
+    row = summarize_iterations(runs, batch_size=1, output_len=10)
+    assert row["decode_ms_per_step"] == pytest.approx(7.5)
+    assert row["prefill_ms"] == pytest.approx(21.0)
+    assert (row["decode_step_ms"]["count"], row["decode_step_ms"]["max"]) == (26, 13.0)  # the spread, kept
