@@ -1,7 +1,6 @@
-"""Piecewise CUDA graphs' layout (octavo.runtime.piecewise_graphs), checked on the CPU: the same
-padded buffers, with attention run between the pieces, give the unpadded step's hidden states and
-write only the step's own cache slots. The replayed graphs themselves run on the device
-(tests/runtime/test_cuda.py)."""
+"""Piecewise CUDA graphs' padded layout (octavo.runtime.piecewise_graphs), checked on the CPU for
+each model family: the same padded buffers, with attention run between the pieces, give the
+unpadded step's hidden states and write only the step's own cache slots."""
 
 from __future__ import annotations
 
@@ -9,31 +8,8 @@ import pytest
 import torch
 
 from octavo import LLM
-from octavo.runtime.layers.attention import AttentionMetadata, attention_breaks
+from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.piecewise_graphs import PiecewiseGraphs, bucket_for
-
-
-def test_bucket_for_picks_the_smallest_that_holds_the_step():
-    assert bucket_for(1, [32, 64]) == 32
-    assert bucket_for(32, [32, 64]) == 32
-    assert bucket_for(33, [32, 64]) == 64
-    assert bucket_for(65, [32, 64]) is None
-    graphs = PiecewiseGraphs(max_tokens=100, device=torch.device("cpu"), block_size=16, buckets=(32, 64, 128))
-    assert graphs.buckets == [32, 64]  # none past the step budget
-    assert graphs.bucket(10) is None  # nothing captured: run eagerly
-
-
-def test_attention_breaks_route_attend_and_do_not_nest():
-    seen = []
-    with attention_breaks(lambda layer, query, meta: seen.append(query.shape) or query):
-        from octavo.runtime.layers.attention import PagedAttention
-
-        layer = PagedAttention(2, 1, 4, 0.5)
-        layer.attend(torch.zeros(3, 2, 4), None)
-        with pytest.raises(RuntimeError, match="already active"):
-            with attention_breaks(lambda *args: None):
-                pass
-    assert seen == [torch.Size([3, 2, 4])]
 
 
 def step_of(contexts, new, tables, block_size, vocab, seed=0):
@@ -54,9 +30,11 @@ def step_of(contexts, new, tables, block_size, vocab, seed=0):
     return torch.cat(ids), torch.tensor(positions), meta
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bloom"])  # rotary + fused cache write; learned positions; ALiBi
 @pytest.mark.parametrize("new", [[1, 1, 7], [5, 2, 8], [1, 1, 1], [16]], ids=["mixed", "prefills", "decode", "exact-fit"])
-def test_padded_pieces_match_the_unpadded_step(llama_dir, new):
-    llm = LLM(model=str(llama_dir), dtype="float32", num_gpu_blocks_override=64)
+def test_padded_pieces_match_the_unpadded_step(request, family, new):
+    model_dir = request.getfixturevalue(f"{family}_dir")
+    llm = LLM(model=str(model_dir), dtype="float32", num_gpu_blocks_override=64)
     runner = llm.llm_engine.model_runner
     model, block_size, vocab = runner.model, runner.block_size, runner.model_config.vocab_size
     contexts = [5, 17, 33][: len(new)]
@@ -83,25 +61,3 @@ def test_padded_pieces_match_the_unpadded_step(llama_dir, new):
             flat, flat_before = cache.view(own.shape[0], -1), before.view(own.shape[0], -1)
             assert torch.equal(flat[~own], flat_before[~own])  # padding rows wrote nothing
             torch.testing.assert_close(flat[own], flat_before[own], rtol=1e-5, atol=1e-5)
-
-
-def test_cudagraph_mode_picks_the_graphs(llama_dir):
-    from octavo.runtime.config import EngineArgs
-    from octavo.runtime.engine_flags import add_engine_args, engine_args_from_namespace
-
-    def config(mode):
-        settings = {"cudagraph_mode": mode} if mode else None
-        return EngineArgs(model=str(llama_dir), compilation_config=settings).create_config()
-
-    assert (config(None).piecewise_cuda_graphs, config(None).enforce_eager) == (False, False)
-    assert (config("FULL_AND_PIECEWISE").piecewise_cuda_graphs, config("piecewise").piecewise_cuda_graphs) == (True, True)
-    assert config("NONE").enforce_eager and not config("FULL_DECODE_ONLY").piecewise_cuda_graphs
-    with pytest.raises(ValueError, match="cudagraph_mode must be one of NONE, FULL_DECODE_ONLY"):
-        config("FASTEST")
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_engine_args(parser, EngineArgs)
-    args = engine_args_from_namespace(parser.parse_args(
-        ["--compilation-config", '{"cudagraph_mode": "FULL_AND_PIECEWISE", "level": 3}']), EngineArgs)
-    assert args.compilation_config == {"cudagraph_mode": "FULL_AND_PIECEWISE", "level": 3}  # other keys ignored
