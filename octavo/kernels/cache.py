@@ -45,15 +45,9 @@ def _write_kv_cache_kernel(
              v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def write_kv_cache(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-) -> None:
-    """Store key/value [T, Hkv, D] at flat slots (block * block_size + offset) of the
-    [num_blocks, block_size, Hkv, D] caches; slot < 0 is skipped."""
+def check_kv_write(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """The shapes a KV write takes (this kernel's and rotary.rotary_and_write_kv's), or a ValueError."""
     if key.shape != value.shape or key.dim() != 3:
         raise ValueError(f"key and value must both be [tokens, kv_heads, head_dim], got "
                          f"{tuple(key.shape)} and {tuple(value.shape)}")
@@ -63,6 +57,19 @@ def write_kv_cache(
                          f"[*, *, {num_kv_heads}, {head_dim}] rows")
     if slot_mapping.shape[0] != num_tokens:
         raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {num_tokens} tokens")
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Store key/value [T, Hkv, D] at flat slots (block * block_size + offset) of the
+    [num_blocks, block_size, Hkv, D] caches; slot < 0 is skipped."""
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping)
+    num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
     if key.stride(-1) != 1:

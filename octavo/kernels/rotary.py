@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from octavo.kernels.cache import check_kv_write
+
 
 @triton.jit
 def rotation(positions_ptr, cos_sin_ptr, token, stride_cache, dims, ROTARY_DIM: tl.constexpr):
@@ -140,17 +142,11 @@ def rotary_and_write_kv(
     [T, Hkv, D] at flat slots of the [num_blocks, block_size, Hkv, D] caches (slot < 0: skipped).
     Returns the rotated query (a new tensor)."""
     _check(query, key, cos_sin_cache)
-    if key.shape != value.shape:
-        raise ValueError(f"key and value must both be [T, Hkv, D], got {tuple(key.shape)} and {tuple(value.shape)}")
-    num_tokens, num_heads, head_dim = query.shape
-    num_kv_heads, rotary_dim = key.shape[1], cos_sin_cache.shape[1]
-    if k_cache.shape != v_cache.shape or tuple(k_cache.shape[2:]) != (num_kv_heads, head_dim):
-        raise ValueError(f"caches {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not hold "
-                         f"[*, *, {num_kv_heads}, {head_dim}] rows")
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache must be contiguous in head_dim")
-    if slot_mapping.shape[0] != num_tokens:
-        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {num_tokens} tokens")
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads, rotary_dim = key.shape[1], cos_sin_cache.shape[1]
     query, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
     cos_sin_cache = cos_sin_cache.float().contiguous()
     q_out = torch.empty(query.shape, dtype=query.dtype, device=query.device)

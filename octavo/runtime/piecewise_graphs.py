@@ -66,12 +66,11 @@ class PiecewiseGraphs:
     def _meta(self, tokens: int) -> AttentionMetadata:
         """The pieces read only the slot mapping (the cache write); the rest is for the warm-up's
         attention: one request of `tokens` tokens over block 0 (its slots are -1: nothing written)."""
-        block_size = self.block_size
         return AttentionMetadata(
             slot_mapping=self.slot_mapping[:tokens],
             query_start_loc=torch.tensor([0, tokens], dtype=torch.int32, device=self.device),
             seq_lens=torch.tensor([tokens], dtype=torch.int32, device=self.device),
-            block_tables=torch.zeros(1, -(-tokens // block_size), dtype=torch.int32, device=self.device),
+            block_tables=torch.zeros(1, -(-tokens // self.block_size), dtype=torch.int32, device=self.device),
             decode_only=False)
 
     def _buffers_for(self, query: torch.Tensor) -> None:
