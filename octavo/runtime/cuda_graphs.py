@@ -66,10 +66,13 @@ def pad_step(host: dict, query_len: int) -> PaddedStep:
     Request i's tokens go to rows i*Q .. i*Q + q_i - 1; its padding slots repeat its last position
     (a valid position for any position table) with cache slot -1, and its context grows by the
     padding so that its real queries keep their positions."""
+    as_is = PaddedStep(host["input_ids"], host["positions"], host["slot_mapping"], host["seq_lens"], None)
+    if host.get("query_len_range") == (query_len, query_len):  # prepare's (min, max), if given
+        return as_is
     starts = host["query_start_loc"].long()
     q = starts[1:] - starts[:-1]
     if bool((q == query_len).all()):
-        return PaddedStep(host["input_ids"], host["positions"], host["slot_mapping"], host["seq_lens"], None)
+        return as_is
     batch = q.shape[0]
     owner = torch.repeat_interleave(torch.arange(batch), q)
     rows = owner * query_len + (torch.arange(owner.shape[0]) - starts[owner])
@@ -88,7 +91,8 @@ def graph_key(host: dict, keys: list[tuple[int, int]]) -> tuple[int, int] | None
     """The smallest captured (size, query_len) that holds this step, or None (run eager)."""
     starts = host["query_start_loc"]
     batch = starts.shape[0] - 1
-    longest = int((starts[1:] - starts[:-1]).max())
+    known = host.get("query_len_range")  # prepare's (min, max), if given
+    longest = known[1] if known is not None else int((starts[1:] - starts[:-1]).max())
     fits = [(size * q, q, size) for size, q in keys if size >= batch and q >= longest]
     if not fits:
         return None
@@ -182,9 +186,11 @@ class GraphBuffers:
         batch, used = lens.shape[0], pos.shape[0]
         self.positions[:used].copy_(pos, non_blocking=True)
         self.slot_mapping[:used].copy_(slots, non_blocking=True)
-        self.slot_mapping[used:tokens].fill_(-1)
+        if used < tokens:
+            self.slot_mapping[used:tokens].fill_(-1)
         self.seq_lens[:batch].copy_(lens, non_blocking=True)
-        self.seq_lens[batch:size].fill_(query_len)
+        if batch < size:
+            self.seq_lens[batch:size].fill_(query_len)
         self.block_tables[:batch, : meta.block_tables.shape[1]].copy_(meta.block_tables)
         return rows
 

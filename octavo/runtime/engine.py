@@ -519,9 +519,10 @@ class LLMEngine:
         self._bitmask_filler.fill([sampled[i].grammar for i in rows], bitmask)
         return to_device(bitmask, torch.int32, device), to_device(rows, torch.long, device)
 
-    def _patch(self, sched: SchedulerOutput, prev: "InFlight") -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _patch(self, sched: SchedulerOutput, prev: "InFlight") -> tuple[int | torch.Tensor, torch.Tensor] | None:
         """(rows of this step's flat batch, the device tensor of those tokens): requests whose
-        last token `prev` sampled and has not been read back."""
+        last token `prev` sampled and has not been read back. Rows as an int: the first of
+        consecutive rows taking all of prev's tokens (no index tensors to build and copy)."""
         rows = {request.request_id: i for i, request in enumerate(prev.sampled)}
         dst, src = [], []
         start = 0
@@ -535,6 +536,9 @@ class LLMEngine:
             start += item.num_new_tokens
         if not dst:
             return None
+        # dst rises (one row per request, in order): its ends tell whether the rows are consecutive.
+        if len(src) == prev.tokens.shape[0] and dst[-1] - dst[0] == len(dst) - 1 and src == list(range(len(src))):
+            return dst[0], prev.tokens  # the usual decode step: every token, in order, to consecutive rows
         device = prev.tokens.device
         return to_device(dst, torch.long, device), prev.tokens[to_device(src, torch.long, device)]
 

@@ -71,8 +71,11 @@ class StepInputs:
     sample_rows: dict[str, list[int]] = field(default_factory=dict)
     # request id -> (first prompt position, rows) for prompt logprobs
     prompt_rows: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
-    # The same batch as CPU tensors (what tensor-parallel workers are sent), and decode_only.
+    # The same batch as CPU tensors (what tensor-parallel workers are sent), decode_only and the
+    # (min, max) tokens a request has in the step.
     host: dict | None = None
+    # Every token's row goes through the LM head, in order (a decode step): no gather.
+    logits_all: bool = False
 
     @classmethod
     def from_host(cls, host: dict, device: torch.device, **rows) -> "StepInputs":
@@ -85,8 +88,10 @@ class StepInputs:
         meta = AttentionMetadata(slot_mapping=put["slot_mapping"], query_start_loc=put["query_start_loc"],
                                  seq_lens=put["seq_lens"], block_tables=put["block_tables"],
                                  decode_only=bool(host["decode_only"]))
+        # logits_indices rises strictly within the step's tokens: as many as tokens is every row.
+        logits_all = host["logits_indices"].numel() == host["input_ids"].numel()
         return cls(input_ids=put["input_ids"], positions=put["positions"], meta=meta,
-                   logits_indices=put["logits_indices"], host=host, **rows)
+                   logits_indices=put["logits_indices"], host=host, logits_all=logits_all, **rows)
 
 
 @dataclass
@@ -271,11 +276,13 @@ class ModelRunner:
                 logits_positions.extend(range(end - sampled, end))
         first_arr = np.array(firsts, dtype=np.int64)
         count_arr = np.array(counts, dtype=np.int64)
-        starts = np.zeros(len(scheduled) + 1, dtype=np.int64)
-        np.cumsum(count_arr, out=starts[1:])
-        if len(scheduled) == starts[-1]:  # one token each: no per-token expansion
+        decode_only = len(input_ids) == len(scheduled)
+        if decode_only:  # one token each: no per-token expansion
+            starts = np.arange(len(scheduled) + 1, dtype=np.int64)
             positions, owner = first_arr, None
         else:
+            starts = np.zeros(len(scheduled) + 1, dtype=np.int64)
+            np.cumsum(count_arr, out=starts[1:])
             positions = np.repeat(first_arr - starts[:-1], count_arr) + np.arange(starts[-1], dtype=np.int64)
             owner = np.repeat(np.arange(len(scheduled)), count_arr)
         rows = self.block_rows.rows_for([item.request for item in scheduled])
@@ -292,28 +299,34 @@ class ModelRunner:
             "seq_lens": torch.from_numpy((first_arr + count_arr).astype(np.int32)),
             "block_tables": torch.from_numpy(table[rows, :width]),
             "logits_indices": torch.tensor(logits_positions, dtype=torch.long),
-            "decode_only": len(scheduled) == starts[-1],
+            "decode_only": decode_only,
+            "query_len_range": (min(counts), max(counts)),  # what graph_key and pad_step ask first
         }
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 
     @inference
     def execute(self, sched: SchedulerOutput, input_ids: torch.Tensor | None = None,
-                token_patch: tuple[torch.Tensor, torch.Tensor] | None = None) -> RunnerOutput:
+                token_patch: tuple[int | torch.Tensor, torch.Tensor] | None = None) -> RunnerOutput:
         """One forward over the scheduled tokens. Token ids that exist only on the device (the
         requests' token lists hold placeholders there) come as `input_ids`, the whole step's (the
         draft feeding its own proposals back), or as `token_patch`, (rows, ids) of the flat batch
-        (tokens the last step sampled, under asynchronous scheduling)."""
+        (tokens the last step sampled, under asynchronous scheduling); rows as an int: the first
+        of consecutive rows."""
         inputs = self.prepare(sched)
         if input_ids is not None or token_patch is not None:
             if self.parallel.mirrored:
                 raise ValueError("device-side input_ids need a runner that is not tensor-parallel")
             if input_ids is not None:
                 inputs.input_ids = input_ids
+            elif isinstance(token_patch[0], int):
+                start, ids = token_patch
+                inputs.input_ids[start : start + ids.shape[0]].copy_(ids)
             else:
                 inputs.input_ids.index_copy_(0, *token_patch)
         if not self.parallel.mirrored:
             hidden = self.forward(inputs)
-            return RunnerOutput(logits=self.model.compute_logits(hidden[inputs.logits_indices]), inputs=inputs)
+            return RunnerOutput(logits=self.model.compute_logits(hidden if inputs.logits_all
+                                                                 else hidden[inputs.logits_indices]), inputs=inputs)
         # Tensor parallel: the workers get the same flat batch (CPU arrays) and run their shards.
         self.parallel.call("run_shard", {k: v.numpy() if isinstance(v, torch.Tensor) else v
                                          for k, v in inputs.host.items()})
@@ -452,7 +465,10 @@ class ModelRunner:
         if not rows:
             empty = torch.empty(0, dtype=torch.long, device=output.logits.device)
             return empty, output.logits[:0]
-        logits = output.logits.index_select(0, to_device(rows, torch.long, output.logits.device))
+        if len(rows) == output.logits.shape[0] and rows[-1] == len(rows) - 1:  # every row, in order
+            logits = output.logits
+        else:
+            logits = output.logits.index_select(0, to_device(rows, torch.long, output.logits.device))
         if grammar_bitmask is not None:
             apply_token_bitmask(logits, *grammar_bitmask)
         return self.sampler.sample(logits, requests), logits
