@@ -25,22 +25,41 @@ def stage(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.T
     on a 2-core CI machine)."""
     if device.type != "cuda":
         return [t.to(device) for t in tensors]
+    offsets, total = slab_layout(tensors)
+    slab = torch.empty(max(total, ALIGN), dtype=torch.uint8, pin_memory=True)
+    write_slab(slab, tensors, offsets)
+    return slab_views(slab.to(device, non_blocking=True), tensors, offsets)
+
+
+def slab_layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
+    """Each tensor's byte offset in a slab (ALIGN-aligned), and the slab's size."""
     offsets, total = [], 0
     for tensor in tensors:
         offsets.append(total)
         total += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
-    slab = torch.empty(max(total, ALIGN), dtype=torch.uint8, pin_memory=True)
+    return offsets, total
+
+
+def write_slab(slab: torch.Tensor, tensors: Sequence[torch.Tensor], offsets: list[int]) -> None:
+    """Copy each (CPU) tensor's bytes into the uint8 CPU `slab` at its offset."""
     host = slab.numpy()
     for tensor, offset in zip(tensors, offsets):
-        flat = tensor.numpy().reshape(-1).view(np.uint8)
-        host[offset : offset + flat.size] = flat
-    on_device = slab.to(device, non_blocking=True)
+        try:
+            raw = np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8)
+        except TypeError:  # a dtype numpy lacks (bfloat16, float8): its bytes through torch
+            raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        host[offset : offset + raw.size] = raw
+
+
+def slab_views(slab: torch.Tensor, tensors: Sequence[torch.Tensor], offsets: list[int]) -> list[torch.Tensor]:
+    """Views of a uint8 `slab` (on any device) shaped and typed as `tensors`: one view per dtype,
+    then a slice (and a reshape for more than one dimension) per tensor."""
     by_dtype: dict[torch.dtype, torch.Tensor] = {}
     placed = []
     for tensor, offset in zip(tensors, offsets):
         typed = by_dtype.get(tensor.dtype)
         if typed is None:
-            typed = by_dtype[tensor.dtype] = on_device.view(tensor.dtype)  # offsets are ALIGN-aligned
+            typed = by_dtype[tensor.dtype] = slab.view(tensor.dtype)  # offsets are ALIGN-aligned
         start = offset // tensor.element_size()
         flat = typed[start : start + tensor.numel()]
         placed.append(flat if tensor.dim() == 1 else flat.view(tensor.shape))

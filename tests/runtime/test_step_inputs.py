@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from octavo.runtime.block_table import BlockTableRows
-from octavo.runtime.host_staging import stage, to_device
+from octavo.runtime.host_staging import ALIGN, slab_layout, slab_views, stage, to_device, write_slab
 from octavo.runtime.kv_cache import KVCacheManager
 from octavo.runtime.model_runner import ModelRunner
 from octavo.runtime.request import Request
@@ -142,9 +142,23 @@ def test_block_rows_follow_growth_in_place_and_rewrite_replaced_lists():
     assert rows.table[placed, 0].tolist() == list(range(9))
 
 
+STAGED = [torch.arange(5), torch.tensor([1, 2], dtype=torch.int32), torch.zeros(0, dtype=torch.long),
+          torch.arange(6, dtype=torch.int32).view(2, 3), torch.tensor([True, False]),
+          torch.tensor([1.5, -2.0], dtype=torch.bfloat16), torch.tensor(7), torch.arange(12).view(3, 4)[:, 1]]
+
+
+def test_a_slab_holds_each_tensor_at_an_aligned_offset_and_gives_it_back():
+    """The host half of staging (pinned memory aside), on any machine: bytes in, views out."""
+    offsets, total = slab_layout(STAGED)
+    assert all(offset % ALIGN == 0 for offset in offsets) and total % ALIGN == 0
+    slab = torch.full((total,), 255, dtype=torch.uint8)
+    write_slab(slab, STAGED, offsets)
+    for src, dst in zip(STAGED, slab_views(slab.clone(), STAGED, offsets)):
+        assert dst.dtype == src.dtype and dst.shape == src.shape and torch.equal(dst, src)
+
+
 def test_staging_keeps_values_dtypes_and_shapes():
-    tensors = [torch.arange(5), torch.tensor([1, 2], dtype=torch.int32), torch.zeros(0, dtype=torch.long),
-               torch.arange(6, dtype=torch.int32).view(2, 3), torch.tensor([True, False])]
+    tensors = STAGED
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = stage(tensors, device)
     for src, dst in zip(tensors, out):
