@@ -465,7 +465,8 @@ class ModelRunner:
         if not rows:
             empty = torch.empty(0, dtype=torch.long, device=output.logits.device)
             return empty, output.logits[:0]
-        if len(rows) == output.logits.shape[0] and rows[-1] == len(rows) - 1:  # every row, in order
+        # rows rise with the scheduled order: as many as the logits, ending at the last, is every row
+        if len(rows) == output.logits.shape[0] and rows[-1] == len(rows) - 1:
             logits = output.logits
         else:
             logits = output.logits.index_select(0, to_device(rows, torch.long, output.logits.device))
