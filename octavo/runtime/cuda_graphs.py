@@ -65,14 +65,12 @@ def pad_step(host: dict, query_len: int) -> PaddedStep:
 
     Request i's tokens go to rows i*Q .. i*Q + q_i - 1; its padding slots repeat its last position
     (a valid position for any position table) with cache slot -1, and its context grows by the
-    padding so that its real queries keep their positions."""
-    as_is = PaddedStep(host["input_ids"], host["positions"], host["slot_mapping"], host["seq_lens"], None)
-    if host.get("query_len_range") == (query_len, query_len):  # prepare's (min, max), if given
-        return as_is
+    padding so that its real queries keep their positions. `host["query_len_range"]`: the (min,
+    max) new tokens of a request, as ModelRunner.prepare records them."""
+    if host["query_len_range"] == (query_len, query_len):
+        return PaddedStep(host["input_ids"], host["positions"], host["slot_mapping"], host["seq_lens"], None)
     starts = host["query_start_loc"].long()
     q = starts[1:] - starts[:-1]
-    if bool((q == query_len).all()):
-        return as_is
     batch = q.shape[0]
     owner = torch.repeat_interleave(torch.arange(batch), q)
     rows = owner * query_len + (torch.arange(owner.shape[0]) - starts[owner])
@@ -89,10 +87,8 @@ def pad_step(host: dict, query_len: int) -> PaddedStep:
 
 def graph_key(host: dict, keys: list[tuple[int, int]]) -> tuple[int, int] | None:
     """The smallest captured (size, query_len) that holds this step, or None (run eager)."""
-    starts = host["query_start_loc"]
-    batch = starts.shape[0] - 1
-    known = host.get("query_len_range")  # prepare's (min, max), if given
-    longest = known[1] if known is not None else int((starts[1:] - starts[:-1]).max())
+    batch = host["query_start_loc"].shape[0] - 1
+    longest = host["query_len_range"][1]
     fits = [(size * q, q, size) for size, q in keys if size >= batch and q >= longest]
     if not fits:
         return None

@@ -300,7 +300,7 @@ class ModelRunner:
             "block_tables": torch.from_numpy(table[rows, :width]),
             "logits_indices": torch.tensor(logits_positions, dtype=torch.long),
             "decode_only": decode_only,
-            "query_len_range": (min(counts), max(counts)),  # what graph_key and pad_step ask first
+            "query_len_range": (min(counts), max(counts)),  # what graph_key and pad_step read
         }
         return StepInputs.from_host(host, self.device, sample_rows=sample_rows, prompt_rows=prompt_rows)
 

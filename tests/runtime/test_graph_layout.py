@@ -24,14 +24,15 @@ def flat_step(contexts: list[int], new: list[int], tables: list[list[int]], bloc
         starts.append(starts[-1] + count if starts else count)
     return {"input_ids": torch.cat(ids), "positions": torch.tensor(positions),
             "slot_mapping": torch.tensor(slots[1:]), "query_start_loc": torch.tensor([0] + starts, dtype=torch.int32),
-            "seq_lens": torch.tensor([c + n for c, n in zip(contexts, new)], dtype=torch.int32)}
+            "seq_lens": torch.tensor([c + n for c, n in zip(contexts, new)], dtype=torch.int32),
+            "query_len_range": (min(new), max(new))}
 
 
 def test_pad_step_places_each_request_in_its_row():
     host = {"input_ids": torch.tensor([10, 20, 21, 22, 30, 31]), "positions": torch.tensor([7, 3, 4, 5, 9, 10]),
             "slot_mapping": torch.tensor([70, 30, 31, 32, 90, 91]),
             "query_start_loc": torch.tensor([0, 1, 4, 6], dtype=torch.int32),
-            "seq_lens": torch.tensor([8, 6, 11], dtype=torch.int32)}
+            "seq_lens": torch.tensor([8, 6, 11], dtype=torch.int32), "query_len_range": (1, 3)}
     padded = pad_step(host, 4)
     assert padded.rows.tolist() == [0, 4, 5, 6, 8, 9]
     assert padded.input_ids.tolist() == [10, 0, 0, 0, 20, 21, 22, 0, 30, 31, 0, 0]
@@ -39,13 +40,15 @@ def test_pad_step_places_each_request_in_its_row():
     assert padded.positions.tolist() == [7, 7, 7, 7, 3, 4, 5, 5, 9, 10, 10, 10]
     # Contexts grow by the padding, so the real queries keep their positions.
     assert padded.seq_lens.tolist() == [11, 7, 13]
-    uniform = pad_step({**host, "query_start_loc": torch.tensor([0, 2, 4, 6], dtype=torch.int32)}, 2)
+    uniform = pad_step({**host, "query_start_loc": torch.tensor([0, 2, 4, 6], dtype=torch.int32),
+                        "query_len_range": (2, 2)}, 2)
     assert uniform.rows is None
 
 
 def test_graph_key_picks_the_smallest_graph_that_holds_the_step():
     keys = [(1, 1), (2, 1), (4, 1), (8, 1), (1, 5), (2, 5), (4, 5)]
-    step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)}
+    step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32),
+                         "query_len_range": (min(lens), max(lens))}
     assert graph_key(step([1, 1, 1]), keys) == (4, 1)
     assert graph_key(step([1, 5, 2]), keys) == (4, 5)
     assert graph_key(step([5]), keys) == (1, 5)
@@ -63,7 +66,8 @@ def test_capture_keys_add_one_request_prefill_graphs_that_a_step_can_hold():
     assert capture_keys(5000, (1,), (), 8192, 64)[-1] == (CAPTURE_SIZES[-1], 1)  # the largest caps them
     assert capture_keys(20, (1,), (), 8192, 64)[-1] == (24, 1)  # rounded up to a captured size
     # A lone prefill replays the smallest prefill graph that holds it; a second request runs eager.
-    step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32)}
+    step = lambda lens: {"query_start_loc": torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32),
+                         "query_len_range": (min(lens), max(lens))}
     assert graph_key(step([13]), sorted(keys)) == (1, 16)
     assert graph_key(step([17]), sorted(keys)) == (1, 32)
     assert graph_key(step([17, 1]), sorted(keys)) is None
