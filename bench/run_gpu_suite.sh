@@ -73,11 +73,13 @@ case "$PHASE" in
   profile-serve)
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
     bench 500 serve "${SERVED[@]}" --concurrency 64 --profiler-config "$PROFILER" --tag profile-serve-c64 "$@" ;;
-  piecewise)  # #21 item 5, opt-in until this measures it: cudagraph_mode FULL_DECODE_ONLY (today's) against
-              # FULL_AND_PIECEWISE. Served: the paired A/B (both servers up, ABBA rounds) on the controlled
-              # pair's 8B-shape target without its draft, c = 16 and 64; then the offline run, one of each.
+  piecewise)  # #21 item 5: cudagraph_mode FULL_DECODE_ONLY against FULL_AND_PIECEWISE (the default since
+              # bench/results/2026-12-07-piecewise-h100.md). Served: the paired A/B (both servers up, ABBA
+              # rounds) on the controlled pair's 8B-shape target without its draft, c = 16 and 64; then the
+              # offline run, one of each.
     bench 330 spec --pair controlled --controlled-scale "${SPEC_SCALE-0.01408}" --no-a-draft --no-b-draft \
       --a-name full-decode-only --b-name piecewise --concurrency 16,64 --rounds 4 --time-budget 270 \
+      --a-args="--compilation-config '{\"cudagraph_mode\": \"FULL_DECODE_ONLY\"}'" \
       --b-args="--compilation-config '{\"cudagraph_mode\": \"FULL_AND_PIECEWISE\"}'" "$@"
     for mode in FULL_DECODE_ONLY FULL_AND_PIECEWISE; do
       bench 130 throughput "${LLAMA[@]}" --compilation-config "{\"cudagraph_mode\": \"$mode\"}" --num-prompts 1000 \

@@ -13,8 +13,9 @@ padding (token 0 at position 0, cache slot -1, so nothing is written). Everythin
 works row by row (GEMMs, norms, rotary, activation, the cache write), so a padding row changes no
 real row; attention reads only the real rows.
 
-Opt-in until a device A/B measures it: `--compilation-config '{"cudagraph_mode": "FULL_AND_PIECEWISE"}'`
-(vLLM's spelling; EngineArgs.compilation_config).
+On by default (cudagraph_mode FULL_AND_PIECEWISE, as vLLM's); `--compilation-config
+'{"cudagraph_mode": "FULL_DECODE_ONLY"}'` keeps the whole-step graphs alone. The H100 A/B that made it
+the default: bench/results/2026-12-07-piecewise-h100.md.
 """
 
 from __future__ import annotations
