@@ -66,9 +66,20 @@ def slab_views(slab: torch.Tensor, tensors: Sequence[torch.Tensor], offsets: lis
     return placed
 
 
+# torch dtypes of the per-step lists, and numpy's spelling of them.
+NUMPY_DTYPES = {torch.int64: np.int64, torch.int32: np.int32, torch.float32: np.float32, torch.bool: np.bool_}
+
+
+def host_tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
+    """A Python list as a CPU tensor. numpy converts a list about 4x faster than torch.tensor does
+    (1.5 us against 5.9 us for one int, 3.7 against 15.5 us for 64, on a 2-core CI machine), and a
+    step converts several."""
+    return torch.from_numpy(np.array(values, dtype=NUMPY_DTYPES[dtype]))
+
+
 def to_device(values: list | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A host list (or CPU tensor) as a `dtype` tensor on `device`, without waiting for the device."""
-    tensor = values.to(dtype) if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    tensor = values.to(dtype) if isinstance(values, torch.Tensor) else host_tensor(values, dtype)
     if device.type != "cuda":
         return tensor.to(device)
     if not tensor.is_pinned():

@@ -20,7 +20,7 @@ from octavo.runtime.block_table import BlockTableRows
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from octavo.runtime.cuda_graphs import GraphBuffers, StepGraph, capture_keys, graph_key
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
-from octavo.runtime.host_staging import stage, to_device
+from octavo.runtime.host_staging import host_tensor, stage, to_device
 from octavo.runtime.inference import inference
 from octavo.runtime.layers.attention import AttentionMetadata
 from octavo.runtime.loader import init_dummy_weights, load_weights
@@ -292,13 +292,13 @@ class ModelRunner:
             + positions % self.block_size
         width = max(len(item.request.block_ids) for item in scheduled)
         host = {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "input_ids": host_tensor(input_ids, torch.long),
             "positions": torch.from_numpy(positions),
             "slot_mapping": torch.from_numpy(slots),
             "query_start_loc": torch.from_numpy(starts.astype(np.int32)),
             "seq_lens": torch.from_numpy((first_arr + count_arr).astype(np.int32)),
             "block_tables": torch.from_numpy(table[rows, :width]),
-            "logits_indices": torch.tensor(logits_positions, dtype=torch.long),
+            "logits_indices": host_tensor(logits_positions, torch.long),
             "decode_only": decode_only,
             "query_len_range": (min(counts), max(counts)),  # what graph_key and pad_step read
         }

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from octavo.runtime.host_staging import stage, to_device
+from octavo.runtime.host_staging import host_tensor, stage, to_device
 from octavo.runtime.request import Request
 
 
@@ -160,10 +160,10 @@ class Sampler:
         params = [r.sampling_params for r in requests]
         device = logits.device
         temperature, top_k, top_p, min_p = stage([
-            torch.tensor([1.0 if p.greedy else max(p.temperature, 1e-5) for p in params], dtype=torch.float32),
-            torch.tensor([p.top_k for p in params], dtype=torch.long),
-            torch.tensor([p.top_p for p in params], dtype=torch.float32),
-            torch.tensor([p.min_p for p in params], dtype=torch.float32)], device)  # one copy
+            host_tensor([1.0 if p.greedy else max(p.temperature, 1e-5) for p in params], torch.float32),
+            host_tensor([p.top_k for p in params], torch.long),
+            host_tensor([p.top_p for p in params], torch.float32),
+            host_tensor([p.min_p for p in params], torch.float32)], device)  # one copy
         logits = logits / temperature[:, None]
         return filter_top_k_top_p_min_p(logits, top_k, top_p, min_p,
                                         truncate=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
