@@ -56,17 +56,19 @@ def visible_text(request: Request) -> str:
 
 
 def completion_output(request: Request, kind: RequestOutputKind) -> CompletionOutput:
-    """The request's output so far (DELTA: what was not sent before, and marks it sent)."""
+    """The request's output so far (DELTA: what was not sent before, and marks it sent). A DELTA
+    slices only the new tokens: copying the whole output each step made streaming a long answer
+    quadratic in its length."""
     text = visible_text(request)
-    token_ids = request.known_output_token_ids
-    logprobs = request.logprobs
+    ids, logprobs = request.output_token_ids, request.logprobs
+    known = len(ids) - request.num_placeholders  # tokens read back (a launched step's are not yet)
+    start = 0
     if kind == RequestOutputKind.DELTA:
-        text_offset, token_offset = request.sent_text_offset, request.sent_token_offset
-        request.sent_text_offset, request.sent_token_offset = len(text), len(token_ids)
-        text, token_ids = text[text_offset:], token_ids[token_offset:]
-        logprobs = logprobs[token_offset:] if logprobs is not None else None
+        text_offset, start = request.sent_text_offset, request.sent_token_offset
+        request.sent_text_offset, request.sent_token_offset = len(text), known
+        text = text[text_offset:]
     return CompletionOutput(
-        index=request.index, text=text, token_ids=list(token_ids),
-        cumulative_logprob=request.cumulative_logprob if request.logprobs is not None else None,
-        logprobs=list(logprobs) if logprobs is not None else None,
+        index=request.index, text=text, token_ids=ids[start:known],
+        cumulative_logprob=request.cumulative_logprob if logprobs is not None else None,
+        logprobs=logprobs[start:] if logprobs is not None else None,
         finish_reason=request.finish_reason, stop_reason=request.stop_reason)
