@@ -3,7 +3,7 @@
 # says what each measures. Results (JSON, Markdown, PNG, server logs, suite-PHASE.log) go to $OUT.
 #
 #   bash bench/run_gpu_suite.sh PHASE [octavo bench flags]    # the flags go to the phase's commands
-#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|overlap|step   # DIR: a folder holding an older `octavo` package
+#   OLD_TREE=DIR bash bench/run_gpu_suite.sh graphs|step   # DIR: a folder holding an older `octavo` package
 #
 # The device has no network: octavo runs from this checkout through PYTHONPATH, and the wheels in
 # .whl (fastapi, uvicorn, pydantic for the phases that serve) are installed into /tmp/site first.
@@ -48,7 +48,7 @@ needs() {
 stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set OCTAVO_GIT_COMMIT)}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
-  serve|spec|controlled|profile-serve|structured|piecewise) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
+  serve|spec|controlled|profile-serve|structured) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
   graphs|tests|tp) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
@@ -58,7 +58,7 @@ case "$PHASE" in
     bench 230 latency "${LLAMA[@]}" --batch-size 1,8,32,128 --num-iters 3 --baseline hf --roofline "$@"
     bench 270 throughput "${LLAMA[@]}" --num-prompts 1000 --baseline hf --hf-num-prompts 128 --roofline "$@" ;;
   serve)
-    bench 560 serve "${SERVED[@]}" --latency-anchor --baseline hf --roofline "$@" ;;
+    bench 560 serve "${SERVED[@]}" --latency-anchor --roofline "$@" ;;
   spec)
     bench 580 spec --pair demo --rounds 4 --time-budget 500 "$@" ;;
   controlled)  # SPEC_SCALE= (empty) calibrates s to 70% acceptance first (about 2 more minutes)
@@ -73,30 +73,6 @@ case "$PHASE" in
   profile-serve)
     PROFILER='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 100, "max_iterations": 30}'
     bench 500 serve "${SERVED[@]}" --concurrency 64 --profiler-config "$PROFILER" --tag profile-serve-c64 "$@" ;;
-  piecewise)  # #21 item 5: cudagraph_mode FULL_DECODE_ONLY against FULL_AND_PIECEWISE (the default since
-              # bench/results/2026-12-07-piecewise-h100.md). Served: the paired A/B (both servers up, ABBA
-              # rounds) on the controlled pair's 8B-shape target without its draft, c = 16 and 64; then the
-              # offline run, one of each.
-    bench 330 spec --pair controlled --controlled-scale "${SPEC_SCALE-0.01408}" --no-a-draft --no-b-draft \
-      --a-name full-decode-only --b-name piecewise --concurrency 16,64 --rounds 4 --time-budget 270 \
-      --a-args="--compilation-config '{\"cudagraph_mode\": \"FULL_DECODE_ONLY\"}'" \
-      --b-args="--compilation-config '{\"cudagraph_mode\": \"FULL_AND_PIECEWISE\"}'" "$@"
-    for mode in FULL_DECODE_ONLY FULL_AND_PIECEWISE; do
-      bench 130 throughput "${LLAMA[@]}" --compilation-config "{\"cudagraph_mode\": \"$mode\"}" --num-prompts 1000 \
-        --tag "graphs-$mode" "$@"
-    done ;;
-  overlap)  # with OLD_TREE=DIR, DIR's octavo (asynchronous, flags as an older tree knows them) takes the place
-            # of the engine-core process's synchronous run: sync, async, old tree's async, core async in one call
-    for core in no-enable-multiprocessing enable-multiprocessing; do
-      for mode in no-async-scheduling async-scheduling; do
-        if [ -n "${OLD_TREE:-}" ] && [ "$core-$mode" = enable-multiprocessing-no-async-scheduling ]; then
-          PYTHONPATH="$OLD_TREE:$PYTHONPATH" bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --async-scheduling \
-            --tag overlap-old-async "$@"
-        else
-          bench 140 throughput "${LLAMA[@]}" --num-prompts 1000 --"$core" --"$mode" --tag "overlap-$core-$mode" "$@"
-        fi
-      done
-    done ;;
   step)  # #20's plain-step question: batch-1 decode of the demo target, OLD_TREE beside this tree (with and
           # without asynchronous scheduling), then one request under the profiler (host phases, top kernels)
     [ -n "${OLD_TREE:-}" ] || { echo "phase 'step' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
@@ -116,12 +92,6 @@ case "$PHASE" in
       tree=$PWD; [ $arm = old ] && tree=$OLD_TREE
       PYTHONPATH="$tree:$PYTHONPATH" bench 100 latency "${LLAMA[@]}" --batch-size 1,8 --num-iters 5 --tag "graphs-$arm" "$@"
       PYTHONPATH="$tree:$PYTHONPATH" bench 120 throughput "${LLAMA[@]}" --num-prompts 1000 --tag "graphs-$arm" "$@"
-    done ;;
-  families)
-    for model in gpt2-xl bloomz-560m; do
-      bench 120 latency --config "$model" --dtype float16 --batch-size 1,8,32 --baseline hf "$@"
-      bench 150 throughput --config "$model" --dtype float16 --num-prompts 200 --input-len-range 128:512 \
-        --output-len-range 64:256 --baseline hf --hf-batch-size 32 --hf-num-prompts 64 "$@"
     done ;;
   structured)  # carry xgrammar and apache-tvm-ffi wheels too
     needs xgrammar "xgrammar and apache-tvm-ffi"
@@ -150,7 +120,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|piecewise|overlap|step|graphs|families|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -1,8 +1,9 @@
 """Benchmarks: `octavo bench latency | throughput | serve | spec | kernels | report`.
 
 Every run measures its anchors in the same process (HF transformers `generate` on the same model
-shape and requests, the device's copy bandwidth and matmul peak), so each figure is reported as a
-ratio to something measured beside it. One module per idea:
+shape and requests for latency and throughput; the device's copy bandwidth and matmul peak; served
+TPOT against the in-process batch-1 step), so each figure is reported as a ratio to something
+measured beside it. One module per idea:
 
 - workload.py: seeded requests (token-id prompts, so dummy weights need no tokenizer)
 - models.py: --model / --config -> a model directory; the octavo engine built from the flags

@@ -58,12 +58,14 @@ def _client_flags(parser: Any, timeout: float) -> None:
     parser.add_argument("--server-args", default="", help="extra `octavo serve` arguments of every server")
 
 
-def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True) -> None:
+def _report_flags(parser: argparse.ArgumentParser, anchors: bool = True, baseline: bool = True) -> None:
+    """baseline: the HF transformers anchor of bench PROTOCOL workloads 1 and 2 (latency, throughput)."""
     group = parser.add_argument_group("anchors and output")
-    if anchors:
+    if anchors and baseline:
         group.add_argument("--baseline", choices=["hf"], default=None,
                            help="hf: also run HF transformers generate on the same shape and requests")
         group.add_argument("--hf-batch-size", type=int, default=128, help="HF static batch size (throughput)")
+    if anchors:
         group.add_argument("--roofline", action="store_true",
                            help="measure copy bandwidth and matmul peak on the device and report floors")
     group.add_argument("--out", default="bench/results", help="directory for the JSON, Markdown and PNG files")
@@ -158,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--latency-anchor", action="store_true",
                        help="with --launch: time octavo's batch-1 decode step in process after the sweep")
     serve.add_argument("--anchor-iters", type=int, default=3)
-    _report_flags(serve)
+    _report_flags(serve, baseline=False)
 
     spec = mode("spec", "paired, interleaved A/B of two live servers with an interval: by default the target "
                         "alone (A) and with its draft (B); per-arm flags and PYTHONPATH compare any two "
@@ -166,8 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _spec_flags(spec)
     _report_flags(spec, anchors=False)
 
-    kernels = mode("kernels", "paged attention kernels against copy bandwidth and the matmul peak, mixed steps, "
-                              "host μs a launch (CUDA)")
+    kernels = mode("kernels", "paged attention kernels against copy bandwidth and the matmul peak (CUDA)")
     kernels.add_argument("--device", default="cuda")
     _report_flags(kernels, anchors=False)
 

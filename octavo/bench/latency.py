@@ -77,12 +77,12 @@ def octavo_row(llm: Any, batch_size: int, input_len: int, output_len: int, num_i
 def summarize_iterations(iterations: list[dict], batch_size: int, output_len: int) -> dict:
     steps = [ms for it in iterations for ms in it["step_ms"]]  # the engine's step() calls, for their spread
     decode = [(it["total_ms"] - it["prefill_ms"]) / (output_len - 1) for it in iterations] if output_len > 1 else []
-    step_ms = percentile(decode, 50) if decode else 0.0
+    step_ms = percentile(decode, 50) if decode else None  # one output token: no decode step to time
     total_ms = percentile([it["total_ms"] for it in iterations], 50)
     return {"prefill_ms": percentile([it["prefill_ms"] for it in iterations], 50), "decode_ms_per_step": step_ms,
             "decode_step_ms": summarize(steps), "total_ms": total_ms,
             "output_tokens_per_s": batch_size * output_len / (total_ms / 1e3),
-            "decode_tokens_per_s": batch_size / (step_ms / 1e3) if step_ms else 0.0,
+            "decode_tokens_per_s": batch_size / (step_ms / 1e3) if step_ms else None,
             "num_iters": len(iterations), "iterations": iterations}
 
 
@@ -101,10 +101,10 @@ def add_ratios(rows: list[dict], roofline: dict | None, facts: dict, input_len: 
     for row in rows:
         ours, hf = row["octavo"], row.get("hf")
         row["ratios"] = ratios = {}
-        if hf:
+        if hf and ours["decode_ms_per_step"] and hf["decode_ms_per_step"]:
             ratios["hf_step_over_octavo_step"] = hf["decode_ms_per_step"] / ours["decode_ms_per_step"]
             ratios["octavo_tps_over_hf_tps"] = ours["output_tokens_per_s"] / hf["output_tokens_per_s"]
-        if roofline is not None:
+        if roofline is not None and ours["decode_ms_per_step"]:
             row["floor"] = roofline_mod.decode_step_floor_ms(roofline, facts, row["batch_size"], context)
             row["floor"]["prefill_ms"] = roofline_mod.prefill_floor_ms(roofline, facts, row["batch_size"] * input_len)
             ratios["octavo_step_over_floor"] = ours["decode_ms_per_step"] / row["floor"]["floor_ms"]
@@ -132,7 +132,8 @@ def benchmark(args: Any, save: Callable[[dict], None]) -> dict:
         rows.append({"batch_size": bs, "input_len": args.input_len, "output_len": args.output_len,
                      "octavo": octavo_row(llm, bs, args.input_len, args.output_len, args.num_iters,
                                           args.num_iters_warmup, args.seed)})
-        logger.info("octavo bs=%d: %.2f ms/step", bs, rows[-1]["octavo"]["decode_ms_per_step"])
+        logger.info("octavo bs=%d: prefill %.2f ms, %s ms/step", bs, rows[-1]["octavo"]["prefill_ms"],
+                    rows[-1]["octavo"]["decode_ms_per_step"])
         add_ratios(rows, roofline, facts, args.input_len, args.output_len)
         save(result)
     del llm
@@ -144,7 +145,7 @@ def benchmark(args: Any, save: Callable[[dict], None]) -> dict:
         for row in rows:
             row["hf"] = hf_row(model, row["batch_size"], args.input_len, args.output_len, args.hf_num_iters,
                                args.seed, facts["vocab_size"])
-            logger.info("HF bs=%d: %.2f ms/step", row["batch_size"], row["hf"]["decode_ms_per_step"])
+            logger.info("HF bs=%d: %s ms/step", row["batch_size"], row["hf"]["decode_ms_per_step"])
             add_ratios(rows, roofline, facts, args.input_len, args.output_len)
             save(result)
         del model

@@ -217,14 +217,6 @@ def serve_markdown(result: dict) -> str:
              + (" The dummy model was given a synthetic word-level tokenizer of its vocabulary size (id i -> "
                 "\"w<i>\"), so the server detokenizes and streams text per token as for a real model."
                 if settings.get("synthetic_tokenizer") else "") + "\n")
-    if result.get("hf_levels"):
-        vs = result["ratios"].get("output_tps_vs_hf", {})
-        text += "\nHF transformers baseline: one static batch of the level's first c requests per level.\n\n"
-        text += table(["concurrency", "HF output tok/s", "HF per-user tok/s", "HF TTFT ms", "HF TPOT ms", "HF E2E ms",
-                       "octavo output tok/s vs HF"],
-                      [[str(h["concurrency"]), num(h["output_tokens_per_s"]), num(h["per_user_tokens_per_s"]["p50"]),
-                        num(h["ttft_ms"]["p50"]), num(h["tpot_ms"]["p50"], 2), num(h["e2e_ms"]["p50"]),
-                        ratio(vs.get(str(h["concurrency"])))] for h in result["hf_levels"]])
     anchor = result.get("anchor")
     if anchor:
         text += (f"\nAnchor: octavo latency mode, batch 1, prompt {anchor['input_len']}, output "
@@ -286,9 +278,8 @@ def save_chart(path: str, xlabel: str, panels: list, title: str = "") -> str:
 
 def plot(result: dict, stem_path: str) -> list[str]:
     if result["kind"] == "serve":
-        return plot_serve([("octavo" + (f" ({result['tag']})" if result.get("tag") else ""), result["levels"])]
-                          + ([("HF transformers (static batch of c)", result["hf_levels"])]
-                             if result.get("hf_levels") else []), stem_path)
+        return plot_serve([("octavo" + (f" ({result['tag']})" if result.get("tag") else ""), result["levels"])],
+                          stem_path)
     if result["kind"] == "latency" and len(result["rows"]) > 1:
         return [plot_latency(result, stem_path)]
     return []

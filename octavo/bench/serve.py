@@ -1,8 +1,8 @@
 """Serving sweep: a streaming client for an OpenAI-compatible `/v1/completions` endpoint at fixed
 concurrency levels (c users who each send the next request as soon as the last one ends). Prompts
 are token ids and `ignore_eos` pins the output length, so any model, dummy weights included, gets
-the same work. With --launch, `octavo serve` runs on loopback for the sweep; the HF baseline and
-the latency anchor then run on the freed device. The metrics are defined in bench/README.md."""
+the same work. With --launch, `octavo serve` runs on loopback for the sweep; the latency anchor
+then runs on the freed device. The metrics are defined in bench/README.md."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from octavo.bench import roofline as roofline_mod
 from octavo.bench.env import environment, settings
-from octavo.bench.measure import percentile, progress, summarize
+from octavo.bench.measure import progress, summarize
 from octavo.bench.models import ModelSpec, build_llm, has_tokenizer, release, resolve_model, write_synthetic_tokenizer
 from octavo.bench.workload import BenchRequest, parse_range, random_requests, text_requests
 
@@ -409,26 +409,6 @@ def profile_level(args: Any, load: Workload, base_url: str, model: str) -> dict 
     return profile.summarize_files(traces)
 
 
-def hf_levels(args: Any, load: Workload, spec: ModelSpec, dtype: Any, device: Any) -> list[dict]:
-    """One static batch of the level's first c requests per concurrency level."""
-    from octavo.bench import hf_baseline
-
-    model = hf_baseline.HFModel(spec.path, dtype, device, args.seed)
-    levels = []
-    for concurrency in sorted(set(args.concurrency)):
-        batch = load.requests(concurrency, args.seed + 1000 * concurrency)
-        timing = hf_baseline.latency(model, batch, 1)[0]
-        step = percentile(timing.step_ms, 50) if timing.step_ms else 0.0
-        # One batch: every request shares its timings, and the gaps between tokens are the batch's (counted once).
-        records = [{"prompt_len": r.prompt_len, "output_tokens": r.output_len, "error": None, "tpot_ms": step,
-                    "ttft_ms": timing.prefill_ms, "e2e_ms": timing.total_ms, "itl_ms": [] if i else timing.step_ms}
-                   for i, r in enumerate(batch)]
-        levels.append(summarize_level(concurrency, records, timing.total_ms / 1e3))
-    del model
-    release()
-    return levels
-
-
 def latency_anchor(args: Any, spec: ModelSpec) -> dict:
     """octavo's batch-1 decode step on this device, in process (the server stopped), without a draft."""
     from octavo.bench.latency import octavo_row
@@ -451,9 +431,9 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
     spec = resolve_model(args.model, args.config, args.load_format, args.hf_overrides)
     if not args.launch and not args.base_url:
         raise ValueError("give --base-url of a running server, or --launch to start `octavo serve` here")
-    if not args.launch and (args.baseline == "hf" or args.latency_anchor or args.speculative_model):
-        raise ValueError("--baseline hf and --latency-anchor run on this machine's device after the server stops, "
-                         "and --speculative-model is for the server this benchmark starts: use them with --launch")
+    if not args.launch and (args.latency_anchor or args.speculative_model):
+        raise ValueError("--latency-anchor runs on this machine's device after the server stops, and "
+                         "--speculative-model is for the server this benchmark starts: use them with --launch")
     config = json.loads(Path(spec.path, "config.json").read_text())
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int):
@@ -475,7 +455,7 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
         "settings": settings(args, launched=bool(args.launch), server_command=None, synthetic_tokenizer=False,
                              prompt_corpus_tokens=len(load.corpus_ids or []) or None, skipped_levels=[]),
         "roofline": roofline_mod.measure(args.device) if args.roofline else None,
-        "levels": levels, "hf_levels": None, "anchor": None, "ratios": {}, "total_errors": 0, "records": records,
+        "levels": levels, "anchor": None, "ratios": {}, "total_errors": 0, "records": records,
     }
     recorded, ratios = result["settings"], result["ratios"]
 
@@ -504,10 +484,5 @@ def benchmark(args: Any, save_partial: Callable[[dict], None]) -> dict:
         anchor = result["anchor"] = latency_anchor(args, spec)
         if levels and levels[0]["concurrency"] == 1 and levels[0]["tpot_ms"]["count"]:
             ratios["tpot_c1_over_latency_bs1_step"] = levels[0]["tpot_ms"]["p50"] / anchor["decode_ms_per_step"]
-        save()
-    if args.baseline == "hf":
-        hf = result["hf_levels"] = hf_levels(args, load, spec, dtype, device)
-        ratios["output_tps_vs_hf"] = {str(o["concurrency"]): o["output_tokens_per_s"] / h["output_tokens_per_s"]
-                                      for o, h in zip(levels, hf)}
     save()
     return result
