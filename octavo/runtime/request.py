@@ -135,12 +135,6 @@ class Request:
         for _ in range(count):
             self.push_placeholder()
 
-    @property
-    def known_output_token_ids(self) -> list[int]:
-        """The output tokens read back so far."""
-        ids = self.output_token_ids
-        return ids[: len(ids) - self.num_placeholders] if self.num_placeholders else ids
-
     def __repr__(self) -> str:
         return (f"Request({self.request_id!r}, status={self.status.value}, prompt={self.num_prompt_tokens}, "
                 f"output={self.num_output_tokens}, computed={self.num_computed_tokens})")
