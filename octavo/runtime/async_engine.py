@@ -2,7 +2,8 @@
 
 The engine runs in one background thread (model steps block, and the event loop must keep
 serving HTTP). Requests and aborts reach it through a thread-safe queue; outputs come back to each
-request's asyncio queue through `call_soon_threadsafe`. A consumer that stops iterating (client
+request's asyncio queue, one `call_soon_threadsafe` per step for all of them (each call writes to
+the loop's wake-up socket, and every such system call hands the GIL to the other thread). A consumer that stops iterating (client
 gone, task cancelled) aborts its request, which frees its KV blocks on the engine thread.
 """
 
@@ -113,6 +114,20 @@ class _Stream:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
         except RuntimeError:  # the consumer's event loop is closed: nobody can listen any more. The
             pass  # request ends on its abort or its limits; it must not kill the loop serving the rest.
+
+
+def _put_all(deliveries: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for stream_queue, output in deliveries:
+        stream_queue.put_nowait(output)
+
+
+def deliver(deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]]) -> None:
+    """Hand one step's outputs to their consumers' event loops, one wake-up per loop."""
+    for loop, batch in deliveries.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # that loop is closed: nobody listens there any more (as in _Stream.put)
+            pass
 
 
 class AsyncLLMEngine:
@@ -345,14 +360,16 @@ class AsyncLLMEngine:
                 if self.engine.failed_requests:
                     self._fail_requests(owners)
                 after_first_tokens = False
+                deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
                 for output in outputs:
                     stream = owners.get(output.request_id)
                     if stream is not None:
                         after_first_tokens |= not stream.started
                         stream.started = True
-                        stream.put(output)
+                        deliveries.setdefault(stream.loop, []).append((stream.queue, output))
                         if output.finished:
                             owners.pop(output.request_id, None)
+                deliver(deliveries)
                 if outputs:
                     # Hand the GIL to the event loop now, so it streams these tokens before the
                     # next step's host work holds the GIL.

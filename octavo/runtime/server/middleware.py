@@ -16,12 +16,12 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from octavo.runtime.server.errors import APIError
+from octavo.runtime.server.ids import random_hex
 from octavo.runtime.server.state import Phase, ServingState
 
 logger = logging.getLogger("octavo.server")
@@ -61,7 +61,7 @@ class GatewayMiddleware:
         headers = Headers(scope=scope)
         # A caller's own id (a tracing proxy's) is kept when it is short and plain; else ours.
         given_id = headers.get("x-request-id", "")
-        request_id = given_id if _CLIENT_REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex[:16]
+        request_id = given_id if _CLIENT_REQUEST_ID.fullmatch(given_id) else random_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
         state = self.state

@@ -12,7 +12,6 @@ import enum
 import functools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -24,6 +23,7 @@ from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.profiler import ProfilerNotConfigured
 from octavo.runtime.sampling_params import RequestOutputKind, SamplingParams
 from octavo.runtime.server.errors import APIError, bad_request
+from octavo.runtime.server.ids import random_hex
 from octavo.runtime.server.metrics import ServerMetrics
 from octavo.runtime.structured.compiler import GrammarError
 
@@ -72,7 +72,7 @@ class RequestAborted(Exception):
 
 
 def random_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{random_hex()}"
 
 
 class ServingState:

@@ -5,13 +5,14 @@ the non-streamed answer."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
+
+from octavo.runtime.server.ids import random_hex
 
 
 def tool_call_id() -> str:
     """vLLM's form of a tool call id."""
-    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+    return f"chatcmpl-tool-{random_hex()}"
 
 
 @dataclass
