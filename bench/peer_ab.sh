@@ -7,7 +7,9 @@
 # then, on one warm machine, calls back to back:
 #   bash bench/peer_ab.sh stash        # carry [".peer/part00"], then part01 .. part04 the same way
 #   bash bench/peer_ab.sh run          # carry [".peer/part05", ".peer/install.sh", ".peer/bench_vllm.py", ".whl"]
-#   bash bench/peer_ab.sh serve        # carry [".whl"]: after `run`, the served comparison (below)
+#   bash bench/peer_ab.sh serve        # instead of `run`, or after it (then carry [".whl"] alone): the
+#                                      # served comparison (below), vLLM then octavo in process and with
+#                                      # its engine core in a process of its own
 # `stash` copies the carried pieces to /tmp/peer (kept while the machine stays warm); `run` installs
 # vLLM into /tmp/vllm-site, runs its bench, then octavo's on the same requests, results in $OUT.
 set -uo pipefail
@@ -24,7 +26,10 @@ if [ "$1" = serve ]; then
   # synthetic tokenizer), dummy weights, the same streaming client and requests (128/128).
   # vLLM first; then octavo, each with its own defaults but the same context length.
   M=/tmp/llama31-8b-dummy
-  [ -f $M/tokenizer.json ] || { echo "run 'run' first on this machine: $M is missing"; exit 3; }
+  [ -d /tmp/vllm-site/vllm ] || ( cd /tmp/peer && SITE=/tmp/vllm-site bash install.sh > "$OUT/peer-install.log" 2>&1 ) \
+    || { tail -20 "$OUT/peer-install.log"; exit 3; }
+  [ -f $M/tokenizer.json ] || PYTHONPATH=/tmp/vllm-site python3 -c \
+    "import sys; sys.path.insert(0, '/tmp/peer'); import bench_vllm; bench_vllm.write_model_dir('$M')"
   S=(--model $M --load-format dummy --dtype bfloat16 --concurrency 1,16,64 --prompts-per-user 4
      --min-prompts-per-level 16 --input-len 128 --output-len 128 --max-model-len 2048 --out "$OUT")
   echo "=== vLLM server ($(date +%T))"
@@ -37,9 +42,11 @@ if [ "$1" = serve ]; then
   PYTHONPATH="$PWD:/tmp/site" timeout -k 10 150 python3 -m octavo.bench serve "${S[@]}" \
     --base-url http://127.0.0.1:8100 --served-model-name m --tag peer-vllm 2>&1 | grep -E "^\| [0-9]"
   kill -INT $VLLM_PID; wait $VLLM_PID
-  echo "=== octavo server ($(date +%T))"
-  PYTHONPATH="$PWD:/tmp/site" timeout -k 10 200 python3 -m octavo.bench serve "${S[@]}" --launch \
-    --tag peer-octavo 2>&1 | grep -E "^\| [0-9]"
+  for arm in "" --enable-multiprocessing; do
+    echo "=== octavo server ${arm:-in process} ($(date +%T))"
+    PYTHONPATH="$PWD:/tmp/site" timeout -k 10 170 python3 -m octavo.bench serve "${S[@]}" --launch \
+      $arm --tag "peer-octavo${arm:+-mp}" 2>&1 | grep -E "^\| [0-9]"
+  done
   exit 0
 fi
 ( cd /tmp/peer && SITE=/tmp/vllm-site bash install.sh > "$OUT/peer-install.log" 2>&1 ) || { tail -20 "$OUT/peer-install.log"; exit 3; }
