@@ -399,7 +399,8 @@ class EngineArgs(CliArgs):
     enable_multiprocessing: bool | None = _arg(None, "run the scheduler, model and sampler (the engine core) in a "
                                                "process of their own while this one tokenizes, detokenizes "
                                                "and streams; unset: $OCTAVO_ENABLE_MULTIPROCESSING or "
-                                               "$VLLM_ENABLE_V1_MULTIPROCESSING, else off (in-process)")
+                                               "$VLLM_ENABLE_V1_MULTIPROCESSING, else on for `octavo serve`, off (in "
+                                               "process) for LLM and AsyncLLMEngine")
     speculative_model: str | None = _arg(None, "draft model for speculative decoding (directory, demo name or hub "
                                          "id), or [ngram] for prompt lookup; unset: no speculation")
     num_speculative_tokens: int | None = _arg(None, "most tokens a step drafts (adaptive k picks up to it); "

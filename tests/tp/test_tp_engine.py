@@ -75,6 +75,20 @@ def test_speculative_pair_under_tp(tmp_path_factory, llama_dir, draft_tp):
     assert token_ids(outputs) == token_ids(alone)
 
 
+def test_tp_and_a_draft_under_the_engine_core_process(tmp_path_factory, llama_dir):
+    """The server's default: the engine core in a process of its own, which starts the tensor-parallel
+    workers and holds the draft; greedy output is the target's alone, in process."""
+    target, draft = controlled_pair(llama_dir, tmp_path_factory.mktemp("core-pair") / "pair", 1, 0.12)
+    with make_llm(target, 1) as llm:
+        alone = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    with make_llm(target, 2, enable_multiprocessing=True,
+                  speculative_config={"model": str(draft), "num_speculative_tokens": 3, "adaptive": False}) as llm:
+        assert type(llm.llm_engine).__name__ == "FrontEngine"
+        outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+        assert llm.llm_engine.stats.spec_accepted_tokens > 0
+    assert token_ids(outputs) == token_ids(alone)
+
+
 def test_errors_before_any_process_starts(llama_dir, tmp_path):
     with pytest.raises(ValueError, match="num_attention_heads .4. is not divisible by tensor_parallel_size .3."):
         EngineArgs(model=str(llama_dir), tensor_parallel_size=3).create_config()

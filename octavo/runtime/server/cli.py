@@ -235,6 +235,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from octavo.runtime.async_engine import AsyncLLMEngine
     from octavo.runtime.server.app import build_app
     from octavo.runtime.server.shutdown import DrainingServer
+    from octavo.runtime.usage_defaults import apply_server_defaults
 
     logger = logging.getLogger("octavo.server")
     settings = server_settings(args)
@@ -245,6 +246,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     loaded: list[AsyncLLMEngine] = []
     engine_arguments = engine_args(args)
+    apply_server_defaults(engine_arguments)
 
     def on_loaded(engine: AsyncLLMEngine) -> None:
         loaded.append(engine)

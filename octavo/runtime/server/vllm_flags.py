@@ -48,7 +48,7 @@ ACCEPTED = (
     VllmFlag("max_log_len", "value", "octavo logs no prompt text"),
     VllmFlag("enable_tokenizer_info_endpoint", "bool", "octavo always serves /tokenizer_info"),
     VllmFlag("enable_request_id_headers", "bool", "octavo always returns X-Request-Id"),
-    VllmFlag("disable_frontend_multiprocessing", "bool", "octavo's server and engine share one process"),
+    VllmFlag("disable_frontend_multiprocessing", "bool", "octavo's HTTP server and engine client share one process (its engine core runs apart)"),
     VllmFlag("prefix_caching_hash_algo", "value", "octavo hashes prefix blocks with blake2b"),
     VllmFlag("ignore_patterns", "values", "octavo downloads config, tokenizer and safetensors files only"),
     VllmFlag("disable_mm_preprocessor_cache", "bool", "octavo serves text-only models"),
