@@ -1,10 +1,11 @@
 """AsyncLLMEngine: the engine behind an asyncio API, for servers.
 
 The engine runs in one background thread (model steps block, and the event loop must keep
-serving HTTP). Requests and aborts reach it through a thread-safe queue; outputs come back to each
-request's asyncio queue, one `call_soon_threadsafe` per step for all of them (each call writes to
-the loop's wake-up socket, and every such system call hands the GIL to the other thread). A consumer that stops iterating (client
-gone, task cancelled) aborts its request, which frees its KV blocks on the engine thread.
+serving HTTP). Requests and aborts reach it through a thread-safe queue; outputs come back to the
+requests' asyncio queues, one `call_soon_threadsafe` per step for all of them (each call writes to
+the loop's wake-up socket, a system call that hands the GIL to the other thread). A consumer that
+stops iterating (client gone, task cancelled) aborts its request, which frees its KV blocks on the
+engine thread.
 """
 
 from __future__ import annotations
