@@ -1142,8 +1142,12 @@ def exec_in_mounts(mounts: list[str], argv: list[str]) -> None:
     """Runs inside `unshare --mount`: bind the pod's files at their paths, then become argv.
 
     Every source is opened before the first mount, and mounted through /proc/self/fd, so a mount
-    over a directory that holds later sources (an emptyDir at /tmp, say) cannot hide them."""
+    over a directory that holds later sources (an emptyDir at /tmp, say) cannot hide them. A
+    working directory that a mount hid (the pod's folder, under /tmp) becomes "/", as in a container
+    without WORKDIR: a kubelet never starts a process whose working directory has no path (Python's
+    multiprocessing spawn, for one, changes into the parent's directory by its path)."""
     libc = ctypes.CDLL(None, use_errno=True)
+    workdir = os.getcwd()
     ms_bind, ms_rec = 4096, 16384
     opened = []
     for spec in mounts:
@@ -1161,6 +1165,12 @@ def exec_in_mounts(mounts: list[str], argv: list[str]) -> None:
             print(f"test node agent: cannot mount at {target}: {os.strerror(error)}", file=sys.stderr)
             sys.exit(126)
         os.close(fd)
+    try:
+        still_there = os.path.samestat(os.stat(workdir), os.stat("."))
+    except OSError:
+        still_there = False
+    if not still_there:
+        os.chdir("/")
     try:
         os.execvpe(argv[0], argv, os.environ)
     except OSError as exc:
