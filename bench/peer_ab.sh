@@ -8,8 +8,8 @@
 #   bash bench/peer_ab.sh stash        # carry [".peer/part00"], then part01 .. part04 the same way
 #   bash bench/peer_ab.sh run          # carry [".peer/part05", ".peer/install.sh", ".peer/bench_vllm.py", ".whl"]
 #   bash bench/peer_ab.sh serve        # instead of `run`, or after it (then carry [".whl"] alone): the
-#                                      # served comparison (below), vLLM then octavo in process and with
-#                                      # its engine core in a process of its own
+#                                      # served comparison (below), vLLM then octavo with its defaults
+#                                      # (engine core apart) and in process
 # `stash` copies the carried pieces to /tmp/peer (kept while the machine stays warm); `run` installs
 # vLLM into /tmp/vllm-site, runs its bench, then octavo's on the same requests, results in $OUT.
 set -uo pipefail
@@ -42,10 +42,10 @@ if [ "$1" = serve ]; then
   PYTHONPATH="$PWD:/tmp/site" timeout -k 10 150 python3 -m octavo.bench serve "${S[@]}" \
     --base-url http://127.0.0.1:8100 --served-model-name m --tag peer-vllm 2>&1 | grep -E "^\| [0-9]"
   kill -INT $VLLM_PID; wait $VLLM_PID
-  for arm in "" --enable-multiprocessing; do
-    echo "=== octavo server ${arm:-in process} ($(date +%T))"
+  for arm in "" --no-enable-multiprocessing; do  # the default (engine core apart), then in process
+    echo "=== octavo server ${arm:-(defaults)} ($(date +%T))"
     PYTHONPATH="$PWD:/tmp/site" timeout -k 10 170 python3 -m octavo.bench serve "${S[@]}" --launch \
-      $arm --tag "peer-octavo${arm:+-mp}" 2>&1 | grep -E "^\| [0-9]"
+      $arm --tag "peer-octavo${arm:+-in-process}" 2>&1 | grep -E "^\| [0-9]"
   done
   exit 0
 fi
