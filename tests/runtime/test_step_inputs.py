@@ -166,6 +166,9 @@ def test_staging_keeps_values_dtypes_and_shapes():
         assert torch.equal(dst.cpu(), src)
     assert to_device([3, 4], torch.long, device).cpu().tolist() == [3, 4]
     assert to_device(torch.tensor([1, 2]), torch.float32, device).cpu().tolist() == [1.0, 2.0]
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):  # dtypes the numpy fast path leaves to torch
+        listed = to_device([1.5, -2.0], dtype, device)
+        assert listed.dtype == dtype and listed.cpu().tolist() == [1.5, -2.0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
