@@ -111,24 +111,25 @@ class _Stream:
         self.added_at: int = -1
 
     def put(self, item: RequestOutput | BaseException | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's event loop is closed: nobody can listen any more. The
-            pass  # request ends on its abort or its limits; it must not kill the loop serving the rest.
+        deliver({self.loop: [(self.queue, item)]})
 
 
-def _put_all(deliveries: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
-    for stream_queue, output in deliveries:
-        stream_queue.put_nowait(output)
+Delivery = tuple[asyncio.Queue, "RequestOutput | BaseException | None"]
 
 
-def deliver(deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]]) -> None:
-    """Hand one step's outputs to their consumers' event loops, one wake-up per loop."""
+def _put_all(deliveries: list[Delivery]) -> None:
+    for stream_queue, item in deliveries:
+        stream_queue.put_nowait(item)
+
+
+def deliver(deliveries: dict[asyncio.AbstractEventLoop, list[Delivery]]) -> None:
+    """Hand items (one step's outputs, or one error) to their consumers' event loops, one wake-up
+    per loop."""
     for loop, batch in deliveries.items():
         try:
             loop.call_soon_threadsafe(_put_all, batch)
-        except RuntimeError:  # that loop is closed: nobody listens there any more (as in _Stream.put)
-            pass
+        except RuntimeError:  # the loop is closed: nobody can listen there any more. Its requests end
+            pass  # on their aborts or limits; this must not kill the engine loop serving the rest.
 
 
 class AsyncLLMEngine:
@@ -361,7 +362,7 @@ class AsyncLLMEngine:
                 if self.engine.failed_requests:
                     self._fail_requests(owners)
                 after_first_tokens = False
-                deliveries: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+                deliveries: dict[asyncio.AbstractEventLoop, list[Delivery]] = {}
                 for output in outputs:
                     stream = owners.get(output.request_id)
                     if stream is not None:
