@@ -119,6 +119,7 @@ async def run_level(load: Workload, base_url: str, model: str, requests: list[Be
             bar.close()
         wall = time.perf_counter() - start
     for record in records:
+        record["sent_at"] = record["sent_s"]  # time.perf_counter(): lines up with a server's step trace
         record["sent_s"] -= start
     return records, wall
 
@@ -137,9 +138,16 @@ def summarize_level(concurrency: int, records: list[dict], wall_s: float) -> dic
 
 
 # ---- the server's counters -----------------------------------------------------------------------
+# Latency histograms whose sums and counts the sweep reads: the server's own view of a request's
+# time to first token (from the handler's call into the engine), of its wait for a first step, and
+# of that step. Beside the client's TTFT they show where a wave of requests waits.
+SERVER_LATENCIES = ("time_to_first_token_seconds", "request_queue_time_seconds", "request_prefill_time_seconds")
+
+
 def parse_counters(text: str) -> dict[str, float]:
     """octavo's counters in a Prometheus text exposition, as {name: value}: the name without the
-    `octavo:` prefix and the `_total` suffix, the value summed over label sets."""
+    `octavo:` prefix and the `_total` suffix, the value summed over label sets; and the `_sum`
+    and `_count` of the SERVER_LATENCIES histograms, under their full names."""
     values: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith("octavo:"):
@@ -148,11 +156,24 @@ def parse_counters(text: str) -> dict[str, float]:
             name, rest = line[: line.index("{")], line[line.rindex("}") + 1:].split()
         else:
             name, *rest = line.split()
-        if name.endswith("_total") and rest:
+        key = name[len("octavo:"):]
+        if key.endswith("_total"):
+            key = key[: -len("_total")]
+        elif not (key.endswith(("_sum", "_count")) and key.rsplit("_", 1)[0] in SERVER_LATENCIES):
+            continue
+        if rest:
             with contextlib.suppress(ValueError):
-                key = name[len("octavo:"): -len("_total")]
                 values[key] = values.get(key, 0.0) + float(rest[0])
     return values
+
+
+def server_latency_means(deltas: dict[str, float] | None) -> dict[str, float] | None:
+    """Mean milliseconds of each SERVER_LATENCIES histogram over one level (None without them)."""
+    if not deltas:
+        return None
+    means = {name.removesuffix("_seconds"): deltas[f"{name}_sum"] * 1e3 / deltas[f"{name}_count"]
+             for name in SERVER_LATENCIES if deltas.get(f"{name}_count")}
+    return means or None
 
 
 def scrape_counters(base_url: str) -> dict[str, float] | None:
@@ -334,6 +355,7 @@ class Workload:
         summary = summarize_level(concurrency, records, wall)
         summary["window"] = [start, time.perf_counter()]
         summary["server_counters"] = deltas = counter_deltas(before, scrape_counters(base_url))
+        summary["server_latency_ms"] = server_latency_means(deltas)
         summary["spec"] = spec_summary(deltas)
         for record in records:
             record["concurrency"] = concurrency

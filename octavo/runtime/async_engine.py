@@ -286,6 +286,7 @@ class AsyncLLMEngine:
     def _send(self, message: _Add | _Abort | _Call) -> None:
         self._inbox.put(message)
         self._wakeup.set()
+        self.engine.wake()  # a FrontEngine waiting for its core takes the message in now
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stop.set()

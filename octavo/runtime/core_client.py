@@ -5,6 +5,7 @@ EngineCoreDeadError, never a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -31,6 +32,13 @@ class EngineCoreDeadError(RuntimeError):
 
 class EngineCoreClient:
     def __init__(self, engine_args: EngineArgs) -> None:
+        # A pipe that ends a receive's wait early (ring): a request that arrives while the front
+        # waits for the core's next step goes to the core now, to be in its inbox when that step
+        # ends, instead of after it (one core step later).
+        self._bell_read, self._bell_write = os.pipe()
+        os.set_blocking(self._bell_read, False)
+        os.set_blocking(self._bell_write, False)
+        self.poller = zmq.Poller()
         self.socket_dir = tempfile.mkdtemp(prefix="octavo-core-")
         self.context = zmq.Context()
         self.to_core = self.context.socket(zmq.PUSH)
@@ -41,6 +49,8 @@ class EngineCoreClient:
         output_address = f"ipc://{self.socket_dir}/output"
         self.to_core.bind(input_address)
         self.from_core.bind(output_address)
+        self.poller.register(self.from_core, zmq.POLLIN)
+        self.poller.register(self._bell_read, zmq.POLLIN)
         self.process = multiprocessing.get_context("spawn").Process(
             target=run_engine_core, args=(engine_args, input_address, output_address, os.getpid()),
             name="octavo-engine-core")
@@ -48,7 +58,7 @@ class EngineCoreClient:
         self.dead: str | None = None
         # Before the handshake: a front that fails to start must not leave the core behind.
         self._finalizer = weakref.finalize(self, _stop_core, self.process, self.to_core, self.context,
-                                           self.socket_dir)
+                                           self.socket_dir, (self._bell_read, self._bell_write))
         try:
             ready = self._wait_ready()
         except BaseException:
@@ -70,12 +80,23 @@ class EngineCoreClient:
             raise EngineCoreDeadError(self.dead)
         self.to_core.send(encoder.encode(message))
 
+    def ring(self) -> None:
+        """End the current (or next) receive's wait now. Any thread may call it."""
+        if not self._finalizer.alive:  # shut down: the descriptor may belong to another file now
+            return
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a ring is pending anyway
+            os.write(self._bell_write, b"\0")
+
     def receive(self, timeout_s: float) -> list[Ready | StepOutputs]:
-        """The messages the core sent, waiting up to `timeout_s` for the first."""
+        """The messages the core sent, waiting up to `timeout_s` for the first (less after a ring)."""
         if self.dead is not None:
             raise EngineCoreDeadError(self.dead)
         messages = []
-        if self.from_core.poll(int(timeout_s * 1000)):
+        ready = dict(self.poller.poll(int(timeout_s * 1000)))
+        if self._bell_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._bell_read, 4096)
+        if ready.get(self.from_core):
             while True:
                 try:
                     frame = self.from_core.recv(zmq.NOBLOCK)
@@ -96,7 +117,7 @@ class EngineCoreClient:
 
 
 def _stop_core(process: multiprocessing.Process, to_core: zmq.Socket, context: zmq.Context,
-               socket_dir: str) -> None:
+               socket_dir: str, bell: tuple[int, int]) -> None:
     """Ask the core to stop, wait for it (bounded), kill it if it does not, free the sockets."""
     if process.is_alive():
         try:
@@ -109,3 +130,6 @@ def _stop_core(process: multiprocessing.Process, to_core: zmq.Socket, context: z
             process.join(5.0)
     context.destroy(linger=0)
     shutil.rmtree(socket_dir, ignore_errors=True)
+    for fd in bell:
+        with contextlib.suppress(OSError):
+            os.close(fd)

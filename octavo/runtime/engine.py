@@ -356,6 +356,9 @@ class LLMEngine:
     def get_num_unfinished_requests(self) -> int:
         return len(self.groups)
 
+    def wake(self) -> None:
+        """Nothing to do: step() never waits for new requests (FrontEngine.step does)."""
+
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         profiler = self.profiler

@@ -181,6 +181,10 @@ class FrontEngine:
             if self.groups.pop(rid, None) is not None and self.client.dead is None:  # a dead core holds nothing
                 self.send(AbortRequest(rid))
 
+    def wake(self) -> None:
+        """A caller on another thread has work for step(): end its wait for the core now."""
+        self.client.ring()
+
     def send(self, message: AddRequest | AbortRequest) -> None:
         self.client.send(message)
         self.num_messages_sent += 1
@@ -200,7 +204,8 @@ class FrontEngine:
 
     # ---- the step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Outputs of the core's steps that arrived (waits up to RECEIVE_TIMEOUT_S for one)."""
+        """Outputs of the core's steps that arrived (waits up to RECEIVE_TIMEOUT_S for one, or
+        until wake())."""
         outputs: list[RequestOutput] = []
         early, self.early_messages = self.early_messages, []
         for message in early + self.client.receive(0.0 if early else RECEIVE_TIMEOUT_S):

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from octavo.bench import measure, pairs, report, spec, trace
-from octavo.bench.serve import counter_deltas, imported_octavo, parse_counters, python_env, spec_summary
+from octavo.bench.serve import (counter_deltas, imported_octavo, parse_counters, python_env, server_latency_means,
+                                spec_summary)
 
 HERE = Path(__file__).resolve().parent
 needs_server = pytest.mark.skipif(importlib.util.find_spec("octavo.runtime.server") is None, reason="no server")
@@ -147,10 +148,18 @@ def test_counters_and_speculation_summary():
         'octavo:spec_decode_draft_acceptance_rate{model_name="m"} 0.7',
         'octavo:request_success_total{finished_reason="length",model_name="m"} 2.0',
         'octavo:request_success_total{finished_reason="stop",model_name="m"} 1.0',
+        'octavo:time_to_first_token_seconds_bucket{le="0.1",model_name="m"} 2.0',
+        'octavo:time_to_first_token_seconds_sum{model_name="m"} 0.25',
+        'octavo:time_to_first_token_seconds_count{model_name="m"} 3.0',
+        'octavo:request_prompt_tokens_sum{model_name="m"} 99.0',
     ])
     counters = parse_counters(text)
     assert counters["generation_tokens"] == 130 and counters["request_success"] == 3
     assert "spec_decode_draft_acceptance_rate" not in counters
+    assert "request_prompt_tokens_sum" not in counters and "time_to_first_token_seconds_bucket" not in counters
+    before = {"time_to_first_token_seconds_sum": 0.1, "time_to_first_token_seconds_count": 1.0}
+    assert server_latency_means(counter_deltas(before, counters)) == {"time_to_first_token": pytest.approx(75.0)}
+    assert server_latency_means({"generation_tokens": 3.0}) is None
     summary = spec_summary(counter_deltas({"generation_tokens": 2.0}, counters))
     assert summary["acceptance_rate"] == pytest.approx(0.7) and summary["verifications"] == 40
     assert summary["tokens_per_verification"] == pytest.approx(3.1)

@@ -154,6 +154,27 @@ def test_prompt_checks_fail_in_the_front_at_once(front):
         front.add_request("empty", [], SamplingParams())
 
 
+def test_a_ring_ends_the_fronts_wait_for_the_core(front):
+    """wake() (AsyncLLMEngine calls it for every request it queues) ends receive's wait at once,
+    rung before the wait or during it from another thread, so a new request goes to the core
+    while the core computes, not after its step; a shut-down client ignores rings."""
+    assert not front.has_unfinished_requests()
+    for ring_from_another_thread in (False, True):
+        if ring_from_another_thread:
+            threading.Thread(target=front.wake).start()
+        else:
+            front.wake()
+        started = time.monotonic()
+        assert front.client.receive(60.0) == []
+        assert time.monotonic() - started < 30.0, "the ring did not end the wait"
+    front.wake()
+    front.wake()  # two rings before one wait: one wait ends, nothing is left to end the next early
+    front.client.receive(60.0)
+    started = time.monotonic()
+    assert front.client.receive(0.2) == []
+    assert time.monotonic() - started >= 0.15
+
+
 def test_the_flag_and_the_environment_choose_the_mode(llama_dir, monkeypatch):
     for name in ("OCTAVO_ENABLE_MULTIPROCESSING", "VLLM_ENABLE_V1_MULTIPROCESSING"):
         monkeypatch.delenv(name, raising=False)

@@ -233,6 +233,26 @@ def test_server_flags_reach_uvicorn(tmp_path):
     assert uvicorn_config(object(), parse("m", "--uds", "/tmp/octavo.sock")).uds == "/tmp/octavo.sock"
 
 
+def test_the_event_loop_and_http_parser_follow_uvicorns_choices(monkeypatch):
+    """auto takes uvloop and httptools when installed (both are dependencies on Linux), asyncio
+    and h11 when asked; asking for a missing uvloop fails instead of quietly taking asyncio."""
+    import asyncio
+
+    from octavo.runtime.server.cli import event_loop_factory, uvicorn_config
+
+    assert event_loop_factory("asyncio") is None
+    uvloop = pytest.importorskip("uvloop")
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=event_loop_factory("auto")) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert event_loop_factory("auto") is None
+    with pytest.raises(ImportError):
+        event_loop_factory("uvloop")
+    assert uvicorn_config(object(), parse("m")).http == "auto"
+    assert uvicorn_config(object(), parse("m", "--uvicorn-http", "h11")).http == "h11"
+
+
 def test_tool_calling_flags_reach_the_server_settings():
     from octavo.runtime.server.cli import _check, server_settings
 

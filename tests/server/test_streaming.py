@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 
+from octavo.runtime.server.streaming import TextEvents, sse_event
 from server_testing import MODEL_NAME, parse_sse
 
 
@@ -91,3 +92,28 @@ async def test_concurrent_streaming_clients_get_their_own_outputs(engine, live_s
     for i, (text, tokens) in enumerate(results):
         assert tokens == 8
         assert text == expected[i], f"client {i} got another output"
+
+
+@pytest.mark.parametrize("text", ["hello", " wor\"ld\\", "\u00e9\u4e2d\U0001f600", "\x01\x1f\n\t", "\u2028\u2029",
+                                  "</script>", "", TextEvents.PLACEHOLDER])
+def test_text_events_are_byte_for_byte_the_models_serialization(text):
+    from octavo.runtime.server.protocol import (ChatCompletionChunk, ChatStreamChoice, CompletionChoice,
+                                                CompletionStreamResponse, DeltaMessage)
+
+    def completion(t):
+        return CompletionStreamResponse(id="cmpl-1", created=7, model="m", choices=[CompletionChoice(index=2, text=t)])
+
+    def chat(t):
+        return ChatCompletionChunk(id="chatcmpl-1", created=7, model="m",
+                                   choices=[ChatStreamChoice(index=0, delta=DeltaMessage(content=t))])
+
+    for build, exclude in ((completion, {"usage"}), (completion, None), (chat, {"usage"})):
+        events = TextEvents(build, exclude)
+        assert events.parts is not None
+        assert events(text) == sse_event(build(text), exclude)
+    # A placeholder that the template holds twice (here: also in the model name) builds each event whole.
+    twice = TextEvents(lambda t: CompletionStreamResponse(id="c", created=7, model=TextEvents.PLACEHOLDER,
+                                                          choices=[CompletionChoice(index=0, text=t)]))
+    assert twice.parts is None
+    assert twice(text) == sse_event(CompletionStreamResponse(id="c", created=7, model=TextEvents.PLACEHOLDER,
+                                                             choices=[CompletionChoice(index=0, text=text)]))

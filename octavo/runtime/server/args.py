@@ -64,6 +64,10 @@ class ServerArgs(CliArgs):
     uvicorn_log_level: str = _arg("info", "uvicorn's log level (its access log is at info)",
                                   choices=UVICORN_LOG_LEVELS)
     disable_uvicorn_access_log: bool = _arg(False, "no access log line per HTTP request")
+    uvicorn_loop: str = _arg("auto", "the event loop (uvicorn's --loop): auto takes uvloop when it is installed",
+                             choices=("auto", "asyncio", "uvloop"))
+    uvicorn_http: str = _arg("auto", "the HTTP/1.1 parser (uvicorn's --http): auto takes httptools when it is "
+                             "installed", choices=("auto", "h11", "httptools"))
     allowed_origins: list = _arg(["*"], "CORS: origins allowed to call the API (strings or one JSON list)",
                                  metavar="ORIGIN")
     allowed_methods: list = _arg(["*"], "CORS: methods allowed", metavar="METHOD")

@@ -24,7 +24,7 @@ from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatCh
                                             ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
                                             DeltaMessage, FunctionCall, TokenizeChatRequest, ToolCall, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, sse_event, with_error_events
+from octavo.runtime.server.streaming import SSE_HEADERS, TextEvents, cancel_on_disconnect, sse_event, with_error_events
 from octavo.runtime.server.tool_calling import (ToolPlan, finish_reason, template_message, template_tools,
                                                 tool_plan)
 from octavo.runtime.server.tool_parsers import extract
@@ -186,6 +186,15 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
     def chunk(choice: ChatStreamChoice) -> bytes:
         return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice]), exclude)
 
+    content_chunks: dict[int, TextEvents] = {}  # per choice: its chunks of content alone
+
+    def content_chunk(index: int, content: str) -> bytes:
+        if index not in content_chunks:
+            content_chunks[index] = TextEvents(lambda t: ChatCompletionChunk(
+                id=request_id, created=created, model=model,
+                choices=[ChatStreamChoice(index=index, delta=DeltaMessage(content=t))]), exclude)
+        return content_chunks[index](content)
+
     for index in range(n):
         yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content="")))
     async with aclosing(outputs) as it:
@@ -196,8 +205,12 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
                     continue
                 usage.completion_tokens += len(out.token_ids)
                 logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
-                if plan is None:
-                    delta = DeltaMessage(content=out.text) if out.text or logprobs is not None else None
+                if plan is None and logprobs is None:
+                    if out.text:
+                        yield content_chunk(out.index, out.text)
+                    delta = None
+                elif plan is None:
+                    delta = DeltaMessage(content=out.text)
                 else:
                     content, calls = readers[out.index].feed(out.text, final=out.finish_reason is not None)
                     delta = None

@@ -211,7 +211,22 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("octavo").setLevel(args.log_level.upper())
     for note in vllm_flags.accepted_notes(args):
         logging.getLogger("octavo.server").info("%s", note)
-    return asyncio.run(_serve(args))
+    with asyncio.Runner(loop_factory=event_loop_factory(args.uvicorn_loop)) as runner:
+        return runner.run(_serve(args))
+
+
+def event_loop_factory(choice: str):
+    """The server's event loop, as uvicorn's --loop picks it: uvloop when it is installed (or asked
+    for), else asyncio's. Every SSE chunk and request crosses this loop, and uvloop's costs less."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return None
+    return uvloop.new_event_loop
 
 
 def uvicorn_config(app, args: argparse.Namespace):
@@ -221,7 +236,7 @@ def uvicorn_config(app, args: argparse.Namespace):
     if args.ssl_keyfile:
         ssl = {"ssl_keyfile": args.ssl_keyfile, "ssl_certfile": args.ssl_certfile,
                "ssl_ca_certs": args.ssl_ca_certs, "ssl_cert_reqs": args.ssl_cert_reqs}
-    return uvicorn.Config(app, host=host_arg(args), port=args.port, uds=args.uds,
+    return uvicorn.Config(app, host=host_arg(args), port=args.port, uds=args.uds, http=args.uvicorn_http,
                           log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
                           root_path=args.root_path or "", timeout_graceful_shutdown=5, lifespan="off", **ssl)
 

@@ -29,7 +29,8 @@ from octavo.runtime.server.protocol import (DEFAULT_COMPLETION_MAX_TOKENS, Compl
                                             CompletionRequest, CompletionResponse, CompletionStreamResponse,
                                             UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import SSE_HEADERS, cancel_on_disconnect, merge, sse_event, with_error_events
+from octavo.runtime.server.streaming import (SSE_HEADERS, TextEvents, cancel_on_disconnect, merge, sse_event,
+                                             with_error_events)
 
 
 @dataclass
@@ -38,6 +39,23 @@ class _Prompt:
     token_ids: list[int]
     params: SamplingParams
     zero_width: set[int] = field(default_factory=set)  # prompt tokens the echoed text leaves out
+
+
+# A body of token-id prompts (no text, no echo) up to this many ids in all is checked on the event
+# loop itself: it has nothing to tokenize, and the round trip through the tokenizer thread costs
+# two thread hand-offs per request, which a burst of requests waits through one after another.
+INLINE_PROMPT_IDS = 8192
+
+
+def needs_tokenizer_thread(body: CompletionRequest) -> bool:
+    """Whether preparing this body's prompts tokenizes or decodes text, or checks many ids."""
+    raw = body.prompt
+    if body.echo or isinstance(raw, str) or not raw:
+        return True
+    items = raw if isinstance(raw[0], (str, list)) else [raw]
+    if any(not isinstance(item, list) for item in items):
+        return True
+    return sum(len(item) for item in items) > INLINE_PROMPT_IDS
 
 
 def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestOutputKind) -> list[_Prompt]:
@@ -132,8 +150,9 @@ def _prompt_logprobs(state: ServingState, body: CompletionRequest, output: Reque
 async def create_completion(state: ServingState, body: CompletionRequest, request: Request) -> Response:
     model = state.admit(body)
     stream = bool(body.stream)
-    prompts = await state.run_tokenizer(_prompts, state, body,
-                                        RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+    kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    prompts = (await state.run_tokenizer(_prompts, state, body, kind) if needs_tokenizer_thread(body)
+               else _prompts(state, body, kind))
     await state.check_structured_outputs(prompts[0].params, body.structured_outputs_field())  # one spec for all
     response_id = f"cmpl-{body.request_id}" if body.request_id else random_id("cmpl")
     engine_id = random_id("cmpl")
@@ -212,6 +231,15 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, resp
         return sse_event(CompletionStreamResponse(id=response_id, created=created, model=model, choices=[choice]),
                          exclude)
 
+    text_chunks: dict[int, TextEvents] = {}  # per choice: its chunks without logprobs
+
+    def text_chunk(index: int, text: str) -> bytes:
+        if index not in text_chunks:
+            text_chunks[index] = TextEvents(lambda t: CompletionStreamResponse(
+                id=response_id, created=created, model=model, choices=[CompletionChoice(index=index, text=t)]),
+                exclude)
+        return text_chunks[index](text)
+
     async with aclosing(merge(generators)) as outputs:
         async for prompt_index, output in outputs:
             if prompt_index not in counted_prompts:
@@ -234,8 +262,11 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, resp
                     text = (prompt.text or "") + text
                 # A chunk per new token, even when it completes no text yet (as vLLM does):
                 # clients time tokens by chunks.
-                if text or token_ids or (logprobs is not None and logprobs.tokens):
+                if logprobs is not None and logprobs.tokens:
                     yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
+                elif text or token_ids:
+                    yield text_chunk(index, text) if logprobs is None else chunk(
+                        CompletionChoice(index=index, text=text, logprobs=logprobs))
                 if out.finish_reason is not None:
                     finished.add(index)
                     yield chunk(CompletionChoice(index=index, text="",
