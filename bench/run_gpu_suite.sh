@@ -48,7 +48,7 @@ needs() {
 stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set OCTAVO_GIT_COMMIT)}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
-  serve|spec|controlled|profile-serve|structured) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
+  serve|spec|controlled|profile-serve|structured|front-ab) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
   graphs|tests|tp) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
@@ -100,6 +100,23 @@ case "$PHASE" in
       --tag structured-on "$@" ;;
   kernels)
     bench 400 kernels "$@" ;;
+  front-ab)  # the served 8B shape, OLD_TREE's server beside this tree's, paired ABBA rounds at c = 16 and 64;
+             # each level also gives the server's mean TTFT / queue / prefill time (server_latency_ms)
+    [ -n "${OLD_TREE:-}" ] || { echo "phase 'front-ab' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
+    M8B=/tmp/m8b; mkdir -p $M8B && cp bench/configs/llama-3.1-8b.json $M8B/config.json
+    [ -f $M8B/tokenizer.json ] || "$PY" -c "import json; from octavo.bench.models import write_synthetic_tokenizer as w; \
+      c = json.load(open('$M8B/config.json')); w('$M8B', c['vocab_size'], c.get('eos_token_id'))"
+    bench 330 spec --pair paths --target $M8B --draft $M8B --no-a-draft --no-b-draft --a-name old \
+      --a-pythonpath "$OLD_TREE" --b-name new --load-format dummy --dtype bfloat16 --concurrency 16,64 --rounds 4 \
+      --time-budget 270 --input-len 128 --output-len 128 --tag front-ab "$@" ;;
+  decode-profile)  # where a decode step's GPU time goes (top kernels): batch 1 and 64 with CUDA graphs, 64 eager
+    P='{"profiler": "torch", "torch_profiler_dir": "/tmp/octavo-traces", "delay_iterations": 40, "max_iterations": 12}'
+    extra=("$@")
+    for v in "1" "64" "64 --enforce-eager"; do
+      set -- $v; n=$1; shift
+      bench 150 throughput "${LLAMA[@]}" --num-prompts "$n" --input-len 128 --output-len 128 --profiler-config "$P" \
+        --tag "decode-profile-b$n${1:+-eager}" "$@" ${extra[@]+"${extra[@]}"}
+    done ;;
   tests)
     plugins=()  # pytest-asyncio, for tests/runtime/test_async_engine.py, named when pytest will not load it itself
     if ! "$PY" -c "import pytest_asyncio" 2>/dev/null; then plugins=(--ignore tests/runtime/test_async_engine.py)
@@ -120,7 +137,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|front-ab|decode-profile|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
