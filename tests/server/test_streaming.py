@@ -36,6 +36,8 @@ async def test_completion_stream_deltas_equal_whole_text(client, extra):
     for choice in whole["choices"]:
         assert texts[choice["index"]] == choice["text"]
         assert finishes[choice["index"]] == choice["finish_reason"]
+    if not extra:  # one chunk per token, the last with the finish reason (as vLLM's): no chunk of its own
+        assert len(events) - 1 == whole["usage"]["completion_tokens"]
 
 
 async def test_chat_stream_framing_and_deltas(client):
@@ -47,14 +49,20 @@ async def test_chat_stream_framing_and_deltas(client):
     first, usage_chunk = chunks[0], chunks[-1]
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert usage_chunk["choices"] == [] and usage_chunk["usage"]["completion_tokens"] >= 1
+    # As vLLM's: the last token's delta and the finish reason travel in one chunk.
     finish = chunks[-2]["choices"][0]
-    assert finish["delta"] == {} and finish["finish_reason"] in ("stop", "length")
-    content_chunks = chunks[1:-2]
+    assert set(finish["delta"]) <= {"content"} and finish["finish_reason"] in ("stop", "length")
+    if finish["finish_reason"] == "length":  # this seed's last token completes text: it rides with the reason
+        assert finish["delta"]["content"]
+    content_chunks = chunks[1:-1]
     for chunk in content_chunks:
         assert chunk["object"] == "chat.completion.chunk" and chunk["usage"] is None
+    for chunk in content_chunks[:-1]:
         assert set(chunk["choices"][0]["delta"]) == {"content"}
         assert chunk["choices"][0]["finish_reason"] is None
-    streamed = "".join(c["choices"][0]["delta"]["content"] for c in content_chunks)
+    # A token that completes no text yet sends no chat chunk (as vLLM's), unless it is the last.
+    assert 1 <= len(content_chunks) <= usage_chunk["usage"]["completion_tokens"]
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in content_chunks)
     whole = (await client.post("/v1/chat/completions", json={**body, "stream": False,
                                                              "stream_options": None})).json()
     assert streamed == whole["choices"][0]["message"]["content"]

@@ -205,25 +205,22 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
                     continue
                 usage.completion_tokens += len(out.token_ids)
                 logprobs = _logprobs(state, body, out.token_ids, out.logprobs) if out.token_ids else None
-                if plan is None and logprobs is None:
-                    if out.text:
-                        yield content_chunk(out.index, out.text)
-                    delta = None
-                elif plan is None:
-                    delta = DeltaMessage(content=out.text)
+                if plan is None:
+                    delta = DeltaMessage(content=out.text) if out.text or logprobs is not None else None
                 else:
                     content, calls = readers[out.index].feed(out.text, final=out.finish_reason is not None)
                     delta = None
                     if content or calls or logprobs is not None:
                         delta = DeltaMessage(content=content if content or not calls else None,
                                              tool_calls=calls or None)
-                if delta is not None:
-                    yield chunk(ChatStreamChoice(index=out.index, delta=delta, logprobs=logprobs))
-                if out.finish_reason is not None:
+                if out.finish_reason is not None:  # the last delta and the finish reason in one chunk, as vLLM's
                     finished.add(out.index)
                     called = out.index in readers and readers[out.index].called
-                    yield chunk(ChatStreamChoice(index=out.index, delta=DeltaMessage(),
+                    yield chunk(ChatStreamChoice(index=out.index, delta=delta or DeltaMessage(), logprobs=logprobs,
                                                  finish_reason=finish_reason(plan, called, out.finish_reason)))
+                elif delta is not None:
+                    yield (content_chunk(out.index, out.text) if plan is None and logprobs is None
+                           else chunk(ChatStreamChoice(index=out.index, delta=delta, logprobs=logprobs)))
     if body.include_usage:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         yield sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage))

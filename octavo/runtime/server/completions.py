@@ -261,17 +261,17 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, resp
                     echo_pending.discard(index)
                     text = (prompt.text or "") + text
                 # A chunk per new token, even when it completes no text yet (as vLLM does):
-                # clients time tokens by chunks.
-                if logprobs is not None and logprobs.tokens:
-                    yield chunk(CompletionChoice(index=index, text=text, logprobs=logprobs))
-                elif text or token_ids:
-                    yield text_chunk(index, text) if logprobs is None else chunk(
-                        CompletionChoice(index=index, text=text, logprobs=logprobs))
+                # clients time tokens by chunks. The last one carries the finish reason too.
+                carries = bool(text or token_ids or (logprobs is not None and logprobs.tokens))
                 if out.finish_reason is not None:
                     finished.add(index)
-                    yield chunk(CompletionChoice(index=index, text="",
+                    yield chunk(CompletionChoice(index=index, text=text if carries else "",
+                                                 logprobs=logprobs if carries else None,
                                                  finish_reason="length" if body.echo_only else out.finish_reason,
                                                  stop_reason=None if body.echo_only else out.stop_reason))
+                elif carries:
+                    yield text_chunk(index, text) if logprobs is None else chunk(
+                        CompletionChoice(index=index, text=text, logprobs=logprobs))
     if body.include_usage:
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
         yield sse_event(CompletionStreamResponse(id=response_id, created=created, model=model, choices=[],
