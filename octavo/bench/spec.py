@@ -22,7 +22,7 @@ from octavo.bench.env import environment, settings
 from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
 from octavo.bench.report import file_stem, header, num, percent, table
 from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
-                                served_model_name, spec_summary)
+                                served_model_name, server_latency_means, spec_summary)
 
 logger = logging.getLogger("octavo")
 
@@ -115,9 +115,9 @@ def level_stats(runs: list[dict], instances: int) -> dict:
     """Everything the report says about one level, from its runs."""
     stats: dict[str, Any] = {metric: ratio_stats(round_values(runs, metric, instances), better)
                              for metric, better in METRICS.items()}
+    counters = [summed_counters([r["server_counters"] for r in runs if r["arm"] == arm]) for arm in (0, 1)]
     stats["arms"] = [{metric: spread([row["ab"[arm]] for row in stats[metric]["per_round"]]) for metric in METRICS}
-                     | {"speculation": spec_summary(summed_counters([r["server_counters"] for r in runs
-                                                                      if r["arm"] == arm]))}
+                     | {"speculation": spec_summary(counters[arm]), "server_latency_ms": server_latency_means(counters[arm])}
                      for arm in (0, 1)]
     stats["num_errors"] = sum(run["summary"]["num_errors"] + run["untimed"]["num_errors"] for run in runs)
     return stats
@@ -391,6 +391,16 @@ def markdown(doc: dict) -> str:
                             [row for rows, _ in made for row in rows]),
                       table(["c", f"tok/s {b} / {a} [{confidence}% CI]", f"TTFT p50 {b} / {a}", f"TPOT p50 {b} / {a}"],
                             [ratios for _, ratios in made])]
+        server = [[str(level["concurrency"]), name] + [num((arm.get("server_latency_ms") or {}).get(key), 1)
+                                                        for key in ("time_to_first_token", "request_queue_time",
+                                                                    "request_prefill_time")]
+                  for level in entry["levels"] for name, arm in zip(names, level["stats"]["arms"])
+                  if arm.get("server_latency_ms")]
+        if server:
+            lines += ["The server's own view, means over the timed runs from its /metrics histograms: TTFT from the "
+                      "handler's call into the engine, queue = until the first step that schedules the request, "
+                      "prefill = that step until the first token.", "",
+                      table(["c", "arm", "server TTFT ms", "queue ms", "prefill ms"], server)]
         errors = sum(level["stats"]["num_errors"] for level in entry["levels"])
         if errors:
             lines += [f"**{errors} requests failed** (see `errors` in the runs of the JSON).", ""]

@@ -217,6 +217,30 @@ def test_markdown_reports_levels_left_unrun():
     text = spec.markdown(doc)
     assert "| 1 | old | 2/4 |" in text and "| 2 | new | 0/4 |" in text and "ABBA" in text
     assert "tok/s new / old" in text and "`/tmp/old` first on PYTHONPATH" in text
+    assert "server TTFT ms" not in text  # no latency histograms in these runs' counters
+
+
+def test_the_servers_latency_means_are_summed_over_an_arms_runs():
+    def histograms(ttft_s: float, queue_s: float, count: float) -> dict:
+        return {"time_to_first_token_seconds_sum": ttft_s, "time_to_first_token_seconds_count": count,
+                "request_queue_time_seconds_sum": queue_s, "request_queue_time_seconds_count": count}
+
+    runs = [fake_run(0, 0, 0, 100.0, counters=histograms(1.0, 0.5, 10.0)),
+            fake_run(0, 0, 1, 100.0, counters=histograms(3.0, 0.5, 10.0)),
+            fake_run(1, 0, 0, 100.0, counters=None), fake_run(1, 0, 1, 100.0, counters=None)]
+    old, new = spec.level_stats(runs, 1)["arms"]
+    assert old["server_latency_ms"] == {"time_to_first_token": pytest.approx(200.0),
+                                        "request_queue_time": pytest.approx(50.0)}
+    assert new["server_latency_ms"] is None
+    settings = {"pairs": ["paths"], "num_speculative_tokens": 4, "instances": 1, "confidence": 0.9, "input_len": 128,
+                "output_len": 128, "temperature": 0.0, "rounds": 2, "min_requests": 32, "requests_per_user": 4}
+    env = {"device": {"name": "cpu"}, "command": "octavo bench spec", "time_utc": "now", "git_commit": "0" * 40,
+           "versions": {}}
+    doc = {"kind": "spec", "env": env, "settings": settings, "model": {"name": "m"},
+           "arms": [{"name": "old", "draft": False}, {"name": "new", "draft": False}],
+           "pairs": [{"name": "paths", "servers": [], "levels": [
+               {"concurrency": 64, "rounds_planned": 2, "runs": runs, "stats": spec.level_stats(runs, 1)}]}]}
+    assert "| 64 | old | 200.0 | 50.0 | — |" in spec.markdown(doc)
 
 
 # ---- end to end on the CPU ------------------------------------------------------------------------
