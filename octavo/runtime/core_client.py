@@ -32,13 +32,6 @@ class EngineCoreDeadError(RuntimeError):
 
 class EngineCoreClient:
     def __init__(self, engine_args: EngineArgs) -> None:
-        # A pipe that ends a receive's wait early (ring): a request that arrives while the front
-        # waits for the core's next step goes to the core now, to be in its inbox when that step
-        # ends, instead of after it (one core step later).
-        self._bell_read, self._bell_write = os.pipe()
-        os.set_blocking(self._bell_read, False)
-        os.set_blocking(self._bell_write, False)
-        self.poller = zmq.Poller()
         self.socket_dir = tempfile.mkdtemp(prefix="octavo-core-")
         self.context = zmq.Context()
         self.to_core = self.context.socket(zmq.PUSH)
@@ -49,13 +42,20 @@ class EngineCoreClient:
         output_address = f"ipc://{self.socket_dir}/output"
         self.to_core.bind(input_address)
         self.from_core.bind(output_address)
-        self.poller.register(self.from_core, zmq.POLLIN)
-        self.poller.register(self._bell_read, zmq.POLLIN)
         self.process = multiprocessing.get_context("spawn").Process(
             target=run_engine_core, args=(engine_args, input_address, output_address, os.getpid()),
             name="octavo-engine-core")
         self.process.start()
         self.dead: str | None = None
+        # A pipe that ends a receive's wait early (ring): a request that arrives while the front
+        # waits for the core's next step goes to the core now, to be in its inbox when that step
+        # ends, instead of after it (one core step later).
+        self._bell_read, self._bell_write = os.pipe()
+        os.set_blocking(self._bell_read, False)
+        os.set_blocking(self._bell_write, False)
+        self.poller = zmq.Poller()
+        self.poller.register(self.from_core, zmq.POLLIN)
+        self.poller.register(self._bell_read, zmq.POLLIN)
         # Before the handshake: a front that fails to start must not leave the core behind.
         self._finalizer = weakref.finalize(self, _stop_core, self.process, self.to_core, self.context,
                                            self.socket_dir, (self._bell_read, self._bell_write))
