@@ -32,10 +32,10 @@ logger = logging.getLogger("octavo")
 
 
 # ---- the client ----------------------------------------------------------------------------------
-async def stream_completion(client: Any, model: str, request: BenchRequest, temperature: float = 0.0,
-                            json_schema: dict | None = None) -> dict:
-    """Send one streaming completion; return its timings and errors. Under `json_schema` (structured
-    outputs) the output may end before output_len, once the schema is complete."""
+async def stream_completion(client: Any, base_url: str, model: str, request: BenchRequest,
+                            temperature: float = 0.0, json_schema: dict | None = None) -> dict:
+    """Send one streaming completion (`client`: an aiohttp session); return its timings and errors. Under `json_schema` (structured outputs) the output may end
+    before output_len, once the schema is complete."""
     payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
                "temperature": temperature, "ignore_eos": True, "stream": True,
                "stream_options": {"include_usage": True}}
@@ -45,11 +45,12 @@ async def stream_completion(client: Any, model: str, request: BenchRequest, temp
     usage = error = None
     sent = time.perf_counter()
     try:
-        async with client.stream("POST", "/v1/completions", json=payload) as response:
-            if response.status_code != 200:
-                error = f"HTTP {response.status_code}: {(await response.aread()).decode(errors='replace')[:300]}"
+        async with client.post(f"{base_url}/v1/completions", json=payload) as response:
+            if response.status != 200:
+                error = f"HTTP {response.status}: {(await response.read()).decode(errors='replace')[:300]}"
             else:
-                async for line in response.aiter_lines():
+                async for raw in response.content:  # one line at a time
+                    line = raw.decode()
                     data = line[5:].strip() if line.startswith("data:") else None
                     if data == "[DONE]":
                         break
@@ -98,18 +99,26 @@ def token_record(request: BenchRequest, sent: float, done: float, chunk_times: l
 
 async def run_level(load: Workload, base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
                     desc: str) -> tuple[list[dict], float]:
-    """Run `requests` with `concurrency` in flight; returns the records and the wall time."""
-    import httpx
+    """Run `requests` with `concurrency` in flight; returns the records and the wall time.
+
+    The client is aiohttp (vLLM's benchmark client too): at concurrency 64 httpx's own cost per
+    request and per chunk delayed the sends of a wave, and with them the servers' TTFT. Against an
+    instant server (bench/fake_sse_server.py) on 2 CPU cores, the wait from a send to the server
+    reading it was 27.5 / 42.6 ms (p50 / p90) with httpx and 6.1 / 8.7 ms with aiohttp, TTFT p50
+    42.1 against 17.1 ms (bench/results/2026-12-07-bench-client-cpu.md)."""
+    import aiohttp
 
     records: list[dict | None] = [None] * len(requests)
     pending = iter(range(len(requests)))
     bar = progress(len(requests), desc, unit="req")
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency + 4)
+    timeout = aiohttp.ClientTimeout(total=load.timeout_s)
+    # read_bufsize: the longest SSE line it reads whole (a chunk with many log-probabilities).
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=2**22) as client:
         async def user() -> None:
             for index in pending:  # one shared iterator: each request is taken once
-                records[index] = await stream_completion(client, model, requests[index], load.temperature,
-                                                         load.json_schema)
+                records[index] = await stream_completion(client, base_url, model, requests[index],
+                                                         load.temperature, load.json_schema)
                 bar.update(1)
 
         start = time.perf_counter()

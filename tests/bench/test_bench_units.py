@@ -186,3 +186,42 @@ def test_latency_decode_step_is_end_to_end_like_vllms():
     assert row["decode_ms_per_step"] == pytest.approx(7.5)
     assert row["prefill_ms"] == pytest.approx(21.0)
     assert (row["decode_step_ms"]["count"], row["decode_step_ms"]["max"]) == (26, 13.0)  # the spread, kept
+
+
+async def test_the_streaming_client_times_chunks_and_reports_refusals(unused_tcp_port):
+    """run_level against a small aiohttp server: a stream whose last token chunk carries the finish
+    reason (as vLLM's and octavo's) counts every token; a refusal is an error with its status and
+    body; nothing hangs."""
+    from aiohttp import web
+
+    from octavo.bench.serve import Workload, run_level
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["max_tokens"] > 4:
+            return web.json_response({"error": {"message": "too long"}}, status=400)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for index in range(body["max_tokens"]):
+            last = index == body["max_tokens"] - 1
+            chunk = {"choices": [{"index": 0, "text": f" t{index}", "finish_reason": "length" if last else None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage = {"choices": [], "usage": {"completion_tokens": body["max_tokens"]}}
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    try:
+        load = Workload(vocab_size=100, input_range=(8, 8), output_range=(4, 4), timeout_s=30.0)
+        requests = load.requests(6, seed=0) + [BenchRequest([1, 2, 3], 5)]
+        records, wall = await run_level(load, f"http://127.0.0.1:{unused_tcp_port}", "m", requests, 3, "test")
+    finally:
+        await runner.cleanup()
+    ok, refused = records[:6], records[6]
+    assert all(r["error"] is None and r["output_tokens"] == 4 and r["num_chunks"] == 4 for r in ok)
+    assert all(r["ttft_ms"] > 0 and len(r["itl_ms"]) == 3 for r in ok) and wall > 0
+    assert refused["error"].startswith("HTTP 400") and "too long" in refused["error"]
