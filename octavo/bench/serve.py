@@ -34,8 +34,9 @@ logger = logging.getLogger("octavo")
 # ---- the client ----------------------------------------------------------------------------------
 async def stream_completion(client: Any, base_url: str, model: str, request: BenchRequest,
                             temperature: float = 0.0, json_schema: dict | None = None) -> dict:
-    """Send one streaming completion (`client`: an aiohttp session); return its timings and errors. Under `json_schema` (structured outputs) the output may end
-    before output_len, once the schema is complete."""
+    """Send one streaming completion (`client`: an aiohttp session); return its timings and
+    errors. Under `json_schema` (structured outputs) the output may end before output_len, once
+    the schema is complete."""
     payload = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
                "temperature": temperature, "ignore_eos": True, "stream": True,
                "stream_options": {"include_usage": True}}
