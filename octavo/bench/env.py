@@ -112,7 +112,8 @@ def environment(device: str | None = None, args: Any = None) -> dict:
     return {"date": now.strftime("%Y-%m-%d"), "time_utc": now.isoformat(timespec="seconds"),
             "command": command_line(args), "cwd": os.getcwd(), "git_commit": commit, "git_dirty": dirty,
             "device": device_info(device), "python": platform.python_version(), "platform": platform.platform(),
-            "versions": {name: _version(name) for name in ("octavo", "torch", "triton", "transformers", "httpx", "aiohttp")}}
+            "versions": {name: _version(name)
+                         for name in ("octavo", "torch", "triton", "transformers", "httpx", "aiohttp")}}
 
 
 def settings(args: Any, **more: Any) -> dict:

@@ -117,7 +117,8 @@ def level_stats(runs: list[dict], instances: int) -> dict:
                              for metric, better in METRICS.items()}
     counters = [summed_counters([r["server_counters"] for r in runs if r["arm"] == arm]) for arm in (0, 1)]
     stats["arms"] = [{metric: spread([row["ab"[arm]] for row in stats[metric]["per_round"]]) for metric in METRICS}
-                     | {"speculation": spec_summary(counters[arm]), "server_latency_ms": server_latency_means(counters[arm])}
+                     | {"speculation": spec_summary(counters[arm]),
+                        "server_latency_ms": server_latency_means(counters[arm])}
                      for arm in (0, 1)]
     stats["num_errors"] = sum(run["summary"]["num_errors"] + run["untimed"]["num_errors"] for run in runs)
     return stats
