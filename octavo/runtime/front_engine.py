@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,15 +41,21 @@ RECEIVE_TIMEOUT_S = 0.05
 PROFILE_ANSWER_TIMEOUT_S = 300.0
 
 
+def multiprocessing_from_env(environ: Mapping[str, str] | None = None) -> bool | None:
+    """The first of MULTIPROCESSING_ENVS that is set, as a bool; None when none is."""
+    environ = os.environ if environ is None else environ
+    for name in MULTIPROCESSING_ENVS:
+        value = environ.get(name)
+        if value:
+            return value.strip().lower() in ("1", "true", "yes", "on")
+    return None
+
+
 def multiprocessing_enabled(engine_args: EngineArgs) -> bool:
     """EngineArgs.enable_multiprocessing, else the first of MULTIPROCESSING_ENVS that is set."""
     if engine_args.enable_multiprocessing is not None:
         return engine_args.enable_multiprocessing
-    for name in MULTIPROCESSING_ENVS:
-        value = os.environ.get(name)
-        if value:
-            return value.strip().lower() in ("1", "true", "yes", "on")
-    return False
+    return bool(multiprocessing_from_env())
 
 
 def build_engine(engine_args: EngineArgs) -> "LLMEngine | FrontEngine":

@@ -18,12 +18,10 @@ unless asked (not measured there).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from octavo.runtime.config import EngineArgs
-from octavo.runtime.front_engine import MULTIPROCESSING_ENVS
+from octavo.runtime.front_engine import multiprocessing_from_env
 
 LARGE_GPU_GIB = 70  # vLLM's line for "H100-class" defaults
 OFFLINE_LARGE_GPU = {"max_num_seqs": 1024, "max_num_batched_tokens": 16384}
@@ -48,6 +46,5 @@ def apply_offline_defaults(engine_args: EngineArgs) -> None:
 def apply_server_defaults(engine_args: EngineArgs, environ: dict[str, str] | None = None) -> None:
     """`octavo serve`: the engine core in its own process, unless the flags or the environment
     ($OCTAVO_ENABLE_MULTIPROCESSING, $VLLM_ENABLE_V1_MULTIPROCESSING) choose."""
-    environ = os.environ if environ is None else environ
-    if engine_args.enable_multiprocessing is None and not any(environ.get(name) for name in MULTIPROCESSING_ENVS):
+    if engine_args.enable_multiprocessing is None and multiprocessing_from_env(environ) is None:
         engine_args.enable_multiprocessing = True
