@@ -96,6 +96,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool
+    # Admission holds back this share of the running requests' remaining output (scheduler.py).
+    kv_reserve_ratio: float = 0.0
+    kv_reserve_clip_tokens: int = 4096  # a request's remaining output counts at most this much
 
 
 @dataclass
@@ -375,6 +378,10 @@ class EngineArgs(CliArgs):
     max_num_batched_tokens: int | None = _arg(None, "most tokens in one step; unset: 8192 with chunked prefill, "
                                               "else max_model_len (at least 2048)")
     enable_chunked_prefill: bool = _arg(True, "cut long prompts into chunks that share steps with decodes")
+    kv_reserve_ratio: float | None = _arg(None, "when admitting a prompt, keep free KV blocks for this share of "
+                                          "every running request's remaining max_tokens (at most 4096 each), "
+                                          "so that requests admitted together finish without preemption; 0: "
+                                          "admit whatever fits now, as vLLM; unset: 0")
     block_size: int = _arg(16, "tokens per KV cache block", choices=BLOCK_SIZES)
     gpu_memory_utilization: float = _arg(0.90, "fraction of GPU memory for weights, activations and the KV cache")
     num_gpu_blocks_override: int | None = _arg(None, "KV cache blocks; unset: sized from free memory")
@@ -526,6 +533,9 @@ class EngineArgs(CliArgs):
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        kv_reserve_ratio = self.kv_reserve_ratio if self.kv_reserve_ratio is not None else 0.0
+        if not 0.0 <= kv_reserve_ratio <= 1.0:
+            raise ValueError(f"kv_reserve_ratio must be in [0, 1], got {kv_reserve_ratio}")
         device = self.resolved_device()
         model_config = self._model_config(self.model, self.tokenizer, self.revision, device)
         from octavo.runtime.tp_shapes import check_tensor_parallel
@@ -566,6 +576,7 @@ class EngineArgs(CliArgs):
                 max_num_batched_tokens=max_batched,
                 max_model_len=max_model_len,
                 enable_chunked_prefill=self.enable_chunked_prefill,
+                kv_reserve_ratio=kv_reserve_ratio,
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device=device,

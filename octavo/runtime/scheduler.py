@@ -6,6 +6,12 @@ long prompt arriving never starves them; waiting requests are admitted in arriva
 whatever budget is left, their prompts split into chunks when chunked prefill is on. When KV blocks
 run out, the most recently admitted running request is preempted: its blocks are freed and it is
 recomputed later (its prefix blocks often survive in the prefix cache).
+
+A preemption throws away the victim's computed tokens. `kv_reserve_ratio` > 0 makes admission
+look ahead instead (as SGLang's scheduler does with its new-token ratio): a prompt is admitted only
+if the blocks left free afterwards cover that share of what every running request, and the new
+one, may still append (up to its max_tokens, counted at most `kv_reserve_clip_tokens`). At 1 a
+batch whose requests run to max_tokens never preempts; at 0 admission takes whatever fits now.
 """
 
 from __future__ import annotations
@@ -152,6 +158,8 @@ class Scheduler:
             budget -= num_new
             index += 1
 
+        ratio = self.config.kv_reserve_ratio
+        reserved = ratio * sum(map(self._blocks_to_finish, self.running)) if ratio and self.can_admit() else 0.0
         while self.can_admit() and budget > 0 and not out.preempted:
             request = self.waiting[0]
             if not request.block_ids:
@@ -164,6 +172,13 @@ class Scheduler:
                 self._undo_lookup(request)
                 break
             num_new = min(num_new, budget)
+            if ratio:
+                chunk = self.kv_cache.blocks_needed(request, request.num_computed_tokens + num_new)
+                own = ratio * (self._blocks_to_finish(request) - chunk)
+                if self.running and self.kv_cache.num_free_blocks - chunk < reserved + own:
+                    self._undo_lookup(request)
+                    break
+                reserved += own
             if not self.kv_cache.allocate(request, request.num_computed_tokens + num_new):
                 self._undo_lookup(request)
                 break
@@ -175,6 +190,16 @@ class Scheduler:
             out.scheduled.append(ScheduledRequest(request, num_new, 0))
             budget -= num_new
         return out
+
+    def _blocks_to_finish(self, request: Request) -> int:
+        """Blocks the request still needs to hold every token it may reach: its prompt, and its
+        remaining output up to max_tokens (at most kv_reserve_clip_tokens of it) and max_model_len."""
+        growth = min(self.config.kv_reserve_clip_tokens, self.config.max_model_len - request.num_tokens)
+        max_tokens = request.sampling_params.max_tokens
+        if max_tokens is not None:
+            growth = min(growth, max_tokens - request.num_output_tokens)
+        final = request.num_tokens + max(growth, 0)
+        return self.kv_cache.blocks_needed(request, final)
 
     def _undo_lookup(self, request: Request) -> None:
         self.kv_cache.free(request)

@@ -63,3 +63,56 @@ def test_preempts_the_newest_running_request_when_blocks_run_out():
     assert out.preempted == [b]
     assert [i.request.request_id for i in out.scheduled] == ["a"]
     assert b.num_computed_tokens == 0 and b.block_ids == [] and sched.waiting[0] is b
+
+
+def run_to_completion(sched, requests, max_steps=500):
+    """Drive the scheduler like the engine does, finishing requests at max_tokens; the preemptions."""
+    from octavo.runtime.request import RequestStatus
+
+    for r in requests:
+        sched.add_request(r)
+    preemptions = 0
+    for _ in range(max_steps):
+        if not sched.has_unfinished():
+            return preemptions
+        out = sched.schedule()
+        preemptions += len(out.preempted)
+        finish_step(out)
+        for item in out.scheduled:
+            r = item.request
+            if r.num_output_tokens >= r.sampling_params.max_tokens and not r.is_finished:
+                sched.finish_request(r, RequestStatus.FINISHED_LENGTH)
+    raise AssertionError("the scheduler did not finish the requests")
+
+
+def make_reserving(ratio, blocks=24):
+    kv = KVCacheManager(num_blocks=blocks, block_size=4, enable_prefix_caching=False)
+    config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256,
+                             enable_chunked_prefill=True, kv_reserve_ratio=ratio)
+    return Scheduler(config, kv)
+
+
+def test_admission_that_reserves_the_remaining_output_never_preempts():
+    # Six requests of 8 prompt + 16 output tokens (6 blocks each at the end) in a 24-block cache:
+    # all six prompts fit at once (12 blocks), but they cannot all grow to the end.
+    def requests():
+        return [Request(str(i), [1] * 8, SamplingParams(max_tokens=16)) for i in range(6)]
+
+    assert run_to_completion(make_reserving(0.0), requests()) > 0
+    assert run_to_completion(make_reserving(1.0), requests()) == 0
+
+
+def test_reserving_admission_holds_a_prompt_back_until_the_running_ones_can_finish():
+    sched = make_reserving(1.0)
+    for i in range(6):
+        sched.add_request(Request(str(i), [1] * 8, SamplingParams(max_tokens=16)))
+    out = sched.schedule()
+    # Each admitted request reserves 6 blocks of the 24: four are admitted, two wait.
+    assert len(out.scheduled) == 4 and sched.num_waiting == 2
+
+
+def test_a_request_alone_is_admitted_whatever_it_would_reserve():
+    sched = make_reserving(1.0, blocks=4)
+    r = Request("big", [1] * 8, SamplingParams(max_tokens=100))
+    sched.add_request(r)
+    assert [i.request for i in sched.schedule().scheduled] == [r]
