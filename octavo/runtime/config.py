@@ -381,7 +381,8 @@ class EngineArgs(CliArgs):
     kv_reserve_ratio: float | None = _arg(None, "when admitting a prompt, keep free KV blocks for this share of "
                                           "every running request's remaining max_tokens (at most 4096 each), "
                                           "so that requests admitted together finish without preemption; 0: "
-                                          "admit whatever fits now, as vLLM; unset: 0")
+                                          "admit whatever fits now, as vLLM; unset: 0 (the offline LLM class on "
+                                          "a GPU of 70 GiB or more: 0.5)")
     block_size: int = _arg(16, "tokens per KV cache block", choices=BLOCK_SIZES)
     gpu_memory_utilization: float = _arg(0.90, "fraction of GPU memory for weights, activations and the KV cache")
     num_gpu_blocks_override: int | None = _arg(None, "KV cache blocks; unset: sized from free memory")

@@ -10,7 +10,8 @@ from octavo.runtime.usage_defaults import (OFFLINE_LARGE_GPU, apply_offline_defa
 
 
 def test_only_a_large_gpu_gets_the_wide_offline_batch():
-    assert offline_defaults("cuda", 79.6) == OFFLINE_LARGE_GPU == {"max_num_seqs": 1024, "max_num_batched_tokens": 16384}
+    assert offline_defaults("cuda", 79.6) == OFFLINE_LARGE_GPU == {"max_num_seqs": 1024, "max_num_batched_tokens": 16384,
+                                                              "kv_reserve_ratio": 0.5}
     assert offline_defaults("cuda", 139.8) == OFFLINE_LARGE_GPU
     assert offline_defaults("cuda", 39.4) == {}  # an A100-40GB, an L40S: the engine's defaults
     assert offline_defaults("cpu", None) == {}
@@ -22,6 +23,7 @@ def test_applying_fills_only_what_the_caller_left_unset(monkeypatch):
     args = EngineArgs(device="cpu")
     apply_offline_defaults(args)
     assert args.max_num_seqs is None and args.max_num_batched_tokens is None  # 256 / 8192 when resolved
+    assert args.kv_reserve_ratio is None  # 0 when resolved
 
     class H100:
         total_memory = 80 * 2**30
@@ -30,7 +32,7 @@ def test_applying_fills_only_what_the_caller_left_unset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: H100)
     args = EngineArgs(max_num_seqs=64)
     apply_offline_defaults(args)
-    assert (args.max_num_seqs, args.max_num_batched_tokens) == (64, 16384)
+    assert (args.max_num_seqs, args.max_num_batched_tokens, args.kv_reserve_ratio) == (64, 16384, 0.5)
 
 
 def test_an_unset_max_num_seqs_resolves_to_the_engine_default(llama_dir):
