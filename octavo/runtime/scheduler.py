@@ -106,10 +106,18 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
-    def can_admit(self) -> bool:
-        """Whether a waiting request may start now: the one admission test (the engine asks it
-        too, so that a step that can admit a prompt carries no draft work)."""
+    def has_slot(self) -> bool:
+        """A request waits and the batch has room for one more sequence (max_num_seqs)."""
         return bool(self.waiting) and len(self.running) < self.config.max_num_seqs
+
+    def can_admit(self) -> bool:
+        """Whether a waiting request may start now (the engine asks, so that a step that can admit
+        a prompt carries no draft work): a slot, and with kv_reserve_ratio, free blocks beyond
+        what the running requests hold back."""
+        if not self.has_slot():
+            return False
+        ratio = self.config.kv_reserve_ratio
+        return not ratio or self.kv_cache.num_free_blocks > ratio * sum(map(self._blocks_to_finish, self.running))
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.held_siblings)
@@ -159,8 +167,8 @@ class Scheduler:
             index += 1
 
         ratio = self.config.kv_reserve_ratio
-        reserved = ratio * sum(map(self._blocks_to_finish, self.running)) if ratio and self.can_admit() else 0.0
-        while self.can_admit() and budget > 0 and not out.preempted:
+        reserved = ratio * sum(map(self._blocks_to_finish, self.running)) if ratio and self.has_slot() else 0.0
+        while self.has_slot() and budget > 0 and not out.preempted:
             request = self.waiting[0]
             if not request.block_ids:
                 num_cached = self.kv_cache.lookup_prefix(request)

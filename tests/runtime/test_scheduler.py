@@ -116,3 +116,14 @@ def test_a_request_alone_is_admitted_whatever_it_would_reserve():
     r = Request("big", [1] * 8, SamplingParams(max_tokens=100))
     sched.add_request(r)
     assert [i.request for i in sched.schedule().scheduled] == [r]
+
+
+def test_the_engines_admission_question_counts_the_reserve():
+    # The engine drafts only when no prompt can be admitted: a prompt held back by the reserve
+    # must not stop speculation.
+    sched = make_reserving(1.0)
+    for i in range(6):
+        sched.add_request(Request(str(i), [1] * 8, SamplingParams(max_tokens=16)))
+    assert sched.can_admit()
+    finish_step(sched.schedule())  # four admitted; their reserve covers the rest of the cache
+    assert sched.has_slot() and not sched.can_admit()
