@@ -117,6 +117,13 @@ case "$PHASE" in
       bench 150 throughput "${LLAMA[@]}" --num-prompts "$n" --input-len 128 --output-len 128 --profiler-config "$P" \
         --tag "decode-profile-b$n${1:+-eager}" "$@" ${extra[@]+"${extra[@]}"}
     done ;;
+  admission)  # the 1000-request offline workload at several kv_reserve_ratio values (and max_num_seqs 512),
+               # each with its step trace (steps-TAG.jsonl: prompt tokens recomputed after preemptions)
+    for v in "ratio0 --kv-reserve-ratio 0" "ratio05 --kv-reserve-ratio 0.5" "ratio1 --kv-reserve-ratio 1" \
+             "seqs512 --kv-reserve-ratio 0 --max-num-seqs 512"; do
+      set -- $v; tag=$1; shift
+      OCTAVO_STEP_TRACE="$OUT/steps-$tag.jsonl" bench 125 throughput "${LLAMA[@]}" --num-prompts 1000 --tag "admission-$tag" "$@"
+    done ;;
   tests)
     plugins=()  # pytest-asyncio, for tests/runtime/test_async_engine.py, named when pytest will not load it itself
     if ! "$PY" -c "import pytest_asyncio" 2>/dev/null; then plugins=(--ignore tests/runtime/test_async_engine.py)
@@ -137,7 +144,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|front-ab|decode-profile|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|front-ab|decode-profile|admission|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
