@@ -1,7 +1,13 @@
 """`octavo bench kernels` (PROTOCOL workload 5): the paged attention kernels against the device's
 ceilings measured in the same run (roofline.py), CUDA only: decode in GB/s over rotating block
 tables (L2 defeated), prefill in TFLOP/s. bench/README.md ("kernels") says more. Every output is
-first checked against the torch reference; a mismatch fails the run."""
+first checked against the torch reference; a mismatch fails the run.
+
+`--parts linear`: the decode step's GEMMs (llama-3.1-8b's layer shapes and LM head at 1, 8 and 64
+tokens) in GB/s of weights read, the engine's call (F.linear on an [out, in] weight) beside a plain
+matmul on the same weight stored [in, out]: cuBLAS picks its kernel by layout, and a batch-1
+profile found o_proj at 1.7 TB/s where the other GEMMs read at 2.9-3.1
+(bench/results/2026-12-07-peer-h100-0631eab.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +46,15 @@ def graph_ms(fns: list, replays: int, device: Any) -> float:
     return roofline.time_ms(graph.replay, device, replays) / len(fns)
 
 
-def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
+# The decode step's GEMMs of the llama-3.1-8b shape: (name, in features, out features).
+LINEAR_SHAPES = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096),
+                 ("lm_head", 4096, 128256))
+LINEAR_TOKENS = (1, 8, 64)
+
+
+def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int, table_blocks: int | None = None) -> dict:
+    """`table_blocks`: the block tables' width (the engine's graphs pad it to max_model_len's; the
+    decode kernel's split follows the width, not the context). Unset: just wide enough."""
     import torch
 
     from octavo.kernels.attention import paged_decode_attention
@@ -48,11 +62,12 @@ def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
 
     device, scale = k_pool.device, HEAD_DIM ** -0.5
     blocks = -(-context // BLOCK)
+    width = max(blocks, table_blocks or 0)
     kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * k_pool.element_size()
     moved = kv_bytes + 2 * batch * HEADS * HEAD_DIM * k_pool.element_size()
     sets = max(1, min(64, math.ceil(400e6 / kv_bytes)))  # 8x a 50 MB L2
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
-    tables = [torch.randperm(k_pool.shape[0], device=device)[: batch * blocks].view(batch, blocks).to(torch.int32)
+    tables = [torch.randperm(k_pool.shape[0], device=device)[: batch * width].view(batch, width).to(torch.int32)
               for _ in range(sets)]
     queries = [torch.randn(batch, HEADS, HEAD_DIM, device=device, dtype=k_pool.dtype) for _ in range(sets)]
     error = None
@@ -62,7 +77,30 @@ def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int) -> dict:
     fns = [lambda q=q, t=t: paged_decode_attention(q, k_pool, v_pool, t, seq_lens, scale)
            for q, t in zip(queries, tables)]
     ms = graph_ms(fns, 20, device)
-    return {"batch": batch, "context": context, "us": 1e3 * ms, "gbps": moved / ms / 1e6, "rel_err": error}
+    return {"batch": batch, "context": context, "table_blocks": width, "us": 1e3 * ms, "gbps": moved / ms / 1e6,
+            "rel_err": error}
+
+
+def linear_point(name: str, in_features: int, out_features: int, tokens: int, device: Any) -> dict:
+    """One GEMM of the decode step, both weight layouts, weights rotated so that L2 holds none."""
+    import torch
+    import torch.nn.functional as F
+
+    weight_bytes = 2 * in_features * out_features
+    sets = max(1, min(16, math.ceil(400e6 / weight_bytes)))
+    weights = [torch.randn(out_features, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+    xs = [torch.randn(tokens, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+    transposed = [w.t().contiguous() for w in weights]
+    error = relative_error(xs[0] @ transposed[0], F.linear(xs[0], weights[0]))
+    row = {"name": name, "in": in_features, "out": out_features, "tokens": tokens, "rel_err": error}
+    for layout, fns in (("out_in", [lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, weights)]),
+                        ("in_out", [lambda x=x, w=w: torch.matmul(x, w) for x, w in zip(xs, transposed)])):
+        ms = graph_ms(fns, 20, device)
+        row[f"{layout}_us"] = 1e3 * ms
+        row[f"{layout}_gbps"] = weight_bytes / ms / 1e6
+    del weights, transposed
+    torch.cuda.empty_cache()
+    return row
 
 
 def prefill_point(seq_len: int, device: Any) -> dict:
@@ -93,18 +131,40 @@ def benchmark(args: Any, save_partial) -> dict:
     if not torch.cuda.is_available():
         raise ValueError("octavo bench kernels times the Triton kernels: it needs a CUDA device")
     device = torch.device(args.device)
+    parts = set(args.parts.split(","))
     result: dict = {"kind": "kernels", "tag": args.tag, "env": environment(args.device, args),
-                    "model": {"name": "attention"}, "roofline": roofline.measure(device), "decode": [], "prefill": []}
+                    "model": {"name": "attention"}, "roofline": roofline.measure(device), "decode": [], "prefill": [],
+                    "linear": []}
+    copy_gbps = result["roofline"]["copy_bandwidth_gbps"]
+    if "attention" in parts:
+        attention(result, device, save_partial)
+    if "linear" in parts:
+        for name, in_features, out_features in LINEAR_SHAPES:
+            for tokens in LINEAR_TOKENS:
+                row = linear_point(name, in_features, out_features, tokens, device)
+                row["out_in_of_copy"], row["in_out_of_copy"] = row["out_in_gbps"] / copy_gbps, row["in_out_gbps"] / copy_gbps
+                result["linear"].append(row)
+                save_partial(result)
+    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] + result["linear"] if r["rel_err"] is not None]
+    result["failed"] = any(not error < BF16_TOLERANCE for error in checked)
+    return result
+
+
+def attention(result: dict, device: Any, save_partial) -> None:
+    import torch
+
     contexts, batches = [1024, 4096, 16384], [1, 8, 32, 64, 128, 256]
     tokens = max(contexts) * max(batches) + 64 * 1024
     k_pool = torch.randn(tokens // BLOCK, BLOCK, KV_HEADS, HEAD_DIM, device=device, dtype=torch.bfloat16)
     v_pool = torch.randn_like(k_pool)
-    for context in contexts:
-        for batch in batches:
-            row = decode_point(k_pool, v_pool, batch, context)
-            row["of_copy"] = row["gbps"] / result["roofline"]["copy_bandwidth_gbps"]
-            result["decode"].append(row)
-            save_partial(result)
+    # A served batch-1 step: about 190 tokens of context, tables as wide as max_model_len 2048 needs
+    # (the kernel splits by width, then merges) and just wide enough (no split).
+    points = [(1, 192, 128), (1, 192, None)] + [(b, c, None) for c in contexts for b in batches]
+    for batch, context, width in points:
+        row = decode_point(k_pool, v_pool, batch, context, width)
+        row["of_copy"] = row["gbps"] / result["roofline"]["copy_bandwidth_gbps"]
+        result["decode"].append(row)
+        save_partial(result)
     del k_pool, v_pool
     torch.cuda.empty_cache()
     for seq_len in (1024, 4096, 8192):
@@ -112,9 +172,6 @@ def benchmark(args: Any, save_partial) -> dict:
         row["of_matmul"] = row["tflops"] / result["roofline"]["matmul_tflops"]
         result["prefill"].append(row)
         save_partial(result)
-    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] if r["rel_err"] is not None]
-    result["failed"] = any(not error < BF16_TOLERANCE for error in checked)
-    return result
 
 
 def markdown(result: dict) -> str:
@@ -126,12 +183,21 @@ def markdown(result: dict) -> str:
 
     text = header(result, "Attention kernels (32 q / 8 KV heads, head_dim 128, bf16)")
     text += "Paged decode: the bytes a step must move / its time (CUDA-graph replays, L2 defeated).\n\n"
-    text += table(["context", "batch", "us", "GB/s", "of copy bandwidth", "rel. error vs reference"],
-                  [[str(r["context"]), str(r["batch"]), f"{r['us']:.1f}", f"{r['gbps']:,.0f}", f"{r['of_copy']:.0%}",
-                    error(r)] for r in result["decode"]])
+    text += table(["context", "batch", "table blocks", "us", "GB/s", "of copy bandwidth", "rel. error vs reference"],
+                  [[str(r["context"]), str(r["batch"]), str(r.get("table_blocks", "")), f"{r['us']:.1f}",
+                    f"{r['gbps']:,.0f}", f"{r['of_copy']:.0%}", error(r)] for r in result["decode"]])
     text += "\nPaged prefill, causal, one sequence, no cached prefix: visible-pair FLOPs / time.\n\n"
     text += table(["tokens", "ms", "TFLOP/s", "of matmul peak", "rel. error vs reference"],
                   [[str(r["seq_len"]), f"{r['ms']:.3f}", f"{r['tflops']:.0f}", f"{r['of_matmul']:.0%}", error(r)]
                    for r in result["prefill"]])
+    if result.get("linear"):
+        text += ("\nDecode GEMMs (llama-3.1-8b shapes, bf16): weight bytes / time, the engine's F.linear on an "
+                 "[out, in] weight beside a matmul on the same weight stored [in, out] (CUDA-graph replays, L2 "
+                 "defeated).\n\n")
+        text += table(["GEMM", "in x out", "tokens", "F.linear us", "GB/s", "of copy", "[in, out] us", "GB/s",
+                       "of copy", "rel. diff"],
+                      [[r["name"], f"{r['in']} x {r['out']}", str(r["tokens"]), f"{r['out_in_us']:.1f}",
+                        f"{r['out_in_gbps']:,.0f}", f"{r['out_in_of_copy']:.0%}", f"{r['in_out_us']:.1f}",
+                        f"{r['in_out_gbps']:,.0f}", f"{r['in_out_of_copy']:.0%}", error(r)] for r in result["linear"]])
     return text + (f"\n**A kernel's output differs from its reference beyond {BF16_TOLERANCE}.**\n"
                    if result.get("failed") else "")

@@ -210,3 +210,20 @@ def test_serve_profile_reruns_the_largest_level_under_the_servers_profiler(bench
     assert (tmp_path / "traces" / name).is_file()
     assert summary["num_steps"] >= 6 and summary["phases"]["step"]["count"] == summary["num_steps"]
     assert summary["gpu_busy_fraction"] is None  # no device on a CPU
+
+
+def test_kernels_report_shows_the_split_width_and_both_gemm_layouts():
+    from octavo.bench.kernels import markdown
+
+    env = {"command": "octavo bench kernels", "time_utc": "2026-12-07T00:00:00+00:00", "git_commit": "abc",
+           "device": {"name": "GPU"}, "versions": {}}
+    result = {"kind": "kernels", "env": env, "model": {"name": "attention"}, "roofline": None,
+              "decode": [{"batch": 1, "context": 192, "table_blocks": 128, "us": 9.5, "gbps": 80.0, "of_copy": 0.03,
+                          "rel_err": 1e-3}],
+              "prefill": [],
+              "linear": [{"name": "o_proj", "in": 4096, "out": 4096, "tokens": 1, "rel_err": 1e-3,
+                          "out_in_us": 19.7, "out_in_gbps": 1700.0, "out_in_of_copy": 0.57,
+                          "in_out_us": 11.0, "in_out_gbps": 3050.0, "in_out_of_copy": 1.01}]}
+    text = markdown(result)
+    assert "| 192 | 1 | 128 | 9.5 |" in text
+    assert "| o_proj | 4096 x 4096 | 1 | 19.7 | 1,700 | 57% | 11.0 | 3,050 | 101% |" in text
