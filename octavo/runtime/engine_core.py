@@ -22,6 +22,7 @@ from octavo.runtime.config import EngineArgs
 from octavo.runtime.core_protocol import (AbortRequest, AddRequest, Dead, ProfileDone, ProfileRequest, Ready,
                                           RequestFailure, Shutdown, StepOutputs, encoder, to_core_decoder)
 from octavo.runtime.engine import LLMEngine
+from octavo.runtime.gc_heap import freeze_startup_heap
 from octavo.runtime.outputs import RequestOutput
 from octavo.runtime.structured.compiler import GrammarError
 
@@ -50,6 +51,7 @@ def run_engine_core(engine_args: EngineArgs, input_address: str, output_address:
         engine.tokenizer = None  # the core decodes no text: log-probabilities leave without it
         outbox.send(encoder.encode(Ready(engine.kv_cache.num_blocks, engine.kv_cache.block_size,
                                          *engine.model_size())))
+        freeze_startup_heap()  # the core serves until its front goes: its start-up heap never dies
         try:
             EngineCore(engine, inbox, outbox, parent_pid).run()
         finally:

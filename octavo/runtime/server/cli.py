@@ -248,6 +248,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import threading
 
     from octavo.runtime.async_engine import AsyncLLMEngine
+    from octavo.runtime.gc_heap import freeze_startup_heap
     from octavo.runtime.server.app import build_app
     from octavo.runtime.server.shutdown import DrainingServer
     from octavo.runtime.usage_defaults import apply_server_defaults
@@ -266,6 +267,7 @@ async def _serve(args: argparse.Namespace) -> int:
     def on_loaded(engine: AsyncLLMEngine) -> None:
         loaded.append(engine)
         state.attach_engine(engine)
+        logger.debug("froze %d start-up objects", freeze_startup_heap())
         if args.uds:
             logger.info("serving %r (max_model_len %d) on the Unix socket %s", state.model_name, state.max_model_len,
                         args.uds)
