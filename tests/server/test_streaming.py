@@ -69,6 +69,19 @@ async def test_chat_stream_framing_and_deltas(client):
     assert usage_chunk["usage"] == whole["usage"]
 
 
+async def test_chat_stream_ends_with_the_stop_reason_as_vllm(client):
+    """The last chunk names what stopped the choice (vLLM's stop_reason): the stop string, as the
+    non-streamed response does; earlier chunks carry none."""
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 40,
+            "temperature": 0.0, "stop": ["e"]}
+    whole = (await client.post("/v1/chat/completions", json=body)).json()["choices"][0]
+    assert whole["finish_reason"] == "stop" and whole["stop_reason"] == "e"
+    chunks = parse_sse((await client.post("/v1/chat/completions", json={**body, "stream": True})).text)[:-1]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["stop_reason"] == "e"
+    assert all(c["choices"][0]["stop_reason"] is None for c in chunks[:-1])
+
+
 async def test_concurrent_streaming_clients_get_their_own_outputs(engine, live_server):
     """32 streams at once on a real uvicorn server; each must equal the same request's greedy output
     computed in one batch beforehand, so no stream can have received another's tokens."""

@@ -217,7 +217,8 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
                     finished.add(out.index)
                     called = out.index in readers and readers[out.index].called
                     yield chunk(ChatStreamChoice(index=out.index, delta=delta or DeltaMessage(), logprobs=logprobs,
-                                                 finish_reason=finish_reason(plan, called, out.finish_reason)))
+                                                 finish_reason=finish_reason(plan, called, out.finish_reason),
+                                                 stop_reason=out.stop_reason))
                 elif delta is not None:
                     yield (content_chunk(out.index, out.text) if plan is None and logprobs is None
                            else chunk(ChatStreamChoice(index=out.index, delta=delta, logprobs=logprobs)))

@@ -591,6 +591,7 @@ class ChatStreamChoice(BaseModel):
     delta: DeltaMessage
     logprobs: ChatChoiceLogprobs | None = None
     finish_reason: str | None = None
+    stop_reason: int | str | None = None  # vLLM's: on the last chunk, the stop string or token that ended it
 
 
 class ChatCompletionChunk(BaseModel):
