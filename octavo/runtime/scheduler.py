@@ -116,8 +116,7 @@ class Scheduler:
         what the running requests hold back."""
         if not self.has_slot():
             return False
-        ratio = self.config.kv_reserve_ratio
-        return not ratio or self.kv_cache.num_free_blocks > ratio * sum(map(self._blocks_to_finish, self.running))
+        return not self.config.kv_reserve_ratio or self.kv_cache.num_free_blocks > self._reserved_blocks()
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.held_siblings)
@@ -167,7 +166,7 @@ class Scheduler:
             index += 1
 
         ratio = self.config.kv_reserve_ratio
-        reserved = ratio * sum(map(self._blocks_to_finish, self.running)) if ratio and self.has_slot() else 0.0
+        reserved = self._reserved_blocks() if ratio and self.has_slot() else 0.0
         while self.has_slot() and budget > 0 and not out.preempted:
             request = self.waiting[0]
             if not request.block_ids:
@@ -198,6 +197,10 @@ class Scheduler:
             out.scheduled.append(ScheduledRequest(request, num_new, 0))
             budget -= num_new
         return out
+
+    def _reserved_blocks(self) -> float:
+        """The free blocks admission holds back for the running requests' remaining output."""
+        return self.config.kv_reserve_ratio * sum(map(self._blocks_to_finish, self.running))
 
     def _blocks_to_finish(self, request: Request) -> int:
         """Blocks the request still needs to hold every token it may reach: its prompt, and its
