@@ -47,31 +47,31 @@ class _Prompt:
 INLINE_PROMPT_IDS = 8192
 
 
+def _prompt_items(raw: str | list) -> list[str | list[int]]:
+    """The body's prompts one by one: a text, a list of token ids, or a batch of either ([]: none)."""
+    if isinstance(raw, str):
+        return [raw]
+    if not raw:
+        return []
+    return list(raw) if isinstance(raw[0], (str, list)) else [raw]
+
+
 def needs_tokenizer_thread(body: CompletionRequest) -> bool:
     """Whether preparing this body's prompts tokenizes or decodes text, or checks many ids."""
-    raw = body.prompt
-    if body.echo or isinstance(raw, str) or not raw:
-        return True
-    items = raw if isinstance(raw[0], (str, list)) else [raw]
-    if any(not isinstance(item, list) for item in items):
+    items = _prompt_items(body.prompt)
+    if body.echo or not items or any(not isinstance(item, list) for item in items):
         return True
     return sum(len(item) for item in items) > INLINE_PROMPT_IDS
 
 
 def _prompts(state: ServingState, body: CompletionRequest, output_kind: RequestOutputKind) -> list[_Prompt]:
-    raw = body.prompt
-    if isinstance(raw, str):
-        items: list[str | list[int]] = [raw]
-    elif not raw:
+    items = _prompt_items(body.prompt)
+    if not items:
         raise bad_request("prompt is empty: give a string, token ids, or a list of them", param="prompt")
-    elif isinstance(raw[0], (str, list)):
-        items = list(raw)  # a batch
-        limit = state.settings.max_prompts_per_request
-        if len(items) > limit:
-            raise bad_request(f"{len(items)} prompts in one request, over the limit of {limit} "
-                              "(--max-prompts-per-request): send them in several requests", param="prompt")
-    else:
-        items = [list(raw)]  # one prompt of token ids
+    limit = state.settings.max_prompts_per_request  # at least 1: one prompt is never over it
+    if len(items) > limit:
+        raise bad_request(f"{len(items)} prompts in one request, over the limit of {limit} "
+                          "(--max-prompts-per-request): send them in several requests", param="prompt")
     # max_tokens: null means the API's default (16), as in vLLM; 0 with echo scores the prompt.
     max_tokens = 1 if body.echo_only else (body.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS)
     wanted = [n for n in (body.logprobs if body.echo else None, body.prompt_logprobs) if n is not None]
