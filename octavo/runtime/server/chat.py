@@ -24,7 +24,8 @@ from octavo.runtime.server.protocol import (AssistantMessage, ChatChoice, ChatCh
                                             ChatCompletionRequest, ChatCompletionResponse, ChatStreamChoice,
                                             DeltaMessage, FunctionCall, TokenizeChatRequest, ToolCall, UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import SSE_HEADERS, TextEvents, cancel_on_disconnect, sse_event, with_error_events
+from octavo.runtime.server.streaming import (SSE_HEADERS, ChoiceTextEvents, cancel_on_disconnect, sse_event,
+                                             with_error_events)
 from octavo.runtime.server.tool_calling import (ToolPlan, finish_reason, template_message, template_tools,
                                                 tool_plan)
 from octavo.runtime.server.tool_parsers import extract
@@ -183,17 +184,15 @@ async def _events(state: ServingState, body: ChatCompletionRequest, model: str, 
     usage = UsageInfo()
     finished: set[int] = set()
 
+    def response(choice: ChatStreamChoice) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice])
+
     def chunk(choice: ChatStreamChoice) -> bytes:
-        return sse_event(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[choice]), exclude)
+        return sse_event(response(choice), exclude)
 
-    content_chunks: dict[int, TextEvents] = {}  # per choice: its chunks of content alone
-
-    def content_chunk(index: int, content: str) -> bytes:
-        if index not in content_chunks:
-            content_chunks[index] = TextEvents(lambda t: ChatCompletionChunk(
-                id=request_id, created=created, model=model,
-                choices=[ChatStreamChoice(index=index, delta=DeltaMessage(content=t))]), exclude)
-        return content_chunks[index](content)
+    # A choice's chunks of content alone.
+    content_chunk = ChoiceTextEvents(
+        lambda index, text: response(ChatStreamChoice(index=index, delta=DeltaMessage(content=text))), exclude)
 
     for index in range(n):
         yield chunk(ChatStreamChoice(index=index, delta=DeltaMessage(role="assistant", content="")))

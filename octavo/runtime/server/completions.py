@@ -29,7 +29,7 @@ from octavo.runtime.server.protocol import (DEFAULT_COMPLETION_MAX_TOKENS, Compl
                                             CompletionRequest, CompletionResponse, CompletionStreamResponse,
                                             UsageInfo)
 from octavo.runtime.server.state import RequestAborted, ServingState, random_id
-from octavo.runtime.server.streaming import (SSE_HEADERS, TextEvents, cancel_on_disconnect, merge, sse_event,
+from octavo.runtime.server.streaming import (SSE_HEADERS, ChoiceTextEvents, cancel_on_disconnect, merge, sse_event,
                                              with_error_events)
 
 
@@ -227,18 +227,14 @@ async def _events(state: ServingState, body: CompletionRequest, model: str, resp
     text_offsets: dict[int, int] = {}
     counted_prompts: set[int] = set()
 
+    def response(choice: CompletionChoice) -> CompletionStreamResponse:
+        return CompletionStreamResponse(id=response_id, created=created, model=model, choices=[choice])
+
     def chunk(choice: CompletionChoice) -> bytes:
-        return sse_event(CompletionStreamResponse(id=response_id, created=created, model=model, choices=[choice]),
-                         exclude)
+        return sse_event(response(choice), exclude)
 
-    text_chunks: dict[int, TextEvents] = {}  # per choice: its chunks without logprobs
-
-    def text_chunk(index: int, text: str) -> bytes:
-        if index not in text_chunks:
-            text_chunks[index] = TextEvents(lambda t: CompletionStreamResponse(
-                id=response_id, created=created, model=model, choices=[CompletionChoice(index=index, text=t)]),
-                exclude)
-        return text_chunks[index](text)
+    # A choice's chunks without logprobs.
+    text_chunk = ChoiceTextEvents(lambda index, text: response(CompletionChoice(index=index, text=text)), exclude)
 
     async with aclosing(merge(generators)) as outputs:
         async for prompt_index, output in outputs:

@@ -75,6 +75,21 @@ class TextEvents:
         return self.parts[0] + to_json(text) + self.parts[1]
 
 
+class ChoiceTextEvents:
+    """A TextEvents per choice of a stream, made at its first chunk: build(index, text) gives the
+    response that carries that choice's text."""
+
+    def __init__(self, build: Callable[[int, str], BaseModel], exclude: set[str] | None = None) -> None:
+        self.build, self.exclude = build, exclude
+        self.by_index: dict[int, TextEvents] = {}
+
+    def __call__(self, index: int, text: str) -> bytes:
+        events = self.by_index.get(index)
+        if events is None:
+            events = self.by_index[index] = TextEvents(lambda t: self.build(index, t), self.exclude)
+        return events(text)
+
+
 async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """Items of several async iterators as they come, tagged with the iterator's index. An error in
     one ends the merge with that error; closing the merge closes every iterator."""
