@@ -49,9 +49,9 @@ def run_engine_core(engine_args: EngineArgs, input_address: str, output_address:
     try:
         engine = LLMEngine.from_engine_args(engine_args)
         engine.tokenizer = None  # the core decodes no text: log-probabilities leave without it
+        freeze_startup_heap()  # before Ready: the core serves until its front goes, its start-up heap never dies
         outbox.send(encoder.encode(Ready(engine.kv_cache.num_blocks, engine.kv_cache.block_size,
                                          *engine.model_size())))
-        freeze_startup_heap()  # the core serves until its front goes: its start-up heap never dies
         try:
             EngineCore(engine, inbox, outbox, parent_pid).run()
         finally:
