@@ -35,7 +35,8 @@ OFFLINE_LARGE_GPU = {"max_num_seqs": 1024, "max_num_batched_tokens": 16384, "kv_
 
 
 def offline_defaults(device_type: str, memory_gib: float | None) -> dict[str, float]:
-    """The LLM class's batch limits on a device of this type and memory (empty: the engine's own)."""
+    """The LLM class's batch limits and admission reserve on a device of this type and memory (empty:
+    the engine's own)."""
     if device_type == "cuda" and memory_gib is not None and memory_gib >= LARGE_GPU_GIB:
         return dict(OFFLINE_LARGE_GPU)
     return {}
