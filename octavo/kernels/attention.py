@@ -6,8 +6,9 @@ Both kernels serve a whole GQA group per program: the query rows of a tile are
 (token, head-in-group) pairs, so each K/V tile is read once for all the query heads that share it.
 
 Decode (`paged_decode_attention`) is memory-bound: the floor is the bytes of K and V it reads.
-One request's context is cut into `num_partitions` equal parts processed in parallel, then a
-second kernel merges the partial softmaxes. The number of parts depends only on tensor shapes
+One request's context is cut into `num_partitions` equal parts processed in parallel; the last
+program of a (request, KV head) to finish merges the partial softmaxes (an arrival counter in
+global memory), so there is no second kernel. The number of parts depends only on tensor shapes
 (batch, KV heads, block_tables.shape[1]) so that a CUDA graph captured once replays correctly for
 any sequence lengths; each request's own length is split evenly inside the kernel, so no program
 idles as long as the context has more than `num_partitions * BLOCK_N` tokens.
@@ -25,6 +26,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from octavo.kernels import pdl
+from octavo.kernels.arrival import arrival_counters
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -56,7 +60,7 @@ _PER_STEP_SCALARS_PREFILL = ["sliding_window", "num_seqs", "stride_bt", "QLEN_HI
 @triton.jit(do_not_specialize=_PER_STEP_SCALARS_DECODE)
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
-    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr,
+    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, counters_ptr,
     qk_scale, sliding_window, num_partitions,
     stride_qb, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -67,8 +71,9 @@ def _decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     KV_BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, MERGE_G: tl.constexpr, MERGE_P: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    pdl.wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -126,52 +131,68 @@ def _decode_kernel(
     # l_i == 0 only for an empty partition (or an empty context): write zeros, not NaN.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     if SPLIT:
-        part_row = (seq * tl.num_programs(1) * NUM_Q_PER_KV + heads) * num_partitions + part
+        # Partials are [batch, kv_heads, partitions, group, head_dim]: one (request, KV head)'s
+        # are contiguous for the merge below.
+        group_row = (seq * tl.num_programs(1) + kv_head) * num_partitions
+        part_row = (group_row + part) * NUM_Q_PER_KV + rows
         tl.store(part_max_ptr + part_row, m_i, mask=row_mask)
         tl.store(part_sum_ptr + part_row, l_i, mask=row_mask)
         tl.store(part_out_ptr + part_row[:, None] * HEAD_DIM + dims[None, :], out,
                  mask=row_mask[:, None] & dim_mask[None, :])
+        # The last of this (request, KV head)'s programs to finish merges every partial: no
+        # second kernel (its launch cost as much as its work at short contexts). The barrier
+        # orders all threads' stores before the release; the acquire makes them visible here.
+        tl.debug_barrier()
+        counter = counters_ptr + seq * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_partitions - 1:
+            tl.store(counter, 0)  # every program of this launch has counted: ready for the next
+            used = tl.where(tokens_per_part > 0, tl.cdiv(seq_len - start, tl.maximum(tokens_per_part, 1)), 0)
+            _merge_partials(out_ptr + seq * stride_ob, part_out_ptr, part_max_ptr, part_sum_ptr,
+                            group_row, used, kv_head, stride_oh,
+                            NUM_Q_PER_KV, MERGE_G, HEAD_DIM, BLOCK_D, MERGE_P)
     else:
         tl.store(out_ptr + seq * stride_ob + heads[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & dim_mask[None, :])
 
 
 @triton.jit
-def _decode_reduce_kernel(
-    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr,
-    num_partitions, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK_P: tl.constexpr,
+def _merge_partials(
+    out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, group_row, used, kv_head, stride_oh,
+    NUM_Q_PER_KV: tl.constexpr, MERGE_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    MERGE_P: tl.constexpr,
 ):
-    """Merge the partial softmaxes of one (request, head): weights l_p * 2^(m_p - max m)."""
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    row = seq * tl.num_programs(1) + head
-    parts = tl.arange(0, BLOCK_P)
-    maxes = tl.load(part_max_ptr + row * num_partitions + parts, mask=parts < num_partitions,
-                    other=-1.0e30)
-    global_max = tl.max(maxes, 0)
-
+    """Merge the first `used` partial softmaxes of one (request, KV head)'s query heads (the
+    rest are empty): weights l_p * 2^(m_p - max m), MERGE_P partitions at a time. Loads bypass L1
+    (.cg): the partials were written by other multiprocessors."""
+    rows = tl.arange(0, MERGE_G)
+    row_mask = rows < NUM_Q_PER_KV
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < HEAD_DIM
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    total = tl.zeros([CHUNK_P], dtype=tl.float32)
-    for chunk in range(0, num_partitions, CHUNK_P):
-        idx = chunk + tl.arange(0, CHUNK_P)
-        mask = idx < num_partitions
-        m = tl.load(part_max_ptr + row * num_partitions + idx, mask=mask, other=-1.0e30)
-        s = tl.load(part_sum_ptr + row * num_partitions + idx, mask=mask, other=0.0)
-        w = s * tl.exp2(m - global_max)
-        o = tl.load(part_out_ptr + (row * num_partitions + idx)[:, None] * HEAD_DIM + dims[None, :],
-                    mask=mask[:, None] & dim_mask[None, :], other=0.0)
-        acc += tl.sum(o * w[:, None], 0)
-        total += w
-    denom = tl.sum(total, 0)
-    out = acc / tl.where(denom > 0.0, denom, 1.0)
-    tl.store(out_ptr + seq * stride_ob + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
-             mask=dim_mask)
+    m_all = tl.full([MERGE_G], -1.0e30, dtype=tl.float32)
+    l_all = tl.zeros([MERGE_G], dtype=tl.float32)
+    acc = tl.zeros([MERGE_G, BLOCK_D], dtype=tl.float32)
+    for first in range(0, used, MERGE_P):
+        parts = first + tl.arange(0, MERGE_P)
+        mask = (parts < used)[:, None] & row_mask[None, :]
+        index = (group_row + parts)[:, None] * NUM_Q_PER_KV + rows[None, :]  # [MERGE_P, MERGE_G]
+        m = tl.load(part_max_ptr + index, mask=mask, other=-1.0e30, cache_modifier=".cg")
+        l = tl.load(part_sum_ptr + index, mask=mask, other=0.0, cache_modifier=".cg")
+        o = tl.load(part_out_ptr + index[:, :, None] * HEAD_DIM + dims[None, None, :],
+                    mask=mask[:, :, None] & dim_mask[None, None, :], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_all, tl.max(m, 0))
+        alpha = tl.exp2(m_all - m_new)
+        w = l * tl.exp2(m - m_new[None, :])
+        l_all = l_all * alpha + tl.sum(w, 0)
+        acc = acc * alpha[:, None] + tl.sum(o * w[:, :, None], 0)
+        m_all = m_new
+    out = acc / tl.where(l_all > 0.0, l_all, 1.0)[:, None]
+    heads = kv_head * NUM_Q_PER_KV + rows
+    tl.store(out_ptr + heads[:, None] * stride_oh + dims[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & dim_mask[None, :])
 
 
 _SM_COUNT: dict[int, int] = {}
+_MERGE_TILE = 4096
 
 
 def _num_sms(device: torch.device) -> int:
@@ -278,17 +299,19 @@ def paged_decode_attention(
                                            query.device)
     split = num_partitions > 1
     if split:
-        part_out = torch.empty((batch, num_heads, num_partitions, head_dim), dtype=torch.float32,
+        part_out = torch.empty((batch, num_kv_heads, num_partitions, group, head_dim), dtype=torch.float32,
                                device=query.device)
-        part_max = torch.empty((batch, num_heads, num_partitions), dtype=torch.float32,
+        part_max = torch.empty((batch, num_kv_heads, num_partitions, group), dtype=torch.float32,
                                device=query.device)
         part_sum = torch.empty_like(part_max)
+        counters = arrival_counters(batch * num_kv_heads, query.device)
     else:
-        part_out = part_max = part_sum = out  # unused
+        part_out = part_max = part_sum = counters = out  # unused
+    merge_g = triton.next_power_of_2(group)
     alibi = alibi_slopes.float().contiguous() if alibi_slopes is not None else query
     _decode_kernel[(batch, num_kv_heads, num_partitions)](
         query, k_cache, v_cache, block_tables, seq_lens, alibi,
-        out, part_out, part_max, part_sum,
+        out, part_out, part_max, part_sum, counters,
         scale * _LOG2E, sliding_window or 0, num_partitions,
         query.stride(0), query.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -299,15 +322,11 @@ def paged_decode_attention(
         HEAD_DIM=head_dim, BLOCK_D=block_d, KV_BLOCK_SIZE=block_size,
         HAS_ALIBI=alibi_slopes is not None, HAS_WINDOW=sliding_window is not None, SPLIT=split,
         DOT_PRECISION=_dot_precision(k_cache.dtype),
-        **config,
+        # The merge loads MERGE_P partitions x MERGE_G heads x BLOCK_D floats at once: at most
+        # _MERGE_TILE, a few dozen registers a thread.
+        MERGE_G=merge_g, MERGE_P=max(1, _MERGE_TILE // (merge_g * block_d)),
+        **config, **pdl.launch_args(query.device),
     )
-    if split:
-        _decode_reduce_kernel[(batch, num_heads)](
-            out, part_out, part_max, part_sum, num_partitions, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_P=triton.next_power_of_2(num_partitions),
-            # One pass over up to 64 partials: a loop of dependent loads would be latency.
-            CHUNK_P=min(64, triton.next_power_of_2(num_partitions)), num_warps=4,
-        )
     return out
 
 

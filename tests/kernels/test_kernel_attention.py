@@ -92,6 +92,28 @@ def test_decode_partitions_depend_on_shapes_only(kernels):
     assert n(1, 2, 1, 16, device) == 1  # nothing to split
 
 
+def test_split_decode_merges_in_the_last_program_and_resets_its_counters(kernels):
+    """A table far wider than the contexts (as the engine's graphs pad it): most partitions are
+    empty and the last program to arrive merges only the ones with work. Called again with other
+    lengths on the same arrival counters, it is still right, and leaves them all at zero."""
+    attention = kernels.attention
+    num_heads, num_kv_heads, head_dim, block_size = 8, 2, 64, 16
+    lens = [70]
+    k_cache, v_cache, block_tables = make_paged_kv(lens, num_kv_heads, head_dim, block_size, torch.float32,
+                                                   seed=5, spare_columns=60)
+    parts = attention.decode_num_partitions(len(lens), num_kv_heads, block_tables.shape[1], block_size,
+                                            torch.device("cpu"))
+    assert parts == 8  # and 70 tokens fill five of them (tiles of 16 tokens under the interpreter)
+    query = make_query(len(lens), num_heads, num_kv_heads, head_dim, torch.float32, seed=5)
+    for lengths in (lens, [1], [40]):
+        seq_lens = torch.tensor(lengths, dtype=torch.int32)
+        out = attention.paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, 0.125)
+        ref = paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, 0.125)
+        assert kernels.relative_error(out, ref) < kernels.tolerance[torch.float32]
+    counters = attention.arrival_counters(len(lens) * num_kv_heads, query.device)
+    assert int(counters.abs().sum()) == 0
+
+
 PREFILL_CASES = [
     # dtype, head_dim, heads, kv_heads, block_size, query lengths, cached prefixes, alibi, window
     pytest.param(torch.float32, 64, 4, 4, 16, [5, 1, 17], [0, 12, 30], False, None, id="mha-prefix"),
