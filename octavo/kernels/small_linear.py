@@ -37,7 +37,9 @@ MAX_ROWS = 64
 PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
 
 
-@triton.jit
+# The row count changes from step to step: one compiled variant for all of them (Triton would
+# specialise 1 and multiples of 16), so a step outside the captured graphs never waits on a compile.
+@triton.jit(do_not_specialize=["M"])
 def _small_linear_kernel(
     x_ptr, residual_ptr, norm_w_ptr, w_ptr, bias_ptr, out_ptr, residual_out_ptr, part_ptr, part_sq_ptr,
     counters_ptr, M, N, K, eps, k_per_split, split_k,
