@@ -50,15 +50,6 @@ def graph_ms(fns: list, replays: int, device: Any) -> float:
 LINEAR_SHAPES = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096),
                  ("lm_head", 4096, 128256))
 LINEAR_TOKENS = (1, 8, 64)
-# `--parts fused`: each projection with the op before it, as the decode step runs them: the
-# unfused pair (Triton norm or activation, then F.linear) against small_linear.py's one kernel.
-FUSED_SHAPES = (("qkv", 4096, 6144, "norm"), ("o_proj", 4096, 4096, None), ("gate_up", 4096, 28672, "norm"),
-                ("down", 14336, 4096, "silu"))
-FUSED_TOKENS = (1, 8, 16, 64)
-# Tile and grid choices tried at one token (small_linear_config's keyword arguments).
-FUSED_SWEEP = tuple(dict(block_n=n, block_k=k, programs_per_sm=p)
-                    for n, k, p in ((32, 128, 4), (64, 128, 2), (64, 128, 4), (128, 128, 2), (32, 256, 4),
-                                    (64, 256, 2)))
 
 
 def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int, table_blocks: int | None = None) -> dict:
@@ -112,56 +103,6 @@ def linear_point(name: str, in_features: int, out_features: int, tokens: int, de
     return row
 
 
-def fused_point(name: str, in_features: int, out_features: int, prologue: str | None, tokens: int, device: Any,
-                sweep: tuple = ()) -> dict:
-    """One projection with its prologue, unfused and fused (and the fused kernel under each
-    config of `sweep`), weights rotated so that L2 holds none."""
-    import torch
-    import torch.nn.functional as F
-
-    from octavo.kernels import activation, norm, small_linear
-
-    weight_bytes = 2 * in_features * out_features
-    sets = max(1, min(16, math.ceil(400e6 / weight_bytes)))
-    weights = [torch.randn(out_features, in_features, device=device, dtype=torch.bfloat16) / in_features ** 0.5
-               for _ in range(sets)]
-    width = 2 * in_features if prologue == "silu" else in_features
-    xs = [torch.randn(tokens, width, device=device, dtype=torch.bfloat16) for _ in range(sets)]
-    residuals = [torch.randn(tokens, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
-    gamma = torch.ones(in_features, device=device, dtype=torch.bfloat16)
-
-    def unfused(x, w, r):
-        if prologue == "norm":
-            return F.linear(norm.rms_norm(x, gamma, 1e-5, r)[0], w)
-        return F.linear(activation.silu_and_mul(x) if prologue == "silu" else x, w)
-
-    def fused(x, w, r, config=None):
-        if prologue == "norm":
-            return small_linear.rms_norm_linear(x, gamma, 1e-5, w, None, r, config)[0]
-        if prologue == "silu":
-            return small_linear.silu_and_mul_linear(x, w, None, config)
-        return small_linear.linear(x, w, None, config)
-
-    triples = list(zip(xs, weights, residuals))
-    row = {"name": name, "in": in_features, "out": out_features, "tokens": tokens, "prologue": prologue,
-           "rel_err": relative_error(fused(*triples[0]), unfused(*triples[0]))}
-    for label, fn in (("unfused", unfused), ("fused", fused)):
-        ms = graph_ms([lambda t=t, fn=fn: fn(*t) for t in triples], 20, device)
-        row[f"{label}_us"], row[f"{label}_gbps"] = 1e3 * ms, weight_bytes / ms / 1e6
-    row["sweep"] = []
-    for choice in sweep:
-        config = small_linear.small_linear_config(tokens, out_features, in_features, device, **choice)
-        try:
-            ms = graph_ms([lambda t=t, c=config: fused(*t, dict(c)) for t in triples], 20, device)
-        except Exception as exc:  # noqa: BLE001 - a tile too large for shared memory: recorded, not fatal
-            row["sweep"].append({**choice, "split_k": config["split_k"], "us": math.inf, "error": str(exc)[:200]})
-            continue
-        row["sweep"].append({**choice, "split_k": config["split_k"], "us": 1e3 * ms})
-    del weights, xs, residuals
-    torch.cuda.empty_cache()
-    return row
-
-
 def prefill_point(seq_len: int, device: Any) -> dict:
     import torch
     from triton.testing import do_bench
@@ -193,7 +134,7 @@ def benchmark(args: Any, save_partial) -> dict:
     parts = set(args.parts.split(","))
     result: dict = {"kind": "kernels", "tag": args.tag, "env": environment(args.device, args),
                     "model": {"name": "attention"}, "roofline": roofline.measure(device), "decode": [], "prefill": [],
-                    "linear": [], "fused": []}
+                    "linear": []}
     copy_gbps = result["roofline"]["copy_bandwidth_gbps"]
     if "attention" in parts:
         attention(result, device, save_partial)
@@ -204,14 +145,7 @@ def benchmark(args: Any, save_partial) -> dict:
                 row["out_in_of_copy"], row["in_out_of_copy"] = row["out_in_gbps"] / copy_gbps, row["in_out_gbps"] / copy_gbps
                 result["linear"].append(row)
                 save_partial(result)
-    if "fused" in parts:
-        for name, in_features, out_features, prologue in FUSED_SHAPES:
-            for tokens in FUSED_TOKENS:
-                sweep = FUSED_SWEEP if tokens == 1 else ()
-                result["fused"].append(fused_point(name, in_features, out_features, prologue, tokens, device, sweep))
-                save_partial(result)
-    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] + result["linear"] + result["fused"]
-               if r["rel_err"] is not None]
+    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] + result["linear"] if r["rel_err"] is not None]
     result["failed"] = any(not error < BF16_TOLERANCE for error in checked)
     return result
 
@@ -265,21 +199,5 @@ def markdown(result: dict) -> str:
                       [[r["name"], f"{r['in']} x {r['out']}", str(r["tokens"]), f"{r['out_in_us']:.1f}",
                         f"{r['out_in_gbps']:,.0f}", f"{r['out_in_of_copy']:.0%}", f"{r['in_out_us']:.1f}",
                         f"{r['in_out_gbps']:,.0f}", f"{r['in_out_of_copy']:.0%}", error(r)] for r in result["linear"]])
-    if result.get("fused"):
-        text += ("\nDecode projections with the op before them (llama-3.1-8b shapes, bf16): the Triton norm or "
-                 "activation then F.linear, against small_linear.py's one kernel; weight bytes / time (CUDA-graph "
-                 "replays, L2 defeated); best of the config sweep at one token.\n\n")
-
-        def best(row: dict) -> str:
-            if not row["sweep"]:
-                return ""
-            top = min(row["sweep"], key=lambda c: c["us"])
-            return f"{top['us']:.1f} (n{top['block_n']} k{top['block_k']} p{top['programs_per_sm']} s{top['split_k']})"
-
-        text += table(["GEMM", "prologue", "tokens", "unfused us", "GB/s", "fused us", "GB/s", "best config us",
-                       "rel. diff"],
-                      [[r["name"], r["prologue"] or "—", str(r["tokens"]), f"{r['unfused_us']:.1f}",
-                        f"{r['unfused_gbps']:,.0f}", f"{r['fused_us']:.1f}", f"{r['fused_gbps']:,.0f}", best(r),
-                        error(r)] for r in result["fused"]])
     return text + (f"\n**A kernel's output differs from its reference beyond {BF16_TOLERANCE}.**\n"
                    if result.get("failed") else "")

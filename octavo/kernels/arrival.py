@@ -1,6 +1,6 @@
 """Arrival counters for kernels whose last program to finish a piece of work combines the
-partial results of the others (split decode attention, split-K linear layers): one int32 per
-piece in global memory, so no second kernel is launched to combine them.
+partial results of the others (the split decode attention's merge): one int32 per piece in
+global memory, so no second kernel is launched to combine them.
 
 Each counter is zero between launches: the program that arrives last resets its own. CUDA graphs
 therefore replay them as captured. Launches that share a device run one after another on its

@@ -27,7 +27,6 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo.kernels import pdl
 from octavo.kernels.arrival import arrival_counters
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -71,9 +70,8 @@ def _decode_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     KV_BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, MERGE_G: tl.constexpr, MERGE_P: tl.constexpr, USE_PDL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, MERGE_G: tl.constexpr, MERGE_P: tl.constexpr,
 ):
-    pdl.wait_for_previous_kernel(USE_PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
@@ -325,7 +323,7 @@ def paged_decode_attention(
         # The merge loads MERGE_P partitions x MERGE_G heads x BLOCK_D floats at once: at most
         # _MERGE_TILE, a few dozen registers a thread.
         MERGE_G=merge_g, MERGE_P=max(1, _MERGE_TILE // (merge_g * block_d)),
-        **config, **pdl.launch_args(query.device),
+        **config,
     )
     return out
 

@@ -7,17 +7,14 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo.kernels import pdl
-
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr,
     hidden, eps,
     stride_x, stride_residual, stride_out, stride_residual_out,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pdl.wait_for_previous_kernel(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -67,6 +64,6 @@ def rms_norm(
             x2, r2, weight, out2, ro2, hidden, eps,
             x2.stride(0), r2.stride(0), out2.stride(0), ro2.stride(0),
             HAS_RESIDUAL=residual is not None, BLOCK=block,
-            num_warps=min(max(block // 512, 1), 16), **pdl.launch_args(x.device),
+            num_warps=min(max(block // 512, 1), 16),
         )
     return out if residual is None else (out, residual_out)

@@ -9,16 +9,12 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
 from octavo.kernels.cache_ref import rotary_and_write_kv_ref, write_kv_cache_ref
 from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mul_ref
 
 _TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
-# Linear layers of at most this many rows (decode steps of small batches) run small_linear.py's
-# fused kernels; larger ones cuBLAS. 0 sends every one to cuBLAS (an A/B switch); at most 64.
-_SMALL_LINEAR_ROWS = min(int(os.environ.get("OCTAVO_SMALL_LINEAR_ROWS", "16")), 64)
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
@@ -90,39 +86,3 @@ def silu_and_mul(x):
 
         return kernel(x)
     return silu_and_mul_ref(x)
-
-
-def _small_rows(x: torch.Tensor) -> bool:
-    return use_triton(x) and x.dim() == 2 and x.shape[0] <= _SMALL_LINEAR_ROWS and x.stride(-1) == 1
-
-
-def linear(x, weight, bias=None):
-    """F.linear; a few rows on CUDA in one kernel (no split-K reduce kernel after it)."""
-    if _small_rows(x):
-        from octavo.kernels.small_linear import linear as kernel
-
-        return kernel(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None):
-    """linear(rms_norm(x [+ residual])), and with a residual also x + residual: the norm fused
-    into the projection's loads for a few rows on CUDA."""
-    if _small_rows(x) and (residual is None or residual.stride(-1) == 1):
-        from octavo.kernels.small_linear import rms_norm_linear as kernel
-
-        return kernel(x, norm_weight, eps, weight, bias, residual)
-    if residual is None:
-        return F.linear(rms_norm(x, norm_weight, eps), weight, bias)
-    normed, residual = rms_norm(x, norm_weight, eps, residual)
-    return F.linear(normed, weight, bias), residual
-
-
-def silu_and_mul_linear(x, weight, bias=None):
-    """linear(silu(gate) * up) for x = [gate | up]: the activation fused into the projection's
-    loads for a few rows on CUDA."""
-    if _small_rows(x):
-        from octavo.kernels.small_linear import silu_and_mul_linear as kernel
-
-        return kernel(x, weight, bias)
-    return F.linear(silu_and_mul(x), weight, bias)

@@ -13,8 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from octavo.kernels import pdl
-
 from octavo.kernels.cache import check_kv_write
 
 
@@ -54,9 +52,7 @@ def _rotary_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh,
     stride_qot, stride_qoh, stride_kot, stride_koh, stride_cache,
     HEAD_DIM: tl.constexpr, ROTARY_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    USE_PDL: tl.constexpr,
 ):
-    pdl.wait_for_previous_kernel(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_D)
@@ -101,7 +97,7 @@ def rotary(
         query.stride(0), query.stride(1), key.stride(0), key.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), cos_sin_cache.stride(0),
         HEAD_DIM=head_dim, ROTARY_DIM=rotary_dim, BLOCK_H=block_h, BLOCK_D=block_d,
-        num_warps=4, **pdl.launch_args(query.device),
+        num_warps=4,
     )
     return q_out, k_out
 
@@ -113,9 +109,7 @@ def _rotary_write_kv_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_qot, stride_qoh, stride_cache,
     stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct, stride_vch,
     HEAD_DIM: tl.constexpr, ROTARY_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    USE_PDL: tl.constexpr,
 ):
-    pdl.wait_for_previous_kernel(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_D)
@@ -169,6 +163,6 @@ def rotary_and_write_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         HEAD_DIM=head_dim, ROTARY_DIM=rotary_dim, BLOCK_H=block_h, BLOCK_D=block_d,
-        num_warps=4, **pdl.launch_args(query.device),
+        num_warps=4,
     )
     return q_out

@@ -103,7 +103,7 @@ def test_split_decode_merges_in_the_last_program_and_resets_its_counters(kernels
                                                    seed=5, spare_columns=60)
     parts = attention.decode_num_partitions(len(lens), num_kv_heads, block_tables.shape[1], block_size,
                                             torch.device("cpu"))
-    assert parts == 8  # and 70 tokens fill five of them (tiles of 16 tokens under the interpreter)
+    assert parts >= 4  # and 70 tokens fill only some of them (five of 8 interpreted, two of 5 on an H100)
     query = make_query(len(lens), num_heads, num_kv_heads, head_dim, torch.float32, seed=5)
     for lengths in (lens, [1], [40]):
         seq_lens = torch.tensor(lengths, dtype=torch.int32)

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from octavo.kernels import ops
 from octavo.runtime.distributed import TPGroup, current_tp_group
 from octavo.runtime.tp_shapes import divide
 
@@ -75,15 +74,6 @@ class ColumnParallelLinear(nn.Linear):
         offset = sum(rows for _, rows in self.shards[:part])
         start, rows = self.shards[part]
         copy_into(param.data[offset:offset + rows], loaded[start:start + rows], f"part {part} of a column-parallel layer")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.linear(x, self.weight, self.bias)
-
-    def forward_rms_norm(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                         residual: torch.Tensor | None = None):
-        """This layer of rms_norm(x [+ residual]); with a residual, also x + residual (the
-        residual stream). One kernel for a few rows on CUDA (ops.rms_norm_linear)."""
-        return ops.rms_norm_linear(x, norm_weight, eps, self.weight, self.bias, residual)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -141,16 +131,8 @@ class RowParallelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return ops.linear(x, self.weight, self.bias)
-        out = self.tp.all_reduce(ops.linear(x, self.weight))
-        return out if self.bias is None else out + self.bias
-
-    def forward_silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """This layer of silu(gate) * up for gate_up = [gate | up] (this rank's slices). One
-        kernel for a few rows on CUDA (ops.silu_and_mul_linear)."""
-        if self.tp.size == 1:
-            return ops.silu_and_mul_linear(gate_up, self.weight, self.bias)
-        out = self.tp.all_reduce(ops.silu_and_mul_linear(gate_up, self.weight))
+            return F.linear(x, self.weight, self.bias)
+        out = self.tp.all_reduce(F.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
 

@@ -3,8 +3,7 @@ bias). One decoder, three configs.
 
 Per layer: x -> RMSNorm -> fused QKV -> rotary -> paged attention -> o_proj -> + residual ->
 RMSNorm -> fused gate/up -> SiLU(gate) * up -> down -> + residual. The residual add is fused
-into the next norm, and the norm and the activation into the projection after them
-(ops.rms_norm_linear, ops.silu_and_mul_linear: one kernel each for a decode step's few rows).
+into the next norm (ops.rms_norm with residual).
 
 Tensor parallel (layers/linear.py): QKV and gate/up are column-split (each rank owns whole heads
 and a slice of the MLP), o_proj and down_proj row-split with one all-reduce each; the embedding
@@ -54,10 +53,10 @@ class LlamaAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5,
                                    sliding_window=sliding_window)
 
-    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """From the QKV projection's output (the decoder layer runs it, fused with its norm)."""
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        num_tokens = qkv.shape[0]
+        num_tokens = hidden.shape[0]
         q = ops.rotary_and_write_kv(q.reshape(num_tokens, self.num_heads, self.head_dim),
                                     k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
                                     v.reshape(num_tokens, self.num_kv_heads, self.head_dim),
@@ -81,10 +80,8 @@ class LlamaMLP(nn.Module):
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported for Llama-family models (only silu)")
 
-    def forward(self, hidden: torch.Tensor, norm: "RMSNorm", residual: torch.Tensor):
-        """norm(hidden + residual) through the MLP; returns (its output, hidden + residual)."""
-        gate_up, residual = self.gate_up_proj.forward_rms_norm(hidden, norm.weight, norm.eps, residual)
-        return self.down_proj.forward_silu_and_mul(gate_up), residual
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -96,14 +93,14 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(self, positions, hidden, residual, meta):
-        norm, qkv_proj = self.input_layernorm, self.self_attn.qkv_proj
         if residual is None:
             residual = hidden
-            qkv = qkv_proj.forward_rms_norm(hidden, norm.weight, norm.eps)
+            hidden = self.input_layernorm(hidden)
         else:
-            qkv, residual = qkv_proj.forward_rms_norm(hidden, norm.weight, norm.eps, residual)
-        hidden = self.self_attn(positions, qkv, meta)
-        return self.mlp(hidden, self.post_attention_layernorm, residual)
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, meta)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
