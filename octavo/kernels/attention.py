@@ -144,7 +144,8 @@ def _decode_kernel(
         counter = counters_ptr + seq * tl.num_programs(1) + kv_head
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_partitions - 1:
             tl.store(counter, 0)  # every program of this launch has counted: ready for the next
-            used = tl.where(tokens_per_part > 0, tl.cdiv(seq_len - start, tl.maximum(tokens_per_part, 1)), 0)
+            # Partitions holding keys (tokens_per_part is 0 only for an empty context: then none).
+            used = tl.cdiv(seq_len - start, tl.maximum(tokens_per_part, 1))
             _merge_partials(out_ptr + seq * stride_ob, part_out_ptr, part_max_ptr, part_sum_ptr,
                             group_row, used, kv_head, stride_oh,
                             NUM_Q_PER_KV, MERGE_G, HEAD_DIM, BLOCK_D, MERGE_P)

@@ -105,13 +105,13 @@ def test_split_decode_merges_in_the_last_program_and_resets_its_counters(kernels
                                             torch.device("cpu"))
     assert parts >= 4  # and 70 tokens fill only some of them (five of 8 interpreted, two of 5 on an H100)
     query = make_query(len(lens), num_heads, num_kv_heads, head_dim, torch.float32, seed=5)
-    for lengths in (lens, [1], [40]):
+    for lengths in (lens, [1], [0], [40]):  # [0]: an empty context, no partition holds keys
         seq_lens = torch.tensor(lengths, dtype=torch.int32)
         out = attention.paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, 0.125)
         ref = paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, 0.125)
         assert kernels.relative_error(out, ref) < kernels.tolerance[torch.float32]
     # Interpreted, the counters themselves; on CUDA (OCTAVO_KERNEL_TESTS_DEVICE) this reads the
-    # CPU's, and the second and third calls above are the check: without a reset they never merge.
+    # CPU's, and the later calls above are the check: without a reset they never merge.
     counters = attention.arrival_counters(len(lens) * num_kv_heads, query.device)
     assert int(counters.abs().sum()) == 0
 
