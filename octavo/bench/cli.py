@@ -171,7 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kernels = mode("kernels", "paged attention kernels against copy bandwidth and the matmul peak (CUDA)")
     kernels.add_argument("--device", default="cuda")
     kernels.add_argument("--parts", default="attention,linear",
-                         help="comma-separated: attention (paged decode and prefill), linear (the decode GEMMs' layouts)")
+                         help="comma-separated: attention (paged decode and prefill), linear (the decode GEMMs' layouts), "
+                              "gemv (the decode projections with their norm or activation: gemv.py against "
+                              "the unfused ops, with a sweep of its tiles)")
     _report_flags(kernels, anchors=False)
 
     report = mode("report", "Markdown from result JSON files; two or more serve results also give sweep charts "

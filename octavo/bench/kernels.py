@@ -7,7 +7,12 @@ first checked against the torch reference; a mismatch fails the run.
 tokens) in GB/s of weights read, the engine's call (F.linear on an [out, in] weight) beside a plain
 matmul on the same weight stored [in, out]: cuBLAS picks its kernel by layout, and a batch-1
 profile found o_proj at 1.7 TB/s where the other GEMMs read at 2.9-3.1
-(bench/results/2026-12-07-peer-h100-0631eab.md)."""
+(bench/results/2026-12-07-peer-h100-0631eab.md).
+
+`--parts gemv`: the decode projections with the op before each (RMSNorm + residual before QKV and
+gate/up, SiLU-and-mul before down; llama-3.1-8b shapes, 1 to 8 rows) as the engine runs them today
+(the Triton norm or activation, then F.linear) against kernels/gemv.py's one kernel, under a sweep
+of its tile sizes: the measurement that decides OCTAVO_GEMV_MAX_ROWS and gemv_config's defaults."""
 
 from __future__ import annotations
 
@@ -50,6 +55,17 @@ def graph_ms(fns: list, replays: int, device: Any) -> float:
 LINEAR_SHAPES = (("qkv", 4096, 6144), ("o_proj", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096),
                  ("lm_head", 4096, 128256))
 LINEAR_TOKENS = (1, 8, 64)
+# The decode projections with their prologues: (name, in features, out features, prologue).
+GEMV_SHAPES = (("qkv", 4096, 6144, "norm"), ("o_proj", 4096, 4096, None), ("gate_up", 4096, 28672, "norm"),
+               ("down", 14336, 4096, "silu"))
+GEMV_TOKENS = (1, 2, 4, 8)
+# gemv_config's arguments tried at one row, and a smaller set at more rows.
+# (16 x 1024 tiles on 4 warps spill registers: bench/kernel_ir.py.)
+GEMV_SWEEP_ONE_ROW = tuple(dict(block_n=n, block_k=k, num_warps=w, num_stages=s)
+                           for n in (4, 8, 16) for k in (512, 1024) for w in (4, 8) for s in (1, 3)
+                           if (n, k, w) != (16, 1024, 4))
+GEMV_SWEEP_ROWS = tuple(dict(block_n=n, block_k=k, num_warps=4, num_stages=s)
+                        for n in (8, 16) for k in (128, 256) for s in (1, 3))
 
 
 def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int, table_blocks: int | None = None) -> dict:
@@ -103,6 +119,58 @@ def linear_point(name: str, in_features: int, out_features: int, tokens: int, de
     return row
 
 
+def gemv_point(name: str, in_features: int, out_features: int, prologue: str | None, tokens: int, device: Any,
+               sweep: tuple = ()) -> dict:
+    """One projection with its prologue: the engine's unfused ops against gemv.py (its default
+    config, then each of `sweep`), weights rotated so that L2 holds none."""
+    import torch
+    import torch.nn.functional as F
+
+    from octavo.kernels import activation, gemv, norm
+
+    weight_bytes = 2 * in_features * out_features
+    sets = max(1, min(16, math.ceil(400e6 / weight_bytes)))
+    weights = [torch.randn(out_features, in_features, device=device, dtype=torch.bfloat16) / in_features ** 0.5
+               for _ in range(sets)]
+    width = 2 * in_features if prologue == "silu" else in_features
+    xs = [torch.randn(tokens, width, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+    residuals = [torch.randn(tokens, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
+    gamma = 1 + 0.1 * torch.randn(in_features, device=device, dtype=torch.bfloat16)
+
+    def unfused(x, w, r):
+        if prologue == "norm":
+            return F.linear(norm.rms_norm(x, gamma, 1e-5, r)[0], w)
+        return F.linear(activation.silu_and_mul(x) if prologue == "silu" else x, w)
+
+    def fused(x, w, r, config=None):
+        if prologue == "norm":
+            return gemv.rms_norm_linear(x, gamma, 1e-5, w, None, r, config)[0]
+        if prologue == "silu":
+            return gemv.silu_and_mul_linear(x, w, None, config)
+        return gemv.linear(x, w, None, config)
+
+    triples = list(zip(xs, weights, residuals))
+    row = {"name": name, "in": in_features, "out": out_features, "tokens": tokens, "prologue": prologue,
+           "default_config": gemv.gemv_config(tokens, out_features, in_features),
+           "rel_err": relative_error(fused(*triples[0]), unfused(*triples[0]))}
+    for label, fn in (("unfused", unfused), ("gemv", fused)):
+        ms = graph_ms([lambda t=t, fn=fn: fn(*t) for t in triples], 20, device)
+        row[f"{label}_us"], row[f"{label}_gbps"] = 1e3 * ms, weight_bytes / ms / 1e6
+    row["sweep"] = []
+    for choice in sweep:
+        config = gemv.gemv_config(tokens, out_features, in_features, **choice)
+        try:
+            error = relative_error(fused(*triples[0], config), unfused(*triples[0]))
+            ms = graph_ms([lambda t=t, c=config: fused(*t, c) for t in triples], 20, device)
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile or fit: recorded, not fatal
+            row["sweep"].append({**choice, "us": math.inf, "error": str(exc)[:200]})
+            continue
+        row["sweep"].append({**choice, "us": 1e3 * ms, "gbps": weight_bytes / ms / 1e6, "rel_err": error})
+    del weights, xs, residuals
+    torch.cuda.empty_cache()
+    return row
+
+
 def prefill_point(seq_len: int, device: Any) -> dict:
     import torch
     from triton.testing import do_bench
@@ -134,7 +202,7 @@ def benchmark(args: Any, save_partial) -> dict:
     parts = set(args.parts.split(","))
     result: dict = {"kind": "kernels", "tag": args.tag, "env": environment(args.device, args),
                     "model": {"name": "attention"}, "roofline": roofline.measure(device), "decode": [], "prefill": [],
-                    "linear": []}
+                    "linear": [], "gemv": []}
     copy_gbps = result["roofline"]["copy_bandwidth_gbps"]
     if "attention" in parts:
         attention(result, device, save_partial)
@@ -145,7 +213,17 @@ def benchmark(args: Any, save_partial) -> dict:
                 row["out_in_of_copy"], row["in_out_of_copy"] = row["out_in_gbps"] / copy_gbps, row["in_out_gbps"] / copy_gbps
                 result["linear"].append(row)
                 save_partial(result)
-    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] + result["linear"] if r["rel_err"] is not None]
+    if "gemv" in parts:
+        for name, in_features, out_features, prologue in GEMV_SHAPES:
+            for tokens in GEMV_TOKENS:
+                sweep = GEMV_SWEEP_ONE_ROW if tokens == 1 else GEMV_SWEEP_ROWS if tokens == 4 else ()
+                row = gemv_point(name, in_features, out_features, prologue, tokens, device, sweep)
+                row["unfused_of_copy"], row["gemv_of_copy"] = row["unfused_gbps"] / copy_gbps, row["gemv_gbps"] / copy_gbps
+                result["gemv"].append(row)
+                save_partial(result)
+    swept = [c["rel_err"] for r in result["gemv"] for c in r["sweep"] if "rel_err" in c]
+    checked = [r["rel_err"] for r in result["decode"] + result["prefill"] + result["linear"] + result["gemv"]
+               if r["rel_err"] is not None] + swept
     result["failed"] = any(not error < BF16_TOLERANCE for error in checked)
     return result
 
@@ -199,5 +277,22 @@ def markdown(result: dict) -> str:
                       [[r["name"], f"{r['in']} x {r['out']}", str(r["tokens"]), f"{r['out_in_us']:.1f}",
                         f"{r['out_in_gbps']:,.0f}", f"{r['out_in_of_copy']:.0%}", f"{r['in_out_us']:.1f}",
                         f"{r['in_out_gbps']:,.0f}", f"{r['in_out_of_copy']:.0%}", error(r)] for r in result["linear"]])
+    if result.get("gemv"):
+        text += ("\nDecode projections with the op before them (llama-3.1-8b shapes, bf16): the engine's Triton "
+                 "norm or activation then F.linear, against gemv.py's one kernel (its default config, and the best "
+                 "of the sweep where one ran); weight bytes / time (CUDA-graph replays, L2 defeated).\n\n")
+
+        def best(row: dict) -> str:
+            if not row["sweep"]:
+                return ""
+            top = min(row["sweep"], key=lambda c: c["us"])
+            return (f"{top['us']:.1f} (n{top['block_n']} k{top['block_k']} w{top['num_warps']} "
+                    f"s{top['num_stages']})")
+
+        text += table(["GEMM", "prologue", "tokens", "unfused us", "GB/s", "gemv us", "GB/s", "gemv / unfused",
+                       "best of sweep us", "rel. diff"],
+                      [[r["name"], r["prologue"] or "—", str(r["tokens"]), f"{r['unfused_us']:.1f}",
+                        f"{r['unfused_gbps']:,.0f}", f"{r['gemv_us']:.1f}", f"{r['gemv_gbps']:,.0f}",
+                        f"{r['gemv_us'] / r['unfused_us']:.2f}", best(r), error(r)] for r in result["gemv"]])
     return text + (f"\n**A kernel's output differs from its reference beyond {BF16_TOLERANCE}.**\n"
                    if result.get("failed") else "")

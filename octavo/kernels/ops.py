@@ -2,6 +2,10 @@
 
 The engine calls only these functions. CUDA tensors take the Triton path (each kernel module
 imported on first use); anything else, or OCTAVO_DISABLE_TRITON=1, takes the reference.
+
+The projections (`linear`, `rms_norm_linear`, `silu_and_mul_linear`) go to gemv.py's Triton
+kernels for at most OCTAVO_GEMV_MAX_ROWS rows (default 0: never, until a GPU measurement says
+where they beat cuBLAS); otherwise to the norm or activation kernel and then F.linear (cuBLAS).
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
 from octavo.kernels.cache_ref import rotary_and_write_kv_ref, write_kv_cache_ref
 from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mul_ref
 
 _TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
+GEMV_MAX_ROWS = int(os.environ.get("OCTAVO_GEMV_MAX_ROWS", "0"))
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
@@ -86,3 +92,37 @@ def silu_and_mul(x):
 
         return kernel(x)
     return silu_and_mul_ref(x)
+
+
+def use_gemv(x: torch.Tensor) -> bool:
+    """Whether a projection of these rows runs as gemv.py's kernel."""
+    return use_triton(x) and x.dim() == 2 and 0 < x.shape[0] <= GEMV_MAX_ROWS
+
+
+def linear(x, weight, bias=None):
+    if use_gemv(x):
+        from octavo.kernels.gemv import linear as kernel
+
+        return kernel(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def rms_norm_linear(x, norm_weight, eps, weight, bias=None, residual=None):
+    """linear(rms_norm(x [+ residual])); with a residual, (that, x + residual)."""
+    if use_gemv(x):
+        from octavo.kernels.gemv import rms_norm_linear as kernel
+
+        return kernel(x, norm_weight, eps, weight, bias, residual)
+    if residual is None:
+        return F.linear(rms_norm(x, norm_weight, eps), weight, bias)
+    normed, residual = rms_norm(x, norm_weight, eps, residual)
+    return F.linear(normed, weight, bias), residual
+
+
+def silu_and_mul_linear(x, weight, bias=None):
+    """linear(silu(gate) * up) for x = [gate | up]."""
+    if use_gemv(x):
+        from octavo.kernels.gemv import silu_and_mul_linear as kernel
+
+        return kernel(x, weight, bias)
+    return F.linear(silu_and_mul(x), weight, bias)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import pytest
 import torch
@@ -227,3 +228,20 @@ def test_kernels_report_shows_the_split_width_and_both_gemm_layouts():
     text = markdown(result)
     assert "| 192 | 1 | 128 | 9.5 |" in text
     assert "| o_proj | 4096 x 4096 | 1 | 19.7 | 1,700 | 57% | 11.0 | 3,050 | 101% |" in text
+
+
+def test_kernels_report_puts_the_fused_projection_beside_the_unfused_ops_and_the_sweeps_best():
+    from octavo.bench.kernels import markdown
+
+    env = {"command": "octavo bench kernels --parts gemv", "time_utc": "2026-12-08T00:00:00+00:00",
+           "git_commit": "abc", "device": {"name": "GPU"}, "versions": {}}
+    sweep = [{"block_n": 8, "block_k": 512, "num_warps": 4, "num_stages": 1, "us": 19.0},
+             {"block_n": 16, "block_k": 1024, "num_warps": 8, "num_stages": 3, "us": 17.5},
+             {"block_n": 4, "block_k": 512, "num_warps": 4, "num_stages": 3, "us": math.inf, "error": "out of resources"}]
+    result = {"kind": "kernels", "env": env, "model": {"name": "attention"}, "roofline": None, "decode": [],
+              "prefill": [], "linear": [],
+              "gemv": [{"name": "qkv", "in": 4096, "out": 6144, "tokens": 1, "prologue": "norm", "rel_err": 4e-3,
+                        "unfused_us": 23.2, "unfused_gbps": 2172.0, "gemv_us": 18.4, "gemv_gbps": 2735.0,
+                        "sweep": sweep}]}
+    text = markdown(result)
+    assert "| qkv | norm | 1 | 23.2 | 2,172 | 18.4 | 2,735 | 0.79 | 17.5 (n16 k1024 w8 s3) |" in text

@@ -34,7 +34,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 KERNEL_DIR = ROOT / "octavo" / "kernels"
-KERNEL_MODULES = ("attention", "cache", "norm", "rotary", "activation")
+KERNEL_MODULES = ("attention", "cache", "norm", "rotary", "activation", "gemv")
 IN_CHILD = os.environ.get("OCTAVO_KERNEL_TESTS_CHILD") == "1"
 ON_CUDA = os.environ.get("OCTAVO_KERNEL_TESTS_DEVICE") == "cuda"
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from octavo.kernels import ops
 from octavo.runtime.distributed import TPGroup, current_tp_group
 from octavo.runtime.tp_shapes import divide
 
@@ -74,6 +75,15 @@ class ColumnParallelLinear(nn.Linear):
         offset = sum(rows for _, rows in self.shards[:part])
         start, rows = self.shards[part]
         copy_into(param.data[offset:offset + rows], loaded[start:start + rows], f"part {part} of a column-parallel layer")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.linear(x, self.weight, self.bias)
+
+    def forward_normed(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                       residual: torch.Tensor | None = None):
+        """self(rms_norm(x [+ residual])), one kernel where ops.py fuses the norm into the projection;
+        with a residual, (that, x + residual)."""
+        return ops.rms_norm_linear(x, norm_weight, eps, self.weight, self.bias, residual)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -131,8 +141,19 @@ class RowParallelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return F.linear(x, self.weight, self.bias)
-        out = self.tp.all_reduce(F.linear(x, self.weight))
+            return ops.linear(x, self.weight, self.bias)
+        return self.summed(ops.linear(x, self.weight))
+
+    def forward_silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for gate_up = [gate | up] (a merged column-parallel output), one
+        kernel where ops.py fuses the activation into the projection."""
+        if self.tp.size == 1:
+            return ops.silu_and_mul_linear(gate_up, self.weight, self.bias)
+        return self.summed(ops.silu_and_mul_linear(gate_up, self.weight))
+
+    def summed(self, partial: torch.Tensor) -> torch.Tensor:
+        """The ranks' partial products added up, then the (replicated) bias once."""
+        out = self.tp.all_reduce(partial)
         return out if self.bias is None else out + self.bias
 
 

@@ -3,7 +3,8 @@ bias). One decoder, three configs.
 
 Per layer: x -> RMSNorm -> fused QKV -> rotary -> paged attention -> o_proj -> + residual ->
 RMSNorm -> fused gate/up -> SiLU(gate) * up -> down -> + residual. The residual add is fused
-into the next norm (ops.rms_norm with residual).
+into the next norm, and each norm and the activation into the projection after it
+(ops.rms_norm_linear, ops.silu_and_mul_linear: separate kernels unless ops.py fuses them).
 
 Tensor parallel (layers/linear.py): QKV and gate/up are column-split (each rank owns whole heads
 and a slice of the MLP), o_proj and down_proj row-split with one all-reduce each; the embedding
@@ -53,10 +54,11 @@ class LlamaAttention(nn.Module):
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim ** -0.5,
                                    sliding_window=sliding_window)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+    def forward(self, positions: torch.Tensor, qkv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """qkv: self.qkv_proj of the normed hidden state, which the decoder layer computes (the norm
+        fuses into the projection there)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        num_tokens = hidden.shape[0]
+        num_tokens = qkv.shape[0]
         q = ops.rotary_and_write_kv(q.reshape(num_tokens, self.num_heads, self.head_dim),
                                     k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
                                     v.reshape(num_tokens, self.num_kv_heads, self.head_dim),
@@ -81,7 +83,7 @@ class LlamaMLP(nn.Module):
             raise ValueError(f"hidden_act {act!r} is not supported for Llama-family models (only silu)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj.forward_silu_and_mul(self.gate_up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -93,14 +95,18 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config)
 
     def forward(self, positions, hidden, residual, meta):
+        # Each norm goes into the projection after it (ops.rms_norm_linear), the activation into
+        # down_proj: at a few rows on a GPU that is one kernel each (kernels/gemv.py).
+        norm, attention, mlp = self.input_layernorm, self.self_attn, self.mlp
         if residual is None:
             residual = hidden
-            hidden = self.input_layernorm(hidden)
+            qkv = attention.qkv_proj.forward_normed(hidden, norm.weight, norm.eps)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+            qkv, residual = attention.qkv_proj.forward_normed(hidden, norm.weight, norm.eps, residual)
+        hidden = attention(positions, qkv, meta)
+        norm = self.post_attention_layernorm
+        gate_up, residual = mlp.gate_up_proj.forward_normed(hidden, norm.weight, norm.eps, residual)
+        return mlp.down_proj.forward_silu_and_mul(gate_up), residual
 
 
 class LlamaModel(nn.Module):
