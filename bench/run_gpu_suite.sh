@@ -49,7 +49,7 @@ stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set O
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
   serve|spec|controlled|profile-serve|structured|front-ab) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
-  graphs|tests|tp|gemv-engine) needs pytest pytest ;;
+  graphs|tests|tp|fusion-tests) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
 SERVED=("${LLAMA[@]}" --launch --launch-timeout 240)  # `octavo serve` started on loopback by the bench
@@ -102,16 +102,25 @@ case "$PHASE" in
     bench 400 kernels "$@" ;;
   gemv)  # #21: kernels/gemv.py against the unfused ops (the Triton norm or activation, then cuBLAS), with tile sweeps
     bench 480 kernels --parts gemv --tag gemv "$@" ;;
-  gemv-engine)  # #21: gemv.py's tests on the GPU (the kernel, and three models' greedy tokens with it on), then
-                # the engine's decode step with it off and on (OCTAVO_GEMV_MAX_ROWS), twice each, ABBA
-    OCTAVO_KERNEL_TESTS_DEVICE=cuda run 150 "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_gemv.py \
-      tests/kernels/test_kernel_model_paths.py --junitxml "$OUT/pytest-gemv.xml"
+  fusion-tests)  # #21: the fused decode paths' tests on CUDA: gemv.py, the decode kernel with rotary, and three
+                 # models' greedy tokens with both on
+    OCTAVO_KERNEL_TESTS_DEVICE=cuda run 240 "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_gemv.py \
+      tests/kernels/test_kernel_model_paths.py tests/kernels/test_kernel_attention.py --junitxml "$OUT/pytest-fusion.xml" ;;
+  fusion-ab)  # #21: the engine's decode step with one fused path off and on, ABBA: FUSION=gemv (OCTAVO_GEMV_MAX_ROWS
+              # 4; batch 1, 2, 4) or FUSION=rotary (OCTAVO_FUSED_DECODE_ROTARY; batch 1, 16, 64)
+    case "${FUSION:-gemv}" in
+      gemv) knob=OCTAVO_GEMV_MAX_ROWS on=4 batches=1,2,4 seqs=16 ;;
+      rotary) knob=OCTAVO_FUSED_DECODE_ROTARY on=1 batches=1,16,64 seqs=64 ;;
+      *) echo "FUSION must be gemv or rotary"; exit 2 ;;
+    esac
     round=0
-    for rows in 0 4 4 0; do
+    for value in 0 "$on" "$on" 0; do
       round=$((round + 1))
-      OCTAVO_GEMV_MAX_ROWS=$rows bench 100 latency "${LLAMA[@]}" --batch-size 1,2,4 --input-len 128 --output-len 128 \
-        --num-iters 3 --max-num-seqs 16 --tag "gemv-rows$rows-$round" "$@"
-    done ;;
+      export "$knob=$value"
+      bench 130 latency "${LLAMA[@]}" --batch-size "$batches" --input-len 128 --output-len 128 --num-iters 3 \
+        --max-num-seqs "$seqs" --tag "${FUSION:-gemv}-$value-$round" "$@"
+    done
+    unset "$knob" ;;
   front-ab)  # the served 8B shape, OLD_TREE's server beside this tree's, paired ABBA rounds at c = 16 and 64;
              # each level also gives the server's mean TTFT / queue / prefill time (server_latency_ms)
     [ -n "${OLD_TREE:-}" ] || { echo "phase 'front-ab' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
@@ -156,7 +165,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|gemv-engine|front-ab|decode-profile|admission|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

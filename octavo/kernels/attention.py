@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 
 from octavo.kernels.arrival import arrival_counters
+from octavo.kernels.cache import check_kv_write
+from octavo.kernels.rotary import rotation
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -60,17 +62,20 @@ _PER_STEP_SCALARS_PREFILL = ["sliding_window", "num_seqs", "stride_bt", "QLEN_HI
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, alibi_ptr,
     out_ptr, part_out_ptr, part_max_ptr, part_sum_ptr, counters_ptr,
+    k_new_ptr, v_new_ptr, positions_ptr, cos_sin_ptr, slot_mapping_ptr,
     qk_scale, sliding_window, num_partitions,
     stride_qb, stride_qh,
     stride_kb, stride_kt, stride_kh,
     stride_vb, stride_vt, stride_vh,
     stride_bt,
     stride_ob, stride_oh,
+    stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cos,
     NUM_Q_PER_KV: tl.constexpr, BLOCK_G: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     KV_BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_ALIBI: tl.constexpr, HAS_WINDOW: tl.constexpr, SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, MERGE_G: tl.constexpr, MERGE_P: tl.constexpr,
+    ROTARY: tl.constexpr, ROTARY_DIM: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -91,8 +96,32 @@ def _decode_kernel(
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < HEAD_DIM
 
-    q = tl.load(q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_mask[:, None] & dim_mask[None, :], other=0.0)
+    q_rows = q_ptr + seq * stride_qb + heads[:, None] * stride_qh
+    q_mask = row_mask[:, None] & dim_mask[None, :]
+    q = tl.load(q_rows + dims[None, :], mask=q_mask, other=0.0)
+    if ROTARY:
+        # This step's rotary embedding and K/V write, done here rather than in a kernel of their
+        # own: the query is rotated as it is loaded, and the program whose partition holds the
+        # new key rotates it and stores it and the value at the token's slot before reading keys.
+        cos, sin, partner, sign, rotating = rotation(positions_ptr, cos_sin_ptr, seq, stride_cos, dims, ROTARY_DIM)
+        q_partner = tl.load(q_rows + partner[None, :], mask=q_mask & rotating[None, :], other=0.0)
+        rotated = q.to(tl.float32) * cos[None, :] + (sign[None, :] * q_partner.to(tl.float32)) * sin[None, :]
+        q = tl.where(rotating[None, :], rotated.to(q.dtype), q)
+        slot = tl.load(slot_mapping_ptr + seq).to(tl.int64)
+        if (slot >= 0) & (seq_len - 1 >= part_start) & (seq_len - 1 < part_end):
+            k_row = k_new_ptr + seq.to(tl.int64) * stride_knb + kv_head * stride_knh
+            k = tl.load(k_row + dims, mask=dim_mask, other=0.0)
+            k_partner = tl.load(k_row + partner, mask=dim_mask & rotating, other=0.0)
+            k_rotated = k.to(tl.float32) * cos + (sign * k_partner.to(tl.float32)) * sin
+            k = tl.where(rotating, k_rotated.to(k.dtype), k)
+            v = tl.load(v_new_ptr + seq.to(tl.int64) * stride_vnb + kv_head * stride_vnh + dims, mask=dim_mask)
+            block = slot // KV_BLOCK_SIZE
+            offset = slot % KV_BLOCK_SIZE
+            tl.store(k_cache_ptr + block * stride_kb + offset * stride_kt + kv_head * stride_kh + dims,
+                     k.to(k_cache_ptr.dtype.element_ty), mask=dim_mask)
+            tl.store(v_cache_ptr + block * stride_vb + offset * stride_vt + kv_head * stride_vh + dims,
+                     v.to(v_cache_ptr.dtype.element_ty), mask=dim_mask)
+        tl.debug_barrier()  # the stores before any thread of this program loads the new key
     q = q.to(k_cache_ptr.dtype.element_ty)
     if HAS_ALIBI:
         slopes = tl.load(alibi_ptr + heads, mask=row_mask, other=0.0) * 1.4426950408889634
@@ -286,11 +315,87 @@ def paged_decode_attention(
     (block_tables.shape[1] bounds the context), so the call can be captured in a CUDA graph.
     """
     _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, alibi_slopes)
+    return _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes, sliding_window, out)
+
+
+def paged_decode_attention_rotary(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """rotary_and_write_kv, then paged_decode_attention of the rotated query, in one kernel:
+    query [B, H, D], this step's key and value [B, Hkv, D] (one token per request) at positions
+    [B], stored at slot_mapping's slots (< 0: not stored) before the attention reads them."""
+    _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, None)
+    check_kv_write(key, value, k_cache, v_cache, slot_mapping)
+    rotary_dim = cos_sin_cache.shape[1]
+    if rotary_dim % 2 or rotary_dim > query.shape[2] or key.shape[2] != query.shape[2]:
+        raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_dim {query.shape[2]}")
+    if key.shape[0] != query.shape[0] or positions.shape[0] != query.shape[0]:
+        raise ValueError(f"one key, value and position per query token: {query.shape[0]} queries, "
+                         f"{key.shape[0]} keys, {positions.shape[0]} positions")
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
+    rotary = (key, value, positions, cos_sin_cache.float().contiguous(), slot_mapping)
+    return _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, None, sliding_window, out, rotary)
+
+
+def _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes, sliding_window, out,
+            rotary=None):
     batch, num_heads, head_dim = query.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     out = _output(query, out)
     if batch == 0:
         return out
+    group = num_heads // num_kv_heads
+    block_d = _block_d(head_dim)
+    config = _decode_config(block_d, k_cache.dtype)
+    num_partitions = decode_num_partitions(batch, num_kv_heads, block_tables.shape[1], block_size,
+                                           query.device)
+    split = num_partitions > 1
+    if split:
+        part_out = torch.empty((batch, num_kv_heads, num_partitions, group, head_dim), dtype=torch.float32,
+                               device=query.device)
+        part_max = torch.empty((batch, num_kv_heads, num_partitions, group), dtype=torch.float32,
+                               device=query.device)
+        part_sum = torch.empty_like(part_max)
+        counters = arrival_counters(batch * num_kv_heads, query.device)
+    else:
+        part_out = part_max = part_sum = counters = out  # unused
+    key, value, positions, cos_sin, slots = rotary if rotary is not None else (query, query, seq_lens, query, seq_lens)
+    merge_g = triton.next_power_of_2(group)
+    alibi = alibi_slopes.float().contiguous() if alibi_slopes is not None else query
+    _decode_kernel[(batch, num_kv_heads, num_partitions)](
+        query, k_cache, v_cache, block_tables, seq_lens, alibi,
+        out, part_out, part_max, part_sum, counters,
+        key, value, positions, cos_sin, slots,
+        scale * _LOG2E, sliding_window or 0, num_partitions,
+        query.stride(0), query.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        key.stride(0), key.stride(1), value.stride(0), value.stride(1), cos_sin.stride(0),
+        NUM_Q_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, KV_BLOCK_SIZE=block_size,
+        HAS_ALIBI=alibi_slopes is not None, HAS_WINDOW=sliding_window is not None, SPLIT=split,
+        DOT_PRECISION=_dot_precision(k_cache.dtype),
+        # The merge loads MERGE_P partitions x MERGE_G heads x BLOCK_D floats at once: at most
+        # _MERGE_TILE, a few dozen registers a thread.
+        MERGE_G=merge_g, MERGE_P=max(1, _MERGE_TILE // (merge_g * block_d)),
+        ROTARY=rotary is not None, ROTARY_DIM=cos_sin.shape[1] if rotary is not None else 0,
+        **config,
+    )
+    return out
     group = num_heads // num_kv_heads
     block_d = _block_d(head_dim)
     config = _decode_config(block_d, k_cache.dtype)

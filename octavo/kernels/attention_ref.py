@@ -101,3 +101,24 @@ def paged_decode_attention_ref(
         query, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale,
         alibi_slopes, sliding_window,
     )
+
+
+def paged_decode_attention_rotary_ref(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """rotary_and_write_kv_ref, then paged_decode_attention_ref of the rotated query."""
+    from octavo.kernels.cache_ref import rotary_and_write_kv_ref
+
+    query = rotary_and_write_kv_ref(query, key, value, positions, cos_sin_cache, k_cache, v_cache, slot_mapping)
+    return paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale, None, sliding_window)

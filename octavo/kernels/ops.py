@@ -6,6 +6,8 @@ imported on first use); anything else, or OCTAVO_DISABLE_TRITON=1, takes the ref
 The projections (`linear`, `rms_norm_linear`, `silu_and_mul_linear`) go to gemv.py's Triton
 kernels for at most OCTAVO_GEMV_MAX_ROWS rows (default 0: never, until a GPU measurement says
 where they beat cuBLAS); otherwise to the norm or activation kernel and then F.linear (cuBLAS).
+With OCTAVO_FUSED_DECODE_ROTARY=1 (default off, likewise unmeasured) a decode step's rotary
+embedding and K/V write happen inside the decode attention kernel (paged_decode_attention_rotary).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
+from octavo.kernels.attention_ref import (paged_attention_ref, paged_decode_attention_ref,
+                                          paged_decode_attention_rotary_ref)
 from octavo.kernels.cache_ref import rotary_and_write_kv_ref, write_kv_cache_ref
 from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mul_ref
 
 _TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
 GEMV_MAX_ROWS = int(os.environ.get("OCTAVO_GEMV_MAX_ROWS", "0"))
+FUSED_DECODE_ROTARY = os.environ.get("OCTAVO_FUSED_DECODE_ROTARY", "0") == "1"
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
@@ -60,6 +64,18 @@ def paged_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scal
                       sliding_window, out)
     return _into(out, paged_decode_attention_ref(query, k_cache, v_cache, block_tables, seq_lens, scale,
                                                  alibi_slopes, sliding_window))
+
+
+def paged_decode_attention_rotary(query, key, value, positions, cos_sin_cache, slot_mapping, k_cache, v_cache,
+                                  block_tables, seq_lens, scale, sliding_window=None, out=None):
+    if use_triton(query):
+        from octavo.kernels.attention import paged_decode_attention_rotary as kernel
+
+        return kernel(query, key, value, positions, cos_sin_cache, slot_mapping, k_cache, v_cache, block_tables,
+                      seq_lens, scale, sliding_window, out)
+    return _into(out, paged_decode_attention_rotary_ref(query, key, value, positions, cos_sin_cache, slot_mapping,
+                                                        k_cache, v_cache, block_tables, seq_lens, scale,
+                                                        sliding_window))
 
 
 def rms_norm(x, weight, eps, residual=None):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from octavo.kernels.attention_ref import paged_attention_ref, paged_decode_attention_ref
+from octavo.kernels.attention_ref import (paged_attention_ref, paged_decode_attention_ref,
+                                          paged_decode_attention_rotary_ref)
 
 
 def make_paged_kv(context_lens, num_kv_heads, head_dim, block_size, dtype, seed, spare_columns=2):
@@ -114,6 +115,64 @@ def test_split_decode_merges_in_the_last_program_and_resets_its_counters(kernels
     # CPU's, and the later calls above are the check: without a reset they never merge.
     counters = attention.arrival_counters(len(lens) * num_kv_heads, query.device)
     assert int(counters.abs().sum()) == 0
+
+
+def cos_sin_table(rotary_dim, max_positions=512):
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    angles = torch.outer(torch.arange(max_positions).float(), inv_freq)
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+ROTARY_DECODE_CASES = [
+    # dtype, head_dim, heads, kv_heads, block_size, context lengths (the new token's included),
+    # rotary_dim, sliding window, spare block-table columns (wide: split into partitions)
+    pytest.param(torch.float32, 64, 4, 2, 16, [1, 17, 40], 64, None, 2, id="gqa2-fp32"),
+    pytest.param(torch.float32, 128, 8, 2, 8, [33, 100], 128, None, 40, id="gqa4-split-fp32"),
+    pytest.param(torch.bfloat16, 128, 16, 2, 16, [5, 64, 129], 128, None, 2, id="gqa8-bf16"),
+    pytest.param(torch.float32, 64, 8, 2, 16, [50, 7, 20], 32, 20, 2, id="partial-rotary-window"),
+    pytest.param(torch.float16, 80, 4, 1, 32, [70], 80, None, 30, id="hd80-fp16-split"),
+]
+
+
+@pytest.mark.parametrize("dtype,head_dim,num_heads,num_kv_heads,block_size,lens,rotary_dim,window,spare",
+                         ROTARY_DECODE_CASES)
+def test_decode_with_rotary_matches_rotary_write_then_decode(kernels, dtype, head_dim, num_heads, num_kv_heads,
+                                                             block_size, lens, rotary_dim, window, spare):
+    """The decode kernel rotating the query and storing the rotated key and the value itself: the
+    same output and the same caches as rotary_and_write_kv then the plain decode. The new token's
+    slot starts NaN, so attending before the store lands shows. The last request is padding (slot
+    -1): nothing of it is stored."""
+    if dtype == torch.bfloat16 and not kernels.bfloat16_dot:
+        pytest.skip("this Triton's interpreter cannot dot bfloat16")
+    seed = sum(lens) + rotary_dim
+    lens = lens + [6]
+    k_cache, v_cache, block_tables = make_paged_kv(lens, num_kv_heads, head_dim, block_size, dtype, seed,
+                                                   spare_columns=spare)
+    positions = torch.tensor(lens) - 1
+    slots = torch.stack([block_tables[b, p // block_size].long() * block_size + p % block_size
+                         for b, p in enumerate(positions.tolist())])
+    slots[-1] = -1
+    for b in range(len(lens) - 1):
+        k_cache.view(-1, num_kv_heads, head_dim)[slots[b]] = float("nan")
+        v_cache.view(-1, num_kv_heads, head_dim)[slots[b]] = float("nan")
+    gen = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(len(lens), num_heads + 2 * num_kv_heads, head_dim, generator=gen).to(dtype)
+    query, key, value = qkv.split([num_heads, num_kv_heads, num_kv_heads], dim=1)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    table, scale = cos_sin_table(rotary_dim), head_dim ** -0.5
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref = paged_decode_attention_rotary_ref(query, key, value, positions, table, slots, k_ref, v_ref,
+                                            block_tables, seq_lens, scale, window)
+    out = kernels.attention.paged_decode_attention_rotary(query, key, value, positions, table, slots, k_cache,
+                                                          v_cache, block_tables, seq_lens, scale, window)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert kernels.relative_error(out, ref) < kernels.tolerance[dtype]
+    for cache, expected in ((k_cache, k_ref), (v_cache, v_ref)):
+        written = cache.view(-1, num_kv_heads, head_dim)[slots[:-1]]
+        assert kernels.relative_error(written, expected.view(-1, num_kv_heads, head_dim)[slots[:-1]]) \
+            < kernels.tolerance[dtype]
+        # Everything else as it was (NaN where nothing was, so compare with NaNs equal).
+        assert torch.equal(cache.isnan(), expected.isnan())
 
 
 PREFILL_CASES = [

@@ -58,6 +58,20 @@ class PagedAttention(nn.Module):
             return _BREAK(self, query, meta)
         return self.run(query, meta)
 
+    def attend_rotary(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor,
+                      cos_sin_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """A rotary model's attention from its unrotated query, key and value ([T, H(kv), D]): rotate
+        them, store the key and value, attend. One kernel for a decode step when ops.py fuses the
+        rotary into the decode kernel (and no attention break is active); two otherwise."""
+        if meta.decode_only and _BREAK is None and ops.FUSED_DECODE_ROTARY and self.alibi_slopes is None:
+            out = ops.paged_decode_attention_rotary(query, key, value, positions, cos_sin_cache, meta.slot_mapping,
+                                                    self.k_cache, self.v_cache, meta.block_tables, meta.seq_lens,
+                                                    self.scale, self.sliding_window)
+            return out.reshape(out.shape[0], self.num_heads * self.head_dim)
+        query = ops.rotary_and_write_kv(query, key, value, positions, cos_sin_cache, self.k_cache, self.v_cache,
+                                        meta.slot_mapping)
+        return self.attend(query, meta)
+
     def run(self, query: torch.Tensor, meta: AttentionMetadata, out: torch.Tensor | None = None) -> torch.Tensor:
         """The attention itself (never a break), written to `out` ([T, H, D]) when given."""
         if meta.decode_only:

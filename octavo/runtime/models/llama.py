@@ -59,12 +59,11 @@ class LlamaAttention(nn.Module):
         fuses into the projection there)."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         num_tokens = qkv.shape[0]
-        q = ops.rotary_and_write_kv(q.reshape(num_tokens, self.num_heads, self.head_dim),
-                                    k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
-                                    v.reshape(num_tokens, self.num_kv_heads, self.head_dim),
-                                    positions, self.rotary_cache, self.attn.k_cache, self.attn.v_cache,
-                                    meta.slot_mapping)
-        return self.o_proj(self.attn.attend(q, meta))
+        out = self.attn.attend_rotary(q.reshape(num_tokens, self.num_heads, self.head_dim),
+                                      k.reshape(num_tokens, self.num_kv_heads, self.head_dim),
+                                      v.reshape(num_tokens, self.num_kv_heads, self.head_dim),
+                                      positions, self.rotary_cache, meta)
+        return self.o_proj(out)
 
 
 def qkv_bias_only(config: Any) -> bool:
