@@ -24,6 +24,8 @@ from octavo.kernels.elementwise_ref import rms_norm_ref, rotary_ref, silu_and_mu
 
 _TRITON_DISABLED = os.environ.get("OCTAVO_DISABLE_TRITON", "0") == "1"
 GEMV_MAX_ROWS = int(os.environ.get("OCTAVO_GEMV_MAX_ROWS", "0"))
+if not 0 <= GEMV_MAX_ROWS <= 16:  # gemv.MAX_ROWS (not imported here: it needs Triton)
+    raise ValueError(f"OCTAVO_GEMV_MAX_ROWS must be between 0 and 16, got {GEMV_MAX_ROWS}")
 FUSED_DECODE_ROTARY = os.environ.get("OCTAVO_FUSED_DECODE_ROTARY", "0") == "1"
 
 
