@@ -4,9 +4,10 @@
     python bench/kernel_ir.py --rows 4   # the row sweep at four rows
 
 Compiles for sm_90 (Triton's bundled ptxas) and reports, per variant: registers and spilled bytes
-a thread, shared memory, layout conversions inside the K loop (each one a round trip through
-shared memory and a barrier every iteration), and the global loads in the PTX and how many of them
-are 16-byte vectors. Two performance bugs were found this way before any GPU ran the kernel (a
+a thread, shared memory, layout conversions inside the K loop in Triton's IR and the barriers left
+in the loop's PTX (a conversion that is not a register renaming is a round trip through shared
+memory and a barrier every iteration), and the global loads in the PTX and how many of them are
+16-byte vectors. Two performance bugs were found this way before any GPU ran the kernel (a
 runtime `even` that kept the weight loads scalar, a 1-D load of x converted every iteration).
 Timing still needs the GPU: `octavo bench kernels --parts gemv`. The Triton here may not be the
 device's; the IR is indicative, not identical.
@@ -54,10 +55,24 @@ def compile_gemv(rows: int, in_features: int, out_features: int, prologue: str |
     constexprs = dict(PROLOGUE=code, HAS_RESIDUAL=prologue == "norm", HAS_BIAS=False,
                       BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
                       EVEN_N=out_features % config["BLOCK_N"] == 0, EVEN_K=in_features % config["BLOCK_K"] == 0,
-                      NUM_STAGES=config["NUM_STAGES"])
+                      NUM_STAGES=config["NUM_STAGES"],
+                      X_ROW=config["BLOCK_M"] == 1 and config["BLOCK_K"] % (256 * config["num_warps"]) == 0)
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in POINTERS + DIVISIBLE_INTS}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config["num_warps"]})
+
+
+def ptx_loop(ptx: str) -> str:
+    """The PTX of the first inner loop (its header label to the branch back to it): a layout
+    conversion that survives to here costs a shared-memory round trip and a barrier each time."""
+    lines = ptx.splitlines()
+    start = next((i for i, line in enumerate(lines) if "Inner Loop Header" in line), None)
+    if start is None:
+        return ""
+    start = next(i for i in range(start, -1, -1) if lines[i].startswith("$L__BB"))  # the header's label
+    label = lines[start].split(":")[0].strip()
+    end = next((i for i in range(start + 1, len(lines)) if "bra" in lines[i] and label in lines[i]), len(lines))
+    return "\n".join(lines[start:end + 1])
 
 
 def summary(compiled) -> dict:
@@ -66,6 +81,7 @@ def summary(compiled) -> dict:
     ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
     loop = ttgir[ttgir.find("scf.for"):]
     loop = loop[:loop.find("scf.yield")]
+    body = ptx_loop(ptx)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     ptxas = next((p for p in (bin_dir / "ptxas-blackwell", bin_dir / "ptxas") if p.exists()), None)
     registers = spilled = None
@@ -81,7 +97,8 @@ def summary(compiled) -> dict:
         if match := re.search(r"(\d+) bytes spill stores", text):
             spilled = int(match.group(1))
     return {"registers": registers, "spill_bytes": spilled, "shared_bytes": compiled.metadata.shared,
-            "converts_in_loop": loop.count("convert_layout"), "global_loads": ptx.count("ld.global"),
+            "converts_in_loop": loop.count("convert_layout"), "barriers_in_loop": body.count("bar.sync"),
+            "global_loads": ptx.count("ld.global"),
             "vector16_loads": len(re.findall(r"ld\.global[^\n]*\.v4\.b32", ptx)),
             "async_copies": ptx.count("cp.async")}
 
@@ -94,8 +111,8 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1)
     args = parser.parse_args()
     sweep = GEMV_SWEEP_ONE_ROW if args.rows == 1 else GEMV_SWEEP_ROWS
-    columns = ("registers", "spill_bytes", "shared_bytes", "converts_in_loop", "global_loads", "vector16_loads",
-               "async_copies")
+    columns = ("registers", "spill_bytes", "shared_bytes", "converts_in_loop", "barriers_in_loop", "global_loads",
+               "vector16_loads", "async_copies")
     print("| GEMM | config | " + " | ".join(columns) + " |")
     print("|---|---|" + "---:|" * len(columns))
     for name, in_features, out_features, prologue in GEMV_SHAPES:

@@ -59,11 +59,11 @@ LINEAR_TOKENS = (1, 8, 64)
 GEMV_SHAPES = (("qkv", 4096, 6144, "norm"), ("o_proj", 4096, 4096, None), ("gate_up", 4096, 28672, "norm"),
                ("down", 14336, 4096, "silu"))
 GEMV_TOKENS = (1, 2, 4, 8)
-# gemv_config's arguments tried at one row, and a smaller set at more rows.
-# (16 x 1024 tiles on 4 warps spill registers: bench/kernel_ir.py.)
+# gemv_config's arguments tried at one row, and a smaller set at more rows. At one row, K tiles of
+# 256 x warps load x as a row (1,024 on 4 warps, 2,048 on 8), the others in the weight tile's shape.
 GEMV_SWEEP_ONE_ROW = tuple(dict(block_n=n, block_k=k, num_warps=w, num_stages=s)
-                           for n in (4, 8, 16) for k in (512, 1024) for w in (4, 8) for s in (1, 3)
-                           if (n, k, w) != (16, 1024, 4))
+                           for n in (4, 8, 16) for k, w in ((512, 4), (1024, 4), (1024, 8), (2048, 8))
+                           for s in (1, 3))
 GEMV_SWEEP_ROWS = tuple(dict(block_n=n, block_k=k, num_warps=4, num_stages=s)
                         for n in (8, 16) for k in (128, 256) for s in (1, 3))
 

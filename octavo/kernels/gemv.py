@@ -55,11 +55,12 @@ def _load(ptrs, mask, EVEN: tl.constexpr, EVICT_FIRST: tl.constexpr):
 @triton.jit
 def _activations(x_row, r_row, ro_row, norm_w_ptr, ks, mask, write_mask, K,
                  PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, EVEN: tl.constexpr):
-    """One row of x over the K offsets `ks` ([BLOCK_N, BLOCK_K], every row of the tile the same
-    offsets) in float32 after the prologue, and the squares the RMSNorm sums (zeros otherwise; its
-    1/rms is applied at the end). The row is loaded in the weight tile's own shape, so it arrives
-    in the weight tile's register layout (the copies come from L1): a 1-D load would be laid out
-    on its own and converted through shared memory every iteration."""
+    """One row of x over the K offsets `ks` in float32 after the prologue, and the squares the
+    RMSNorm sums (zeros otherwise; its 1/rms is applied at the end). `ks` is 1-D where that layout
+    is the weight tile's columns' (X_ROW), else [BLOCK_N, BLOCK_K] with every row the same offsets:
+    loaded in the weight tile's own shape, the row arrives in its register layout (the copies come
+    from L1), where a 1-D load laid out on its own would be converted through shared memory, with
+    a barrier, every iteration."""
     if PROLOGUE == 2:
         gate = _load(x_row + ks, mask, EVEN, False).to(tl.float32)
         up = _load(x_row + K + ks, mask, EVEN, False).to(tl.float32)
@@ -85,7 +86,7 @@ def _gemv_kernel(
     stride_xm, stride_rm, stride_wn, stride_om, stride_rom,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, NUM_STAGES: tl.constexpr, X_ROW: tl.constexpr,
 ):
     pid = tl.program_id(0)
     lanes = tl.arange(0, BLOCK_N)
@@ -100,18 +101,33 @@ def _gemv_kernel(
 
     if BLOCK_M == 1:
         products = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        squares = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        if X_ROW:
+            squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+        else:
+            squares = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k0 in tl.range(0, K, BLOCK_K, num_stages=NUM_STAGES):
             ks = k0 + offsets
             k_mask = ks < K
             w = _load(w_rows + ks, col_mask & k_mask, even, True)
-            a, sq = _activations(x_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, ks, k_mask, writes & k_mask,
-                                 K, PROLOGUE, HAS_RESIDUAL, EVEN_K)
-            products += w.to(tl.float32) * a
+            if X_ROW:
+                # The tile's warps all lie along K: a 1-D row of K offsets has the weight tile's
+                # column layout, so x is loaded once a thread and broadcast over the rows free.
+                ks_row = k0 + tl.arange(0, BLOCK_K)
+                row_mask = ks_row < K
+                a, sq = _activations(x_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, ks_row, row_mask,
+                                     row_mask & ((ks_row * 0 + pid) == 0), K, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+                products += w.to(tl.float32) * a[None, :]
+            else:
+                a, sq = _activations(x_ptr, residual_ptr, residual_out_ptr, norm_w_ptr, ks, k_mask, writes & k_mask,
+                                     K, PROLOGUE, HAS_RESIDUAL, EVEN_K)
+                products += w.to(tl.float32) * a
             if PROLOGUE == 1:
                 squares += sq
         acc = tl.sum(products, 1)[:, None]  # [BLOCK_N, 1]
-        row_squares = tl.sum(squares, 1)[:, None]  # every row of the tile holds x's
+        if X_ROW:
+            row_squares = tl.sum(squares, 0)
+        else:
+            row_squares = tl.sum(squares, 1)[:, None]  # every row of the tile holds x's
     else:
         rows = tl.arange(0, BLOCK_M)[None, :]
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -142,15 +158,23 @@ def gemv_config(rows: int, out_features: int, in_features: int, block_n: int | N
                 block_k: int | None = None, num_warps: int = 4, num_stages: int = 1) -> dict:
     """Tile sizes for one call (`octavo bench kernels --parts gemv` tries others). The defaults are
     a first guess, not a measurement: 8 output features a program (several waves of programs on
-    an H100 for every Llama-8B shape), a K tile of 8 KB of weights at one row, half that above."""
+    an H100 for every Llama-8B shape); at one row a K tile of 1,024 (16 KB of bf16 weights, every
+    warp along K: x loaded as a row), above it 256 (one warp across K: the per-row sums stay in a
+    warp)."""
     block_m = triton.next_power_of_2(max(rows, 1))
     if block_n is None:
         block_n = 8
     if block_k is None:
-        block_k = 64 if _INTERPRET else (512 if block_m == 1 else 256)
+        block_k = 64 if _INTERPRET else (1024 if block_m == 1 else 256)
     block_n = min(block_n, triton.next_power_of_2(out_features))
     block_k = min(block_k, triton.next_power_of_2(in_features))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, NUM_STAGES=num_stages)
+
+
+def row_span(weight: torch.Tensor) -> int:
+    """K elements one warp covers in a weight tile: 16-byte vectors across 32 lanes. A K tile of this
+    times the warps puts every warp along K (Triton's coalesced layout), which X_ROW needs."""
+    return 16 // weight.element_size() * 32
 
 
 def _launch(x, weight, bias, prologue, norm_weight=None, eps=0.0, residual=None, config=None):
@@ -182,6 +206,7 @@ def _launch(x, weight, bias, prologue, norm_weight=None, eps=0.0, residual=None,
         residual_out.stride(0),
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
         EVEN_N=out_features % config["BLOCK_N"] == 0, EVEN_K=in_features % config["BLOCK_K"] == 0,
+        X_ROW=config["BLOCK_M"] == 1 and config["BLOCK_K"] % (row_span(weight) * config["num_warps"]) == 0,
         **config,
     )
     return out, residual_out

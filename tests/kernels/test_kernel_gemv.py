@@ -86,3 +86,27 @@ def test_bad_shapes_are_refused(kernels):
         kernels.gemv.linear(torch.randn(kernels.gemv.MAX_ROWS + 1, 64), weight)
     with pytest.raises(ValueError, match="norm weight"):
         kernels.gemv.rms_norm_linear(x, torch.ones(63), 1e-5, weight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_features", [200, 512])
+@pytest.mark.parametrize("prologue", ["none", "norm", "silu"])
+def test_one_row_with_x_loaded_as_a_row(kernels, dtype, in_features, prologue):
+    """A K tile of one warp's span (num_warps 1 here) lays a 1-D row of x out as the weight tile's
+    columns (X_ROW): the same results, the residual stream included, masked K tail or not."""
+    gen, x, weight, bias = inputs(1, in_features, 48, dtype, in_features + len(prologue),
+                                  2 * in_features if prologue == "silu" else None)
+    span = kernels.gemv.row_span(weight)
+    config = kernels.gemv.gemv_config(1, 48, in_features, block_n=8, block_k=span, num_warps=1)
+    assert config["BLOCK_K"] % (span * config["num_warps"]) == 0  # the X_ROW case
+    if prologue == "norm":
+        norm_weight = (1 + 0.1 * torch.randn(in_features, generator=gen)).to(dtype)
+        residual = torch.randn(1, in_features, generator=gen).to(dtype)
+        (out, out_residual) = kernels.gemv.rms_norm_linear(x, norm_weight, 1e-5, weight, bias, residual, config)
+        ref, ref_residual = rms_norm_linear_ref(x, norm_weight, 1e-5, weight, bias, residual)
+        assert kernels.relative_error(out_residual, ref_residual) < kernels.tolerance[dtype]
+    elif prologue == "silu":
+        out, ref = kernels.gemv.silu_and_mul_linear(x, weight, bias, config), silu_and_mul_linear_ref(x, weight, bias)
+    else:
+        out, ref = kernels.gemv.linear(x, weight, bias, config), F.linear(x, weight, bias)
+    assert kernels.relative_error(out, ref) < kernels.tolerance[dtype]
