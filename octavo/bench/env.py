@@ -113,7 +113,14 @@ def environment(device: str | None = None, args: Any = None) -> dict:
             "command": command_line(args), "cwd": os.getcwd(), "git_commit": commit, "git_dirty": dirty,
             "device": device_info(device), "python": platform.python_version(), "platform": platform.platform(),
             "versions": {name: _version(name)
-                         for name in ("octavo", "torch", "triton", "transformers", "httpx", "aiohttp")}}
+                         for name in ("octavo", "torch", "triton", "transformers", "httpx", "aiohttp")},
+            "knobs": kernel_knobs()}
+
+
+def kernel_knobs() -> dict:
+    """The OCTAVO_* environment switches of the run (kernel paths, traces), so an A/B of one is
+    told apart by its result files, not only by their tags."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("OCTAVO_") and k != "OCTAVO_GIT_COMMIT"}
 
 
 def settings(args: Any, **more: Any) -> dict:

@@ -225,3 +225,16 @@ async def test_the_streaming_client_times_chunks_and_reports_refusals(unused_tcp
     assert all(r["error"] is None and r["output_tokens"] == 4 and r["num_chunks"] == 4 for r in ok)
     assert all(r["ttft_ms"] > 0 and len(r["itl_ms"]) == 3 for r in ok) and wall > 0
     assert refused["error"].startswith("HTTP 400") and "too long" in refused["error"]
+
+
+def test_results_record_the_runs_octavo_switches(monkeypatch):
+    """An A/B of a kernel switch is told apart by its result files: the OCTAVO_* variables of the
+    run are in env["knobs"] (the commit override is recorded as the commit, not as a knob)."""
+    from octavo.bench.env import kernel_knobs
+
+    monkeypatch.setenv("OCTAVO_GEMV_MAX_ROWS", "4")
+    monkeypatch.setenv("OCTAVO_GIT_COMMIT", "abc")
+    monkeypatch.setenv("UNRELATED", "1")
+    knobs = kernel_knobs()
+    assert knobs["OCTAVO_GEMV_MAX_ROWS"] == "4"
+    assert "OCTAVO_GIT_COMMIT" not in knobs and "UNRELATED" not in knobs
