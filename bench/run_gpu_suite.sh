@@ -101,7 +101,7 @@ case "$PHASE" in
   kernels)
     bench 400 kernels "$@" ;;
   gemv)  # #21: kernels/gemv.py against the unfused ops (the Triton norm or activation, then cuBLAS), with tile sweeps
-    bench 480 kernels --parts gemv --tag gemv "$@" ;;
+    bench 540 kernels --parts gemv --tag gemv "$@" ;;
   fusion-tests)  # #21: the fused decode paths' tests on CUDA: gemv.py, the decode kernel with rotary, and three
                  # models' greedy tokens with both on
     OCTAVO_KERNEL_TESTS_DEVICE=cuda run 240 "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_gemv.py \
