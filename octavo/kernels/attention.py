@@ -396,42 +396,6 @@ def _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, alibi_slopes
         **config,
     )
     return out
-    group = num_heads // num_kv_heads
-    block_d = _block_d(head_dim)
-    config = _decode_config(block_d, k_cache.dtype)
-    num_partitions = decode_num_partitions(batch, num_kv_heads, block_tables.shape[1], block_size,
-                                           query.device)
-    split = num_partitions > 1
-    if split:
-        part_out = torch.empty((batch, num_kv_heads, num_partitions, group, head_dim), dtype=torch.float32,
-                               device=query.device)
-        part_max = torch.empty((batch, num_kv_heads, num_partitions, group), dtype=torch.float32,
-                               device=query.device)
-        part_sum = torch.empty_like(part_max)
-        counters = arrival_counters(batch * num_kv_heads, query.device)
-    else:
-        part_out = part_max = part_sum = counters = out  # unused
-    merge_g = triton.next_power_of_2(group)
-    alibi = alibi_slopes.float().contiguous() if alibi_slopes is not None else query
-    _decode_kernel[(batch, num_kv_heads, num_partitions)](
-        query, k_cache, v_cache, block_tables, seq_lens, alibi,
-        out, part_out, part_max, part_sum, counters,
-        scale * _LOG2E, sliding_window or 0, num_partitions,
-        query.stride(0), query.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        NUM_Q_PER_KV=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, KV_BLOCK_SIZE=block_size,
-        HAS_ALIBI=alibi_slopes is not None, HAS_WINDOW=sliding_window is not None, SPLIT=split,
-        DOT_PRECISION=_dot_precision(k_cache.dtype),
-        # The merge loads MERGE_P partitions x MERGE_G heads x BLOCK_D floats at once: at most
-        # _MERGE_TILE, a few dozen registers a thread.
-        MERGE_G=merge_g, MERGE_P=max(1, _MERGE_TILE // (merge_g * block_d)),
-        **config,
-    )
-    return out
 
 
 # --------------------------------------------------------------------------------------------
