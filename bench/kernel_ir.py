@@ -39,7 +39,7 @@ def compile_gemv(rows: int, in_features: int, out_features: int, prologue: str |
 
     from octavo.kernels import gemv
 
-    fn = gemv._gemv_kernel  # noqa: SLF001 - this tool inspects the kernel itself
+    fn = gemv.gemv_kernel
     names = fn.arg_names
     signature = {}
     for name in names:

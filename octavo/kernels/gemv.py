@@ -78,9 +78,10 @@ def _activations(x_row, r_row, ro_row, norm_w_ptr, ks, mask, write_mask, K,
 
 
 # The row count changes from step to step outside captured graphs: one compiled variant for all
-# counts of one BLOCK_M (Triton would specialise M == 1 otherwise).
+# counts of one BLOCK_M (Triton would specialise M == 1 otherwise). Public: bench/kernel_ir.py
+# compiles it for an H100 without one.
 @triton.jit(do_not_specialize=["M"])
-def _gemv_kernel(
+def gemv_kernel(
     x_ptr, residual_ptr, norm_w_ptr, w_ptr, bias_ptr, out_ptr, residual_out_ptr,
     M, N, K, eps,
     stride_xm, stride_rm, stride_wn, stride_om, stride_rom,
@@ -198,7 +199,7 @@ def _launch(x, weight, bias, prologue, norm_weight=None, eps=0.0, residual=None,
         return out, residual_out
     config = dict(config or gemv_config(rows, out_features, in_features))
     grid = (triton.cdiv(out_features, config["BLOCK_N"]),)
-    _gemv_kernel[grid](
+    gemv_kernel[grid](
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else weight,
         weight, bias if bias is not None else weight, out, residual_out,
         rows, out_features, in_features, eps,
