@@ -102,10 +102,12 @@ case "$PHASE" in
     bench 400 kernels "$@" ;;
   gemv)  # #21: kernels/gemv.py against the unfused ops (the Triton norm or activation, then cuBLAS), with tile sweeps
     bench 540 kernels --parts gemv --tag gemv "$@" ;;
-  fusion-tests)  # #21: the fused decode paths' tests on CUDA: gemv.py, the decode kernel with rotary, and three
-                 # models' greedy tokens with both on
+  fusion-tests)  # #21: the fused decode paths' tests on CUDA: gemv.py, the decode kernel with rotary, three
+                 # models' greedy tokens with both on, and the 8B shape's graph replay against eager with both on
     OCTAVO_KERNEL_TESTS_DEVICE=cuda run 240 "$PY" -m pytest -q -ra -p no:cacheprovider tests/kernels/test_kernel_gemv.py \
-      tests/kernels/test_kernel_model_paths.py tests/kernels/test_kernel_attention.py --junitxml "$OUT/pytest-fusion.xml" ;;
+      tests/kernels/test_kernel_model_paths.py tests/kernels/test_kernel_attention.py --junitxml "$OUT/pytest-fusion.xml"
+    run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/runtime/test_cuda.py -k graph_replay \
+      --junitxml "$OUT/pytest-fusion-graphs.xml" ;;
   fusion-ab)  # #21: the engine's decode step with one fused path off and on, ABBA: FUSION=gemv (OCTAVO_GEMV_MAX_ROWS
               # 4; batch 1, 2, 4) or FUSION=rotary (OCTAVO_FUSED_DECODE_ROTARY; batch 1, 16, 64)
     case "${FUSION:-gemv}" in

@@ -33,11 +33,18 @@ def test_bf16_logprobs_are_close_to_fp32_transformers(llama_dir):
     assert worst < 0.1
 
 
-def test_graph_replay_matches_eager_on_a_llama_3_1_8b_shape(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_graph_replay_matches_eager_on_a_llama_3_1_8b_shape(tmp_path, monkeypatch, fused):
     """A dummy llama-3.1-8b in bf16, eight requests decoding: each step's hidden states from the
     CUDA graph match an eager forward of the same inputs with a block table as wide as the graph's
     (the split-K partitioning follows the table's width, so a narrower one rounds differently; and
-    dummy weights give flat logits, so comparing tokens would say little)."""
+    dummy weights give flat logits, so comparing tokens would say little). `fused`: the decode
+    steps' projections on gemv.py and their rotary inside the decode kernel, captured too."""
+    if fused:
+        from octavo.kernels import ops
+
+        monkeypatch.setattr(ops, "GEMV_MAX_ROWS", 8)
+        monkeypatch.setattr(ops, "FUSED_DECODE_ROTARY", True)
     gc.collect()
     torch.cuda.empty_cache()
     (tmp_path / "config.json").write_text(json.dumps(json.loads((CONFIGS / "llama-3.1-8b.json").read_text())))
