@@ -159,6 +159,15 @@ case "$PHASE" in
     bench 200 latency "${SEED[@]}" --batch-size 1,8 --num-iters 3 --roofline --tag seed-70b-l20 "$@"
     bench 250 latency "${SEED[@]}" --speculative-model /tmp/seed-draft --num-speculative-tokens 4 --batch-size 1,8 \
       --num-iters 3 --tag seed-70b-l20-draft8b "$@" ;;
+  seed-tp4)  # #26 on 4 GPUs (nvidia-h100-x4): the 70B shape at TP 4, batch 1 and 8, against its TP-4 floor (one
+             # rank's weights and K/V at copy bandwidth + the step's all-reduces measured on the group), with CUDA
+             # graphs, then as the seed runs it (float16, eager, max_num_seqs 8) with and without the 8B-shape draft
+    mkdir -p /tmp/seed-draft && cp bench/configs/llama-3.1-8b.json /tmp/seed-draft/config.json
+    TP4=(--config llama-3.1-70b --tensor-parallel-size 4 --batch-size 1,8 --num-iters 3 --roofline)
+    bench 150 latency "${TP4[@]}" --dtype bfloat16 --tag tp4 "$@"
+    bench 150 latency "${TP4[@]}" --dtype float16 --max-num-seqs 8 --enforce-eager --tag seed-tp4 "$@"
+    bench 200 latency "${TP4[@]}" --dtype float16 --max-num-seqs 8 --enforce-eager --speculative-model /tmp/seed-draft \
+      --num-speculative-tokens 4 --tag seed-tp4-draft8b "$@" ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
     bench 200 latency --config llama-3.1-70b --dtype bfloat16 --tensor-parallel-size 2 --batch-size 1,8 \
@@ -167,7 +176,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

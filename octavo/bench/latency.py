@@ -105,7 +105,9 @@ def add_ratios(rows: list[dict], roofline: dict | None, facts: dict, input_len: 
             ratios["hf_step_over_octavo_step"] = hf["decode_ms_per_step"] / ours["decode_ms_per_step"]
             ratios["octavo_tps_over_hf_tps"] = ours["output_tokens_per_s"] / hf["output_tokens_per_s"]
         if roofline is not None and ours["decode_ms_per_step"]:
-            row["floor"] = roofline_mod.decode_step_floor_ms(roofline, facts, row["batch_size"], context)
+            all_reduce_ms = roofline.get("all_reduce_ms", {}).get(str(row["batch_size"]), 0.0)
+            row["floor"] = roofline_mod.decode_step_floor_ms(roofline, facts, row["batch_size"], context,
+                                                             all_reduce_ms)
             row["floor"]["prefill_ms"] = roofline_mod.prefill_floor_ms(roofline, facts, row["batch_size"] * input_len)
             ratios["octavo_step_over_floor"] = ours["decode_ms_per_step"] / row["floor"]["floor_ms"]
 
@@ -123,6 +125,9 @@ def benchmark(args: Any, save: Callable[[dict], None]) -> dict:
     dtype, device = llm.llm_engine.config.model_config.dtype, llm.llm_engine.config.device
     if roofline is not None:
         roofline.update(roofline_mod.summary(roofline, facts))
+        runner = getattr(llm.llm_engine, "model_runner", None)  # none in this process with an engine core apart
+        if facts["tensor_parallel_size"] > 1 and runner is not None:  # each of a step's collectives, per batch size
+            roofline["all_reduce_ms"] = {str(bs): runner.time_all_reduce(bs) for bs in batch_sizes}
     rows: list[dict] = []
     result = {"kind": "latency", "tag": args.tag, "env": env, "model": spec.describe(**facts),
               "settings": settings(args, batch_sizes=batch_sizes, torch_threads=torch.get_num_threads(),

@@ -94,18 +94,24 @@ def build_llm(args: Any, spec: ModelSpec, **changes: Any):
 
 
 def model_facts(llm: Any) -> dict:
-    """Shape facts the roofline needs, read off the loaded model."""
+    """Shape facts the roofline needs, read off the loaded model: one rank's under tensor
+    parallelism (its shard of the weights, its KV heads), and the collectives a decode step waits
+    for there (an all-reduce after each layer's two row-parallel projections and the embedding,
+    the logits' gather)."""
     import torch
 
     engine = llm.llm_engine
     config = engine.config.model_config
     num_params, weight_bytes = engine.model_size()
     hf = config.hf_config
+    tp = engine.config.parallel_config.tensor_parallel_size
     kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    kv_heads = max(kv_heads // tp, 1)  # this rank's (fewer KV heads than ranks: each holds one)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     element = torch.tensor([], dtype=config.dtype).element_size()
     return {"architecture": config.architecture, "dtype": str(config.dtype).replace("torch.", ""),
-            "num_params": num_params, "weight_bytes": weight_bytes,
+            "num_params": num_params, "weight_bytes": weight_bytes, "tensor_parallel_size": tp,
+            "collectives_per_step": 2 * hf.num_hidden_layers + 2 if tp > 1 else 0,
             "kv_bytes_per_token": 2 * hf.num_hidden_layers * kv_heads * head_dim * element,
             "num_layers": hf.num_hidden_layers, "hidden_size": hf.hidden_size, "vocab_size": hf.vocab_size,
             "max_model_len": engine.max_model_len, "num_kv_blocks": engine.kv_cache.num_blocks,

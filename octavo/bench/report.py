@@ -146,6 +146,11 @@ def latency_markdown(result: dict) -> str:
                  "after a warm-up, same batch shape.")
     if has_floor:
         note += " Floor: max(weights + K/V bytes / copy bandwidth, 2 x params x batch / matmul peak) at mean context."
+        model, all_reduce = result.get("model", {}), (result.get("roofline") or {}).get("all_reduce_ms")
+        if all_reduce:
+            note += (f" Tensor parallel {model.get('tensor_parallel_size')}: one rank's weights and K/V, plus "
+                     f"{model.get('collectives_per_step')} collectives a step at the all-reduce time measured on "
+                     "the group (ms: " + ", ".join(f"batch {bs} {ms:.4f}" for bs, ms in all_reduce.items()) + ").")
     return header(result, "Latency") + table(head, cells) + note + "\n"
 
 

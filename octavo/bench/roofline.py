@@ -65,12 +65,18 @@ def measure(device: Any = None, repeats: int = 20) -> dict:
             "matmul_tflops": 2 * size ** 3 / (matmul_ms * 1e-3) / 1e12, "repeats": repeats, "statistic": "median"}
 
 
-def decode_step_floor_ms(roofline: dict, facts: dict, batch_size: int, context_len: float) -> dict:
-    """Lower bound of one decode step for `batch_size` sequences of mean `context_len` tokens."""
+def decode_step_floor_ms(roofline: dict, facts: dict, batch_size: int, context_len: float,
+                         all_reduce_ms: float = 0.0) -> dict:
+    """Lower bound of one decode step for `batch_size` sequences of mean `context_len` tokens. Under
+    tensor parallelism `facts` are one rank's (its shard of the weights, its KV heads) and the step
+    also waits for its collectives: facts["collectives_per_step"] of `all_reduce_ms` each (measured
+    on the group: collective_timing.py), which no bandwidth hides."""
     bytes_read = facts["weight_bytes"] + batch_size * context_len * facts["kv_bytes_per_token"]
     memory_ms = bytes_read / (roofline["copy_bandwidth_gbps"] * 1e9) * 1e3
     compute_ms = 2 * facts["num_params"] * batch_size / (roofline["matmul_tflops"] * 1e12) * 1e3
-    return {"floor_ms": max(memory_ms, compute_ms), "memory_ms": memory_ms, "compute_ms": compute_ms,
+    collective_ms = facts.get("collectives_per_step", 0) * all_reduce_ms
+    return {"floor_ms": max(memory_ms, compute_ms) + collective_ms, "memory_ms": memory_ms,
+            "compute_ms": compute_ms, "collective_ms": collective_ms,
             "bound": "memory" if memory_ms >= compute_ms else "compute"}
 
 

@@ -497,6 +497,7 @@ WORKER_METHODS = {
     "allocate_kv_cache": "allocate_kv_cache",
     "capture_cuda_graphs": "capture_cuda_graphs",
     "run_shard": "run_shard",
+    "time_all_reduce": "time_all_reduce",
 }
 REPLYING_METHODS = {"determine_num_blocks"}
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from octavo.runtime.block_table import BlockTableRows
+from octavo.runtime.collective_timing import time_all_reduce
 from octavo.runtime.config import CacheConfig, ModelConfig, SchedulerConfig
 from octavo.runtime.cuda_graphs import GraphBuffers, StepGraph, capture_keys, graph_key
 from octavo.runtime.distributed import SINGLE, RunnerParallel, TPGroup, building_with, current_runner_parallel, ping
@@ -229,6 +230,16 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
         self._allocate(num_blocks)
+
+    @inference
+    def time_all_reduce(self, rows: int, repeats: int = 50) -> float:
+        """Median ms of one all-reduce of [rows, hidden] activations over this runner's group, every
+        rank timing the same calls (collective_timing.py); 0 on one rank (no collective)."""
+        if self.parallel.group.size == 1:
+            return 0.0
+        self.parallel.call("time_all_reduce", rows, repeats)
+        return time_all_reduce(self.parallel.group, rows, self.model_config.hf_config.hidden_size,
+                               self.model_config.dtype, self.device, repeats)
 
     def determine_num_blocks_for(self, cache_config: CacheConfig, extra_bytes_per_block: int) -> int:
         """A worker rank: rank 0's cache settings, then this rank's block count."""

@@ -245,3 +245,23 @@ def test_kernels_report_puts_the_fused_projection_beside_the_unfused_ops_and_the
                         "sweep": sweep}]}
     text = markdown(result)
     assert "| qkv | norm | 1 | 23.2 | 2,172 | 18.4 | 2,735 | 0.79 | 17.5 (n16 k1024 w8 s3) |" in text
+
+
+def test_latency_roofline_under_tensor_parallelism_counts_the_collectives(bench, llama_dir, tmp_path):
+    """At tensor_parallel_size 2 (two gloo processes) the decode floor is one rank's: its shard of
+    the weights and its KV heads, plus a step's collectives (2 per layer + 2) at the all-reduce
+    time measured on the group for each batch size."""
+    code, data, files = bench("latency", "--model", str(llama_dir), "--batch-size", "1,2", "--input-len", "8",
+                              "--output-len", "4", "--num-iters", "1", "--roofline", "--tensor-parallel-size", "2",
+                              *ENGINE)
+    assert code == 0
+    model = data["model"]
+    assert model["tensor_parallel_size"] == 2 and model["collectives_per_step"] == 2 * model["num_layers"] + 2
+    all_reduce = data["roofline"]["all_reduce_ms"]
+    assert set(all_reduce) == {"1", "2"} and all(ms > 0 for ms in all_reduce.values())
+    for row in data["rows"]:
+        floor = row["floor"]
+        assert floor["collective_ms"] == pytest.approx(model["collectives_per_step"] * all_reduce[str(row["batch_size"])])
+        assert floor["floor_ms"] == pytest.approx(max(floor["memory_ms"], floor["compute_ms"]) + floor["collective_ms"])
+    md = next(name for name in files if name.endswith(".md"))
+    assert "collectives a step at the all-reduce time measured" in (tmp_path / "out" / md).read_text()
