@@ -29,7 +29,7 @@ import triton.language as tl
 
 from octavo.kernels.arrival import arrival_counters
 from octavo.kernels.cache import check_kv_write
-from octavo.kernels.rotary import rotation
+from octavo.kernels.rotary import check_rotary, rotated, rotation
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _LOG2E = 1.4426950408889634
@@ -105,15 +105,13 @@ def _decode_kernel(
         # new key rotates it and stores it and the value at the token's slot before reading keys.
         cos, sin, partner, sign, rotating = rotation(positions_ptr, cos_sin_ptr, seq, stride_cos, dims, ROTARY_DIM)
         q_partner = tl.load(q_rows + partner[None, :], mask=q_mask & rotating[None, :], other=0.0)
-        rotated = q.to(tl.float32) * cos[None, :] + (sign[None, :] * q_partner.to(tl.float32)) * sin[None, :]
-        q = tl.where(rotating[None, :], rotated.to(q.dtype), q)
+        q = rotated(q, q_partner, cos[None, :], sin[None, :], sign[None, :], rotating[None, :], q.dtype)
         slot = tl.load(slot_mapping_ptr + seq).to(tl.int64)
         if (slot >= 0) & (seq_len - 1 >= part_start) & (seq_len - 1 < part_end):
             k_row = k_new_ptr + seq.to(tl.int64) * stride_knb + kv_head * stride_knh
             k = tl.load(k_row + dims, mask=dim_mask, other=0.0)
             k_partner = tl.load(k_row + partner, mask=dim_mask & rotating, other=0.0)
-            k_rotated = k.to(tl.float32) * cos + (sign * k_partner.to(tl.float32)) * sin
-            k = tl.where(rotating, k_rotated.to(k.dtype), k)
+            k = rotated(k, k_partner, cos, sin, sign, rotating, k.dtype)
             v = tl.load(v_new_ptr + seq.to(tl.int64) * stride_vnb + kv_head * stride_vnh + dims, mask=dim_mask)
             block = slot // KV_BLOCK_SIZE
             offset = slot % KV_BLOCK_SIZE
@@ -338,12 +336,9 @@ def paged_decode_attention_rotary(
     [B], stored at slot_mapping's slots (< 0: not stored) before the attention reads them."""
     _check_inputs(query, k_cache, v_cache, block_tables, seq_lens, None)
     check_kv_write(key, value, k_cache, v_cache, slot_mapping)
-    rotary_dim = cos_sin_cache.shape[1]
-    if rotary_dim % 2 or rotary_dim > query.shape[2] or key.shape[2] != query.shape[2]:
-        raise ValueError(f"rotary_dim {rotary_dim} must be even and <= head_dim {query.shape[2]}")
-    if key.shape[0] != query.shape[0] or positions.shape[0] != query.shape[0]:
-        raise ValueError(f"one key, value and position per query token: {query.shape[0]} queries, "
-                         f"{key.shape[0]} keys, {positions.shape[0]} positions")
+    check_rotary(query, key, cos_sin_cache)
+    if positions.shape[0] != query.shape[0]:
+        raise ValueError(f"one position per query token: {query.shape[0]} queries, {positions.shape[0]} positions")
     key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))
     rotary = (key, value, positions, cos_sin_cache.float().contiguous(), slot_mapping)
     return _decode(query, k_cache, v_cache, block_tables, seq_lens, scale, None, sliding_window, out, rotary)

@@ -34,14 +34,22 @@ def rotation(positions_ptr, cos_sin_ptr, token, stride_cache, dims, ROTARY_DIM: 
 
 
 @triton.jit
+def rotated(x, x_partner, cos, sin, sign, rotating, dtype: tl.constexpr):
+    """x with its rotating features rotated (computed in float32, rounded to `dtype`), the rest as
+    they were; cos, sin, sign and rotating are `rotation`'s, broadcast to x's shape."""
+    out = x.to(tl.float32) * cos + (sign * x_partner.to(tl.float32)) * sin
+    return tl.where(rotating, out.to(dtype), x)
+
+
+@triton.jit
 def rotate_heads(src_ptr, dst_ptr, stride_src_h, stride_dst_h, heads, num_heads, dims, cos, sin,
                  partner, sign, rotating, HEAD_DIM: tl.constexpr):
     mask = (heads < num_heads)[:, None] & (dims < HEAD_DIM)[None, :]
     x = tl.load(src_ptr + heads[:, None] * stride_src_h + dims[None, :], mask=mask, other=0.0)
     x_partner = tl.load(src_ptr + heads[:, None] * stride_src_h + partner[None, :],
                         mask=mask & rotating[None, :], other=0.0)
-    rotated = x.to(tl.float32) * cos[None, :] + (sign[None, :] * x_partner.to(tl.float32)) * sin[None, :]
-    out = tl.where(rotating[None, :], rotated.to(dst_ptr.dtype.element_ty), x)
+    out = rotated(x, x_partner, cos[None, :], sin[None, :], sign[None, :], rotating[None, :],
+                  dst_ptr.dtype.element_ty)
     tl.store(dst_ptr + heads[:, None] * stride_dst_h + dims[None, :], out, mask=mask)
 
 
@@ -63,7 +71,8 @@ def _rotary_kernel(
                  heads, num_kv_heads, dims, cos, sin, partner, sign, rotating, HEAD_DIM)
 
 
-def _check(query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
+def check_rotary(query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
+    """query [T, H, D] and key [T, Hkv, D] of one head_dim, and an even rotary_dim no larger."""
     if query.dim() != 3 or key.dim() != 3 or query.shape[0] != key.shape[0]:
         raise ValueError(f"query [T, H, D] and key [T, Hkv, D] expected, got {tuple(query.shape)} "
                          f"and {tuple(key.shape)}")
@@ -79,7 +88,7 @@ def rotary(
     cos_sin_cache: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate query [T, H, D] and key [T, Hkv, D] at positions [T]; returns new tensors."""
-    _check(query, key, cos_sin_cache)
+    check_rotary(query, key, cos_sin_cache)
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads, rotary_dim = key.shape[1], cos_sin_cache.shape[1]
     query, key = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key))
@@ -141,7 +150,7 @@ def rotary_and_write_kv(
     """Rotate query [T, H, D] and key [T, Hkv, D] at positions [T]; store the rotated key and value
     [T, Hkv, D] at flat slots of the [num_blocks, block_size, Hkv, D] caches (slot < 0: skipped).
     Returns the rotated query (a new tensor)."""
-    _check(query, key, cos_sin_cache)
+    check_rotary(query, key, cos_sin_cache)
     check_kv_write(key, value, k_cache, v_cache, slot_mapping)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache must be contiguous in head_dim")
