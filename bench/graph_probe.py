@@ -20,20 +20,6 @@ import statistics
 from pathlib import Path
 
 
-def replay_ms(graph, replays: int) -> float:
-    import torch
-
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def back_to_back_ms(graph, replays: int) -> float:
     import torch
 
@@ -103,6 +89,7 @@ def main() -> None:
     import torch
 
     from octavo import LLM, SamplingParams
+    from octavo.bench import roofline
     from octavo.bench.models import resolve_model
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -126,7 +113,7 @@ def main() -> None:
         for _ in range(20):
             entry.graph.replay()
         torch.cuda.synchronize()
-        row = {"graph_ms_each": replay_ms(entry.graph, args.replays),
+        row = {"graph_ms_each": roofline.time_ms(entry.graph.replay, torch.device("cuda"), args.replays, warmup=0),
                "graph_ms_back_to_back": back_to_back_ms(entry.graph, args.replays),
                **kernel_gaps(entry.graph, 10)}
         result["batches"][batch] = row

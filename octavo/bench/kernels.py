@@ -68,6 +68,12 @@ GEMV_SWEEP_ROWS = tuple(dict(block_n=n, block_k=k, num_warps=4, num_stages=s)
                         for n in (8, 16) for k in (128, 256) for s in (1, 3))
 
 
+def rotating_copies(bytes_each: int, most: int) -> int:
+    """How many copies of a call's inputs to cycle through so that together they are 400 MB, 8x a
+    50 MB L2 (at least one, at most `most`): each call then reads from HBM, as in a model step."""
+    return max(1, min(most, math.ceil(400e6 / bytes_each)))
+
+
 def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int, table_blocks: int | None = None) -> dict:
     """`table_blocks`: the block tables' width (the engine's graphs pad it to max_model_len's; the
     decode kernel's split follows the width, not the context). Unset: just wide enough."""
@@ -81,7 +87,7 @@ def decode_point(k_pool: Any, v_pool: Any, batch: int, context: int, table_block
     width = max(blocks, table_blocks or 0)
     kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * k_pool.element_size()
     moved = kv_bytes + 2 * batch * HEADS * HEAD_DIM * k_pool.element_size()
-    sets = max(1, min(64, math.ceil(400e6 / kv_bytes)))  # 8x a 50 MB L2
+    sets = rotating_copies(kv_bytes, 64)
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
     tables = [torch.randperm(k_pool.shape[0], device=device)[: batch * width].view(batch, width).to(torch.int32)
               for _ in range(sets)]
@@ -103,7 +109,7 @@ def linear_point(name: str, in_features: int, out_features: int, tokens: int, de
     import torch.nn.functional as F
 
     weight_bytes = 2 * in_features * out_features
-    sets = max(1, min(16, math.ceil(400e6 / weight_bytes)))
+    sets = rotating_copies(weight_bytes, 16)
     weights = [torch.randn(out_features, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
     xs = [torch.randn(tokens, in_features, device=device, dtype=torch.bfloat16) for _ in range(sets)]
     transposed = [w.t().contiguous() for w in weights]
@@ -129,7 +135,7 @@ def gemv_point(name: str, in_features: int, out_features: int, prologue: str | N
     from octavo.kernels import activation, gemv, norm
 
     weight_bytes = 2 * in_features * out_features
-    sets = max(1, min(16, math.ceil(400e6 / weight_bytes)))
+    sets = rotating_copies(weight_bytes, 16)
     weights = [torch.randn(out_features, in_features, device=device, dtype=torch.bfloat16) / in_features ** 0.5
                for _ in range(sets)]
     width = 2 * in_features if prologue == "silu" else in_features
