@@ -33,6 +33,7 @@ DIVISIBLE_INTS = ("N", "K", "stride_xm", "stride_rm", "stride_wn", "stride_om", 
 def compile_gemv(rows: int, in_features: int, out_features: int, prologue: str | None, config: dict):
     """The kernel as the JIT would compile it for these shapes on an sm_90 device (bf16, every
     pointer and the shapes 16-divisible, as they are in the engine)."""
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -56,7 +57,7 @@ def compile_gemv(rows: int, in_features: int, out_features: int, prologue: str |
                       BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
                       EVEN_N=out_features % config["BLOCK_N"] == 0, EVEN_K=in_features % config["BLOCK_K"] == 0,
                       NUM_STAGES=config["NUM_STAGES"],
-                      X_ROW=config["BLOCK_M"] == 1 and config["BLOCK_K"] % (256 * config["num_warps"]) == 0)
+                      X_ROW=gemv.loads_x_as_row(config, torch.empty(0, dtype=torch.bfloat16)))
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in POINTERS + DIVISIBLE_INTS}
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config["num_warps"]})

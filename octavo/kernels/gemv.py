@@ -178,6 +178,11 @@ def row_span(weight: torch.Tensor) -> int:
     return 16 // weight.element_size() * 32
 
 
+def loads_x_as_row(config: dict, weight: torch.Tensor) -> bool:
+    """The kernel's X_ROW: one row, and a K tile that lays every warp along K."""
+    return config["BLOCK_M"] == 1 and config["BLOCK_K"] % (row_span(weight) * config["num_warps"]) == 0
+
+
 def _launch(x, weight, bias, prologue, norm_weight=None, eps=0.0, residual=None, config=None):
     if x.dim() != 2 or weight.dim() != 2:
         raise ValueError(f"x [rows, features] and weight [out, in] expected, got {tuple(x.shape)} and "
@@ -207,7 +212,7 @@ def _launch(x, weight, bias, prologue, norm_weight=None, eps=0.0, residual=None,
         residual_out.stride(0),
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
         EVEN_N=out_features % config["BLOCK_N"] == 0, EVEN_K=in_features % config["BLOCK_K"] == 0,
-        X_ROW=config["BLOCK_M"] == 1 and config["BLOCK_K"] % (row_span(weight) * config["num_warps"]) == 0,
+        X_ROW=loads_x_as_row(config, weight),
         **config,
     )
     return out, residual_out
