@@ -48,10 +48,18 @@ needs() {
 stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set OCTAVO_GIT_COMMIT)}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
-  serve|spec|controlled|profile-serve|structured|front-ab) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
+  serve|spec|controlled|profile-serve|structured|front-ab|seed-tp4-serve) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
   graphs|tests|tp|fusion-tests) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
+PAIR=/tmp/octavo-seed-pair
+chain_pair() {  # chain_pair LAYERS: the 70B-shape target at LAYERS layers + the 8B-shape draft (bench/README.md)
+  run 150 "$PY" -P -m octavo.bench.chain_pair --target llama-3.1-70b --target-layers "$1" --draft llama-3.1-8b \
+    --acceptance-rate 0.7 --k 4 --dtype float16 --out "$PAIR-l$1"
+  PAIR="$PAIR-l$1"
+  CHAIN=(--model "$PAIR/target" --load-format dummy --model-loader-extra-config '{"partial_checkpoint": true}'
+         --dtype float16 --max-num-seqs 8 --enforce-eager)
+}
 SERVED=("${LLAMA[@]}" --launch --launch-timeout 240)  # `octavo serve` started on loopback by the bench
 case "$PHASE" in
   offline)
@@ -153,21 +161,41 @@ case "$PHASE" in
     elif [ -n "${PYTEST_DISABLE_PLUGIN_AUTOLOAD:-}" ]; then plugins=(-p pytest_asyncio); fi
     OCTAVO_KERNEL_TESTS_DEVICE=cuda run 570 "$PY" -m pytest -q -ra -p no:cacheprovider tests/runtime tests/models \
       tests/spec tests/kernels ${plugins[@]+"${plugins[@]}"} --junitxml "$OUT/pytest-cuda.xml" "$@" ;;
-  seed)  # #26 until 4 GPUs are lent: max_num_seqs=8, float16, eager, as the seed; the draft on the target's GPU
-    mkdir -p /tmp/seed-draft && cp bench/configs/llama-3.1-8b.json /tmp/seed-draft/config.json
-    SEED=(--config llama-3.1-70b --hf-overrides '{"num_hidden_layers": 20}' --dtype float16 --max-num-seqs 8 --enforce-eager)
-    bench 200 latency "${SEED[@]}" --batch-size 1,8 --num-iters 3 --roofline --tag seed-70b-l20 "$@"
-    bench 250 latency "${SEED[@]}" --speculative-model /tmp/seed-draft --num-speculative-tokens 4 --batch-size 1,8 \
-      --num-iters 3 --tag seed-70b-l20-draft8b "$@" ;;
+  seed)  # #26 until 4 GPUs are lent: the seed's engine args (float16, eager, max_num_seqs 8) on one GPU, the 70B
+          # shape at 20 of its 80 layers with the 8B-shape draft, a chain pair built for acceptance 0.7 at k = 4
+    chain_pair 20
+    bench 150 latency "${CHAIN[@]}" --batch-size 1,8 --num-iters 3 --roofline --tag seed-70b-l20 "$@"
+    bench 200 latency "${CHAIN[@]}" --speculative-model "$PAIR/draft" --num-speculative-tokens 4 --batch-size 1,8 \
+      --num-iters 3 --tag seed-70b-l20-draft8b "$@"
+    run 220 "$PY" -P bench/seed_async.py --target "$PAIR/target" --draft "$PAIR/draft" --tensor-parallel-size 1 \
+      --concurrency 1,2,4,8 --prompts-per-user 2 --out "$OUT" --tag seed-async-70b-l20 ;;
   seed-tp4)  # #26 on 4 GPUs (nvidia-h100-x4): the 70B shape at TP 4, batch 1 and 8, against its TP-4 floor (one
              # rank's weights and K/V at copy bandwidth + the step's all-reduces measured on the group), with CUDA
-             # graphs, then as the seed runs it (float16, eager, max_num_seqs 8) with and without the 8B-shape draft
-    mkdir -p /tmp/seed-draft && cp bench/configs/llama-3.1-8b.json /tmp/seed-draft/config.json
-    TP4=(--config llama-3.1-70b --tensor-parallel-size 4 --batch-size 1,8 --num-iters 3 --roofline)
-    bench 150 latency "${TP4[@]}" --dtype bfloat16 --tag tp4 "$@"
-    bench 150 latency "${TP4[@]}" --dtype float16 --max-num-seqs 8 --enforce-eager --tag seed-tp4 "$@"
-    bench 200 latency "${TP4[@]}" --dtype float16 --max-num-seqs 8 --enforce-eager --speculative-model /tmp/seed-draft \
-      --num-speculative-tokens 4 --tag seed-tp4-draft8b "$@" ;;
+             # graphs, then as the seed runs it (float16, eager, max_num_seqs 8) with and without the 8B-shape
+             # draft of the chain pair (acceptance 0.7 at k = 4), the draft on rank 0 (the default)
+    TP4=(--tensor-parallel-size 4 --batch-size 1,8 --num-iters 3 --roofline)
+    bench 150 latency --config llama-3.1-70b "${TP4[@]}" --dtype bfloat16 --tag tp4 "$@"
+    chain_pair 80
+    bench 150 latency "${CHAIN[@]}" "${TP4[@]}" --tag seed-tp4 "$@"
+    bench 200 latency "${CHAIN[@]}" "${TP4[@]}" --speculative-model "$PAIR/draft" --num-speculative-tokens 4 \
+      --tag seed-tp4-draft8b "$@" ;;
+  seed-tp4-async)  # #26: the seed's own client path, AsyncLLMEngine with its arguments as written, streaming at
+                   # c = 1, 2, 4, 8, the draft's engine then the plain one (one after the other)
+    chain_pair 80
+    run 570 "$PY" -P bench/seed_async.py --target "$PAIR/target" --draft "$PAIR/draft" --tensor-parallel-size 4 \
+      --concurrency 1,2,4,8 --prompts-per-user 3 --out "$OUT" --tag seed-async-tp4 ;;
+  seed-tp4-serve)  # #26: `octavo serve` with and without the draft, paired ABBA rounds (bench spec): both servers
+                   # stay up, two 70B float16 copies and the draft: 141 GB GPUs (nvidia-h200-x4) only. SWEEP=seed:
+                   # c = 1..8 at the seed's max_num_seqs 8; SWEEP=wide: c = 16..64 at max_num_seqs 64
+    case "${SWEEP:-seed}" in
+      seed) levels=1,2,4,8 seqs=8 ;;
+      wide) levels=16,32,64 seqs=64 ;;
+      *) echo "SWEEP must be seed or wide"; exit 2 ;;
+    esac
+    bench 580 spec --pair chain --chain-target llama-3.1-70b --chain-draft llama-3.1-8b --chain-acceptance-rate 0.7 \
+      --num-speculative-tokens 4 --controlled-workdir /tmp/octavo-seed-pairs --tensor-parallel-size 4 --dtype float16 \
+      --enforce-eager --max-num-seqs "$seqs" --concurrency "$levels" --rounds 3 --launch-timeout 420 \
+      --time-budget 520 --tag "seed-tp4-serve-${SWEEP:-seed}" "$@" ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
     bench 200 latency --config llama-3.1-70b --dtype bfloat16 --tensor-parallel-size 2 --batch-size 1,8 \
@@ -176,7 +204,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-async|seed-tp4-serve|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

@@ -77,7 +77,9 @@ def _spec_flags(spec: argparse.ArgumentParser) -> None:
     group = spec.add_argument_group("pairs")
     group.add_argument("--pair", type=name_list, default=["demo"],
                        help="comma list of demo (the shipped pair on held-out Shakespeare), controlled (a "
-                            "llama-3.1-8b-shaped dummy pair of calibrated acceptance) and paths (--target, --draft)")
+                            "llama-3.1-8b-shaped dummy pair of calibrated acceptance), chain (dummy target and "
+                            "draft of any two shapes, acceptance set by construction: --chain-target, "
+                            "--chain-draft) and paths (--target, --draft)")
     group.add_argument("--target", help="with --pair paths: the target's directory")
     group.add_argument("--draft", help="with --pair paths: the draft's directory")
     group.add_argument("--prompt-text", help="a UTF-8 file whose windows are the prompts (default: the demo pair: "
@@ -91,6 +93,12 @@ def _spec_flags(spec: argparse.ArgumentParser) -> None:
     group.add_argument("--calibration-timeout", type=float, default=400.0, help="seconds to build and export the pair")
     group.add_argument("--controlled-workdir", default="/tmp/octavo-bench-controlled",
                        help="where the pair's checkpoints go (and are reused from when made alike)")
+    chain = spec.add_argument_group("the chain pair (octavo/bench/chain_pair.py)")
+    chain.add_argument("--chain-target", help="the target's config (a bench/configs name or a config.json)")
+    chain.add_argument("--chain-draft", help="the draft's config (untied embeddings, the target's vocabulary)")
+    chain.add_argument("--chain-target-layers", type=int, help="override the chain target's num_hidden_layers")
+    chain.add_argument("--chain-acceptance-rate", type=float, default=0.7,
+                       help="accepted / drafted tokens the pair is built for at k = --num-speculative-tokens")
     arms = spec.add_argument_group("arms (A: no draft, B: the draft, unless told otherwise)")
     for arm, draft in (("a", False), ("b", True)):
         upper = arm.upper()

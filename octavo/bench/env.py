@@ -87,9 +87,12 @@ def device_slug(info: dict) -> str:
 
 def command_line(args: Any) -> str:
     """The `octavo bench MODE ...` that produced a result: from sys.argv when it holds the mode, else
-    (called in process, as the tests do) rebuilt from the parsed flags that differ from their defaults."""
-    mode = getattr(args, "bench_command", None)
+    (called in process, as the tests do) rebuilt from the parsed flags that differ from their defaults.
+    Without parsed flags (a script of bench/): the command line as run."""
     argv = list(sys.argv)
+    if args is None:
+        return shlex.join(argv)
+    mode = getattr(args, "bench_command", None)
     if mode and mode in argv[1:3]:
         return shlex.join(["octavo", "bench"] + argv[argv.index(mode):])
     words = ["octavo", "bench", mode]

@@ -60,18 +60,25 @@ def octavo_row(llm: Any, batch_size: int, input_len: int, output_len: int, num_i
                seed: int) -> dict:
     engine = llm.llm_engine
     iterations = []
+    drafted = accepted = 0
     bar = progress((num_iters + num_warmup) * max(output_len - 1, 1), f"octavo bs={batch_size}", unit="step")
     try:
         for it in range(num_warmup + num_iters):
             # Fresh prompts each iteration: a repeated prompt would hit the prefix cache.
             batch = fixed_requests(batch_size, input_len, output_len, engine.config.model_config.vocab_size,
                                    seed + 7919 * it + batch_size)
+            before = engine.stats.spec_draft_tokens, engine.stats.spec_accepted_tokens
             result = run_engine_batch(engine, batch, f"lat-bs{batch_size}-it{it}", bar)
             if it >= num_warmup:
                 iterations.append(result)
+                drafted += engine.stats.spec_draft_tokens - before[0]
+                accepted += engine.stats.spec_accepted_tokens - before[1]
     finally:
         bar.close()
-    return summarize_iterations(iterations, batch_size, output_len)
+    row = summarize_iterations(iterations, batch_size, output_len)
+    if drafted:  # a draft model ran: its acceptance (accepted / drafted) over the timed runs
+        row["speculation"] = {"drafted": drafted, "accepted": accepted, "acceptance": accepted / drafted}
+    return row
 
 
 def summarize_iterations(iterations: list[dict], batch_size: int, output_len: int) -> dict:

@@ -123,7 +123,8 @@ def markdown(result: dict) -> str:
 def latency_markdown(result: dict) -> str:
     rows, settings = result["rows"], result["settings"]
     has_hf, has_floor = any(row.get("hf") for row in rows), any(row.get("floor") for row in rows)
-    head = ["batch", "prompt", "output", "prefill ms", "ms/step", "tok/s"]
+    has_spec = any(row["octavo"].get("speculation") for row in rows)
+    head = ["batch", "prompt", "output", "prefill ms", "ms/step", "tok/s"] + (["acceptance"] if has_spec else [])
     head += ["HF prefill ms", "HF ms/step", "HF tok/s", "HF step / octavo step"] if has_hf else []
     head += ["floor ms/step", "octavo / floor"] if has_floor else []
     cells = []
@@ -131,6 +132,8 @@ def latency_markdown(result: dict) -> str:
         ours, hf = row["octavo"], row.get("hf") or {}
         cells.append([str(row["batch_size"]), str(row["input_len"]), str(row["output_len"]), num(ours["prefill_ms"]),
                       num(ours["decode_ms_per_step"], 2), num(ours["output_tokens_per_s"])]
+                     + ([f"{ours['speculation']['acceptance']:.3f}" if ours.get("speculation") else "—"]
+                        if has_spec else [])
                      + ([num(hf.get("prefill_ms")), num(hf.get("decode_ms_per_step"), 2),
                          num(hf.get("output_tokens_per_s")), ratio(row["ratios"].get("hf_step_over_octavo_step"))]
                         if has_hf else [])
@@ -141,6 +144,9 @@ def latency_markdown(result: dict) -> str:
     note = (f"\nms/step: {step}, median over {settings['num_iters']} runs after "
             f"{settings['num_iters_warmup']} warm-up; prefill: until every request has its first token; tok/s: "
             "batch x output tokens / end-to-end time.")
+    if has_spec:
+        note += (" With a draft, ms/step is per output token (a verification emits several) and acceptance is "
+                 "accepted / drafted tokens over the timed runs.")
     if has_hf:
         note += (f" HF: transformers `generate`, sdpa, greedy, fixed length, {settings['hf_num_iters']} run(s) "
                  "after a warm-up, same batch shape.")

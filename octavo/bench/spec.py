@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from octavo.bench import pairs, trace
+from octavo.bench import chain_pair, pairs, trace
 from octavo.bench.env import environment, settings
 from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval, verdict
 from octavo.bench.report import file_stem, header, num, percent, table
@@ -26,7 +26,7 @@ from octavo.bench.serve import (Workload, imported_octavo, launched_server, pyth
 
 logger = logging.getLogger("octavo")
 
-PAIRS = ("demo", "controlled", "paths")
+PAIRS = ("demo", "controlled", "chain", "paths")
 PAIR_WEIGHTS = {"controlled": 1.5}  # shares of the time budget (an 8B pair starts and runs longer); others 1
 # The compared metrics, and whether a higher value is better (throughput) or worse (latency).
 METRICS = {"output_tokens_per_s": True, "ttft_ms_p50": False, "tpot_ms_p50": False}
@@ -184,10 +184,30 @@ class SpecBench:
                                                                 args.calibration_timeout, python_env())
             entry["construction"] = pairs.construction_text(made)
             return made["target_dir"], made["draft_dir"], args.prompt_text
+        if entry["name"] == "chain":
+            made = entry["construction_record"] = self.chain(Path(args.controlled_workdir) / "chain")
+            entry["construction"] = chain_pair.construction_text(made)
+            entry["engine_changes"] = {"load_format": "dummy", "model_loader_extra_config": chain_pair.LOADER_EXTRA}
+            return made["target_dir"], made["draft_dir"], args.prompt_text
         if not (args.target and args.draft):
             raise ValueError("--pair paths needs --target DIR and --draft DIR")
         entry["construction"] = f"Target {args.target}, draft {args.draft}."
         return str(Path(args.target).resolve()), str(Path(args.draft).resolve()), args.prompt_text
+
+    def chain(self, out: Path) -> dict:
+        """The chain pair asked for, written under `out` (the embedding, LM head and norms only)."""
+        args = self.args
+        if not (args.chain_target and args.chain_draft):
+            raise ValueError("--pair chain needs --chain-target CONFIG and --chain-draft CONFIG")
+        target = pairs.load_config(args.chain_target)
+        if args.chain_target_layers:
+            target["num_hidden_layers"] = args.chain_target_layers
+        agreement = chain_pair.agreement_for_rate(args.chain_acceptance_rate, self.k)
+        dtype = {"half": "float16", "float16": "float16", "float": "float32", "float32": "float32"}.get(args.dtype,
+                                                                                                  "bfloat16")
+        made = chain_pair.write_chain_pair(target, pairs.load_config(args.chain_draft), out, agreement, args.seed,
+                                           dtype=dtype)
+        return {**made, "acceptance_rate_asked": args.chain_acceptance_rate, "k": self.k}
 
     def run_pair(self, entry: dict, deadline: float) -> None:
         args = self.args
@@ -243,7 +263,9 @@ class SpecBench:
         servers = {}
         for index, (arm_index, instance) in enumerate(order):
             arm = self.arms[arm_index]
-            changes = {"speculative_model": draft, "num_speculative_tokens": self.k} if arm.draft else {}
+            changes = dict(entry.get("engine_changes") or {})
+            if arm.draft:
+                changes.update(speculative_model=draft, num_speculative_tokens=self.k)
             if self.cuda and not sized:
                 changes["gpu_memory_utilization"] = round(args.gpu_memory_utilization * (index + 1) / len(order), 4)
             engine = engine_args(args, **changes)

@@ -70,6 +70,7 @@ class ModelConfig:
     tokenizer: str
     served_model_name: str
     revision: str | None = None
+    partial_checkpoint: bool = False  # dummy weights, except the tensors the directory's safetensors hold
 
     @property
     def architecture(self) -> str:
@@ -390,6 +391,10 @@ class EngineArgs(CliArgs):
     enable_prefix_caching: bool = _arg(True, "reuse the KV blocks of prompt prefixes already computed")
     load_format: str = _arg("auto", "how weights load; dummy: random weights of the model's shapes",
                             choices=LOAD_FORMATS)
+    model_loader_extra_config: dict | None = _arg(None, "vLLM's, as JSON; octavo reads one key: partial_checkpoint "
+                                                  "(true, with load_format dummy: the tensors that the model "
+                                                  "directory's *.safetensors hold are loaded, every other weight "
+                                                  "is random; for the draft model too); unset: no extra config")
     download_dir: str | None = _arg(None, "where hub downloads are cached; unset: the hub's cache")
     device: str = _arg("auto", "auto, cuda, cuda:N or cpu; auto: cuda if there is one")
     tensor_parallel_size: int = _arg(1, "GPUs the model is sharded over", aliases=("-tp",))
@@ -525,6 +530,7 @@ class EngineArgs(CliArgs):
         self._log_noops()
         if self.load_format not in LOAD_FORMATS:
             raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}")
+        self._partial_checkpoint()
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.block_size not in BLOCK_SIZES:
@@ -591,6 +597,24 @@ class EngineArgs(CliArgs):
                                                                       self.guided_decoding_backend),
         )
 
+    def _partial_checkpoint(self) -> bool:
+        """model_loader_extra_config's one key, checked: a typo or a key meant for another loader
+        would otherwise load something other than what was asked for."""
+        extra = self.model_loader_extra_config or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"model_loader_extra_config must be a JSON object, got {extra!r}")
+        unknown = sorted(set(extra) - {"partial_checkpoint"})
+        if unknown:
+            raise ValueError(f"model_loader_extra_config key(s) {', '.join(unknown)} not supported; octavo reads "
+                             "partial_checkpoint")
+        partial = extra.get("partial_checkpoint", False)
+        if not isinstance(partial, bool):
+            raise ValueError(f"model_loader_extra_config partial_checkpoint must be true or false, got {partial!r}")
+        if partial and self.load_format != "dummy":
+            raise ValueError("model_loader_extra_config partial_checkpoint needs load_format dummy (the weights a "
+                             f"checkpoint lacks are random); got load_format {self.load_format!r}")
+        return partial
+
     def _model_config(self, model: str | None, tokenizer: str | None, revision: str | None,
                       device: torch.device, max_model_len: int | None = None) -> ModelConfig:
         from octavo.runtime.loader import load_hf_config, resolve_model_path
@@ -611,6 +635,7 @@ class EngineArgs(CliArgs):
             model=path, hf_config=hf_config, dtype=dtype, max_model_len=wanted or limit,
             load_format=self.load_format, seed=self.seed, tokenizer=tokenizer_path,
             served_model_name=self.served_model_name or name or path, revision=revision,
+            partial_checkpoint=self._partial_checkpoint(),
         )
 
 

@@ -79,14 +79,17 @@ def iterate_weights(path: str, lazy: bool = False) -> Iterator[tuple[str, torch.
                 yield name, (f.get_slice(name) if lazy else f.get_tensor(name))
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
+def load_weights(model: torch.nn.Module, path: str, partial: bool = False) -> None:
     """Copy checkpoint tensors into the model through its `load_weight(name, tensor)` hook, then
-    check that every parameter was written. A model with `loads_lazy_slices` gets lazy slices."""
+    check that every parameter was written (partial=True: those the checkpoint lacks keep what
+    they hold, e.g. dummy weights). A model with `loads_lazy_slices` gets lazy slices."""
     loaded: set[str] = set()
     for name, tensor in iterate_weights(path, lazy=getattr(model, "loads_lazy_slices", False)):
         loaded.update(model.load_weight(name, tensor))
     missing = [n for n, _ in model.named_parameters() if n not in loaded]
-    if missing:
+    if partial:
+        logger.info("partial checkpoint at %s: %d parameters loaded, %d random", path, len(loaded), len(missing))
+    elif missing:
         raise ValueError(f"checkpoint at {path} lacks weights for: {', '.join(missing[:8])}"
                          + (" ..." if len(missing) > 8 else ""))
 

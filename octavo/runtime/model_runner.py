@@ -57,6 +57,8 @@ def build_model(model_config: ModelConfig, device: torch.device, tp: TPGroup = S
     model.to(dtype=model_config.dtype)
     if model_config.load_format == "dummy":
         init_dummy_weights(model, model_config.seed + 7919 * tp.rank)  # each shard its own draw
+        if model_config.partial_checkpoint:
+            load_weights(model, model_config.model, partial=True)
     else:
         load_weights(model, model_config.model)
     return model.eval()

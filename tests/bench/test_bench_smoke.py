@@ -102,7 +102,7 @@ def test_bad_flags_name_the_fix(bench, capsys):
     assert code == 2
     assert "--launch" in capsys.readouterr().err
     code, _, _ = bench("spec", "--pair", "demo,sweep")
-    assert code == 2 and "demo, controlled, paths" in capsys.readouterr().err
+    assert code == 2 and "demo, controlled, chain, paths" in capsys.readouterr().err
     if not torch.cuda.is_available():
         code, _, _ = bench("kernels")
         assert code == 2 and "CUDA" in capsys.readouterr().err

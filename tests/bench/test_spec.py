@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from octavo.bench import measure, pairs, report, spec, trace
+from octavo.bench import chain_pair, measure, pairs, report, spec, trace
 from octavo.bench.serve import (counter_deltas, imported_octavo, parse_counters, python_env, server_latency_means,
                                 spec_summary)
 
@@ -312,3 +312,34 @@ def test_two_versions_of_octavo_on_the_controlled_pair(bench, tmp_path, monkeypa
     assert "o_proj" in entry["construction"] and "s = " in entry["construction"]
     assert entry["levels"][0]["stats"]["num_errors"] == 0
     assert pairs.controlled_pair(made["request"], workdir, 10.0)["reused"]
+
+
+@needs_server
+def test_a_chain_pair_of_two_shapes_end_to_end(bench, tmp_path, monkeypatch):
+    """--pair chain: the pair's tables are written for the asked acceptance rate at the servers' k,
+    every server loads them over dummy layers, and the draft arm's measured acceptance is reported
+    beside the construction's."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=512, hidden_act="silu",
+                  rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=256, bos_token_id=1,
+                  eos_token_id=2, tie_word_embeddings=False, num_attention_heads=4, num_key_value_heads=2)
+    (tmp_path / "t.json").write_text(json.dumps({**common, "hidden_size": 64, "intermediate_size": 128,
+                                                 "num_hidden_layers": 4}))
+    (tmp_path / "d.json").write_text(json.dumps({**common, "hidden_size": 32, "intermediate_size": 64,
+                                                 "num_hidden_layers": 1}))
+    code, doc, _ = bench("spec", *SMALL, "--pair", "chain", "--chain-target", str(tmp_path / "t.json"),
+                         "--chain-draft", str(tmp_path / "d.json"), "--chain-target-layers", "3",
+                         "--chain-acceptance-rate", "0.5", "--num-speculative-tokens", "3",
+                         "--controlled-workdir", str(tmp_path / "pairs"), "--dtype", "float32")
+    assert code == 0
+    (entry,) = doc["pairs"]
+    assert not entry["error"]
+    made = entry["construction_record"]
+    assert made["target_shape"]["num_hidden_layers"] == 3 and made["draft_shape"]["hidden_size"] == 32
+    assert made["k"] == 3 and made["rank"] == 32
+    assert abs(made["agreement"] - chain_pair.agreement_for_rate(0.5, 3)) < 1e-9
+    assert all("--load-format dummy" in s["command"] and "partial_checkpoint" in s["command"]
+               for s in entry["servers"])
+    assert "Chain pair" in entry["construction"] and "at k = 4" in entry["construction"]
+    speculation = entry["levels"][0]["stats"]["arms"][1]["speculation"]
+    assert speculation["drafted"] > 0 and 0 < speculation["accepted"] < speculation["drafted"]

@@ -62,3 +62,44 @@ async def test_the_seed_engine_args_at_tp4_stream(pair):
         assert streamed[-1] == expected
     finally:
         engine.shutdown()
+
+
+def test_a_chain_pair_of_two_shapes_at_tp4(tmp_path):
+    """The chain pair (bench/chain_pair.py) as #26 serves it, in miniature: the target split over four
+    ranks reads its vocabulary shards of the written embedding and LM head over its own dummy layers
+    (partial_checkpoint) and still generates the chain; the draft, narrower and shallower, on rank 0,
+    is accepted on exactly the tokens it agrees on (the counters equal a simulation of that)."""
+    from octavo.bench import chain_pair
+
+    base = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=1024, hidden_act="silu",
+                rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
+                tie_word_embeddings=False, num_attention_heads=8, num_key_value_heads=2)
+    target = {**base, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3}
+    draft = {**base, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1}
+    record = chain_pair.write_chain_pair(target, draft, tmp_path, 0.75, seed=2, rank=32, dtype="float32")
+    successor = chain_pair.chain_successor(tmp_path)
+    _, target_source, draft_source = chain_pair.pair_sources(1024, 0.75, 2)
+    agrees = draft_source == target_source
+    prompts = [[5, 9, 700], [40, 41, 1000, 3]]
+    greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    with make_llm(record["target_dir"], 4, load_format="dummy", model_loader_extra_config=chain_pair.LOADER_EXTRA,
+                  enable_prefix_caching=False, speculative_config={"model": record["draft_dir"], "adaptive": False,
+                                                                   "num_speculative_tokens": 3}) as llm:
+        outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], greedy, use_tqdm=False)
+        stats = llm.llm_engine.stats
+        accepted, drafted = stats.spec_accepted_tokens, stats.spec_draft_tokens
+    expected_accepted = 0
+    for prompt, ids in zip(prompts, token_ids(outputs)):
+        walk = [prompt[-1], *ids]
+        assert all(int(successor[a]) == b for a, b in zip(walk, walk[1:]))
+    assert drafted > 0 and 0 < accepted < drafted
+    # Each verification accepts the run of agreeing tokens it starts on (at most 3): recount them.
+    for ids in token_ids(outputs):
+        position = 1
+        while position < len(ids):
+            run = 0
+            while run < 3 and position + run < len(ids) and agrees[ids[position - 1 + run]]:
+                run += 1
+            expected_accepted += run
+            position += run + 1
+    assert abs(accepted - expected_accepted) <= 2 * len(prompts)  # a request's last verification may be cut short
