@@ -171,19 +171,26 @@ case "$PHASE" in
       --concurrency 1,2,4,8 --prompts-per-user 2 --out "$OUT" --tag seed-async-70b-l20 ;;
   seed-tp4)  # #26 on 4 GPUs (nvidia-h100-x4): the 70B shape at TP 4, batch 1 and 8, against its TP-4 floor (one
              # rank's weights and K/V at copy bandwidth + the step's all-reduces measured on the group), with CUDA
-             # graphs, then as the seed runs it (float16, eager, max_num_seqs 8) with and without the 8B-shape
-             # draft of the chain pair (acceptance 0.7 at k = 4), the draft on rank 0 (the default)
+             # graphs, then as the seed runs it (float16, eager, max_num_seqs 8) without a draft
     TP4=(--tensor-parallel-size 4 --batch-size 1,8 --num-iters 3 --roofline)
     bench 150 latency --config llama-3.1-70b "${TP4[@]}" --dtype bfloat16 --tag tp4 "$@"
     chain_pair 80
-    bench 150 latency "${CHAIN[@]}" "${TP4[@]}" --tag seed-tp4 "$@"
-    bench 200 latency "${CHAIN[@]}" "${TP4[@]}" --speculative-model "$PAIR/draft" --num-speculative-tokens 4 \
-      --tag seed-tp4-draft8b "$@" ;;
+    bench 150 latency "${CHAIN[@]}" "${TP4[@]}" --tag seed-tp4 "$@" ;;
+  seed-tp4-draft)  # #26: the same with the chain pair's 8B-shape draft (acceptance 0.7 at k = 4), on rank 0 alone
+                   # (octavo's default) and split over the target's four GPUs (vLLM's): where the draft goes
+    TP4=(--tensor-parallel-size 4 --batch-size 1,8 --num-iters 3 --roofline)
+    chain_pair 80
+    for draft_tp in 1 4; do
+      bench 220 latency "${CHAIN[@]}" "${TP4[@]}" --speculative-model "$PAIR/draft" --num-speculative-tokens 4 \
+        --speculative-draft-tensor-parallel-size "$draft_tp" --tag "seed-tp4-draft8b-tp$draft_tp" "$@"
+    done ;;
   seed-tp4-async)  # #26: the seed's own client path, AsyncLLMEngine with its arguments as written, streaming at
-                   # c = 1, 2, 4, 8, the draft's engine then the plain one (one after the other)
+                   # c = 1, 2, 4, 8, the draft's engine then the plain one (one after the other); DRAFT_TP=N
+                   # places the draft (unset: the engine's default)
     chain_pair 80
     run 570 "$PY" -P bench/seed_async.py --target "$PAIR/target" --draft "$PAIR/draft" --tensor-parallel-size 4 \
-      --concurrency 1,2,4,8 --prompts-per-user 3 --out "$OUT" --tag seed-async-tp4 ;;
+      ${DRAFT_TP:+--draft-tensor-parallel-size "$DRAFT_TP"} --concurrency 1,2,4,8 --prompts-per-user 3 --out "$OUT" \
+      --tag "seed-async-tp4${DRAFT_TP:+-draft-tp$DRAFT_TP}" ;;
   seed-tp4-serve)  # #26: `octavo serve` with and without the draft, paired ABBA rounds (bench spec): both servers
                    # stay up, two 70B float16 copies and the draft: 141 GB GPUs (nvidia-h200-x4) only. SWEEP=seed:
                    # c = 1..8 at the seed's max_num_seqs 8; SWEEP=wide: c = 16..64 at max_num_seqs 64
@@ -195,6 +202,7 @@ case "$PHASE" in
     bench 580 spec --pair chain --chain-target llama-3.1-70b --chain-draft llama-3.1-8b --chain-acceptance-rate 0.7 \
       --num-speculative-tokens 4 --controlled-workdir /tmp/octavo-seed-pairs --tensor-parallel-size 4 --dtype float16 \
       --enforce-eager --max-num-seqs "$seqs" --concurrency "$levels" --rounds 3 --launch-timeout 420 \
+      ${DRAFT_TP:+--speculative-draft-tensor-parallel-size "$DRAFT_TP"} \
       --time-budget 520 --tag "seed-tp4-serve-${SWEEP:-seed}" "$@" ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
@@ -204,7 +212,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-async|seed-tp4-serve|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-draft|seed-tp4-async|seed-tp4-serve|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

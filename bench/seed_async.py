@@ -81,9 +81,16 @@ async def level(engine: AsyncLLMEngine, requests: list, concurrency: int, tag: s
 
 async def run_arm(args: argparse.Namespace, draft: str | None, vocab_size: int) -> dict:
     extra = json.loads(args.engine_json) if args.engine_json else {}
+    if args.draft_tensor_parallel_size and draft:
+        extra["speculative_draft_tensor_parallel_size"] = args.draft_tensor_parallel_size
     began = time.perf_counter()
     engine = AsyncLLMEngine.from_engine_args(seed_engine_args(args.target, draft, args.tensor_parallel_size, extra))
-    arm = {"draft": draft, "start_s": time.perf_counter() - began, "levels": []}
+    config = engine.engine.config
+    spec = config.speculative_config
+    arm = {"draft": draft, "start_s": time.perf_counter() - began, "levels": [],
+           "draft_tensor_parallel_size": spec.draft_tensor_parallel_size if spec else None,
+           "num_speculative_tokens": spec.num_speculative_tokens if spec else None,
+           "adaptive": spec.adaptive if spec else None}
     try:
         for concurrency in args.concurrency:
             untimed = fixed_requests(concurrency, args.input_len, args.output_len, vocab_size, args.seed + concurrency)
@@ -112,6 +119,11 @@ def markdown(doc: dict) -> str:
              f"{doc['tensor_parallel_size']} · {doc['input_len']} in / {doc['output_len']} out, greedy", ""]
     if doc.get("construction"):
         lines += [doc["construction"], ""]
+    for arm in doc["arms"]:
+        if arm["draft"]:
+            lines += [f"Draft arm: k <= {arm['num_speculative_tokens']}" + (" (adaptive)" if arm["adaptive"] else "")
+                      + f", the draft split over {arm['draft_tensor_parallel_size']} GPU(s) of the target's "
+                      f"{doc['tensor_parallel_size']}.", ""]
     arms = {("spec" if arm["draft"] else "no-spec"): {lv["concurrency"]: lv for lv in arm["levels"]}
             for arm in doc["arms"]}
     rows = []
@@ -143,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts-per-user", type=int, default=4)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--draft-tensor-parallel-size", type=int,
+                        help="GPUs the draft is split over (1: rank 0 alone; the target's: its group); unset: the "
+                             "engine's default, as the seed leaves it")
     parser.add_argument("--arms", default="spec,no-spec", help="which engines, in order")
     parser.add_argument("--engine-json", default=json.dumps({"load_format": "dummy", "model_loader_extra_config":
                                                              {"partial_checkpoint": True}}),

@@ -187,12 +187,14 @@ def test_the_seeds_async_script_on_a_chain_pair(pair, tmp_path):
     doc = json.loads(result.read_text())
     spec_arm, plain = doc["arms"]
     assert spec_arm["draft"] == record["draft_dir"] and plain["draft"] is None
+    assert (spec_arm["num_speculative_tokens"], spec_arm["adaptive"], spec_arm["draft_tensor_parallel_size"]) == (
+        3, False, 1)
     assert [lv["concurrency"] for lv in spec_arm["levels"]] == [1, 2]
     assert all(lv["output_tokens"] == lv["num_requests"] * 12 for arm in doc["arms"] for lv in arm["levels"])
     assert all(0 < lv["acceptance"] < 1 for lv in spec_arm["levels"])
     assert all(lv["acceptance"] is None for lv in plain["levels"])
     text = result.with_suffix(".md").read_text()
-    assert "Chain pair" in text and "spec / no-spec" in text
+    assert "Chain pair" in text and "spec / no-spec" in text and "split over 1 GPU(s)" in text
 
 
 def test_latency_with_the_chain_pairs_draft_reports_its_acceptance(pair, bench):
