@@ -198,6 +198,19 @@ def same_pair(record: dict, target_config: dict, draft_config: dict, agreement: 
                     for role in ("target", "draft")))
 
 
+def ensure(target_config: dict, draft_config: dict, out: Path, agreement: float, seed: int = 0,
+               rank: int | None = None, dtype: str = "bfloat16") -> dict:
+    """The pair these arguments describe: the one already in `out` if it is that pair (its record
+    says "reused"), else written there."""
+    written = Path(out) / "pair.json"
+    if written.is_file():
+        record = json.loads(written.read_text())
+        if same_pair(record, target_config, draft_config, agreement, seed, rank, dtype):
+            logger.info("chain pair: reusing %s", out)
+            return {**record, "reused": True}
+    return write_chain_pair(target_config, draft_config, Path(out), agreement, seed, rank, dtype=dtype)
+
+
 def chain_successor(out: Path) -> torch.Tensor:
     """next(x) for every token of a written pair (what its target generates greedily)."""
     record = json.loads((Path(out) / "pair.json").read_text())
@@ -245,14 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.target_layers:
         target["num_hidden_layers"] = args.target_layers
     agreement = args.agreement if args.agreement is not None else agreement_for_rate(args.acceptance_rate, args.k)
-    draft = load_config(args.draft)
-    written = Path(args.out) / "pair.json"
-    if written.is_file() and same_pair(json.loads(written.read_text()), target, draft, agreement, args.seed,
-                                       args.rank, args.dtype):
-        print(f"reusing the pair in {args.out}")
-        record = json.loads(written.read_text())
-    else:
-        record = write_chain_pair(target, draft, Path(args.out), agreement, args.seed, args.rank, dtype=args.dtype)
+    record = ensure(target, load_config(args.draft), Path(args.out), agreement, args.seed, args.rank, args.dtype)
     print(construction_text(record))
 
 

@@ -205,8 +205,8 @@ class SpecBench:
         agreement = chain_pair.agreement_for_rate(args.chain_acceptance_rate, self.k)
         dtype = {"half": "float16", "float16": "float16", "float": "float32", "float32": "float32"}.get(args.dtype,
                                                                                                   "bfloat16")
-        made = chain_pair.write_chain_pair(target, pairs.load_config(args.chain_draft), out, agreement, args.seed,
-                                           dtype=dtype)
+        made = chain_pair.ensure(target, pairs.load_config(args.chain_draft), out, agreement, args.seed,
+                                 dtype=dtype)
         return {**made, "acceptance_rate_asked": args.chain_acceptance_rate, "k": self.k}
 
     def run_pair(self, entry: dict, deadline: float) -> None:

@@ -88,6 +88,8 @@ def load_weights(model: torch.nn.Module, path: str, partial: bool = False) -> No
         loaded.update(model.load_weight(name, tensor))
     missing = [n for n, _ in model.named_parameters() if n not in loaded]
     if partial:
+        if not loaded:
+            raise ValueError(f"the partial checkpoint at {path} holds no tensor of this model's parameters")
         logger.info("partial checkpoint at %s: %d parameters loaded, %d random", path, len(loaded), len(missing))
     elif missing:
         raise ValueError(f"checkpoint at {path} lacks weights for: {', '.join(missing[:8])}"

@@ -215,3 +215,27 @@ def test_latency_with_the_chain_pairs_draft_reports_its_acceptance(pair, bench):
     assert "| acceptance |" in (doc and open(f"{doc['settings']['out']}/{markdown}").read())
     code, plain, _ = bench(*common, "--tag", "plain")
     assert code == 0 and all("speculation" not in row["octavo"] for row in plain["rows"])
+
+
+def test_a_pair_is_reused_only_when_it_is_the_one_asked_for(tmp_path):
+    first = chain_pair.ensure(TARGET, DRAFT, tmp_path, 0.8, rank=RANK, dtype="float32")
+    stamp = (tmp_path / "target" / "model.safetensors").stat().st_mtime_ns
+    again = chain_pair.ensure(TARGET, DRAFT, tmp_path, 0.8, rank=RANK, dtype="float32")
+    assert again["reused"] and "reused" not in first
+    assert (tmp_path / "target" / "model.safetensors").stat().st_mtime_ns == stamp
+    for changed in (dict(agreement=0.5), dict(dtype="bfloat16"), dict(target={**TARGET, "num_hidden_layers": 2})):
+        args = {"target": TARGET, "agreement": 0.8, "dtype": "float32", **changed}
+        made = chain_pair.ensure(args["target"], DRAFT, tmp_path, args["agreement"], rank=RANK, dtype=args["dtype"])
+        assert "reused" not in made
+
+
+def test_a_partial_checkpoint_must_name_this_models_parameters(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps(DRAFT))
+    save_file({}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="holds no tensor of this model"):
+        chain_llm(tmp_path)
+    save_file({"not.a.parameter": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="'not.a.parameter' has no place"):
+        chain_llm(tmp_path)
