@@ -204,6 +204,20 @@ case "$PHASE" in
       --enforce-eager --max-num-seqs "$seqs" --concurrency "$levels" --rounds 3 --launch-timeout 420 \
       ${DRAFT_TP:+--speculative-draft-tensor-parallel-size "$DRAFT_TP"} \
       --time-budget 520 --tag "seed-tp4-serve-${SWEEP:-seed}" "$@" ;;
+  symm-ab)  # 2+ GPUs: the one-shot all-reduce through symmetric memory (OCTAVO_SYMM_ALL_REDUCE_BYTES, 512 KB)
+            # against NCCL: the CUDA TP tests with it on, then the 8B shape at TP = every GPU, batch 1 and 8, ABBA;
+            # each run's roofline times one all-reduce per batch size on the group (roofline.all_reduce_ms)
+    gpus=$(nvidia-smi -L | wc -l)
+    needs pytest pytest
+    # (not the worker-death test: the one-shot kernel waits on a dead peer with no timeout, symm_all_reduce.py)
+    OCTAVO_SYMM_ALL_REDUCE_BYTES=524288 run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py \
+      -k "not worker_death" --junitxml "$OUT/pytest-symm.xml"
+    round=0
+    for value in 0 524288 524288 0; do
+      round=$((round + 1))
+      OCTAVO_SYMM_ALL_REDUCE_BYTES=$value bench 100 latency "${LLAMA[@]}" --tensor-parallel-size "$gpus" \
+        --batch-size 1,8 --num-iters 3 --roofline --tag "symm-$value-$round" "$@"
+    done ;;
   tp)  # the 70B step at TP 2 needs 71 GB a GPU: H200s
     run 200 "$PY" -m pytest -q -ra -p no:cacheprovider tests/tp/test_tp_cuda.py --junitxml "$OUT/pytest-tp.xml"
     bench 200 latency --config llama-3.1-70b --dtype bfloat16 --tensor-parallel-size 2 --batch-size 1,8 \
@@ -212,7 +226,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-draft|seed-tp4-async|seed-tp4-serve|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-draft|seed-tp4-async|seed-tp4-serve|symm-ab|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"

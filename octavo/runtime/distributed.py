@@ -69,10 +69,14 @@ class TPGroup:
     rank: int = 0
     size: int = 1
     group: Any = None  # torch ProcessGroup; None is the default (world) group
+    one_shot: Any = None  # a SymmetricAllReduce for small CUDA tensors, where built (symm_all_reduce.py)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over the group, in place (a no-op at size 1)."""
+        """The sum over the group (a no-op at size 1). Use the result: x itself holds it after
+        NCCL or gloo, a new tensor does after the one-shot path."""
         if self.size > 1:
+            if self.one_shot is not None and self.one_shot.fits(x):
+                return self.one_shot.all_reduce(x)
             dist.all_reduce(x, group=self.group)
         return x
 
@@ -202,18 +206,26 @@ def _init_process_group(rank: int, world_size: int, init_method: str, device_typ
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
 
 
-def _groups(specs: list[RunnerSpec], rank: int, world_size: int) -> dict[str, TPGroup]:
+def _groups(specs: list[RunnerSpec], rank: int, world_size: int, device_type: str) -> dict[str, TPGroup]:
     """Each runner's TPGroup on this rank. new_group is collective: every rank calls it for every
-    size in the same order, members or not."""
+    size in the same order, members or not; so is the symmetric buffer of a group's one-shot
+    all-reduce, built by its members in the same order."""
+    from octavo.runtime import symm_all_reduce
+
     handles: dict[int, Any] = {world_size: None}
     for size in sorted({s.tp_size for s in specs if 1 < s.tp_size < world_size}):
         handles[size] = dist.new_group(ranks=list(range(size)))
+    one_shot = {}
+    for size in sorted({s.tp_size for s in specs}):
+        if rank < size and symm_all_reduce.wanted(device_type, size):
+            device = torch.device("cuda", rank)
+            one_shot[size] = symm_all_reduce.SymmetricAllReduce(handles[size], device)
     groups = {}
     for spec in specs:
         if spec.tp_size == 1:
             groups[spec.role] = SINGLE
         elif rank < spec.tp_size:
-            groups[spec.role] = TPGroup(rank, spec.tp_size, handles[spec.tp_size])
+            groups[spec.role] = TPGroup(rank, spec.tp_size, handles[spec.tp_size], one_shot.get(spec.tp_size))
     return groups
 
 
@@ -264,7 +276,7 @@ class WorkerGroup:
         try:
             self.collect(range(1, world_size), timeout=collective_timeout_s())  # each has imported and is ready
             _init_process_group(0, world_size, init_method, self.device_type)
-            self.groups = _groups(self.specs, 0, world_size)
+            self.groups = _groups(self.specs, 0, world_size, self.device_type)
         except BaseException:
             self._finalizer()
             raise
@@ -460,7 +472,7 @@ def worker_main(rank: int, world_size: int, init_method: str, device_type: str, 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         conn.send(("ready", os.getpid()))
         _init_process_group(rank, world_size, init_method, device_type)
-        groups = _groups(specs, rank, world_size)
+        groups = _groups(specs, rank, world_size, device_type)
         device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
         runners = {}
         for spec in specs:

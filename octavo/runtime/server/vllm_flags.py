@@ -41,7 +41,8 @@ _KV_TRANSFER = "octavo has no KV cache transfer or disaggregated prefill"
 ACCEPTED = (
     VllmFlag("swap_space", "value", "octavo preempts by recomputation, so it keeps no CPU swap space"),
     VllmFlag("max_seq_len_to_capture", "value", "octavo's decode CUDA graphs cover every context length"),
-    VllmFlag("disable_custom_all_reduce", "bool", "octavo's all-reduce is NCCL's"),
+    VllmFlag("disable_custom_all_reduce", "bool",
+             "octavo's all-reduce is NCCL's (its one-shot path is off unless OCTAVO_SYMM_ALL_REDUCE_BYTES is set)"),
     VllmFlag("disable_async_output_proc", "bool", "octavo builds outputs in its engine step"),
     VllmFlag("max_parallel_loading_workers", "value", "octavo loads safetensors shards one after another"),
     VllmFlag("enable_log_requests", "bool", "octavo logs each request at --log-level debug"),

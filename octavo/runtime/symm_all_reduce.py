@@ -1,0 +1,69 @@
+"""A one-shot all-reduce over NVLink for the small tensors of decode steps, through torch's
+symmetric memory: each rank copies its tensor into a buffer every peer can address, and one kernel
+on each rank reads all the peers' buffers and sums (P2P loads; no NVLink multicast, which stays
+off here, see distributed._SAFE_ENV).
+
+Why: a decode step of a tensor-parallel Llama does 2 x layers + 2 all-reduces of a few KB to a few
+hundred KB. NCCL spends about 22 us on each at TP 2 on NVLink with CUDA graphs
+(bench/results/2026-11-22-tp-h200x2-session3.md), 3.6 ms of a 70B TP 4 step's 162; a one-shot
+reduce is a few microseconds. vLLM answers the same with its custom all-reduce.
+
+Off unless OCTAVO_SYMM_ALL_REDUCE_BYTES (the largest tensor it takes; default 0) is set, until a
+multi-GPU measurement decides; larger tensors, float16 (torch's one-shot kernels take float32 and
+bfloat16) and CPU groups keep NCCL or gloo. A caveat to weigh before it is on by default: its
+kernel waits on its peers' signals with no timeout, so a worker that dies mid-step can leave rank
+0's GPU waiting where NCCL's communicators would have been aborted (distributed.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("octavo")
+
+MAX_BYTES = int(os.environ.get("OCTAVO_SYMM_ALL_REDUCE_BYTES", "0"))
+if not 0 <= MAX_BYTES <= 64 << 20:
+    raise ValueError(f"OCTAVO_SYMM_ALL_REDUCE_BYTES must be between 0 and {64 << 20}, got {MAX_BYTES}")
+
+
+def wanted(device_type: str, size: int, max_bytes: int = MAX_BYTES) -> bool:
+    """Whether a group of `size` ranks on `device_type` builds the symmetric buffer."""
+    return max_bytes > 0 and device_type == "cuda" and size > 1
+
+
+class SymmetricAllReduce:
+    """One symmetric buffer of max_bytes per rank of a group, rendezvoused once. Every member
+    rank must construct it at the same point (the rendezvous is collective)."""
+
+    def __init__(self, group: Any, device: torch.device, max_bytes: int = MAX_BYTES) -> None:
+        import torch.distributed as dist
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group_name = (group if group is not None else dist.group.WORLD).group_name
+        if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed by older torch, harmless after
+            symm_mem.enable_symm_mem_for_group(self.group_name)
+        self.max_bytes = max_bytes
+        self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
+        symm_mem.rendezvous(self.buffer, self.group_name)
+        self.fused_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy")  # copy + reduce, one kernel
+        logger.info("tensor parallel: one-shot all-reduce through symmetric memory up to %d bytes (group %s)",
+                    max_bytes, self.group_name)
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float32) and x.is_contiguous()
+                and x.numel() * x.element_size() <= self.max_bytes)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the group, as a new tensor (x is left as it was)."""
+        flat = x.view(-1)
+        staged = self.buffer.view(x.dtype)[: flat.numel()]
+        if self.fused_copy:
+            summed = torch.ops.symm_mem.one_shot_all_reduce_copy(staged, flat, "sum", self.group_name)
+        else:
+            staged.copy_(flat)
+            summed = torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", self.group_name)
+        return summed.view(x.shape)
