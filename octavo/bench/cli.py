@@ -182,6 +182,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="comma-separated: attention (paged decode and prefill), linear (the decode GEMMs' layouts), "
                               "gemv (the decode projections with their norm or activation: gemv.py against "
                               "the unfused ops, with a sweep of its tiles)")
+    kernels.add_argument("--gemv-sweep", action=argparse.BooleanOptionalAction, default=True,
+                         help="with --parts gemv: also time gemv.py's tile sweeps (most of the part's time)")
     _report_flags(kernels, anchors=False)
 
     report = mode("report", "Markdown from result JSON files; two or more serve results also give sweep charts "

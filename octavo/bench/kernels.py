@@ -223,6 +223,7 @@ def benchmark(args: Any, save_partial) -> dict:
         for name, in_features, out_features, prologue in GEMV_SHAPES:
             for tokens in GEMV_TOKENS:
                 sweep = GEMV_SWEEP_ONE_ROW if tokens == 1 else GEMV_SWEEP_ROWS if tokens == 4 else ()
+                sweep = sweep if getattr(args, "gemv_sweep", True) else ()
                 row = gemv_point(name, in_features, out_features, prologue, tokens, device, sweep)
                 row["unfused_of_copy"], row["gemv_of_copy"] = row["unfused_gbps"] / copy_gbps, row["gemv_gbps"] / copy_gbps
                 result["gemv"].append(row)
