@@ -51,18 +51,26 @@ def seed_engine_args(target: str, draft: str | None, tensor_parallel_size: int, 
 async def one_request(engine: AsyncLLMEngine, request_id: str, prompt: list[int], params: SamplingParams) -> dict:
     started = time.perf_counter()
     first = None
-    tokens = 0
+    ids: list[int] = []
     async for output in engine.generate({"prompt_token_ids": prompt}, params, request_id):
         if first is None and output.outputs[0].token_ids:
             first = time.perf_counter()
-        tokens = len(output.outputs[0].token_ids)
+        ids = list(output.outputs[0].token_ids)
     ended = time.perf_counter()
-    return {"ttft_ms": ((first or ended) - started) * 1e3, "e2e_ms": (ended - started) * 1e3, "tokens": tokens,
-            "tokens_per_s": tokens / (ended - started)}
+    return {"ttft_ms": ((first or ended) - started) * 1e3, "e2e_ms": (ended - started) * 1e3, "tokens": len(ids),
+            "tokens_per_s": len(ids) / (ended - started), "walk": [prompt[-1], *ids]}
 
 
-async def level(engine: AsyncLLMEngine, requests: list, concurrency: int, tag: str) -> dict:
-    """Every request, `concurrency` in flight; wall time from the first start to the last end."""
+def chain_follow(records: list[dict], successor) -> float:
+    """The share of generated tokens that are the chain's next token after the one before (a chain
+    pair's target generates exactly its chain: 1.0 checks the construction at this model's scale)."""
+    steps = [(a, b) for r in records for a, b in zip(r["walk"], r["walk"][1:])]
+    return sum(int(successor[a]) == b for a, b in steps) / max(1, len(steps))
+
+
+async def level(engine: AsyncLLMEngine, requests: list, concurrency: int, tag: str, successor=None) -> dict:
+    """Every request, `concurrency` in flight; wall time from the first start to the last end.
+    With a chain pair's successor table, also how closely the outputs follow its chain."""
     gate = asyncio.Semaphore(concurrency)
 
     async def gated(index: int, request) -> dict:
@@ -74,12 +82,13 @@ async def level(engine: AsyncLLMEngine, requests: list, concurrency: int, tag: s
     records = await asyncio.gather(*(gated(i, r) for i, r in enumerate(requests)))
     wall = time.perf_counter() - started
     return {"num_requests": len(records), "seconds": wall, "output_tokens": sum(r["tokens"] for r in records),
+            "chain_follow": chain_follow(records, successor) if successor is not None else None,
             "output_tokens_per_s": sum(r["tokens"] for r in records) / wall,
             "tokens_per_s_per_user": summarize(r["tokens_per_s"] for r in records),
             "ttft_ms": summarize(r["ttft_ms"] for r in records), "e2e_ms": summarize(r["e2e_ms"] for r in records)}
 
 
-async def run_arm(args: argparse.Namespace, draft: str | None, vocab_size: int) -> dict:
+async def run_arm(args: argparse.Namespace, draft: str | None, vocab_size: int, successor=None) -> dict:
     extra = json.loads(args.engine_json) if args.engine_json else {}
     if args.draft_tensor_parallel_size and draft:
         extra["speculative_draft_tensor_parallel_size"] = args.draft_tensor_parallel_size
@@ -98,7 +107,7 @@ async def run_arm(args: argparse.Namespace, draft: str | None, vocab_size: int) 
             before = [getattr(engine.stats, name, 0) for name in SPEC_COUNTERS]
             timed = fixed_requests(args.prompts_per_user * concurrency, args.input_len, args.output_len, vocab_size,
                                    args.seed + 1000 + concurrency)
-            result = await level(engine, timed, concurrency, f"c{concurrency}")
+            result = await level(engine, timed, concurrency, f"c{concurrency}", successor)
             drafted, accepted, emitted = (getattr(engine.stats, n, 0) - b for n, b in zip(SPEC_COUNTERS, before))
             result.update(concurrency=concurrency, drafted=drafted, accepted=accepted,
                           acceptance=accepted / drafted if drafted else None)
@@ -134,15 +143,17 @@ def markdown(doc: dict) -> str:
                 rows.append([str(concurrency), name, num(lv["output_tokens_per_s"]),
                              num(lv["tokens_per_s_per_user"]["p50"]), num(lv["ttft_ms"]["p50"]),
                              num(lv["ttft_ms"]["p99"]), num(lv["e2e_ms"]["p50"]),
-                             f"{lv['acceptance']:.3f}" if lv.get("acceptance") is not None else "—"])
+                             f"{lv['acceptance']:.3f}" if lv.get("acceptance") is not None else "—",
+                             f"{lv['chain_follow']:.4f}" if lv.get("chain_follow") is not None else "—"])
         if base and spec:
             rows.append([str(concurrency), "spec / no-spec",
                          f"{spec['output_tokens_per_s'] / base['output_tokens_per_s']:.2f}x", "",
-                         f"{spec['ttft_ms']['p50'] / base['ttft_ms']['p50']:.2f}x", "", "", ""])
+                         f"{spec['ttft_ms']['p50'] / base['ttft_ms']['p50']:.2f}x", "", "", "", ""])
     lines.append(table(["c", "arm", "output tok/s", "tok/s per user p50", "TTFT p50 ms", "TTFT p99 ms",
-                        "e2e p50 ms", "acceptance"], rows))
+                        "e2e p50 ms", "acceptance", "on the chain"], rows))
     lines += ["", "One run per arm and level (engines one after the other): no interval; bench spec gives "
-              "paired intervals where both servers fit at once.", ""]
+              "paired intervals where both servers fit at once. On the chain: the share of generated tokens "
+              "that are the chain pair's next token (1 when the target computes what the pair was built for).", ""]
     return "\n".join(lines)
 
 
@@ -177,14 +188,16 @@ def main(argv: list[str] | None = None) -> int:
            "input_len": args.input_len, "output_len": args.output_len, "arms": [],
            "construction": None}
     doc["env"]["command"] = shlex.join(["python", "bench/seed_async.py", *(sys.argv[1:] if argv is None else argv)])
+    successor = None
     if pair_record.is_file():
-        from octavo.bench.chain_pair import construction_text
+        from octavo.bench.chain_pair import chain_successor, construction_text
 
         doc["construction"] = construction_text(json.loads(pair_record.read_text()))
+        successor = chain_successor(pair_record.parent)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{doc['env']['date']}-{args.tag}")
     for arm in arms:
-        doc["arms"].append(asyncio.run(run_arm(args, args.draft if arm == "spec" else None, vocab_size)))
+        doc["arms"].append(asyncio.run(run_arm(args, args.draft if arm == "spec" else None, vocab_size, successor)))
         write_json(doc, stem + ".json")
     Path(stem + ".md").write_text(markdown(doc))
     print(markdown(doc))

@@ -193,6 +193,7 @@ def test_the_seeds_async_script_on_a_chain_pair(pair, tmp_path):
     assert all(lv["output_tokens"] == lv["num_requests"] * 12 for arm in doc["arms"] for lv in arm["levels"])
     assert all(0 < lv["acceptance"] < 1 for lv in spec_arm["levels"])
     assert all(lv["acceptance"] is None for lv in plain["levels"])
+    assert all(lv["chain_follow"] == 1.0 for arm in doc["arms"] for lv in arm["levels"])
     text = result.with_suffix(".md").read_text()
     assert "Chain pair" in text and "spec / no-spec" in text and "split over 1 GPU(s)" in text
 
