@@ -33,7 +33,7 @@ from octavo.bench.report import num, table, write_json
 from octavo.bench.workload import fixed_requests
 
 logger = logging.getLogger("octavo")
-SPEC_COUNTERS = ("spec_draft_tokens", "spec_accepted_tokens", "spec_emitted_tokens")
+SPEC_COUNTERS = ("spec_draft_tokens", "spec_accepted_tokens")
 
 
 def seed_engine_args(target: str, draft: str | None, tensor_parallel_size: int, extra: dict) -> AsyncEngineArgs:
@@ -108,7 +108,7 @@ async def run_arm(args: argparse.Namespace, draft: str | None, vocab_size: int, 
             timed = fixed_requests(args.prompts_per_user * concurrency, args.input_len, args.output_len, vocab_size,
                                    args.seed + 1000 + concurrency)
             result = await level(engine, timed, concurrency, f"c{concurrency}", successor)
-            drafted, accepted, emitted = (getattr(engine.stats, n, 0) - b for n, b in zip(SPEC_COUNTERS, before))
+            drafted, accepted = (getattr(engine.stats, n, 0) - b for n, b in zip(SPEC_COUNTERS, before))
             result.update(concurrency=concurrency, drafted=drafted, accepted=accepted,
                           acceptance=accepted / drafted if drafted else None)
             arm["levels"].append(result)
