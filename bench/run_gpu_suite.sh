@@ -49,7 +49,7 @@ stamp "suite '$PHASE' on $(hostname), commit ${OCTAVO_GIT_COMMIT:-unknown (set O
 nvidia-smi --query-gpu=index,name,memory.total,driver_version,clocks.max.sm --format=csv || true
 case "$PHASE" in
   serve|spec|controlled|profile-serve|structured|front-ab|seed-tp4-serve) needs "fastapi, uvicorn, pydantic" "fastapi, uvicorn and pydantic" ;;
-  graphs|tests|tp|fusion-tests) needs pytest pytest ;;
+  graphs|tests|tp|fusion-tests|fusion-quick) needs pytest pytest ;;
 esac
 LLAMA=(--config llama-3.1-8b --dtype bfloat16)
 PAIR=/tmp/octavo-seed-pair
@@ -131,6 +131,19 @@ case "$PHASE" in
         --max-num-seqs "$seqs" --tag "${FUSION:-gemv}-$value-$round" "$@"
     done
     unset "$knob" ;;
+  fusion-quick)  # #21 in one call: the 8B decode step with both fused paths off and on (OCTAVO_GEMV_MAX_ROWS 4 +
+                 # OCTAVO_FUSED_DECODE_ROTARY 1), ABBA at batch 1/4/16, then the three models' greedy tokens with
+                 # both on (CUDA), then gemv.py's default configs against the unfused ops; about 9 minutes
+    round=0
+    for arm in off both both off; do
+      round=$((round + 1))
+      if [ $arm = both ]; then gemv=4 rotary=1; else gemv=0 rotary=0; fi
+      OCTAVO_GEMV_MAX_ROWS=$gemv OCTAVO_FUSED_DECODE_ROTARY=$rotary bench 100 latency "${LLAMA[@]}" --batch-size 1,4,16 \
+        --input-len 128 --output-len 128 --num-iters 2 --max-num-seqs 16 --tag "fusion-$arm-$round" "$@"
+    done
+    OCTAVO_KERNEL_TESTS_DEVICE=cuda run 110 "$PY" -m pytest -q -ra -p no:cacheprovider \
+      tests/kernels/test_kernel_model_paths.py --junitxml "$OUT/pytest-fusion-paths.xml"
+    bench 80 kernels --parts gemv --no-gemv-sweep --tag gemv-defaults "$@" ;;
   front-ab)  # the served 8B shape, OLD_TREE's server beside this tree's, paired ABBA rounds at c = 16 and 64;
              # each level also gives the server's mean TTFT / queue / prefill time (server_latency_ms)
     [ -n "${OLD_TREE:-}" ] || { echo "phase 'front-ab' needs OLD_TREE=DIR (a folder holding an octavo package)"; exit 2; }
@@ -226,7 +239,7 @@ case "$PHASE" in
       bench 80 latency "${LLAMA[@]}" --tensor-parallel-size "$tp" --batch-size 1,8 --num-iters 2 --tag "tp$tp" "$@"
     done ;;
   *)
-    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-draft|seed-tp4-async|seed-tp4-serve|symm-ab|tp} [octavo bench flags]"; exit 2 ;;
+    echo "usage: $0 {offline|serve|spec|controlled|profile|profile-serve|step|graphs|structured|kernels|gemv|fusion-tests|fusion-ab|fusion-quick|front-ab|decode-profile|admission|tests|seed|seed-tp4|seed-tp4-draft|seed-tp4-async|seed-tp4-serve|symm-ab|tp} [octavo bench flags]"; exit 2 ;;
 esac
 stamp "done (status $status); files in $OUT:"
 ls -la "$OUT"
