@@ -71,12 +71,13 @@ class TPGroup:
     group: Any = None  # torch ProcessGroup; None is the default (world) group
     one_shot: Any = None  # a SymmetricAllReduce for small CUDA tensors, where built (symm_all_reduce.py)
 
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+    def all_reduce(self, x: torch.Tensor, first_of_forward: bool = False) -> torch.Tensor:
         """The sum over the group (a no-op at size 1). Use the result: x itself holds it after
-        NCCL or gloo, a new tensor does after the one-shot path."""
+        NCCL or gloo, a new tensor does after the one-shot path. first_of_forward: the forward's
+        first collective (the embedding's), where the one-shot path restarts its slots."""
         if self.size > 1:
             if self.one_shot is not None and self.one_shot.fits(x):
-                return self.one_shot.all_reduce(x)
+                return self.one_shot.all_reduce(x, first_of_forward)
             dist.all_reduce(x, group=self.group)
         return x
 

@@ -36,8 +36,18 @@ def wanted(device_type: str, size: int, max_bytes: int = MAX_BYTES) -> bool:
 
 
 class SymmetricAllReduce:
-    """One symmetric buffer of max_bytes per rank of a group, rendezvoused once. Every member
-    rank must construct it at the same point (the rendezvous is collective)."""
+    """A symmetric buffer of SLOTS x max_bytes per rank of a group, rendezvoused once. Every member
+    rank must construct it at the same point (the rendezvous is collective).
+
+    Why slots: the one-shot kernel copies a rank's tensor into its buffer, waits for every peer at
+    a barrier, then reads all of theirs; nothing stops a fast rank from copying its *next* tensor
+    over a buffer a slow peer is still reading. Two all-reduces in a row never share a slot, so a
+    rank overwrites a slot only after a later all-reduce's barrier, which every peer reaches only
+    after it has finished reading. A forward's first all-reduce (the embedding's) takes slot 0,
+    the rest cycle through slots 1.. from each forward's start: the order is the same in eager
+    steps and in every captured graph, whatever ran before it."""
+
+    SLOTS = 3
 
     def __init__(self, group: Any, device: torch.device, max_bytes: int = MAX_BYTES) -> None:
         import torch.distributed as dist
@@ -47,7 +57,8 @@ class SymmetricAllReduce:
         if hasattr(symm_mem, "enable_symm_mem_for_group"):  # needed by older torch, harmless after
             symm_mem.enable_symm_mem_for_group(self.group_name)
         self.max_bytes = max_bytes
-        self.buffer = symm_mem.empty(max_bytes, dtype=torch.uint8, device=device)
+        self.next_slot = 1
+        self.buffer = symm_mem.empty(self.SLOTS * max_bytes, dtype=torch.uint8, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
         self.fused_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy")  # copy + reduce, one kernel
         logger.info("tensor parallel: one-shot all-reduce through symmetric memory up to %d bytes (group %s)",
@@ -57,10 +68,20 @@ class SymmetricAllReduce:
         return (x.is_cuda and x.dtype in (torch.bfloat16, torch.float32) and x.is_contiguous()
                 and x.numel() * x.element_size() <= self.max_bytes)
 
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+    def slot(self, first_of_forward: bool) -> int:
+        """The slot of the next all-reduce (see the class's docstring)."""
+        if first_of_forward:
+            self.next_slot = 1
+            return 0
+        chosen = self.next_slot
+        self.next_slot = chosen % (self.SLOTS - 1) + 1
+        return chosen
+
+    def all_reduce(self, x: torch.Tensor, first_of_forward: bool = False) -> torch.Tensor:
         """x summed over the group, as a new tensor (x is left as it was)."""
         flat = x.view(-1)
-        staged = self.buffer.view(x.dtype)[: flat.numel()]
+        start = self.slot(first_of_forward) * self.max_bytes
+        staged = self.buffer[start:start + self.max_bytes].view(x.dtype)[: flat.numel()]
         if self.fused_copy:
             summed = torch.ops.symm_mem.one_shot_all_reduce_copy(staged, flat, "sum", self.group_name)
         else:

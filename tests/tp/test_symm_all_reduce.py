@@ -39,7 +39,7 @@ class FakeOneShot:
     def fits(self, x: torch.Tensor) -> bool:
         return x.numel() * x.element_size() <= self.max_bytes
 
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+    def all_reduce(self, x: torch.Tensor, first_of_forward: bool = False) -> torch.Tensor:
         self.calls += 1
         return x * 2  # two ranks holding the same tensor
 
@@ -60,3 +60,20 @@ def test_a_cpu_tensor_never_fits():
     fake = symm_all_reduce.SymmetricAllReduce.__new__(symm_all_reduce.SymmetricAllReduce)
     fake.max_bytes = 1 << 20
     assert not fake.fits(torch.ones(4))
+
+
+def test_no_two_all_reduces_in_a_row_share_a_slot_across_forwards_and_graphs():
+    """Forwards of 2 x layers + 1 all-reduces (the embedding's first), in any order and however
+    many: consecutive calls never reuse a slot, and each forward's sequence is the same (as a
+    captured graph replays it)."""
+    one_shot = symm_all_reduce.SymmetricAllReduce.__new__(symm_all_reduce.SymmetricAllReduce)
+    one_shot.next_slot = 2  # whatever an earlier forward left
+
+    def forward(count: int) -> list[int]:
+        return [one_shot.slot(first_of_forward=i == 0) for i in range(count)]
+
+    sequences = [forward(n) for n in (65, 65, 3, 161, 2, 65)]
+    assert sequences[0] == sequences[1] == sequences[5] and sequences[0][:4] == [0, 1, 2, 1]
+    flat = [slot for sequence in sequences for slot in sequence]
+    assert all(a != b for a, b in zip(flat, flat[1:]))
+    assert set(flat) == {0, 1, 2} and symm_all_reduce.SymmetricAllReduce.SLOTS == 3

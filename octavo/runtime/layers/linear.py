@@ -195,7 +195,7 @@ class VocabParallelEmbedding(nn.Embedding):
         outside = (local < 0) | (local >= self.num_embeddings)
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         out.masked_fill_(outside.unsqueeze(-1), 0.0)
-        return self.tp.all_reduce(out)
+        return self.tp.all_reduce(out, first_of_forward=True)
 
 
 class ParallelLMHead(nn.Module):
