@@ -26,8 +26,9 @@ import torch
 logger = logging.getLogger("octavo")
 
 MAX_BYTES = int(os.environ.get("OCTAVO_SYMM_ALL_REDUCE_BYTES", "0"))
-if not 0 <= MAX_BYTES <= 64 << 20:
-    raise ValueError(f"OCTAVO_SYMM_ALL_REDUCE_BYTES must be between 0 and {64 << 20}, got {MAX_BYTES}")
+if not 0 <= MAX_BYTES <= 64 << 20 or MAX_BYTES % 256:
+    raise ValueError(f"OCTAVO_SYMM_ALL_REDUCE_BYTES must be a multiple of 256 between 0 and {64 << 20} (each "
+                     f"slot starts aligned), got {MAX_BYTES}")
 
 
 def wanted(device_type: str, size: int, max_bytes: int = MAX_BYTES) -> bool:

@@ -23,11 +23,12 @@ def test_only_multi_rank_cuda_groups_with_a_size_build_one():
     assert symm_all_reduce.MAX_BYTES == 0  # off unless asked for
 
 
-def test_the_switch_is_checked_at_import():
+@pytest.mark.parametrize("value", [str(65 << 20), "1000"])
+def test_the_switch_is_checked_at_import(value):
     code = "import octavo.runtime.symm_all_reduce"
-    env = {"OCTAVO_SYMM_ALL_REDUCE_BYTES": str(65 << 20), "PATH": "/usr/bin:/bin"}
+    env = {"OCTAVO_SYMM_ALL_REDUCE_BYTES": value, "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and "OCTAVO_SYMM_ALL_REDUCE_BYTES must be between 0" in done.stderr
+    assert done.returncode != 0 and "OCTAVO_SYMM_ALL_REDUCE_BYTES must be a multiple of 256" in done.stderr
 
 
 class FakeOneShot:
