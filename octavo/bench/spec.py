@@ -23,6 +23,7 @@ from octavo.bench.measure import CONFIDENCE, geometric_mean, spread, t_interval,
 from octavo.bench.report import file_stem, header, num, percent, table
 from octavo.bench.serve import (Workload, imported_octavo, launched_server, python_env, serve_command,
                                 served_model_name, server_latency_means, spec_summary)
+from octavo.runtime.config import dtype_name
 
 logger = logging.getLogger("octavo")
 
@@ -203,10 +204,8 @@ class SpecBench:
         if args.chain_target_layers:
             target["num_hidden_layers"] = args.chain_target_layers
         agreement = chain_pair.agreement_for_rate(args.chain_acceptance_rate, self.k)
-        dtype = {"half": "float16", "float16": "float16", "float": "float32", "float32": "float32"}.get(args.dtype,
-                                                                                                  "bfloat16")
         made = chain_pair.ensure(target, pairs.load_config(args.chain_draft), out, agreement, args.seed,
-                                 dtype=dtype)
+                                 dtype=dtype_name(args.dtype, "bfloat16"))
         return {**made, "acceptance_rate_asked": args.chain_acceptance_rate, "k": self.k}
 
     def run_pair(self, entry: dict, deadline: float) -> None:

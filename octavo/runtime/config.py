@@ -34,6 +34,12 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 BLOCK_SIZES = (8, 16, 32, 64, 128)
 
 
+def dtype_name(dtype: str, default: str) -> str:
+    """The torch name a dtype flag means ("half" -> "float16"); `default` for "auto" (or anything
+    not a dtype name), where the checkpoint decides."""
+    return _DTYPES.get(dtype, default)
+
+
 def resolve_dtype(dtype: str | torch.dtype, config_dtype: Any, device: torch.device) -> torch.dtype:
     """"auto" takes the checkpoint's dtype; half precision on a CPU becomes float32 (CPU matmuls
     in fp16 are slow or missing). An explicit float16 on a CPU is kept, with a warning that
